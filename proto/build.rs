@@ -1,0 +1,45 @@
+//! Compiles every `.proto` under `flatrender/` with protox (pure Rust, so no `protoc` is needed)
+//! and generates prost messages plus tonic clients and servers.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let mut files = Vec::new();
+    collect_protos(&root.join("flatrender"), &mut files)?;
+    files.sort();
+
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler.include_imports(true).include_source_info(false);
+    compiler.open_files(files.iter().map(|f| f.strip_prefix(&root).unwrap_or(f)))?;
+    let fds = compiler.file_descriptor_set();
+
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join("flatrender_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        // A method whose issue has not landed answers UNIMPLEMENTED, the gRPC standard.
+        .generate_default_stubs(true)
+        .include_file("flatrender.rs")
+        .compile_fds(fds)?;
+
+    println!("cargo:rerun-if-changed=flatrender");
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    Ok(())
+}
+
+fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_protos(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
