@@ -19,11 +19,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("flatrender_descriptor.bin"), fds.encode_to_vec())?;
 
+    // `prost::Name` on every message: the outbox records an event's full proto name.
+    let mut config = prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         // A method whose issue has not landed answers UNIMPLEMENTED, the gRPC standard.
         .generate_default_stubs(true)
         .include_file("flatrender.rs")
-        .compile_fds(fds)?;
+        .compile_fds_with_config(fds, config)?;
 
     println!("cargo:rerun-if-changed=flatrender");
     for f in &files {

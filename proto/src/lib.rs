@@ -9,5 +9,4 @@
 include!(concat!(env!("OUT_DIR"), "/flatrender.rs"));
 
 /// Every FlatRender proto file and its imports, encoded as a `google.protobuf.FileDescriptorSet`.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/flatrender_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flatrender_descriptor.bin"));
