@@ -1,0 +1,510 @@
+//! Access tokens: verification, the typed caller, and development keys.
+//!
+//! Access tokens are Ed25519-signed JWTs (RFC 9068 profile, `typ: at+jwt`) issued by the
+//! identity service. Every service verifies them itself against a JWKS — defence in depth
+//! behind the gateway. The [`AuthLayer`] verifies a bearer token once per call and leaves a
+//! [`Caller`] (or the reason for rejection) in the request extensions; methods that need a
+//! caller use [`caller`], so public methods keep working for clients holding a stale token.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::{Error, Result};
+
+/// The `typ` header of access tokens (RFC 9068).
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECONDS: u64 = 30;
+
+/// What a caller may do, in increasing power.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A customer of a tenant.
+    User,
+    /// Administers one tenant.
+    TenantAdmin,
+    /// Operates the whole platform.
+    PlatformAdmin,
+}
+
+/// The claims of a FlatRender access token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// The user id (UUID).
+    pub sub: Uuid,
+    /// The user's tenant (UUID).
+    pub tid: Uuid,
+    /// The user's role.
+    pub role: Role,
+    /// The session (refresh-token family) the token belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Not before, seconds since the Unix epoch.
+    pub nbf: u64,
+    /// Issued at, seconds since the Unix epoch.
+    pub iat: u64,
+    /// Unique token id.
+    pub jti: Uuid,
+}
+
+/// The verified caller of a gRPC method: put in the request extensions by [`AuthLayer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The tenant every query of this call is scoped to.
+    pub tenant_id: Uuid,
+    /// The user.
+    pub user_id: Uuid,
+    /// The user's role.
+    pub role: Role,
+    /// The session, when the token names one.
+    pub session_id: Option<Uuid>,
+}
+
+impl Caller {
+    /// Fails with `PERMISSION_DENIED` unless the caller has at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), Status> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!("this call needs the {role:?} role")))
+        }
+    }
+}
+
+/// Why a presented token was refused; kept in the extensions so [`caller`] can say why.
+#[derive(Clone, Debug)]
+pub struct Rejection(pub String);
+
+/// The verified caller of `request`, or `UNAUTHENTICATED`.
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
+    if let Some(caller) = request.extensions().get::<Caller>() {
+        return Ok(caller);
+    }
+    match request.extensions().get::<Rejection>() {
+        Some(Rejection(reason)) => Err(Status::unauthenticated(reason.clone())),
+        None => Err(Status::unauthenticated("this call needs a bearer access token")),
+    }
+}
+
+/// Verifies access tokens against a set of Ed25519 public keys.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    keys: Arc<HashMap<String, DecodingKey>>,
+    validation: Arc<Validation>,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier").field("kids", &self.keys.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl TokenVerifier {
+    /// A verifier for the Ed25519 keys of `jwks` (other key types are ignored).
+    pub fn new(jwks: &JwkSet, issuer: &str, audience: &str) -> Result<Self> {
+        let mut keys = HashMap::new();
+        for jwk in &jwks.keys {
+            let Some(kid) = jwk.common.key_id.clone() else { continue };
+            if let jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) = &jwk.algorithm {
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| Error::Keys(format!("JWK {kid}: {e}")))?;
+                keys.insert(kid, key);
+            }
+        }
+        if keys.is_empty() {
+            return Err(Error::Keys("the JWKS holds no Ed25519 key with a kid".into()));
+        }
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        Ok(Self { keys: Arc::new(keys), validation: Arc::new(validation) })
+    }
+
+    /// Reads a JWKS document from `path`.
+    pub fn from_file(path: &Path, issuer: &str, audience: &str) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Keys(format!("cannot read JWKS {}: {e}", path.display())))?;
+        let jwks: JwkSet = serde_json::from_str(&text)
+            .map_err(|e| Error::Keys(format!("JWKS {} is not valid JSON Web Key Set: {e}", path.display())))?;
+        Self::new(&jwks, issuer, audience)
+    }
+
+    /// Verifies `token` and returns its caller.
+    pub fn verify(&self, token: &str) -> Result<Caller> {
+        let unauthenticated = |msg: &str| Error::Unauthenticated(msg.to_owned());
+        let header = jsonwebtoken::decode_header(token).map_err(|_| unauthenticated("malformed token"))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(unauthenticated("token algorithm must be EdDSA"));
+        }
+        if header.typ.as_deref() != Some(ACCESS_TOKEN_TYPE) {
+            return Err(unauthenticated("not an access token"));
+        }
+        let kid = header.kid.ok_or_else(|| unauthenticated("token has no key id"))?;
+        if kid.len() > 128 || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(unauthenticated("token key id is malformed"));
+        }
+        let key = self.keys.get(&kid).ok_or_else(|| unauthenticated("token signed by an unknown key"))?;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            Error::Unauthenticated(
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => "token expired",
+                    ErrorKind::ImmatureSignature => "token not valid yet",
+                    ErrorKind::InvalidAudience => "token is for another audience",
+                    ErrorKind::InvalidIssuer => "token from an unknown issuer",
+                    ErrorKind::InvalidSignature => "token signature is invalid",
+                    _ => "token is invalid",
+                }
+                .to_owned(),
+            )
+        })?;
+        let claims = data.claims;
+        Ok(Caller { tenant_id: claims.tid, user_id: claims.sub, role: claims.role, session_id: claims.sid })
+    }
+}
+
+/// Signs access tokens with an Ed25519 key: the identity service's job, also used for
+/// development and tests.
+#[derive(Clone)]
+pub struct TokenSigner {
+    kid: String,
+    key: EncodingKey,
+    public: [u8; 32],
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl TokenSigner {
+    /// A fresh random key.
+    pub fn generate(kid: impl Into<String>) -> Result<Self> {
+        Self::from_signing_key(kid.into(), &SigningKey::from_bytes(&rand::random::<[u8; 32]>()))
+    }
+
+    /// A key from PKCS#8 PEM text.
+    pub fn from_pem(kid: impl Into<String>, pem: &str) -> Result<Self> {
+        let key =
+            SigningKey::from_pkcs8_pem(pem).map_err(|e| Error::Keys(format!("invalid Ed25519 PKCS#8 key: {e}")))?;
+        Self::from_signing_key(kid.into(), &key)
+    }
+
+    fn from_signing_key(kid: String, key: &SigningKey) -> Result<Self> {
+        let der = key.to_pkcs8_der().map_err(|e| Error::Keys(e.to_string()))?;
+        Ok(Self { kid, key: EncodingKey::from_ed_der(der.as_bytes()), public: key.verifying_key().to_bytes() })
+    }
+
+    /// The key id written into every token's header.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public half as a JWKS document.
+    pub fn jwks(&self) -> JwkSet {
+        let value = serde_json::json!({
+            "keys": [{
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "use": "sig",
+                "alg": "EdDSA",
+                "kid": self.kid,
+                "x": URL_SAFE_NO_PAD.encode(self.public),
+            }]
+        });
+        // The document is built right here from valid parts.
+        serde_json::from_value(value).unwrap_or(JwkSet { keys: Vec::new() })
+    }
+
+    /// Signs `claims` as an access token.
+    pub fn sign(&self, claims: &AccessClaims) -> Result<String> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some(ACCESS_TOKEN_TYPE.into());
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| Error::Keys(e.to_string()))
+    }
+}
+
+/// Paths of the development key pair under the data directory.
+#[derive(Clone, Debug)]
+pub struct DevKeyFiles {
+    /// The private key, PKCS#8 PEM, readable only by its owner.
+    pub private_key: PathBuf,
+    /// The public JWKS.
+    pub jwks: PathBuf,
+}
+
+impl DevKeyFiles {
+    /// The standard locations under `data_dir`.
+    pub fn under(data_dir: &Path) -> Self {
+        let dir = data_dir.join("keys");
+        Self { private_key: dir.join("dev-signing-key.pem"), jwks: dir.join("jwks.json") }
+    }
+
+    /// Creates the key pair when missing; returns whether it was created.
+    pub fn ensure(&self) -> Result<bool> {
+        if self.private_key.exists() && self.jwks.exists() {
+            return Ok(false);
+        }
+        let io = |e: std::io::Error| Error::Keys(format!("cannot write development keys: {e}"));
+        if let Some(dir) = self.private_key.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let kid = format!("dev-{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| Error::Keys(e.to_string()))?;
+        let signer = TokenSigner::from_signing_key(kid.clone(), &key)?;
+        write_private(&self.private_key, format!("# kid: {kid}\n{}", pem.as_str()).as_bytes()).map_err(io)?;
+        let jwks = serde_json::to_vec_pretty(&signer.jwks()).map_err(|e| Error::Keys(e.to_string()))?;
+        std::fs::write(&self.jwks, jwks).map_err(io)?;
+        Ok(true)
+    }
+
+    /// Loads the signer written by [`DevKeyFiles::ensure`].
+    pub fn signer(&self) -> Result<TokenSigner> {
+        let text = std::fs::read_to_string(&self.private_key)
+            .map_err(|e| Error::Keys(format!("cannot read {}: {e}", self.private_key.display())))?;
+        let kid = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# kid: "))
+            .ok_or_else(|| Error::Keys(format!("{} lacks its `# kid:` line", self.private_key.display())))?
+            .to_owned();
+        let pem: String = text.lines().skip(1).collect::<Vec<_>>().join("\n");
+        TokenSigner::from_pem(kid, &pem)
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(bytes)
+}
+
+/// Verifies the bearer token of every call and leaves a [`Caller`] or a [`Rejection`] in the
+/// request extensions. Identity metadata a client sends is never trusted: only the token is.
+#[derive(Clone, Debug)]
+pub struct AuthLayer {
+    verifier: Option<TokenVerifier>,
+}
+
+impl AuthLayer {
+    /// With `None`, every presented token is rejected (no keys configured).
+    pub fn new(verifier: Option<TokenVerifier>) -> Self {
+        Self { verifier }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService { inner, verifier: self.verifier.clone() }
+    }
+}
+
+/// The service made by [`AuthLayer`].
+#[derive(Clone, Debug)]
+pub struct AuthService<S> {
+    inner: S,
+    verifier: Option<TokenVerifier>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // Extensions are server-side only; clear any a client might have smuggled via another layer.
+        request.extensions_mut().remove::<Caller>();
+        if let Some(value) = request.headers().get(http::header::AUTHORIZATION) {
+            let outcome = match (value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")), &self.verifier) {
+                (None, _) => Err(Rejection("authorization must be `Bearer <access token>`".into())),
+                (Some(_), None) => Err(Rejection("this server has no token keys configured".into())),
+                (Some(token), Some(verifier)) => verifier.verify(token.trim()).map_err(|e| Rejection(strip(&e))),
+            };
+            match outcome {
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                }
+                Err(rejection) => {
+                    request.extensions_mut().insert(rejection);
+                }
+            }
+        }
+        self.inner.call(request)
+    }
+}
+
+fn strip(err: &Error) -> String {
+    match err {
+        Error::Unauthenticated(msg) => msg.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISS: &str = "flatrender";
+    const AUD: &str = "flatrender-api";
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    fn claims() -> AccessClaims {
+        AccessClaims {
+            iss: ISS.into(),
+            aud: AUD.into(),
+            sub: Uuid::new_v4(),
+            tid: Uuid::new_v4(),
+            role: Role::User,
+            sid: None,
+            exp: now() + 300,
+            nbf: now(),
+            iat: now(),
+            jti: Uuid::new_v4(),
+        }
+    }
+
+    fn setup() -> (TokenSigner, TokenVerifier) {
+        let signer = TokenSigner::generate("k1").unwrap();
+        let verifier = TokenVerifier::new(&signer.jwks(), ISS, AUD).unwrap();
+        (signer, verifier)
+    }
+
+    fn b64(value: &serde_json::Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
+    }
+
+    #[test]
+    fn valid_token_yields_the_caller() {
+        let (signer, verifier) = setup();
+        let c = claims();
+        let caller = verifier.verify(&signer.sign(&c).unwrap()).unwrap();
+        assert_eq!(caller.user_id, c.sub);
+        assert_eq!(caller.tenant_id, c.tid);
+        assert_eq!(caller.role, Role::User);
+    }
+
+    #[test]
+    fn attacks_are_rejected() {
+        let (signer, verifier) = setup();
+        let good = signer.sign(&claims()).unwrap();
+        let parts: Vec<&str> = good.split('.').collect();
+        let payload = parts[1];
+
+        let alg_none = format!("{}.{payload}.", b64(&serde_json::json!({"alg":"none","typ":"at+jwt","kid":"k1"})));
+        let hs256 =
+            format!("{}.{payload}.{}", b64(&serde_json::json!({"alg":"HS256","typ":"at+jwt","kid":"k1"})), parts[2]);
+        let path_kid = format!(
+            "{}.{payload}.{}",
+            b64(&serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":"../../etc/passwd"})),
+            parts[2]
+        );
+        let mut tampered_claims = claims();
+        tampered_claims.role = Role::PlatformAdmin;
+        let tampered = format!("{}.{}.{}", parts[0], b64(&serde_json::to_value(&tampered_claims).unwrap()), parts[2]);
+        let other_key = TokenSigner::generate("k1").unwrap().sign(&claims()).unwrap();
+        let unknown_kid = TokenSigner::generate("k2").unwrap().sign(&claims()).unwrap();
+        let expired = signer.sign(&AccessClaims { exp: now() - 120, nbf: now() - 600, ..claims() }).unwrap();
+        let future = signer.sign(&AccessClaims { nbf: now() + 120, ..claims() }).unwrap();
+        let wrong_aud = signer.sign(&AccessClaims { aud: "other".into(), ..claims() }).unwrap();
+        let wrong_iss = signer.sign(&AccessClaims { iss: "evil".into(), ..claims() }).unwrap();
+        let refresh_typ = {
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = Some("k1".into());
+            header.typ = Some("refresh+jwt".into());
+            jsonwebtoken::encode(&header, &claims(), &signer.key).unwrap()
+        };
+
+        for (name, token) in [
+            ("alg none", alg_none),
+            ("HS256", hs256),
+            ("kid with path characters", path_kid),
+            ("tampered payload", tampered),
+            ("signed by another key", other_key),
+            ("unknown kid", unknown_kid),
+            ("expired", expired),
+            ("not yet valid", future),
+            ("wrong audience", wrong_aud),
+            ("wrong issuer", wrong_iss),
+            ("not an access token", refresh_typ),
+            ("garbage", "a.b.c".into()),
+        ] {
+            let result = verifier.verify(&token);
+            assert!(matches!(result, Err(Error::Unauthenticated(_))), "{name}: {result:?}");
+        }
+    }
+
+    #[test]
+    fn leeway_is_thirty_seconds() {
+        let (signer, verifier) = setup();
+        let recently_expired = signer.sign(&AccessClaims { exp: now() - 10, nbf: now() - 600, ..claims() }).unwrap();
+        assert!(verifier.verify(&recently_expired).is_ok());
+    }
+
+    #[test]
+    fn roles_are_ordered() {
+        let caller = Caller { tenant_id: Uuid::nil(), user_id: Uuid::nil(), role: Role::TenantAdmin, session_id: None };
+        assert!(caller.require(Role::User).is_ok());
+        assert!(caller.require(Role::TenantAdmin).is_ok());
+        assert_eq!(caller.require(Role::PlatformAdmin).unwrap_err().code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn dev_keys_round_trip() {
+        let dir = std::env::temp_dir().join(format!("flatrender-keys-{}", Uuid::new_v4()));
+        let files = DevKeyFiles::under(&dir);
+        assert!(files.ensure().unwrap());
+        assert!(!files.ensure().unwrap(), "existing keys are kept");
+        let signer = files.signer().unwrap();
+        let verifier = TokenVerifier::from_file(&files.jwks, ISS, AUD).unwrap();
+        assert!(verifier.verify(&signer.sign(&claims()).unwrap()).is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&files.private_key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "the private key is private");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,78 @@
+//! The kit's error type and its single mapping to `tonic::Status`.
+//!
+//! Internal failures are logged with a reference id and answered as `INTERNAL` carrying only
+//! that reference, so no database text or stack detail ever reaches a caller.
+
+use tonic::{Code, Status};
+
+/// Result with the kit's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the kit can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration that cannot work; the message says what to change.
+    #[error("{0}")]
+    Config(String),
+    /// PostgreSQL could not be reached or refused a statement.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed or the database's migration history does not match this binary.
+    #[error("migration: {0}")]
+    Migration(String),
+    /// A listener could not be bound or served.
+    #[error("network: {0}")]
+    Io(#[from] std::io::Error),
+    /// The caller's credentials are missing or invalid.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller is known but not allowed to do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// An outbox event could not be decoded.
+    #[error("event decoding: {0}")]
+    Decode(#[from] prost::DecodeError),
+    /// Signing keys could not be read, written or parsed.
+    #[error("keys: {0}")]
+    Keys(String),
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Unauthenticated(msg) => Status::unauthenticated(msg),
+            Error::PermissionDenied(msg) => Status::permission_denied(msg),
+            Error::Database(sqlx::Error::PoolTimedOut) => {
+                Status::unavailable("the database is not reachable right now; retry shortly")
+            }
+            other => internal(&other),
+        }
+    }
+}
+
+/// Logs `err` with a fresh reference id and returns an `INTERNAL` status that carries only the
+/// reference, for any crate's internal failures.
+pub fn internal(err: &dyn std::error::Error) -> Status {
+    let reference = uuid::Uuid::new_v4();
+    tracing::error!(%reference, error = %err, "internal error");
+    Status::new(Code::Internal, format!("internal error (reference {reference})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_do_not_leak_details() {
+        let status = Status::from(Error::Migration("relation \"secret\" exists".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+        assert!(status.message().starts_with("internal error (reference "));
+    }
+
+    #[test]
+    fn auth_errors_keep_their_codes() {
+        assert_eq!(Status::from(Error::Unauthenticated("x".into())).code(), Code::Unauthenticated);
+        assert_eq!(Status::from(Error::PermissionDenied("x".into())).code(), Code::PermissionDenied);
+    }
+}
