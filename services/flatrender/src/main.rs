@@ -1,1 +1,116 @@
-fn main() {}
+//! `flatrender`: one binary for every FlatRender service (the Loki/Mimir pattern). `--target
+//! all` runs everything in one process; Kubernetes runs one target per Deployment.
+
+mod cli;
+mod targets;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use flatrender_kit::auth::{DevKeyFiles, TokenVerifier};
+use flatrender_kit::db::{self, PoolSettings};
+use flatrender_kit::metrics::Metrics;
+use flatrender_kit::server::{self, ServeOptions};
+use flatrender_kit::shutdown::Shutdown;
+use flatrender_kit::{Error, migrate, telemetry};
+
+use crate::cli::{AuthArgs, Cli, Command, ServeArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flatrender: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line that says what is wrong and how to fix it; no backtrace.
+            eprintln!("flatrender: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let _telemetry = telemetry::init(&cli.telemetry, "flatrender")?;
+    match cli.command {
+        Some(Command::Migrate { database }) => {
+            let pool = db::owner_pool(&PoolSettings::from(&database)).await?;
+            let report = migrate::run(&pool).await?;
+            pool.close().await;
+            println!("migrations: {} applied now, {} already present", report.applied.len(), report.already_applied);
+            Ok(())
+        }
+        None => serve(cli.serve, &cli.data.data_dir).await,
+    }
+}
+
+async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error> {
+    let targets = targets::Selection::new(&args.targets);
+    let settings = PoolSettings::from(&args.database);
+
+    // Check the database before anything listens, so a bad URL is one clear line. A gateway
+    // on its own keeps no state and needs none.
+    if targets.services().next().is_some() {
+        let owner = db::owner_pool(&settings).await?;
+        if args.migrate {
+            let report = migrate::run(&owner).await?;
+            tracing::info!(applied = report.applied.len(), "migrations done");
+        } else {
+            migrate::ensure_current(&owner).await?;
+        }
+        owner.close().await;
+    }
+
+    let verifier = token_verifier(&args.auth, data_dir)?;
+    let listener = server::bind(args.server.grpc_addr).await?;
+    let grpc_addr = server::local_addr(&listener)?;
+
+    let shutdown = Shutdown::new();
+    let _signals = shutdown.trigger_on_signals();
+    let metrics = Metrics::new();
+    let (metrics_addr, metrics_task) =
+        flatrender_kit::metrics::serve(metrics.clone(), args.server.metrics_addr, shutdown.signal()).await?;
+
+    let (routes, modules) = targets.build(&settings, &args.service_databases, &args.upstreams, &shutdown, &metrics)?;
+    let services: Vec<&str> = modules.iter().flat_map(|m| m.grpc_services.iter().copied()).collect();
+    tracing::info!(
+        targets = %targets,
+        grpc = %grpc_addr,
+        metrics = %metrics_addr,
+        services = services.len(),
+        "FlatRender is listening (gRPC and grpc-web on the gRPC address)"
+    );
+    println!("flatrender {} serving {targets}", env!("CARGO_PKG_VERSION"));
+    println!("  gRPC + grpc-web  {grpc_addr}");
+    println!("  metrics          http://{metrics_addr}/metrics");
+
+    let options =
+        ServeOptions { shutdown_timeout: args.server.shutdown_timeout, health_interval: args.server.health_interval };
+    let outcome = server::serve(listener, routes, modules, verifier, metrics, &shutdown, options).await;
+    let _ = metrics_task.await;
+    tracing::info!("stopped");
+    outcome
+}
+
+/// The configured JWKS, or the development key pair under the data directory.
+fn token_verifier(auth: &AuthArgs, data_dir: &std::path::Path) -> Result<Option<TokenVerifier>, Error> {
+    let path = match &auth.jwks_file {
+        Some(path) => path.clone(),
+        None => {
+            let files = DevKeyFiles::under(data_dir);
+            if files.ensure()? {
+                tracing::warn!(
+                    path = %files.jwks.display(),
+                    "generated a development signing key; production should set --jwks-file"
+                );
+            }
+            files.jwks
+        }
+    };
+    TokenVerifier::from_file(&path, &auth.token_issuer, &auth.token_audience).map(Some)
+}

@@ -1,0 +1,123 @@
+//! Which services run in this process, and building them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use flatrender_gateway::Upstream;
+use flatrender_kit::config::DatabaseUrl;
+use flatrender_kit::db::{self, PoolSettings, ServiceRole};
+use flatrender_kit::metrics::Metrics;
+use flatrender_kit::server::{ServiceContext, ServiceModule};
+use flatrender_kit::shutdown::Shutdown;
+use flatrender_kit::{Error, Result};
+use tonic::service::RoutesBuilder;
+
+use crate::cli::{ServiceDatabaseArgs, Target};
+
+/// The services of every target but `gateway`, in start order.
+const SERVICES: [Target; 6] =
+    [Target::Identity, Target::Content, Target::Studio, Target::Render, Target::File, Target::Notification];
+
+/// The expanded, de-duplicated target list.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    targets: BTreeSet<Target>,
+}
+
+impl Selection {
+    /// Expands `all` and removes duplicates.
+    pub fn new(requested: &[Target]) -> Self {
+        let mut targets = BTreeSet::new();
+        for target in requested {
+            if *target == Target::All {
+                targets.extend(SERVICES);
+                targets.insert(Target::Gateway);
+            } else {
+                targets.insert(*target);
+            }
+        }
+        Self { targets }
+    }
+
+    /// Builds every selected service on its own pool and adds its gRPC services to the routes.
+    pub fn build(
+        &self,
+        settings: &PoolSettings,
+        own_urls: &ServiceDatabaseArgs,
+        upstreams: &[Upstream],
+        shutdown: &Shutdown,
+        metrics: &Metrics,
+    ) -> Result<(RoutesBuilder, Vec<ServiceModule>)> {
+        let mut routes = RoutesBuilder::default();
+        let mut modules = Vec::new();
+        for target in self.services() {
+            let Some((role, own_url)) = role_of(target, own_urls) else { continue };
+            let ctx = ServiceContext {
+                pool: db::service_pool(settings, role, own_url)?,
+                shutdown: shutdown.signal(),
+                metrics: metrics.clone(),
+            };
+            let module = match target {
+                Target::Identity => flatrender_identity::module(ctx, &mut routes),
+                Target::Content => flatrender_content::module(ctx, &mut routes),
+                Target::Studio => flatrender_studio::module(ctx, &mut routes),
+                Target::Render => flatrender_render::module(ctx, &mut routes),
+                Target::File => flatrender_file::module(ctx, &mut routes),
+                Target::Notification => flatrender_notification::module(ctx, &mut routes),
+                Target::All | Target::Gateway => continue,
+            };
+            modules.push(module);
+        }
+        if self.targets.contains(&Target::Gateway) {
+            let local: BTreeSet<&str> = modules.iter().map(|m| m.role.service).collect();
+            let (with_proxies, forwarded) = flatrender_gateway::add_proxy_routes(routes.routes(), &local, upstreams)
+                .map_err(|e| Error::Config(e.to_string()))?;
+            if !forwarded.is_empty() {
+                tracing::info!(services = forwarded.len(), "gateway forwards the services of other processes");
+            }
+            routes = RoutesBuilder::from(with_proxies);
+        }
+        Ok((routes, modules))
+    }
+
+    /// The selected services (every target but the gateway), in start order.
+    pub fn services(&self) -> impl Iterator<Item = Target> + '_ {
+        SERVICES.into_iter().filter(|t| self.targets.contains(t))
+    }
+}
+
+/// The database identity of a service target; `None` for `all` and `gateway`.
+fn role_of(target: Target, urls: &ServiceDatabaseArgs) -> Option<(ServiceRole, Option<&DatabaseUrl>)> {
+    Some(match target {
+        Target::Identity => (ServiceRole::IDENTITY, urls.identity_database_url.as_ref()),
+        Target::Content => (ServiceRole::CONTENT, urls.content_database_url.as_ref()),
+        Target::Studio => (ServiceRole::STUDIO, urls.studio_database_url.as_ref()),
+        Target::Render => (ServiceRole::RENDER, urls.render_database_url.as_ref()),
+        Target::File => (ServiceRole::FILE, urls.file_database_url.as_ref()),
+        Target::Notification => (ServiceRole::NOTIFICATION, urls.notification_database_url.as_ref()),
+        Target::All | Target::Gateway => return None,
+    })
+}
+
+impl fmt::Display for Selection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self.targets.iter().map(|t| format!("{t:?}").to_lowercase()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_expands_to_every_service_and_the_gateway() {
+        let s = Selection::new(&[Target::All, Target::Render]);
+        assert_eq!(s.to_string(), "identity,content,studio,render,file,notification,gateway");
+    }
+
+    #[test]
+    fn lists_are_deduplicated() {
+        assert_eq!(Selection::new(&[Target::Render, Target::Render, Target::File]).to_string(), "render,file");
+    }
+}

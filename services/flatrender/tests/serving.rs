@@ -1,0 +1,117 @@
+//! `--target all` serves every service: health, reflection, grpc-web, metrics, UNIMPLEMENTED.
+
+// Tests fail loudly by design.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use flatrender_kit::testing::TestDatabase;
+use prost::Message;
+use support::{Flatrender, await_health};
+use tokio_stream::StreamExt;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+/// Every gRPC service FlatRender's protos define.
+fn flatrender_services() -> BTreeSet<String> {
+    let set = prost_types::FileDescriptorSet::decode(flatrender_proto::FILE_DESCRIPTOR_SET).unwrap();
+    set.file
+        .iter()
+        .filter(|f| f.package().starts_with("flatrender."))
+        .flat_map(|f| f.service.iter().map(move |s| format!("{}.{}", f.package(), s.name())))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_service_is_serving_and_listed_by_reflection() {
+    let db = TestDatabase::migrated().await;
+    let server = Flatrender::start(db.url().expose(), &["--target", "all"]);
+    let channel = server.channel().await;
+    await_health(channel.clone(), "", ServingStatus::Serving, Duration::from_secs(20)).await;
+
+    let expected = flatrender_services();
+    assert!(expected.len() >= 20, "the v1 APIs define many services: {expected:?}");
+    let mut health = HealthClient::new(channel.clone());
+    for name in &expected {
+        let status = health.check(HealthCheckRequest { service: name.clone() }).await.unwrap().into_inner().status();
+        assert_eq!(status, ServingStatus::Serving, "{name}");
+    }
+
+    let mut reflection = ServerReflectionClient::new(channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let Some(Ok(response)) = responses.next().await else { panic!("no reflection answer") };
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("not a list") };
+    let listed: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    for name in
+        expected.iter().map(String::as_str).chain(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"])
+    {
+        assert!(listed.contains(name), "reflection lists {name}: {listed:?}");
+    }
+}
+
+#[tokio::test]
+async fn methods_whose_issue_has_not_landed_answer_unimplemented() {
+    let db = TestDatabase::migrated().await;
+    let server = Flatrender::start(db.url().expose(), &[]);
+    let channel = server.channel().await;
+    await_health(channel.clone(), "", ServingStatus::Serving, Duration::from_secs(20)).await;
+    let mut client = flatrender_proto::flatrender::render::v1::render_service_client::RenderServiceClient::new(channel);
+    let status =
+        client.get_render(flatrender_proto::flatrender::render::v1::GetRenderRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn grpc_web_over_http1_and_metrics_work() {
+    let db = TestDatabase::migrated().await;
+    let server = Flatrender::start(db.url().expose(), &[]);
+    await_health(server.channel().await, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+
+    // A grpc-web call as a browser library sends it: HTTP/1.1 POST, one length-prefixed frame.
+    let body = HealthCheckRequest { service: String::new() }.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&body);
+    let head = format!(
+        "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nHost: {}\r\nContent-Type: application/grpc-web+proto\r\n\
+         X-Grpc-Web: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        server.grpc,
+        frame.len()
+    );
+    let response = http1_exchange(server.grpc, head.as_bytes(), &frame);
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("application/grpc-web"), "{text}");
+    assert!(response.windows(2).any(|w| w == [0x08, 0x01]), "the message says SERVING: {text}");
+    assert!(text.to_ascii_lowercase().contains("grpc-status:0"), "trailers in the body: {text}");
+
+    let head = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", server.metrics);
+    let metrics = String::from_utf8(http1_exchange(server.metrics, head.as_bytes(), &[])).unwrap();
+    assert!(
+        metrics.contains("flatrender_grpc_server_handled_total{method=\"/grpc.health.v1.Health/Check\""),
+        "{metrics}"
+    );
+}
+
+fn http1_exchange(addr: std::net::SocketAddr, head: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(head).unwrap();
+    stream.write_all(body).unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).unwrap();
+    out
+}
