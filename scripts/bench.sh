@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# `make bench`: runs every benchmark against a real PostgreSQL and prints Markdown tables for
+# BENCHMARKS.md. Benchmarks are built with the release profile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FLATRENDER_TEST_DATABASE_URL=$(scripts/postgres.sh server-url)
+export FLATRENDER_TEST_DATABASE_URL
+cargo bench --locked -p flatrender --bench startup

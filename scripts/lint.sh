@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# `make lint`: formatting, clippy with warnings as errors, and buf lint (buf from npm, pinned
+# in tools/package-lock.json).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked --features flatrender-kit/testing -- -D warnings
+if [ ! -x tools/node_modules/.bin/buf ]; then
+  npm ci --prefix tools --no-audit --no-fund >&2
+fi
+tools/node_modules/.bin/buf lint proto
+echo "lint: ok"
