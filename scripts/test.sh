@@ -7,4 +7,19 @@ cd "$(dirname "$0")/.."
 FLATRENDER_TEST_DATABASE_URL=$(scripts/postgres.sh server-url)
 export FLATRENDER_TEST_DATABASE_URL
 echo "tests use PostgreSQL at $FLATRENDER_TEST_DATABASE_URL" >&2
+
+# An off-the-shelf gRPC client (Python grpcio) for the tests that look at the server as an
+# operator's tooling would.
+venv=target/probe-venv
+if [ ! -x "$venv/bin/python" ] || ! cmp -s scripts/probe-requirements.txt "$venv/requirements.txt"; then
+  python3 -m venv "$venv" 2>/dev/null || {
+    sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd=sudo
+    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+    python3 -m venv "$venv"
+  }
+  "$venv/bin/pip" install -q --disable-pip-version-check -r scripts/probe-requirements.txt >&2
+  cp scripts/probe-requirements.txt "$venv/requirements.txt"
+fi
+FLATRENDER_PROBE_PYTHON=$PWD/$venv/bin/python
+export FLATRENDER_PROBE_PYTHON
 cargo test --workspace --locked --all-targets "$@"

@@ -63,6 +63,26 @@ async fn every_service_is_serving_and_listed_by_reflection() {
 }
 
 #[tokio::test]
+async fn an_off_the_shelf_client_sees_every_service_serving() {
+    let python = std::env::var("FLATRENDER_PROBE_PYTHON")
+        .expect("run through `make test`, which installs Python grpcio and sets FLATRENDER_PROBE_PYTHON");
+    let db = TestDatabase::migrated().await;
+    let server = Flatrender::start(db.url().expose(), &["--target", "all"]);
+    await_health(server.channel().await, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/grpc_probe.py");
+    let output = std::process::Command::new(python).arg(script).arg(server.grpc.to_string()).output().unwrap();
+    assert!(output.status.success(), "probe: {}", String::from_utf8_lossy(&output.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(seen["overall"], "SERVING", "{seen}");
+    for name in flatrender_services() {
+        let entry = &seen["services"][&name];
+        assert_eq!(entry["health"], "SERVING", "{name}: {seen}");
+        assert!(entry["methods"].as_u64().unwrap_or(0) > 0, "{name} is described through reflection: {seen}");
+    }
+}
+
+#[tokio::test]
 async fn methods_whose_issue_has_not_landed_answer_unimplemented() {
     let db = TestDatabase::migrated().await;
     let server = Flatrender::start(db.url().expose(), &[]);
