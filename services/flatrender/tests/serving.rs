@@ -60,6 +60,26 @@ async fn every_service_is_serving_and_listed_by_reflection() {
     {
         assert!(listed.contains(name), "reflection lists {name}: {listed:?}");
     }
+
+    // Identity and render create their upcoming monthly partitions themselves at start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for parent in ["identity.tenant_api_request_logs", "render.node_health_logs"] {
+        loop {
+            // The partition three months ahead (UTC) exists once the service has run its maintenance.
+            let ahead: bool = sqlx::query_scalar(
+                "SELECT to_regclass($1 || to_char((now() AT TIME ZONE 'UTC') + interval '3 months', '_YYYY_MM')) IS NOT NULL",
+            )
+            .bind(parent)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+            if ahead {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{parent} lacks the partition three months ahead");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 #[tokio::test]
