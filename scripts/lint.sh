@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked --features flatrender-kit/testing -- -D warnings
 if [ ! -x tools/node_modules/.bin/buf ]; then
+  if ! command -v npm >/dev/null; then
+    sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd=sudo
+    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >&2
+  fi
   npm ci --prefix tools --no-audit --no-fund >&2
 fi
 tools/node_modules/.bin/buf lint proto

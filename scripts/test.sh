@@ -22,4 +22,4 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s scripts/probe-requirements.txt "$venv
 fi
 FLATRENDER_PROBE_PYTHON=$PWD/$venv/bin/python
 export FLATRENDER_PROBE_PYTHON
-cargo test --workspace --locked --all-targets "$@"
+cargo test --workspace --locked "$@"

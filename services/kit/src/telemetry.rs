@@ -56,9 +56,15 @@ pub fn init(args: &TelemetryArgs, service_name: &'static str) -> Result<Telemetr
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let installed = match args.log_format {
         // Logs go to stderr; stdout carries only what a command prints as its result.
-        LogFormat::Text => {
-            registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(true)).try_init()
-        }
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colours only for a person at a terminal, never into files or collectors.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_target(true),
+            )
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
