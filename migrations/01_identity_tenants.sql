@@ -12,20 +12,25 @@
 -- tenants: the root of multi-tenancy. Resellers are tenants.
 -- -----------------------------------------------------------------------------
 CREATE TABLE identity.tenants (
-    id            uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    slug          text        NOT NULL,
-    name          text        NOT NULL,
-    status        text        NOT NULL DEFAULT 'active',
+    id              uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    slug            text        NOT NULL,
+    name            text        NOT NULL,
+    status          text        NOT NULL DEFAULT 'active',
     -- Plan applied to this tenant's users who have no subscription of their
     -- own (for a reseller: its contract plan). FK added in 03_identity_billing.
-    plan_id       uuid        NULL,
-    contact_email text        NULL,
-    settings      jsonb       NOT NULL DEFAULT '{}',
-    suspended_at  timestamptz NULL,
-    deleted_at    timestamptz NULL,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    updated_at    timestamptz NOT NULL DEFAULT now(),
+    plan_id         uuid        NULL,
+    contact_email   text        NULL,
+    settings        jsonb       NOT NULL DEFAULT '{}',
+    -- CreateTenant idempotency (platform admins): a retry with the same key
+    -- returns this tenant; request_sha256 detects a key reused for another request.
+    idempotency_key text        NULL,
+    request_sha256  bytea       NULL,
+    suspended_at    timestamptz NULL,
+    deleted_at      timestamptz NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT tenants_slug_key UNIQUE (slug),
+    CONSTRAINT tenants_idempotency_key UNIQUE (idempotency_key),
     -- DNS-label-like: lower case, digits, inner hyphens, 1..63 characters.
     CONSTRAINT tenants_slug_check CHECK (slug ~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$'),
     CONSTRAINT tenants_name_check CHECK (char_length(btrim(name)) BETWEEN 1 AND 200),
@@ -33,7 +38,10 @@ CREATE TABLE identity.tenants (
     CONSTRAINT tenants_contact_email_check CHECK (contact_email IS NULL OR contact_email ~ '^[^@\s]+@[^@\s]+$'),
     CONSTRAINT tenants_settings_check CHECK (jsonb_typeof(settings) = 'object'),
     CONSTRAINT tenants_suspended_check CHECK (status <> 'suspended' OR suspended_at IS NOT NULL),
-    CONSTRAINT tenants_deleted_check CHECK (status <> 'deleted' OR deleted_at IS NOT NULL)
+    CONSTRAINT tenants_deleted_check CHECK (status <> 'deleted' OR deleted_at IS NOT NULL),
+    CONSTRAINT tenants_idempotency_key_check CHECK (
+        idempotency_key IS NULL OR char_length(idempotency_key) BETWEEN 1 AND 200),
+    CONSTRAINT tenants_request_sha256_check CHECK (request_sha256 IS NULL OR octet_length(request_sha256) = 32)
 );
 
 CREATE INDEX tenants_created_at_idx ON identity.tenants (created_at DESC);
@@ -110,16 +118,24 @@ CREATE TABLE identity.tenant_api_keys (
     revoked_at            timestamptz NULL,
     last_used_at          timestamptz NULL,
     last_used_ip          inet        NULL,
+    -- CreateApiKey idempotency (the secret itself is never stored, not even
+    -- for a retry).
+    idempotency_key       text        NULL,
+    request_sha256        bytea       NULL,
     created_at            timestamptz NOT NULL DEFAULT now(),
     updated_at            timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT tenant_api_keys_prefix_key UNIQUE (prefix),
+    CONSTRAINT tenant_api_keys_tenant_idempotency_key UNIQUE (tenant_id, idempotency_key),
     CONSTRAINT tenant_api_keys_name_check CHECK (char_length(btrim(name)) BETWEEN 1 AND 200),
     CONSTRAINT tenant_api_keys_prefix_check CHECK (prefix ~ '^[A-Za-z0-9_]{8,32}$'),
     CONSTRAINT tenant_api_keys_secret_hash_check CHECK (octet_length(secret_hash) = 32),
     CONSTRAINT tenant_api_keys_scopes_check CHECK (
         cardinality(scopes) <= 64 AND array_position(scopes, NULL) IS NULL),
     CONSTRAINT tenant_api_keys_rate_limit_check CHECK (rate_limit_per_minute IS NULL OR rate_limit_per_minute > 0),
-    CONSTRAINT tenant_api_keys_expiry_check CHECK (expires_at IS NULL OR expires_at > created_at)
+    CONSTRAINT tenant_api_keys_expiry_check CHECK (expires_at IS NULL OR expires_at > created_at),
+    CONSTRAINT tenant_api_keys_idempotency_key_check CHECK (
+        idempotency_key IS NULL OR char_length(idempotency_key) BETWEEN 1 AND 200),
+    CONSTRAINT tenant_api_keys_request_sha256_check CHECK (request_sha256 IS NULL OR octet_length(request_sha256) = 32)
 );
 
 CREATE INDEX tenant_api_keys_tenant_created_idx ON identity.tenant_api_keys (tenant_id, created_at DESC);
@@ -151,14 +167,21 @@ CREATE TABLE identity.tenant_webhooks (
     last_failure_at      timestamptz NULL,
     disabled_at          timestamptz NULL,
     disabled_reason      text        NULL,
+    -- CreateWebhook idempotency.
+    idempotency_key      text        NULL,
+    request_sha256       bytea       NULL,
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT tenant_webhooks_tenant_idempotency_key UNIQUE (tenant_id, idempotency_key),
     CONSTRAINT tenant_webhooks_url_check CHECK (url ~ '^https?://[^\s]+$' AND char_length(url) <= 2048),
     CONSTRAINT tenant_webhooks_secret_check CHECK (octet_length(secret) BETWEEN 16 AND 256),
     CONSTRAINT tenant_webhooks_event_types_check CHECK (
         cardinality(event_types) <= 256 AND array_position(event_types, NULL) IS NULL),
     CONSTRAINT tenant_webhooks_failure_count_check CHECK (failure_count >= 0),
-    CONSTRAINT tenant_webhooks_disabled_check CHECK (NOT enabled OR disabled_at IS NULL)
+    CONSTRAINT tenant_webhooks_disabled_check CHECK (NOT enabled OR disabled_at IS NULL),
+    CONSTRAINT tenant_webhooks_idempotency_key_check CHECK (
+        idempotency_key IS NULL OR char_length(idempotency_key) BETWEEN 1 AND 200),
+    CONSTRAINT tenant_webhooks_request_sha256_check CHECK (request_sha256 IS NULL OR octet_length(request_sha256) = 32)
 );
 
 CREATE INDEX tenant_webhooks_tenant_created_idx ON identity.tenant_webhooks (tenant_id, created_at DESC);
@@ -177,15 +200,15 @@ COMMENT ON COLUMN identity.tenant_webhooks.failure_count IS 'Consecutive failed 
 -- -----------------------------------------------------------------------------
 -- tenant_webhook_deliveries: one row per (webhook, outbox event)
 -- -----------------------------------------------------------------------------
--- Created by the webhook consumer of the outbox; UNIQUE (webhook_id,
--- outbox_event_id) makes the at-least-once fan-out idempotent. Test deliveries
--- (a tenant pressing "send test") have no outbox event. The exact body
--- is stored so every retry sends (and signs) the same bytes.
+-- Created by identity's webhook consumer of the outbox; UNIQUE (webhook_id,
+-- outbox_event_id) makes the at-least-once fan-out idempotent. Test events
+-- (WebhookService.TestWebhook) are sent directly and not recorded here. The
+-- exact body is stored so every retry sends (and signs) the same bytes.
 CREATE TABLE identity.tenant_webhook_deliveries (
     id               uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
     tenant_id        uuid        NOT NULL REFERENCES identity.tenants (id) ON DELETE CASCADE,
     webhook_id       uuid        NOT NULL REFERENCES identity.tenant_webhooks (id) ON DELETE CASCADE,
-    outbox_event_id  bigint      NULL,       -- soft reference: platform.outbox.id; NULL = a test delivery
+    outbox_event_id  bigint      NOT NULL,   -- soft reference: platform.outbox.id
     event_type       text        NOT NULL,
     body             bytea       NOT NULL,
     status           text        NOT NULL DEFAULT 'pending',
@@ -217,7 +240,7 @@ CREATE TRIGGER set_updated_at BEFORE UPDATE ON identity.tenant_webhook_deliverie
     FOR EACH ROW EXECUTE FUNCTION platform.set_updated_at();
 
 COMMENT ON TABLE identity.tenant_webhook_deliveries IS 'Webhook deliveries with retry state; one per (webhook, outbox event).';
-COMMENT ON COLUMN identity.tenant_webhook_deliveries.outbox_event_id IS 'soft reference: platform.outbox.id (NULL for a test delivery)';
+COMMENT ON COLUMN identity.tenant_webhook_deliveries.outbox_event_id IS 'soft reference: platform.outbox.id';
 COMMENT ON COLUMN identity.tenant_webhook_deliveries.body IS 'Exact request body sent and signed on every attempt.';
 
 

@@ -126,15 +126,23 @@ CREATE TABLE identity.subscriptions (
     ended_at                 timestamptz NULL,
     provider                 text        NULL,     -- payment provider, e.g. 'stripe'; NULL = manual
     provider_subscription_id text        NULL,
+    -- ChangeSubscription idempotency: a retry with the same key returns this
+    -- subscription; request_sha256 detects a key reused for another request.
+    idempotency_key          text        NULL,
+    request_sha256           bytea       NULL,
     created_at               timestamptz NOT NULL DEFAULT now(),
     updated_at               timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT subscriptions_provider_ref_key UNIQUE (provider, provider_subscription_id),
+    CONSTRAINT subscriptions_tenant_idempotency_key UNIQUE (tenant_id, idempotency_key),
     CONSTRAINT subscriptions_status_check CHECK (status IN ('trialing', 'active', 'past_due', 'canceled', 'expired')),
     CONSTRAINT subscriptions_period_check CHECK (current_period_end IS NULL OR current_period_end > current_period_start),
     CONSTRAINT subscriptions_trial_check CHECK (status <> 'trialing' OR trial_ends_at IS NOT NULL),
     CONSTRAINT subscriptions_ended_check CHECK (status NOT IN ('canceled', 'expired') OR ended_at IS NOT NULL),
     CONSTRAINT subscriptions_provider_check CHECK (provider IS NULL OR provider ~ '^[a-z][a-z0-9_]{0,31}$'),
-    CONSTRAINT subscriptions_provider_ref_check CHECK (provider_subscription_id IS NULL OR provider IS NOT NULL)
+    CONSTRAINT subscriptions_provider_ref_check CHECK (provider_subscription_id IS NULL OR provider IS NOT NULL),
+    CONSTRAINT subscriptions_idempotency_key_check CHECK (
+        idempotency_key IS NULL OR char_length(idempotency_key) BETWEEN 1 AND 200),
+    CONSTRAINT subscriptions_request_sha256_check CHECK (request_sha256 IS NULL OR octet_length(request_sha256) = 32)
 );
 
 -- At most one live subscription per user, and per tenant for tenant-wide ones.

@@ -48,6 +48,9 @@ COMMENT ON COLUMN render.node_enrollment_tokens.created_by_user_id IS 'soft refe
 -- writes. connection_epoch fences streams: a new stream increments it and an
 -- orchestrator replica acts for the node only while it holds the current
 -- epoch.
+-- DeleteNode keeps the row (and its health, crashes and attempts) for
+-- history: deleted_at is set, the credential is cleared so it stops working
+-- at once, and the node stays 'offline'.
 CREATE TABLE render.nodes (
     id                   uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
     name                 text        NOT NULL,
@@ -62,7 +65,7 @@ CREATE TABLE render.nodes (
     ram_bytes            bigint      NOT NULL,
     -- [{"name": "NVIDIA RTX 4090", "memory_bytes": 25757220864, "driver": "550.54"}, ...]
     gpus                 jsonb       NOT NULL DEFAULT '[]',
-    slots                integer     NOT NULL DEFAULT 1,      -- concurrent tasks it accepts
+    slots                integer     NOT NULL DEFAULT 1,      -- concurrent tasks it accepts (Hello.slots 1..64)
     tags                 text[]      NOT NULL DEFAULT '{}',   -- pools / capabilities used for placement
     cache_limit_bytes    bigint      NOT NULL DEFAULT 0,      -- template cache bound reported by the agent
     cache_used_bytes     bigint      NOT NULL DEFAULT 0,
@@ -76,6 +79,7 @@ CREATE TABLE render.nodes (
     connected_at         timestamptz NULL,
     orchestrator_id      text        NULL,     -- replica holding the node's stream
     last_seen_at         timestamptz NULL,
+    deleted_at           timestamptz NULL,     -- NodeAdminService.DeleteNode; row kept for history
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT nodes_name_key UNIQUE (name),
@@ -89,13 +93,15 @@ CREATE TABLE render.nodes (
     CONSTRAINT nodes_cpu_cores_check CHECK (cpu_cores BETWEEN 1 AND 4096),
     CONSTRAINT nodes_ram_bytes_check CHECK (ram_bytes > 0),
     CONSTRAINT nodes_gpus_check CHECK (jsonb_typeof(gpus) = 'array'),
-    CONSTRAINT nodes_slots_check CHECK (slots BETWEEN 1 AND 256),
+    CONSTRAINT nodes_slots_check CHECK (slots BETWEEN 1 AND 64),
     CONSTRAINT nodes_tags_check CHECK (cardinality(tags) <= 64 AND array_position(tags, NULL) IS NULL),
     CONSTRAINT nodes_cache_check CHECK (cache_limit_bytes >= 0 AND cache_used_bytes >= 0),
     CONSTRAINT nodes_state_check CHECK (state IN ('online', 'offline', 'draining', 'quarantined')),
     CONSTRAINT nodes_quarantined_check CHECK (state <> 'quarantined' OR quarantined_at IS NOT NULL),
     CONSTRAINT nodes_credential_hash_check CHECK (credential_hash IS NULL OR octet_length(credential_hash) = 32),
-    CONSTRAINT nodes_connection_epoch_check CHECK (connection_epoch >= 0)
+    CONSTRAINT nodes_connection_epoch_check CHECK (connection_epoch >= 0),
+    CONSTRAINT nodes_deleted_check CHECK (
+        deleted_at IS NULL OR (state = 'offline' AND credential_hash IS NULL AND orchestrator_id IS NULL))
 );
 
 -- Scheduler: nodes that can take work.
@@ -110,6 +116,7 @@ CREATE TRIGGER set_updated_at BEFORE UPDATE ON render.nodes
 COMMENT ON TABLE render.nodes IS 'Render machines running the node agent; state online/offline/draining/quarantined.';
 COMMENT ON COLUMN render.nodes.credential_hash IS 'SHA-256 of the node credential issued at enrolment (32 bytes).';
 COMMENT ON COLUMN render.nodes.connection_epoch IS 'Incremented on every new agent stream; fences stale streams/replicas.';
+COMMENT ON COLUMN render.nodes.deleted_at IS 'Set by DeleteNode: the credential is cleared and the row kept for history (ListNodes include_deleted).';
 
 ALTER TABLE render.node_enrollment_tokens
     ADD CONSTRAINT node_enrollment_tokens_used_by_node_id_fkey

@@ -5,7 +5,12 @@
 -- composition + frame range), render_job_audio_tracks, snapshots (one-frame
 -- stills with a cache key), frame_jobs (THE queue: every task a node runs —
 -- snapshot, render chunk, repair, assemble, probe), frame_repair_jobs,
--- frame_job_excluded_nodes, frame_results (accepted frames), exports.
+-- frame_job_excluded_nodes, frame_job_attempts (one row per lease: the
+-- attempt history), frame_results (accepted frames), exports.
+--
+-- Errors are stored as error_class (coarse: decides the retry policy) plus
+-- error_code (the specific flatrender.render.v1.ErrorCode), both lower-case
+-- without the enum prefix, and error_message.
 --
 -- Frame numbers are After Effects comp frame numbers; ranges are inclusive at
 -- both ends (aerender -s/-e), with an optional step (-i).
@@ -55,10 +60,13 @@ CREATE TABLE render.render_jobs (
     output_height         integer      NOT NULL,
     output_fps            double precision NOT NULL,
     output_format         text         NOT NULL DEFAULT 'mp4',
+    output_codec          text         NOT NULL DEFAULT 'h264',   -- VideoCodec; must suit output_format
     output_quality        text         NOT NULL DEFAULT 'standard',
     watermark             boolean      NOT NULL DEFAULT false,
     -- Job-wide scene data ({<field key>: <value>}); per-segment values are on the segments.
     scene_data            jsonb        NOT NULL DEFAULT '{}',
+    -- Client labels ({<key>: <value>}, strings), returned in GetRender, events and webhooks.
+    labels                jsonb        NOT NULL DEFAULT '{}',
     chunk_size_frames     integer      NOT NULL DEFAULT 10,
     chunk_target_ms       integer      NULL,   -- aim for chunks of this render time once frame timings are known
     max_attempts          integer      NOT NULL DEFAULT 3,   -- per chunk
@@ -67,8 +75,11 @@ CREATE TABLE render.render_jobs (
     progress              real         NOT NULL DEFAULT 0,   -- 0..1, share of the work done (frames, then assembly)
     render_ms             bigint       NOT NULL DEFAULT 0,   -- node time spent (metering)
     error_class           text         NULL,
+    error_code            text         NULL,
     error_message         text         NULL,
     cancel_requested_at   timestamptz  NULL,
+    canceled_by_user_id   uuid         NULL,   -- soft reference: identity.users.id (NULL: API key or the system)
+    cancel_reason         text         NULL,   -- CancelRender reason, or the system's (e.g. tenant suspended)
     started_at            timestamptz  NULL,   -- left 'queued'
     rendering_started_at  timestamptz  NULL,
     assembling_started_at timestamptz  NULL,
@@ -85,6 +96,9 @@ CREATE TABLE render.render_jobs (
         state <> 'failed' OR (error_class IS NOT NULL AND error_message IS NOT NULL)),
     CONSTRAINT render_jobs_error_class_check CHECK (
         error_class IS NULL OR error_class IN ('template', 'machine', 'timeout', 'canceled', 'quota', 'internal')),
+    CONSTRAINT render_jobs_error_code_check CHECK (
+        error_code IS NULL OR (error_class IS NOT NULL AND error_code ~ '^[a-z][a-z0-9_]{0,63}$')),
+    CONSTRAINT render_jobs_cancel_reason_check CHECK (cancel_reason IS NULL OR char_length(cancel_reason) <= 500),
     CONSTRAINT render_jobs_priority_check CHECK (priority BETWEEN 0 AND 100),
     CONSTRAINT render_jobs_plan_code_check CHECK (plan_code ~ '^[a-z][a-z0-9_-]{0,31}$'),
     CONSTRAINT render_jobs_idempotency_key_check CHECK (
@@ -94,8 +108,17 @@ CREATE TABLE render.render_jobs (
         output_width BETWEEN 16 AND 16384 AND output_height BETWEEN 16 AND 16384),
     CONSTRAINT render_jobs_output_fps_check CHECK (output_fps > 0 AND output_fps <= 240),
     CONSTRAINT render_jobs_output_format_check CHECK (output_format IN ('mp4', 'mov', 'webm', 'gif')),
+    CONSTRAINT render_jobs_output_codec_check CHECK (
+        output_codec IN ('h264', 'h265', 'prores_422', 'prores_4444', 'vp9', 'gif')),
+    -- The codec must suit the container (flatrender.render.v1.OutputFormat / VideoCodec).
+    CONSTRAINT render_jobs_output_codec_format_check CHECK (
+        (output_format = 'mp4' AND output_codec IN ('h264', 'h265'))
+        OR (output_format = 'mov' AND output_codec IN ('h264', 'h265', 'prores_422', 'prores_4444'))
+        OR (output_format = 'webm' AND output_codec = 'vp9')
+        OR (output_format = 'gif' AND output_codec = 'gif')),
     CONSTRAINT render_jobs_output_quality_check CHECK (output_quality IN ('draft', 'standard', 'high')),
     CONSTRAINT render_jobs_scene_data_check CHECK (jsonb_typeof(scene_data) = 'object'),
+    CONSTRAINT render_jobs_labels_check CHECK (jsonb_typeof(labels) = 'object'),
     CONSTRAINT render_jobs_chunk_size_check CHECK (chunk_size_frames BETWEEN 1 AND 100000),
     CONSTRAINT render_jobs_chunk_target_check CHECK (chunk_target_ms IS NULL OR chunk_target_ms > 0),
     CONSTRAINT render_jobs_max_attempts_check CHECK (max_attempts BETWEEN 1 AND 100),
@@ -125,6 +148,10 @@ COMMENT ON COLUMN render.render_jobs.template_version_id IS 'soft reference: con
 COMMENT ON COLUMN render.render_jobs.template_file_id IS 'soft reference: file_mgr.files.id';
 COMMENT ON COLUMN render.render_jobs.plan_code IS 'soft reference: identity.plans.code';
 COMMENT ON COLUMN render.render_jobs.template_sha256 IS 'SHA-256 of the template bundle (32 raw bytes).';
+COMMENT ON COLUMN render.render_jobs.output_codec IS 'flatrender.render.v1.VideoCodec, lower-case without the prefix; must suit output_format.';
+COMMENT ON COLUMN render.render_jobs.labels IS 'Client labels as submitted: a JSON object of string values (at most 16).';
+COMMENT ON COLUMN render.render_jobs.error_code IS 'flatrender.render.v1.ErrorCode, lower-case without the prefix.';
+COMMENT ON COLUMN render.render_jobs.canceled_by_user_id IS 'soft reference: identity.users.id';
 
 
 -- -----------------------------------------------------------------------------
@@ -169,7 +196,8 @@ CREATE TABLE render.render_job_audio_tracks (
     position      integer     NOT NULL DEFAULT 0,
     file_id       uuid        NOT NULL,   -- soft reference: file_mgr.files.id
     file_sha256   bytea       NULL,
-    -- Effective linear gain of this track (project master volume x clip volume).
+    -- Effective linear gain of this track, 0..4: the studio's track volume
+    -- (0..2) x the project's master volume for its kind (0..2).
     volume        real        NOT NULL DEFAULT 1.0,
     offset_ms     integer     NOT NULL DEFAULT 0,
     trim_start_ms integer     NOT NULL DEFAULT 0,
@@ -196,10 +224,10 @@ COMMENT ON COLUMN render.render_job_audio_tracks.file_id IS 'soft reference: fil
 -- -----------------------------------------------------------------------------
 -- snapshots: one-frame still previews, cached by content
 -- -----------------------------------------------------------------------------
--- cache_key = SHA-256 over template digest, composition, frame, resolution and
--- the canonical scene data. Unique per tenant, not globally: a hit must never
--- reveal (or serve) another tenant's row. A failed snapshot is retried by
--- resetting its row to 'queued'.
+-- cache_key = SHA-256 over template digest, composition, frame, resolution,
+-- format and the canonical scene data. Unique per tenant, not globally: a hit
+-- must never reveal (or serve) another tenant's row. A failed snapshot is
+-- retried by resetting its row to 'queued'.
 CREATE TABLE render.snapshots (
     id                  uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
     tenant_id           uuid        NOT NULL,   -- soft reference: identity.tenants.id
@@ -216,6 +244,8 @@ CREATE TABLE render.snapshots (
     scene_data          jsonb       NOT NULL DEFAULT '{}',
     state               text        NOT NULL DEFAULT 'queued',
     file_id             uuid        NULL,       -- soft reference: file_mgr.files.id (the image)
+    error_class         text        NULL,
+    error_code          text        NULL,
     error_message       text        NULL,
     hit_count           bigint      NOT NULL DEFAULT 0,
     last_accessed_at    timestamptz NOT NULL DEFAULT now(),   -- LRU
@@ -233,7 +263,14 @@ CREATE TABLE render.snapshots (
     CONSTRAINT snapshots_scene_data_check CHECK (jsonb_typeof(scene_data) = 'object'),
     CONSTRAINT snapshots_state_check CHECK (state IN ('queued', 'rendering', 'ready', 'failed')),
     CONSTRAINT snapshots_ready_check CHECK (state <> 'ready' OR (file_id IS NOT NULL AND rendered_at IS NOT NULL)),
-    CONSTRAINT snapshots_failed_check CHECK (state <> 'failed' OR error_message IS NOT NULL),
+    CONSTRAINT snapshots_failed_check CHECK (
+        state <> 'failed' OR (error_class IS NOT NULL AND error_message IS NOT NULL)),
+    -- The frame_jobs classes that can end a snapshot ('lost' and 'canceled' only
+    -- end an attempt, which is retried), plus 'quota' (storing the image).
+    CONSTRAINT snapshots_error_class_check CHECK (
+        error_class IS NULL OR error_class IN ('template', 'machine', 'timeout', 'quota', 'internal')),
+    CONSTRAINT snapshots_error_code_check CHECK (
+        error_code IS NULL OR (error_class IS NOT NULL AND error_code ~ '^[a-z][a-z0-9_]{0,63}$')),
     CONSTRAINT snapshots_hit_count_check CHECK (hit_count >= 0)
 );
 
@@ -248,7 +285,8 @@ CREATE TRIGGER set_updated_at BEFORE UPDATE ON render.snapshots
 COMMENT ON TABLE render.snapshots IS 'Still previews (one frame), unique per (tenant_id, cache_key); a hit answers without rendering.';
 COMMENT ON COLUMN render.snapshots.tenant_id IS 'soft reference: identity.tenants.id';
 COMMENT ON COLUMN render.snapshots.user_id IS 'soft reference: identity.users.id';
-COMMENT ON COLUMN render.snapshots.cache_key IS 'SHA-256 (32 raw bytes) over template digest, composition, frame, resolution and canonical scene data.';
+COMMENT ON COLUMN render.snapshots.cache_key IS 'SHA-256 (32 raw bytes) over template digest, composition, frame, resolution, format and canonical scene data.';
+COMMENT ON COLUMN render.snapshots.error_code IS 'flatrender.render.v1.ErrorCode, lower-case without the prefix.';
 COMMENT ON COLUMN render.snapshots.template_version_id IS 'soft reference: content.template_versions.id';
 COMMENT ON COLUMN render.snapshots.template_file_id IS 'soft reference: file_mgr.files.id';
 COMMENT ON COLUMN render.snapshots.file_id IS 'soft reference: file_mgr.files.id';
@@ -309,9 +347,10 @@ CREATE TABLE render.frame_jobs (
     frames_done       integer     NOT NULL DEFAULT 0,
     current_frame     integer     NULL,
     last_progress_at  timestamptz NULL,
-    -- Outcome of the last attempt.
+    -- Outcome of the last attempt (every attempt: frame_job_attempts).
     exit_code         integer     NULL,
     error_class       text        NULL,
+    error_code        text        NULL,
     error_message     text        NULL,
     log_tail          text        NULL,
     render_ms         bigint      NOT NULL DEFAULT 0,   -- node time over all attempts
@@ -345,6 +384,8 @@ CREATE TABLE render.frame_jobs (
     CONSTRAINT frame_jobs_frames_done_check CHECK (frames_done >= 0),
     CONSTRAINT frame_jobs_error_class_check CHECK (
         error_class IS NULL OR error_class IN ('template', 'machine', 'timeout', 'canceled', 'lost', 'internal')),
+    CONSTRAINT frame_jobs_error_code_check CHECK (
+        error_code IS NULL OR (error_class IS NOT NULL AND error_code ~ '^[a-z][a-z0-9_]{0,63}$')),
     CONSTRAINT frame_jobs_log_tail_check CHECK (log_tail IS NULL OR octet_length(log_tail) <= 65536),
     CONSTRAINT frame_jobs_render_ms_check CHECK (render_ms >= 0)
 );
@@ -374,6 +415,7 @@ COMMENT ON TABLE render.frame_jobs IS 'Task queue (lanes snapshot/render/repair/
 COMMENT ON COLUMN render.frame_jobs.tenant_id IS 'soft reference: identity.tenants.id';
 COMMENT ON COLUMN render.frame_jobs.lease_epoch IS 'Fencing token: +1 on every assignment; reports with another epoch are rejected.';
 COMMENT ON COLUMN render.frame_jobs.lane_rank IS 'Generated: snapshot/probe 0, repair 1, assemble 2, render 3 (lower is dispatched first).';
+COMMENT ON COLUMN render.frame_jobs.error_code IS 'flatrender.render.v1.ErrorCode of the last attempt, lower-case without the prefix.';
 COMMENT ON COLUMN render.frame_jobs.pinned_node_id IS 'Only this node may take the task (probe renders, operator requests).';
 
 
@@ -443,6 +485,78 @@ COMMENT ON COLUMN render.frame_job_excluded_nodes.tenant_id IS 'soft reference: 
 
 
 -- -----------------------------------------------------------------------------
+-- frame_job_attempts: every lease of a task (the attempt history)
+-- -----------------------------------------------------------------------------
+-- One row per assignment, written at claim time in the same transaction as the
+-- new lease_epoch and finished by the task's result (or by the orchestrator:
+-- lease_lost, rejected). `attempt` is the 1-based ordinal of the lease among
+-- the task's leases and keeps counting across RequeueRender; it can exceed
+-- frame_jobs.attempts, which does not count rejected and handed_back leases.
+-- The last attempt's outcome is also copied to the frame_jobs row.
+CREATE TABLE render.frame_job_attempts (
+    id            uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    tenant_id     uuid        NOT NULL,   -- soft reference: identity.tenants.id
+    frame_job_id  uuid        NOT NULL REFERENCES render.frame_jobs (id) ON DELETE CASCADE,
+    job_id        uuid        NULL REFERENCES render.render_jobs (id) ON DELETE CASCADE,   -- the task's job, if any
+    attempt       integer     NOT NULL,
+    lease_epoch   bigint      NOT NULL,
+    node_id       uuid        NULL REFERENCES render.nodes (id) ON DELETE SET NULL,
+    node_name     text        NOT NULL,   -- the node's name at the time
+    assigned_at   timestamptz NOT NULL DEFAULT now(),   -- lease granted
+    started_at    timestamptz NULL,       -- agent accepted (TaskUpdate ACCEPTED)
+    finished_at   timestamptz NULL,
+    -- flatrender.render.v1.TaskOutcome, lower-case without the prefix; NULL while running.
+    outcome       text        NULL,
+    error_class   text        NULL,
+    error_code    text        NULL,
+    error_message text        NULL,       -- raw, as the agent reported it (node paths included)
+    exit_code     integer     NULL,
+    render_ms     bigint      NOT NULL DEFAULT 0,   -- node time of this attempt (download + render + upload)
+    log_tail      text        NULL,       -- last lines of aerender's / ffmpeg's output
+    log_file_id   uuid        NULL,       -- soft reference: file_mgr.files.id (the full log, when uploaded)
+    warnings      text[]      NOT NULL DEFAULT '{}',
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT frame_job_attempts_attempt_key UNIQUE (frame_job_id, attempt),
+    -- Results are deduplicated by (task, epoch); every lease has its own epoch.
+    CONSTRAINT frame_job_attempts_lease_epoch_key UNIQUE (frame_job_id, lease_epoch),
+    CONSTRAINT frame_job_attempts_attempt_check CHECK (attempt >= 1),
+    CONSTRAINT frame_job_attempts_lease_epoch_check CHECK (lease_epoch > 0),
+    CONSTRAINT frame_job_attempts_node_name_check CHECK (char_length(node_name) BETWEEN 1 AND 63),
+    CONSTRAINT frame_job_attempts_outcome_check CHECK (
+        outcome IS NULL OR outcome IN ('success', 'template_error', 'machine_error', 'timeout', 'canceled',
+                                       'handed_back', 'lease_lost', 'rejected')),
+    CONSTRAINT frame_job_attempts_finished_check CHECK ((outcome IS NULL) = (finished_at IS NULL)),
+    CONSTRAINT frame_job_attempts_error_class_check CHECK (
+        error_class IS NULL OR error_class IN ('template', 'machine', 'timeout', 'canceled', 'lost', 'internal')),
+    CONSTRAINT frame_job_attempts_error_code_check CHECK (
+        error_code IS NULL OR (error_class IS NOT NULL AND error_code ~ '^[a-z][a-z0-9_]{0,63}$')),
+    CONSTRAINT frame_job_attempts_success_check CHECK (outcome IS DISTINCT FROM 'success' OR error_class IS NULL),
+    CONSTRAINT frame_job_attempts_render_ms_check CHECK (render_ms >= 0),
+    CONSTRAINT frame_job_attempts_log_tail_check CHECK (log_tail IS NULL OR octet_length(log_tail) <= 65536),
+    CONSTRAINT frame_job_attempts_warnings_check CHECK (
+        cardinality(warnings) <= 100 AND array_position(warnings, NULL) IS NULL)
+);
+
+-- A job's attempts (RenderStats, SearchRenders by node) and a node's history.
+CREATE INDEX frame_job_attempts_job_idx ON render.frame_job_attempts (job_id, node_id) WHERE job_id IS NOT NULL;
+CREATE INDEX frame_job_attempts_node_assigned_idx ON render.frame_job_attempts (node_id, assigned_at DESC)
+    WHERE node_id IS NOT NULL;
+-- Attempts still running (reconciliation after a replica restart).
+CREATE INDEX frame_job_attempts_open_idx ON render.frame_job_attempts (assigned_at) WHERE finished_at IS NULL;
+
+CREATE TRIGGER set_updated_at BEFORE UPDATE ON render.frame_job_attempts
+    FOR EACH ROW EXECUTE FUNCTION platform.set_updated_at();
+
+COMMENT ON TABLE render.frame_job_attempts IS 'Attempt history of every task: one row per lease (node, epoch, times, outcome, error, exit code, log tail).';
+COMMENT ON COLUMN render.frame_job_attempts.tenant_id IS 'soft reference: identity.tenants.id';
+COMMENT ON COLUMN render.frame_job_attempts.attempt IS '1-based ordinal of the lease among the task''s leases (rejected and handed-back leases included).';
+COMMENT ON COLUMN render.frame_job_attempts.outcome IS 'flatrender.render.v1.TaskOutcome, lower-case without the prefix; NULL while running.';
+COMMENT ON COLUMN render.frame_job_attempts.error_code IS 'flatrender.render.v1.ErrorCode, lower-case without the prefix.';
+COMMENT ON COLUMN render.frame_job_attempts.log_file_id IS 'soft reference: file_mgr.files.id';
+
+
+-- -----------------------------------------------------------------------------
 -- frame_results: frames accepted for a chunk
 -- -----------------------------------------------------------------------------
 -- One row per frame of a render/snapshot task, written only by a report that
@@ -502,7 +616,7 @@ CREATE TABLE render.exports (
     watermarked        boolean      NOT NULL DEFAULT false,
     state              text         NOT NULL DEFAULT 'available',
     expires_at         timestamptz  NULL,       -- from the plan's export_retention_days
-    download_count     bigint       NOT NULL DEFAULT 0,
+    download_count     bigint       NOT NULL DEFAULT 0,   -- complete downloads (FileDownloaded events)
     last_downloaded_at timestamptz  NULL,
     created_at         timestamptz  NOT NULL DEFAULT now(),
     updated_at         timestamptz  NOT NULL DEFAULT now(),
@@ -519,6 +633,8 @@ CREATE TABLE render.exports (
 
 CREATE INDEX exports_tenant_created_idx ON render.exports (tenant_id, created_at DESC);
 CREATE INDEX exports_user_created_idx ON render.exports (user_id, created_at DESC) WHERE user_id IS NOT NULL;
+-- FileDownloaded events (file service) bump download_count by the export's file.
+CREATE INDEX exports_file_idx ON render.exports (file_id);
 -- Retention cleanup.
 CREATE INDEX exports_expires_idx ON render.exports (expires_at) WHERE state = 'available' AND expires_at IS NOT NULL;
 

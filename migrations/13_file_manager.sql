@@ -77,10 +77,15 @@ CREATE TABLE file_mgr.files (
     retained_by         text        NULL,       -- service that set pinned/retained_until
     source_service      text        NOT NULL DEFAULT 'file',   -- service that created it
     metadata            jsonb       NOT NULL DEFAULT '{}',
+    -- UploadFile / CopyFile idempotency: a retry with the same key returns this
+    -- file; request_sha256 detects the same key reused for a different request.
+    idempotency_key     text        NULL,
+    request_sha256      bytea       NULL,
     last_accessed_at    timestamptz NULL,
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT files_storage_key_key UNIQUE (storage_backend, storage_key),
+    CONSTRAINT files_tenant_idempotency_key UNIQUE (tenant_id, idempotency_key),
     CONSTRAINT files_name_check CHECK (
         char_length(name) BETWEEN 1 AND 255
         AND name = btrim(name)
@@ -101,7 +106,10 @@ CREATE TABLE file_mgr.files (
         retained_by IS NULL OR retained_by IN ('identity', 'content', 'studio', 'render', 'file', 'notification')),
     CONSTRAINT files_source_service_check CHECK (
         source_service IN ('identity', 'content', 'studio', 'render', 'file', 'notification')),
-    CONSTRAINT files_metadata_check CHECK (jsonb_typeof(metadata) = 'object')
+    CONSTRAINT files_metadata_check CHECK (jsonb_typeof(metadata) = 'object'),
+    CONSTRAINT files_idempotency_key_check CHECK (
+        idempotency_key IS NULL OR char_length(idempotency_key) BETWEEN 1 AND 200),
+    CONSTRAINT files_request_sha256_check CHECK (request_sha256 IS NULL OR octet_length(request_sha256) = 32)
 );
 
 -- Names are unique inside a folder (root-level and service files may repeat).
@@ -138,31 +146,68 @@ COMMENT ON COLUMN file_mgr.files.counts_toward_quota IS 'Whether size_bytes is c
 -- the limit:
 --     UPDATE file_mgr.quotas SET reserved_bytes = reserved_bytes + $n
 --      WHERE id = $q AND used_bytes + reserved_bytes + $n <= limit_bytes
--- (0 rows -> RESOURCE_EXHAUSTED). The CHECK is the last line of defence.
--- On a plan downgrade below current usage, set limit_bytes to the new quota
--- only once usage fits; until then keep it at used + reserved.
+-- (0 rows -> RESOURCE_EXHAUSTED). The quotas_guard_usage trigger below is the
+-- last line of defence: usage may never GROW past the limit.
+-- A limit may be set below current usage (plan downgrade, admin override):
+-- nothing is deleted, and uploads are refused until usage fits again.
+-- limit_source says where limit_bytes comes from (QuotaLimitSource):
+--   'plan'    the subscriber's plan (plan_code), kept in step through the
+--             SubscriptionChanged and PlanUpdated events;
+--   'admin'   an override set with SetQuotaLimit (clearing it goes back to
+--             the plan's limit);
+--   'default' the configured default (no plan information).
 CREATE TABLE file_mgr.quotas (
-    id             uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    tenant_id      uuid        NOT NULL,   -- soft reference: identity.tenants.id
-    user_id        uuid        NULL,       -- soft reference: identity.users.id; NULL = the tenant-wide quota
-    limit_bytes    bigint      NOT NULL,
-    used_bytes     bigint      NOT NULL DEFAULT 0,
-    reserved_bytes bigint      NOT NULL DEFAULT 0,
-    file_count     bigint      NOT NULL DEFAULT 0,
-    plan_code      text        NULL,       -- soft reference: identity.plans.code (where the limit came from)
-    warned_at      timestamptz NULL,       -- 'quota nearly full' event sent (reset when usage drops)
-    created_at     timestamptz NOT NULL DEFAULT now(),
-    updated_at     timestamptz NOT NULL DEFAULT now(),
+    id                uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    tenant_id         uuid        NOT NULL,   -- soft reference: identity.tenants.id
+    user_id           uuid        NULL,       -- soft reference: identity.users.id; NULL = the tenant-wide quota
+    limit_bytes       bigint      NOT NULL,
+    used_bytes        bigint      NOT NULL DEFAULT 0,
+    reserved_bytes    bigint      NOT NULL DEFAULT 0,
+    file_count        bigint      NOT NULL DEFAULT 0,
+    limit_source      text        NOT NULL DEFAULT 'default',
+    plan_code         text        NULL,       -- soft reference: identity.plans.code (set iff limit_source = 'plan')
+    warned_at         timestamptz NULL,       -- 'quota nearly full' event sent (reset when usage drops)
+    exceeded_event_at timestamptz NULL,       -- last 'quota exceeded' event (at most one per hour)
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT quotas_scope_key UNIQUE NULLS NOT DISTINCT (tenant_id, user_id),
     CONSTRAINT quotas_limit_check CHECK (limit_bytes >= 0),
     CONSTRAINT quotas_used_check CHECK (used_bytes >= 0 AND reserved_bytes >= 0 AND file_count >= 0),
-    CONSTRAINT quotas_within_limit_check CHECK (used_bytes + reserved_bytes <= limit_bytes)
+    CONSTRAINT quotas_limit_source_check CHECK (limit_source IN ('plan', 'admin', 'default')),
+    CONSTRAINT quotas_plan_code_check CHECK (
+        (limit_source = 'plan') = (plan_code IS NOT NULL)
+        AND (plan_code IS NULL OR plan_code ~ '^[a-z][a-z0-9_-]{0,31}$'))
 );
 
 CREATE TRIGGER set_updated_at BEFORE UPDATE ON file_mgr.quotas
     FOR EACH ROW EXECUTE FUNCTION platform.set_updated_at();
 
-COMMENT ON TABLE file_mgr.quotas IS 'Storage quotas per tenant (user_id NULL) and per user; used + reserved <= limit.';
+-- Usage (used + reserved) may not grow past the limit; it may stay above a
+-- limit that was lowered below it, and it may shrink.
+CREATE FUNCTION file_mgr.quotas_guard_usage()
+    RETURNS trigger
+    LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF NEW.used_bytes + NEW.reserved_bytes > NEW.limit_bytes
+       AND NEW.used_bytes + NEW.reserved_bytes > OLD.used_bytes + OLD.reserved_bytes THEN
+        RAISE EXCEPTION 'quota % exceeded: % + % bytes > limit %',
+            NEW.id, NEW.used_bytes, NEW.reserved_bytes, NEW.limit_bytes
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+REVOKE ALL ON FUNCTION file_mgr.quotas_guard_usage() FROM PUBLIC;   -- only ever fired as a trigger
+
+COMMENT ON FUNCTION file_mgr.quotas_guard_usage() IS 'BEFORE UPDATE row trigger on file_mgr.quotas: refuses usage (used + reserved) growing past limit_bytes.';
+
+CREATE TRIGGER quotas_guard_usage BEFORE UPDATE ON file_mgr.quotas
+    FOR EACH ROW EXECUTE FUNCTION file_mgr.quotas_guard_usage();
+
+COMMENT ON TABLE file_mgr.quotas IS 'Storage quotas per tenant (user_id NULL) and per user; used + reserved never grows past the limit.';
+COMMENT ON COLUMN file_mgr.quotas.limit_source IS 'Where limit_bytes comes from: plan (plan_code), admin (SetQuotaLimit override) or default.';
 COMMENT ON COLUMN file_mgr.quotas.tenant_id IS 'soft reference: identity.tenants.id';
 COMMENT ON COLUMN file_mgr.quotas.user_id IS 'soft reference: identity.users.id';
 COMMENT ON COLUMN file_mgr.quotas.plan_code IS 'soft reference: identity.plans.code';
@@ -194,6 +239,10 @@ CREATE TABLE file_mgr.upload_sessions (
     staging_key       text        NOT NULL,   -- object key prefix of the parts
     backend_upload_id text        NULL,       -- S3 multipart UploadId
     file_id           uuid        NULL,       -- the resulting file; FK added below
+    -- StartUploadSession idempotency: a retry with the same key returns this
+    -- session while it is active (see the unique index below).
+    idempotency_key   text        NULL,
+    request_sha256    bytea       NULL,
     error_message     text        NULL,
     expires_at        timestamptz NOT NULL,
     completed_at      timestamptz NULL,
@@ -217,12 +266,18 @@ CREATE TABLE file_mgr.upload_sessions (
     CONSTRAINT upload_sessions_storage_backend_check CHECK (storage_backend IN ('local', 's3')),
     CONSTRAINT upload_sessions_completed_check CHECK (state <> 'completed' OR completed_at IS NOT NULL),
     CONSTRAINT upload_sessions_aborted_check CHECK (state NOT IN ('aborted', 'expired') OR aborted_at IS NOT NULL),
-    CONSTRAINT upload_sessions_expiry_check CHECK (expires_at > created_at)
+    CONSTRAINT upload_sessions_expiry_check CHECK (expires_at > created_at),
+    CONSTRAINT upload_sessions_idempotency_key_check CHECK (
+        idempotency_key IS NULL OR char_length(idempotency_key) BETWEEN 1 AND 200),
+    CONSTRAINT upload_sessions_request_sha256_check CHECK (request_sha256 IS NULL OR octet_length(request_sha256) = 32)
 );
 
 -- Expiry scan of unfinished sessions.
 CREATE INDEX upload_sessions_expires_idx ON file_mgr.upload_sessions (expires_at) WHERE state IN ('active', 'completing');
 CREATE INDEX upload_sessions_owner_created_idx ON file_mgr.upload_sessions (tenant_id, owner_user_id, created_at DESC);
+-- One unfinished session per idempotency key and tenant.
+CREATE UNIQUE INDEX upload_sessions_idempotency_key ON file_mgr.upload_sessions (tenant_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL AND state IN ('active', 'completing');
 
 ALTER TABLE file_mgr.upload_sessions
     ADD CONSTRAINT upload_sessions_file_id_fkey

@@ -5,7 +5,8 @@
 -- entry), notification_deliveries (one per channel and destination, with
 -- retry state), notification_preferences (per user and channel, optionally
 -- per notification type), notification_templates (per tenant, type, channel
--- and locale).
+-- and locale), channel_verifications (pending email/SMS codes and Telegram
+-- link codes, stored hashed).
 -- Channels: in_app, push, email, sms, telegram.
 -- Ends with the one hard cross-schema FK:
 -- identity.earned_gifts.notification_id -> notification.notifications.id.
@@ -144,8 +145,13 @@ CREATE TABLE notification.notification_preferences (
     notification_type       text        NOT NULL DEFAULT '*',
     enabled                 boolean     NOT NULL DEFAULT true,
     -- Channel address when it is not the account's: phone number (sms),
-    -- chat id (telegram), email address (email).
+    -- chat id (telegram), email address (email). Kept on the channel's '*'
+    -- row; destination_verified_at is set when a channel_verifications code
+    -- for it is confirmed (or the Telegram link is completed).
     destination             text        NULL,
+    -- What the settings page shows when it is not `destination` itself:
+    -- '@username' of the linked Telegram chat.
+    destination_label       text        NULL,
     destination_verified_at timestamptz NULL,
     digest                  text        NOT NULL DEFAULT 'immediate',
     quiet_hours_start       time        NULL,
@@ -160,8 +166,12 @@ CREATE TABLE notification.notification_preferences (
         OR (notification_type ~ '^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$' AND char_length(notification_type) <= 100)),
     CONSTRAINT notification_preferences_destination_check CHECK (
         destination IS NULL OR (channel <> 'in_app' AND char_length(destination) BETWEEN 1 AND 320)),
+    CONSTRAINT notification_preferences_destination_label_check CHECK (
+        destination_label IS NULL OR (destination IS NOT NULL AND char_length(destination_label) BETWEEN 1 AND 100)),
     CONSTRAINT notification_preferences_digest_check CHECK (digest IN ('immediate', 'hourly', 'daily')),
-    CONSTRAINT notification_preferences_quiet_hours_check CHECK ((quiet_hours_start IS NULL) = (quiet_hours_end IS NULL)),
+    CONSTRAINT notification_preferences_quiet_hours_check CHECK (
+        (quiet_hours_start IS NULL) = (quiet_hours_end IS NULL)
+        AND (quiet_hours_start IS NULL OR quiet_hours_start <> quiet_hours_end)),
     CONSTRAINT notification_preferences_time_zone_check CHECK (time_zone IS NULL OR char_length(time_zone) BETWEEN 1 AND 64)
 );
 
@@ -205,6 +215,67 @@ CREATE TRIGGER set_updated_at BEFORE UPDATE ON notification.notification_templat
 
 COMMENT ON TABLE notification.notification_templates IS 'Message templates per tenant, notification type, channel and locale.';
 COMMENT ON COLUMN notification.notification_templates.tenant_id IS 'soft reference: identity.tenants.id';
+
+
+-- -----------------------------------------------------------------------------
+-- channel_verifications: pending codes of StartChannelVerification
+-- -----------------------------------------------------------------------------
+-- email/sms: a 6-digit code sent to `destination`, confirmed with
+-- ConfirmChannelVerification; telegram: the code in the bot's deep link
+-- (t.me/<bot>?start=<code>), redeemed by CompleteTelegramLink, which sets
+-- `destination` to the chat id. Codes are valid 10 minutes. Only a hash is
+-- stored: HMAC-SHA-256 of the code under the service's secret key (a bare
+-- SHA-256 of a 6-digit code could be reversed by trying all million codes).
+-- A new start voids the user's open code for the channel (voided_at), so at
+-- most one is open; rows are kept for the rate limit (5 starts per hour per
+-- user and channel) and removed by cleanup after a day.
+-- Confirm checks the open, unexpired row of the user and channel: a match
+-- sets consumed_at; a wrong code increments attempts, and the 5th wrong code
+-- also sets voided_at.
+CREATE TABLE notification.channel_verifications (
+    id          uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    tenant_id   uuid        NOT NULL,   -- soft reference: identity.tenants.id
+    user_id     uuid        NOT NULL,   -- soft reference: identity.users.id
+    channel     text        NOT NULL,
+    -- email address or E.164 number being verified; telegram: NULL until the
+    -- link is opened, then the chat id.
+    destination text        NULL,
+    code_hash   bytea       NOT NULL,
+    attempts    integer     NOT NULL DEFAULT 0,   -- wrong codes entered
+    expires_at  timestamptz NOT NULL,
+    consumed_at timestamptz NULL,       -- confirmed / linked
+    voided_at   timestamptz NULL,       -- superseded by a newer code, or too many wrong codes
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT channel_verifications_channel_check CHECK (channel IN ('email', 'sms', 'telegram')),
+    CONSTRAINT channel_verifications_destination_check CHECK (
+        (destination IS NULL OR char_length(destination) BETWEEN 1 AND 320)
+        AND (channel = 'telegram' OR destination IS NOT NULL)
+        AND (channel <> 'telegram' OR consumed_at IS NULL OR destination IS NOT NULL)),
+    CONSTRAINT channel_verifications_code_hash_check CHECK (octet_length(code_hash) = 32),
+    CONSTRAINT channel_verifications_attempts_check CHECK (attempts BETWEEN 0 AND 5),
+    CONSTRAINT channel_verifications_expiry_check CHECK (expires_at > created_at),
+    CONSTRAINT channel_verifications_closed_check CHECK (consumed_at IS NULL OR voided_at IS NULL)
+);
+
+-- At most one open code per user and channel.
+CREATE UNIQUE INDEX channel_verifications_open_key ON notification.channel_verifications (tenant_id, user_id, channel)
+    WHERE consumed_at IS NULL AND voided_at IS NULL;
+-- CompleteTelegramLink finds the code by its hash (link codes are random, so unique).
+CREATE UNIQUE INDEX channel_verifications_telegram_code_key ON notification.channel_verifications (code_hash)
+    WHERE channel = 'telegram';
+-- Rate limit: a user's recent starts per channel.
+CREATE INDEX channel_verifications_user_created_idx ON notification.channel_verifications (tenant_id, user_id, channel, created_at DESC);
+-- Cleanup of old rows.
+CREATE INDEX channel_verifications_expires_idx ON notification.channel_verifications (expires_at);
+
+CREATE TRIGGER set_updated_at BEFORE UPDATE ON notification.channel_verifications
+    FOR EACH ROW EXECUTE FUNCTION platform.set_updated_at();
+
+COMMENT ON TABLE notification.channel_verifications IS 'Pending channel verifications: email/SMS codes and Telegram link codes, stored as HMAC-SHA-256 hashes.';
+COMMENT ON COLUMN notification.channel_verifications.tenant_id IS 'soft reference: identity.tenants.id';
+COMMENT ON COLUMN notification.channel_verifications.user_id IS 'soft reference: identity.users.id';
+COMMENT ON COLUMN notification.channel_verifications.code_hash IS 'HMAC-SHA-256 of the code under the notification service''s secret key (32 bytes); never the code.';
 
 
 -- -----------------------------------------------------------------------------

@@ -22,4 +22,13 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s scripts/probe-requirements.txt "$venv
 fi
 FLATRENDER_PROBE_PYTHON=$PWD/$venv/bin/python
 export FLATRENDER_PROBE_PYTHON
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary, many of them empty).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
