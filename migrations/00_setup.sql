@@ -202,6 +202,67 @@ $$;
 COMMENT ON FUNCTION platform.set_updated_at() IS 'BEFORE UPDATE row trigger: sets NEW.updated_at = now().';
 
 -- -----------------------------------------------------------------------------
+-- Monthly partitions: the one implementation behind each schema's
+-- ensure_*_partitions() wrapper. Creates the partitions <table>_YYYY_MM of a
+-- table partitioned by range on a timestamptz, for the current UTC month up to
+-- months_ahead months ahead, and returns how many it created. Idempotent;
+-- concurrent callers serialize on a transaction-level advisory lock, and a
+-- partition created meanwhile is simply skipped. Runs with its caller's rights:
+-- only the SECURITY DEFINER wrappers (owned by the table owner) call it.
+-- -----------------------------------------------------------------------------
+CREATE FUNCTION platform.create_monthly_partitions(parent regclass, months_ahead integer)
+    RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- Month boundaries are UTC calendar months.
+    first_month   date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
+    parent_schema text;
+    parent_name   text;
+    month_start   date;
+    part_name     text;
+    created       integer := 0;
+BEGIN
+    IF months_ahead IS NULL OR months_ahead < 0 OR months_ahead > 120 THEN
+        RAISE EXCEPTION 'months_ahead must be between 0 and 120, got %', months_ahead
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT n.nspname, c.relname INTO parent_schema, parent_name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = parent AND c.relkind = 'p';
+    IF parent_name IS NULL THEN
+        RAISE EXCEPTION '% is not a partitioned table', parent USING ERRCODE = 'wrong_object_type';
+    END IF;
+
+    PERFORM pg_advisory_xact_lock(hashtextextended(parent_schema || '.' || parent_name, 0));
+
+    FOR i IN 0 .. months_ahead LOOP
+        month_start := (first_month + make_interval(months => i))::date;
+        part_name := parent_name || '_' || to_char(month_start, 'YYYY_MM');
+        CONTINUE WHEN to_regclass(format('%I.%I', parent_schema, part_name)) IS NOT NULL;
+        BEGIN
+            EXECUTE format(
+                'CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
+                parent_schema, part_name, parent_schema, parent_name,
+                to_char(month_start, 'YYYY-MM-DD') || ' 00:00:00+00',
+                to_char((month_start + interval '1 month')::date, 'YYYY-MM-DD') || ' 00:00:00+00');
+            created := created + 1;
+        EXCEPTION
+            WHEN duplicate_table OR unique_violation THEN
+                NULL;  -- created by someone not holding the advisory lock
+        END;
+    END LOOP;
+    RETURN created;
+END
+$$;
+
+REVOKE ALL ON FUNCTION platform.create_monthly_partitions(regclass, integer) FROM PUBLIC;
+
+COMMENT ON FUNCTION platform.create_monthly_partitions(regclass, integer) IS
+    'Creates missing monthly partitions <table>_YYYY_MM of a range-partitioned table for the current UTC month .. +months_ahead (0..120); returns the number created. Called only by the SECURITY DEFINER ensure_*_partitions() wrappers.';
+
+-- -----------------------------------------------------------------------------
 -- Transactional outbox
 -- -----------------------------------------------------------------------------
 -- A service writes its domain event here in the same transaction as the state

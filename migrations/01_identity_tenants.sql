@@ -324,42 +324,11 @@ COMMENT ON COLUMN identity.tenant_api_request_logs.method IS 'Full gRPC method n
 -- because only the table owner may add partitions.
 CREATE FUNCTION identity.ensure_api_request_log_partitions(months_ahead integer)
     RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE sql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    -- Month boundaries are UTC calendar months.
-    first_month date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
-    month_start date;
-    part_name   text;
-    created     integer := 0;
-BEGIN
-    IF months_ahead IS NULL OR months_ahead < 0 OR months_ahead > 120 THEN
-        RAISE EXCEPTION 'months_ahead must be between 0 and 120, got %', months_ahead
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-
-    PERFORM pg_advisory_xact_lock(hashtextextended('identity.tenant_api_request_logs', 0));
-
-    FOR i IN 0 .. months_ahead LOOP
-        month_start := (first_month + make_interval(months => i))::date;
-        part_name := 'tenant_api_request_logs_' || to_char(month_start, 'YYYY_MM');
-        CONTINUE WHEN to_regclass(format('identity.%I', part_name)) IS NOT NULL;
-        BEGIN
-            EXECUTE format(
-                'CREATE TABLE identity.%I PARTITION OF identity.tenant_api_request_logs FOR VALUES FROM (%L) TO (%L)',
-                part_name,
-                to_char(month_start, 'YYYY-MM-DD') || ' 00:00:00+00',
-                to_char((month_start + interval '1 month')::date, 'YYYY-MM-DD') || ' 00:00:00+00');
-            created := created + 1;
-        EXCEPTION
-            WHEN duplicate_table OR unique_violation THEN
-                NULL;  -- created by someone not holding the advisory lock
-        END;
-    END LOOP;
-    RETURN created;
-END
+    SELECT platform.create_monthly_partitions('identity.tenant_api_request_logs'::regclass, months_ahead);
 $$;
 
 REVOKE ALL ON FUNCTION identity.ensure_api_request_log_partitions(integer) FROM PUBLIC;

@@ -57,6 +57,17 @@ async fn each_role_reaches_only_its_own_schema() {
         assert!(history.is_err(), "{} must not read the migration history", role.role);
         let outbox = sqlx::query("SELECT 1 FROM platform.outbox LIMIT 0").execute(&pool).await;
         assert!(outbox.is_ok(), "{} reads the outbox: {outbox:?}", role.role);
+        // Partitions only through the owning schema's wrapper, never the shared implementation.
+        let direct =
+            sqlx::query("SELECT platform.create_monthly_partitions('render.node_health_logs', 1)").execute(&pool).await;
+        assert!(direct.is_err(), "{} must not call the partition implementation directly", role.role);
+        for (schema, wrapper) in [
+            ("identity", "identity.ensure_api_request_log_partitions"),
+            ("render", "render.ensure_node_health_log_partitions"),
+        ] {
+            let call = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {wrapper}(0)"))).execute(&pool).await;
+            assert_eq!(call.is_ok(), schema == role.schema, "{} calling {wrapper}: {call:?}", role.role);
+        }
     }
 }
 
