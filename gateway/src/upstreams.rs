@@ -25,6 +25,9 @@ pub enum UpstreamError {
     /// The URL does not parse.
     #[error("upstream URL `{0}` is invalid: {1}")]
     Uri(String, String),
+    /// The URL's scheme is not `http`.
+    #[error("upstream URL `{0}`: TLS to upstreams is not supported yet; use http://")]
+    Scheme(String),
     /// The descriptor set compiled into the binary is unreadable (a build defect).
     #[error("the compiled API descriptors are unreadable: {0}")]
     Descriptors(String),
@@ -46,6 +49,10 @@ impl FromStr for Upstream {
             url.trim().parse().map_err(|e: http::uri::InvalidUri| UpstreamError::Uri(url.into(), e.to_string()))?;
         if uri.scheme().is_none() || uri.authority().is_none() {
             return Err(UpstreamError::Uri(url.into(), "needs a scheme and host, e.g. http://render:50051".into()));
+        }
+        // Until upstream TLS lands, anything but plain HTTP/2 would fail at the first call.
+        if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
+            return Err(UpstreamError::Scheme(url.trim().into()));
         }
         Ok(Self { service: service.into(), uri })
     }
@@ -73,6 +80,16 @@ mod tests {
         assert!(matches!("render".parse::<Upstream>(), Err(UpstreamError::Syntax(_))));
         assert!(matches!("billing=http://x:1".parse::<Upstream>(), Err(UpstreamError::UnknownService(_))));
         assert!(matches!("render=flatrender-render".parse::<Upstream>(), Err(UpstreamError::Uri(..))));
+    }
+
+    #[test]
+    fn rejects_schemes_other_than_http() {
+        for url in ["https://flatrender-render:50051", "grpcs://flatrender-render:50051", "ftp://x:21"] {
+            let err = format!("render={url}").parse::<Upstream>().unwrap_err();
+            assert!(matches!(err, UpstreamError::Scheme(_)), "{url}: {err:?}");
+            assert!(err.to_string().contains("TLS to upstreams is not supported yet; use http://"), "{err}");
+        }
+        assert!("render=HTTP://flatrender-render:50051".parse::<Upstream>().is_ok());
     }
 
     #[test]

@@ -5,12 +5,13 @@
 
 mod support;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
 use flatrender_kit::testing::TestDatabase;
 use flatrender_proto::flatrender::identity::v1::auth_service_client::AuthServiceClient;
-use flatrender_proto::flatrender::render::v1::GetRenderRequest;
 use flatrender_proto::flatrender::render::v1::render_service_client::RenderServiceClient;
+use flatrender_proto::flatrender::render::v1::{GetRenderRequest, WatchRenderRequest};
 use support::{Flatrender, await_health};
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -25,10 +26,19 @@ async fn the_gateway_forwards_to_remote_services() {
     let gateway =
         Flatrender::start("postgres://nobody@127.0.0.1:1/none", &["--target", "gateway", "--upstream", &upstream]);
     let channel = gateway.channel().await;
+    let mut client = RenderServiceClient::new(channel.clone());
 
-    // The render process answers through the gateway (its methods are not implemented yet).
-    let status = RenderServiceClient::new(channel.clone()).get_render(GetRenderRequest::default()).await.unwrap_err();
+    // The render process answers through the gateway (its methods are not implemented yet). The
+    // gateway's own route fallback would answer UNIMPLEMENTED too, so the render process's
+    // metrics must show that the calls reached it.
+    let status = client.get_render(GetRenderRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert_upstream_handled(&render, "/flatrender.render.v1.RenderService/GetRender");
+
+    // Server streaming goes through as well.
+    let status = client.watch_render(WatchRenderRequest::default()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert_upstream_handled(&render, "/flatrender.render.v1.RenderService/WatchRender");
 
     // A service with no upstream is UNAVAILABLE, naming the flag to set.
     let status = AuthServiceClient::new(channel)
@@ -37,4 +47,32 @@ async fn the_gateway_forwards_to_remote_services() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert!(status.message().contains("--upstream identity="), "{}", status.message());
+
+    // An upstream that went away is UNAVAILABLE, promptly, not a hang.
+    drop(render);
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(10), client.get_render(GetRenderRequest::default()))
+        .await
+        .expect("the gateway answers within 10 s when its upstream is gone")
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?} after {:?}", started.elapsed());
+    assert!(status.message().contains("cannot be reached"), "{}", status.message());
+}
+
+/// Asserts the render process counted exactly one `Unimplemented` call of `method`.
+fn assert_upstream_handled(render: &Flatrender, method: &str) {
+    let head = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", render.metrics);
+    let metrics = String::from_utf8(http1_exchange(render.metrics, head.as_bytes(), &[])).unwrap();
+    let line = format!(r#"flatrender_grpc_server_handled_total{{method="{method}",code="Unimplemented"}} 1"#);
+    assert!(metrics.lines().any(|l| l == line), "the render process did not count `{line}`:\n{metrics}");
+}
+
+fn http1_exchange(addr: std::net::SocketAddr, head: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(head).unwrap();
+    stream.write_all(body).unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).unwrap();
+    out
 }

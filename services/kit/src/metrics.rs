@@ -1,9 +1,13 @@
 //! Prometheus metrics: a registry shared by the process, a tower layer that counts and times
 //! every gRPC call, and the `/metrics` HTTP endpoint on its own port.
+//!
+//! The method label is bounded: only the gRPC methods this binary knows are named, anything
+//! else the public port is asked for (it accepts HTTP/1.1, so scanners reach it) is `unknown`.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -15,10 +19,56 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
+use prost::Message as _;
 use tokio::net::TcpListener;
 
 use crate::shutdown::ShutdownSignal;
 use crate::{Error, Result};
+
+/// The method label of paths that are not a known gRPC method.
+const UNKNOWN_METHOD: &str = "unknown";
+
+/// Reflection is registered by hand in the server, not through a descriptor set of ours.
+const REFLECTION_METHODS: [&str; 2] = [
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// Every full method path the server can answer: FlatRender's services, health and reflection.
+static KNOWN_METHODS: LazyLock<HashSet<String>> = LazyLock::new(|| {
+    let mut known: HashSet<String> = REFLECTION_METHODS.iter().map(|m| (*m).to_owned()).collect();
+    for encoded in [flatrender_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET] {
+        let set = match prost_types::FileDescriptorSet::decode(encoded) {
+            Ok(set) => set,
+            Err(e) => {
+                // A build defect; calls still count, under `unknown`.
+                tracing::error!(error = %e, "the compiled API descriptors are unreadable; methods are labelled unknown");
+                continue;
+            }
+        };
+        for file in &set.file {
+            let package = file.package();
+            for service in &file.service {
+                for method in &service.method {
+                    let service = service.name();
+                    let method = method.name();
+                    known.insert(if package.is_empty() {
+                        format!("/{service}/{method}")
+                    } else {
+                        format!("/{package}.{service}/{method}")
+                    });
+                }
+            }
+        }
+    }
+    known
+});
+
+/// The method label for a request path: the path itself when it is a known gRPC method,
+/// otherwise `unknown`, so arbitrary paths cannot create time series.
+fn method_label(path: &str) -> &'static str {
+    KNOWN_METHODS.get(path).map_or(UNKNOWN_METHOD, String::as_str)
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -138,7 +188,8 @@ impl<S> tower::Layer<S> for MetricsLayer {
     }
 }
 
-/// Counts and times each call. The code label is the `grpc-status` the response headers carry
+/// Counts and times each call, labelled by method (`unknown` for paths that are not a known gRPC
+/// method). The code label is the `grpc-status` the response headers carry
 /// (errors answered before any message), otherwise `OK`.
 #[derive(Clone, Debug)]
 pub struct MetricsService<S> {
@@ -161,7 +212,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
-        let method = request.uri().path().to_owned();
+        let method = method_label(request.uri().path());
         let metrics = self.metrics.clone();
         let future = self.inner.call(request);
         Box::pin(async move {
@@ -176,7 +227,7 @@ where
                     .unwrap_or_else(|| "Ok".into()),
                 Err(_) => "TransportError".into(),
             };
-            metrics.record(&method, &code, started);
+            metrics.record(method, &code, started);
             response
         })
     }
@@ -196,5 +247,69 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("flatrender_grpc_server_handling_seconds_bucket"), "{text}");
+    }
+
+    /// Answers every request with a fixed gRPC status in the headers.
+    #[derive(Clone)]
+    struct Answer(tonic::Code);
+
+    impl tower::Service<http::Request<()>> for Answer {
+        type Response = http::Response<()>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<std::result::Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: http::Request<()>) -> Self::Future {
+            let mut response = http::Response::new(());
+            response.headers_mut().insert("grpc-status", (self.0 as i32).into());
+            std::future::ready(Ok(response))
+        }
+    }
+
+    #[tokio::test]
+    async fn labels_only_known_methods_by_name() {
+        use tower::{Layer as _, Service as _};
+
+        let metrics = Metrics::new();
+        let mut service = metrics.layer().layer(Answer(tonic::Code::Unimplemented));
+        for path in [
+            "/flatrender.render.v1.RenderService/GetRender",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            "/wp-login.php",
+            "/.env",
+            "/flatrender.render.v1.RenderService/NoSuchMethod",
+        ] {
+            let request = http::Request::builder().uri(path).body(()).unwrap();
+            service.call(request).await.unwrap();
+        }
+        let text = metrics.encode();
+        for line in [
+            r#"flatrender_grpc_server_handled_total{method="/flatrender.render.v1.RenderService/GetRender",code="Unimplemented"} 1"#,
+            r#"flatrender_grpc_server_handled_total{method="/grpc.health.v1.Health/Check",code="Unimplemented"} 1"#,
+            r#"flatrender_grpc_server_handled_total{method="/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",code="Unimplemented"} 1"#,
+            r#"flatrender_grpc_server_handled_total{method="unknown",code="Unimplemented"} 3"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
+        assert!(!text.contains("wp-login") && !text.contains("NoSuchMethod"), "{text}");
+    }
+
+    #[test]
+    fn knows_every_served_method() {
+        assert_eq!(
+            method_label("/flatrender.identity.v1.AuthService/Login"),
+            "/flatrender.identity.v1.AuthService/Login"
+        );
+        assert_eq!(method_label("/grpc.health.v1.Health/Watch"), "/grpc.health.v1.Health/Watch");
+        assert_eq!(
+            method_label("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        );
+        assert_eq!(method_label("/"), "unknown");
+        assert_eq!(method_label("/flatrender.identity.v1.AuthService"), "unknown");
     }
 }
