@@ -34,7 +34,8 @@ bindir() {
   ls -d /usr/lib/postgresql/*/bin | sort -t/ -k5 -n -r | head -n1
 }
 
-answers() { psql "$1" -Atqc 'SELECT 1' >/dev/null 2>&1; }
+# Never prompts for a password (-w) and gives up quickly on a silent host.
+answers() { PGCONNECT_TIMEOUT=3 psql -w "$1" -Atqc 'SELECT 1' >/dev/null 2>&1; }
 
 # Runs a server binary as the owner of the cluster directory (initdb refuses root).
 run_as_owner() {
@@ -69,12 +70,14 @@ server_url() {
   ensure_client
   local url="postgres://postgres@127.0.0.1:5432/postgres"
   if answers "$url"; then echo "$url"; return; fi
-  if command -v pg_lsclusters >/dev/null && [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then
+  if command -v pg_lsclusters >/dev/null; then
+    # Start the system cluster only when it is installed and down; one that runs but refuses
+    # us (password authentication, say) is left alone for the private cluster below.
     local ver
-    ver=$(pg_lsclusters -h | awk '$2=="main"{print $1}' | sort -n | tail -n1)
+    ver=$(pg_lsclusters -h 2>/dev/null | awk '$2=="main" && $4=="down" {print $1}' | sort -n | tail -n1)
     if [ -n "$ver" ]; then
       log "starting the system cluster $ver/main"
-      as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start >&2 || true
+      ( as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start >&2 ) || true
       for _ in $(seq 1 30); do answers "$url" && { echo "$url"; return; }; sleep 1; done
     fi
   fi
@@ -88,10 +91,10 @@ server_url() {
 database_url() {
   local name=$1 server base exists
   server=$(server_url)
-  exists=$(psql "$server" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$name'")
+  exists=$(psql -w "$server" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$name'")
   if [ "$exists" != 1 ]; then
     log "creating database $name"
-    psql "$server" -qc "CREATE DATABASE \"$name\"" >&2
+    psql -w "$server" -qc "CREATE DATABASE \"$name\"" >&2
   fi
   base=${server%/*}
   echo "$base/$name"

@@ -14,7 +14,8 @@ venv=target/probe-venv
 if [ ! -x "$venv/bin/python" ] || ! cmp -s scripts/probe-requirements.txt "$venv/requirements.txt"; then
   python3 -m venv "$venv" 2>/dev/null || {
     sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd=sudo
-    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2
+    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >&2
     python3 -m venv "$venv"
   }
   "$venv/bin/pip" install -q --disable-pip-version-check -r scripts/probe-requirements.txt >&2

@@ -89,26 +89,42 @@ pub struct ServeArgs {
 }
 
 /// Per-service database URLs, for deployments that give each service its own login.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct ServiceDatabaseArgs {
     /// Identity's own URL (user flatrender_identity); default: the owner URL with SET ROLE.
-    #[arg(long, env = "FLATRENDER_IDENTITY_DATABASE_URL")]
+    #[arg(long, env = "FLATRENDER_IDENTITY_DATABASE_URL", hide_env_values = true)]
     pub identity_database_url: Option<DatabaseUrl>,
     /// Content's own URL (user flatrender_content).
-    #[arg(long, env = "FLATRENDER_CONTENT_DATABASE_URL")]
+    #[arg(long, env = "FLATRENDER_CONTENT_DATABASE_URL", hide_env_values = true)]
     pub content_database_url: Option<DatabaseUrl>,
     /// Studio's own URL (user flatrender_studio).
-    #[arg(long, env = "FLATRENDER_STUDIO_DATABASE_URL")]
+    #[arg(long, env = "FLATRENDER_STUDIO_DATABASE_URL", hide_env_values = true)]
     pub studio_database_url: Option<DatabaseUrl>,
     /// Render's own URL (user flatrender_render).
-    #[arg(long, env = "FLATRENDER_RENDER_DATABASE_URL")]
+    #[arg(long, env = "FLATRENDER_RENDER_DATABASE_URL", hide_env_values = true)]
     pub render_database_url: Option<DatabaseUrl>,
     /// File's own URL (user flatrender_file).
-    #[arg(long, env = "FLATRENDER_FILE_DATABASE_URL")]
+    #[arg(long, env = "FLATRENDER_FILE_DATABASE_URL", hide_env_values = true)]
     pub file_database_url: Option<DatabaseUrl>,
     /// Notification's own URL (user flatrender_notification).
-    #[arg(long, env = "FLATRENDER_NOTIFICATION_DATABASE_URL")]
+    #[arg(long, env = "FLATRENDER_NOTIFICATION_DATABASE_URL", hide_env_values = true)]
     pub notification_database_url: Option<DatabaseUrl>,
+}
+
+impl ServiceDatabaseArgs {
+    /// The service's own URL, when one was given.
+    pub fn url_of(&self, role: flatrender_kit::db::ServiceRole) -> Option<&DatabaseUrl> {
+        use flatrender_kit::db::ServiceRole as R;
+        match role {
+            r if r == R::IDENTITY => self.identity_database_url.as_ref(),
+            r if r == R::CONTENT => self.content_database_url.as_ref(),
+            r if r == R::STUDIO => self.studio_database_url.as_ref(),
+            r if r == R::RENDER => self.render_database_url.as_ref(),
+            r if r == R::FILE => self.file_database_url.as_ref(),
+            r if r == R::NOTIFICATION => self.notification_database_url.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// Access-token verification.

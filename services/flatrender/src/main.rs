@@ -25,7 +25,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let outcome = runtime.block_on(run(cli));
+    // Tasks still running after the drain (e.g. connections being cut) get no extra time.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line that says what is wrong and how to fix it; no backtrace.
@@ -53,17 +56,18 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
     let targets = targets::Selection::new(&args.targets);
     let settings = PoolSettings::from(&args.database);
 
-    // Check the database before anything listens, so a bad URL is one clear line. A gateway
-    // on its own keeps no state and needs none.
-    if targets.services().next().is_some() {
+    // Migrating needs the owner; serving does not: each service checks the schema version
+    // through its own login and role, which also proves they work before anything listens.
+    if args.migrate && targets.services().next().is_some() {
         let owner = db::owner_pool(&settings).await?;
-        if args.migrate {
-            let report = migrate::run(&owner).await?;
-            tracing::info!(applied = report.applied.len(), "migrations done");
-        } else {
-            migrate::ensure_current(&owner).await?;
-        }
+        let report = migrate::run(&owner).await?;
+        tracing::info!(applied = report.applied.len(), "migrations done");
         owner.close().await;
+    }
+    for role in targets.roles() {
+        let mut conn = db::probe(&settings, role, args.service_databases.url_of(role)).await?;
+        migrate::ensure_current(&mut conn).await?;
+        sqlx::Connection::close(conn).await?;
     }
 
     let verifier = token_verifier(&args.auth, data_dir)?;
@@ -76,13 +80,14 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
     let (metrics_addr, metrics_task) =
         flatrender_kit::metrics::serve(metrics.clone(), args.server.metrics_addr, shutdown.signal()).await?;
 
-    let (routes, modules) = targets.build(&settings, &args.service_databases, &args.upstreams, &shutdown, &metrics)?;
-    let services: Vec<&str> = modules.iter().flat_map(|m| m.grpc_services.iter().copied()).collect();
+    let app = targets.build(&settings, &args.service_databases, &args.upstreams, &shutdown, &metrics)?;
+
+    let services = app.modules.iter().map(|m| m.grpc_services.len()).sum::<usize>() + app.forwarded.len();
     tracing::info!(
         targets = %targets,
         grpc = %grpc_addr,
         metrics = %metrics_addr,
-        services = services.len(),
+        services,
         "FlatRender is listening (gRPC and grpc-web on the gRPC address)"
     );
     println!("flatrender {} serving {targets}", env!("CARGO_PKG_VERSION"));
@@ -91,8 +96,9 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
 
     let options =
         ServeOptions { shutdown_timeout: args.server.shutdown_timeout, health_interval: args.server.health_interval };
-    let outcome = server::serve(listener, routes, modules, verifier, metrics, &shutdown, options).await;
-    let _ = metrics_task.await;
+    let outcome = server::serve(listener, app, verifier, metrics, &shutdown, options).await;
+    // The metrics endpoint drained alongside; it gets no time beyond the deadline.
+    metrics_task.abort();
     tracing::info!("stopped");
     outcome
 }

@@ -7,7 +7,7 @@ use flatrender_gateway::Upstream;
 use flatrender_kit::config::DatabaseUrl;
 use flatrender_kit::db::{self, PoolSettings, ServiceRole};
 use flatrender_kit::metrics::Metrics;
-use flatrender_kit::server::{ServiceContext, ServiceModule};
+use flatrender_kit::server::{Application, ServiceContext};
 use flatrender_kit::shutdown::Shutdown;
 use flatrender_kit::{Error, Result};
 use tonic::service::RoutesBuilder;
@@ -47,14 +47,14 @@ impl Selection {
         upstreams: &[Upstream],
         shutdown: &Shutdown,
         metrics: &Metrics,
-    ) -> Result<(RoutesBuilder, Vec<ServiceModule>)> {
+    ) -> Result<Application> {
         let mut routes = RoutesBuilder::default();
         let mut modules = Vec::new();
         for target in self.services() {
             let Some((role, own_url)) = role_of(target, own_urls) else { continue };
             let ctx = ServiceContext {
                 pool: db::service_pool(settings, role, own_url)?,
-                shutdown: shutdown.signal(),
+                shutdown: shutdown.stop_signal(),
                 metrics: metrics.clone(),
             };
             let module = match target {
@@ -68,16 +68,23 @@ impl Selection {
             };
             modules.push(module);
         }
+        let mut forwarded = Vec::new();
         if self.targets.contains(&Target::Gateway) {
             let local: BTreeSet<&str> = modules.iter().map(|m| m.role.service).collect();
-            let (with_proxies, forwarded) = flatrender_gateway::add_proxy_routes(routes.routes(), &local, upstreams)
+            let (with_proxies, names) = flatrender_gateway::add_proxy_routes(routes.routes(), &local, upstreams)
                 .map_err(|e| Error::Config(e.to_string()))?;
-            if !forwarded.is_empty() {
-                tracing::info!(services = forwarded.len(), "gateway forwards the services of other processes");
+            if !names.is_empty() {
+                tracing::info!(services = names.len(), "gateway forwards the services of other processes");
             }
             routes = RoutesBuilder::from(with_proxies);
+            forwarded = names;
         }
-        Ok((routes, modules))
+        Ok(Application { routes, modules, forwarded })
+    }
+
+    /// The database roles of the selected services.
+    pub fn roles(&self) -> impl Iterator<Item = ServiceRole> + '_ {
+        self.services().filter_map(|t| role_of(t, &ServiceDatabaseArgs::default()).map(|(role, _)| role))
     }
 
     /// The selected services (every target but the gateway), in start order.
@@ -88,15 +95,16 @@ impl Selection {
 
 /// The database identity of a service target; `None` for `all` and `gateway`.
 fn role_of(target: Target, urls: &ServiceDatabaseArgs) -> Option<(ServiceRole, Option<&DatabaseUrl>)> {
-    Some(match target {
-        Target::Identity => (ServiceRole::IDENTITY, urls.identity_database_url.as_ref()),
-        Target::Content => (ServiceRole::CONTENT, urls.content_database_url.as_ref()),
-        Target::Studio => (ServiceRole::STUDIO, urls.studio_database_url.as_ref()),
-        Target::Render => (ServiceRole::RENDER, urls.render_database_url.as_ref()),
-        Target::File => (ServiceRole::FILE, urls.file_database_url.as_ref()),
-        Target::Notification => (ServiceRole::NOTIFICATION, urls.notification_database_url.as_ref()),
+    let role = match target {
+        Target::Identity => ServiceRole::IDENTITY,
+        Target::Content => ServiceRole::CONTENT,
+        Target::Studio => ServiceRole::STUDIO,
+        Target::Render => ServiceRole::RENDER,
+        Target::File => ServiceRole::FILE,
+        Target::Notification => ServiceRole::NOTIFICATION,
         Target::All | Target::Gateway => return None,
-    })
+    };
+    Some((role, urls.url_of(role)))
 }
 
 impl fmt::Display for Selection {

@@ -36,13 +36,33 @@ fn malformed_values_and_unknown_targets() {
     for (args, needle) in [
         (vec!["--grpc-addr", "nonsense"], "invalid value 'nonsense' for '--grpc-addr"),
         (vec!["--target", "billing"], "invalid value 'billing' for '--target"),
-        (vec!["--database-url", "mysql://x"], "expected a URL like postgres://"),
         (vec!["--shutdown-timeout", "soon"], "is not a duration"),
     ] {
         let (status, _, stderr) = run(&args, &[]);
         assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
         assert_clear_failure(&stderr, &[needle]);
     }
+}
+
+#[test]
+fn a_database_url_that_is_not_postgres_is_refused_without_echoing_it() {
+    let (status, _, stderr) = run(&["--database-url", "mysql://app:hunter2@db/x"], &[]);
+    assert_eq!(status.code(), Some(1));
+    assert_clear_failure(&stderr, &["must look like postgres://user:password@host:5432/flatrender"]);
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[test]
+fn help_never_prints_secrets_from_the_environment() {
+    let (status, stdout, _) = run(
+        &["--help"],
+        &[
+            ("FLATRENDER_DATABASE_URL", "postgres://app:hunter2@db/x"),
+            ("FLATRENDER_RENDER_DATABASE_URL", "postgres://r:hunter3@db/x"),
+        ],
+    );
+    assert!(status.success());
+    assert!(!stdout.contains("hunter2") && !stdout.contains("hunter3"), "{stdout}");
 }
 
 #[tokio::test]
@@ -55,10 +75,11 @@ async fn address_in_use_and_unmigrated_database() {
 
     let (status, stdout, _) = run(&["migrate", "--database-url", &url], &[]);
     assert!(status.success());
-    assert!(stdout.contains("15 applied now, 0 already present"), "{stdout}");
+    let files = flatrender_kit::migrate::embedded().len();
+    assert!(stdout.contains(&format!("{files} applied now, 0 already present")), "{stdout}");
     let (status, stdout, _) = run(&["migrate", "--database-url", &url], &[]);
     assert!(status.success());
-    assert!(stdout.contains("0 applied now, 15 already present"), "{stdout}");
+    assert!(stdout.contains(&format!("0 applied now, {files} already present")), "{stdout}");
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

@@ -31,31 +31,57 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A private PostgreSQL cluster, stopped and removed even when the test fails.
+struct Cluster {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let port = free_port();
+        let cluster = Self { dir: std::env::temp_dir().join(format!("flatrender-pg-{port}")), port };
+        cluster.up();
+        cluster
+    }
+
+    fn up(&self) {
+        cluster("cluster-start", &self.dir, Some(self.port));
+    }
+
+    fn down(&self) {
+        cluster("cluster-stop", &self.dir, None);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(SCRIPT).arg("cluster-stop").arg(&self.dir).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test]
 async fn health_follows_the_database_without_a_restart() {
     // A private cluster this test may stop without disturbing the other tests.
-    let dir = std::env::temp_dir().join(format!("flatrender-pg-{}", free_port()));
-    let port = free_port();
-    cluster("cluster-start", &dir, Some(port));
-    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-
-    let server = Flatrender::start(&url, &["--migrate", "--database-connect-timeout", "1s"]);
+    let pg = Cluster::start();
+    let server = Flatrender::start(&pg.url(), &["--migrate", "--database-connect-timeout", "1s"]);
     let channel = server.channel().await;
     let limit = Duration::from_secs(20);
     await_health(channel.clone(), "", ServingStatus::Serving, limit).await;
 
-    cluster("cluster-stop", &dir, None);
+    pg.down();
     await_health(channel.clone(), "", ServingStatus::NotServing, limit).await;
     await_health(channel.clone(), "flatrender.render.v1.RenderService", ServingStatus::NotServing, limit).await;
 
-    cluster("cluster-start", &dir, Some(port));
+    pg.up();
     await_health(channel.clone(), "", ServingStatus::Serving, limit).await;
     await_health(channel, "flatrender.render.v1.RenderService", ServingStatus::Serving, limit).await;
     assert!(Command::new("kill").args(["-0", &server.pid().to_string()]).status().unwrap().success(), "same process");
-
-    drop(server);
-    cluster("cluster-stop", &dir, None);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -72,7 +98,8 @@ async fn sigterm_drains_and_exits_zero_within_the_deadline() {
     server.signal("TERM");
     let status = server.wait_exit(Duration::from_secs(10)).expect("exits");
     assert_eq!(status.code(), Some(0), "{}", server.stderr());
-    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+    // The stream never ends by itself: it is cut at the 2 s deadline, and the exit follows at once.
+    assert!(started.elapsed() < Duration::from_millis(3500), "took {:?}", started.elapsed());
     assert!(server.stderr().contains("stopped"), "{}", server.stderr());
 }
 

@@ -46,15 +46,7 @@ async fn every_service_is_serving_and_listed_by_reflection() {
         assert_eq!(status, ServingStatus::Serving, "{name}");
     }
 
-    let mut reflection = ServerReflectionClient::new(channel.clone());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
-    let Some(Ok(response)) = responses.next().await else { panic!("no reflection answer") };
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("not a list") };
-    let listed: BTreeSet<String> = list.service.into_iter().map(|s| s.name).collect();
+    let listed = reflected_services(channel.clone()).await;
     for name in
         expected.iter().map(String::as_str).chain(["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"])
     {
@@ -100,6 +92,31 @@ async fn an_off_the_shelf_client_sees_every_service_serving() {
         assert_eq!(entry["health"], "SERVING", "{name}: {seen}");
         assert!(entry["methods"].as_u64().unwrap_or(0) > 0, "{name} is described through reflection: {seen}");
     }
+}
+
+/// The services a server lists through reflection v1.
+async fn reflected_services(channel: tonic::transport::Channel) -> BTreeSet<String> {
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let Some(Ok(response)) = responses.next().await else { panic!("no reflection answer") };
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("not a list") };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+#[tokio::test]
+async fn one_target_lists_only_its_own_services() {
+    let db = TestDatabase::migrated().await;
+    let server = Flatrender::start(db.url().expose(), &["--target", "render"]);
+    let channel = server.channel().await;
+    await_health(channel.clone(), "", ServingStatus::Serving, Duration::from_secs(20)).await;
+    let listed = reflected_services(channel).await;
+    assert!(listed.contains("flatrender.render.v1.RenderService"), "{listed:?}");
+    assert!(listed.contains("flatrender.agent.v1.AgentService"), "{listed:?}");
+    assert!(!listed.iter().any(|s| s.starts_with("flatrender.identity.")), "identity runs elsewhere: {listed:?}");
 }
 
 #[tokio::test]

@@ -223,7 +223,7 @@ impl TokenSigner {
     }
 
     /// The public half as a JWKS document.
-    pub fn jwks(&self) -> JwkSet {
+    pub fn jwks(&self) -> Result<JwkSet> {
         let value = serde_json::json!({
             "keys": [{
                 "kty": "OKP",
@@ -234,8 +234,7 @@ impl TokenSigner {
                 "x": URL_SAFE_NO_PAD.encode(self.public),
             }]
         });
-        // The document is built right here from valid parts.
-        serde_json::from_value(value).unwrap_or(JwkSet { keys: Vec::new() })
+        serde_json::from_value(value).map_err(|e| Error::Keys(format!("cannot build the JWKS: {e}")))
     }
 
     /// Signs `claims` as an access token.
@@ -277,7 +276,7 @@ impl DevKeyFiles {
         let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| Error::Keys(e.to_string()))?;
         let signer = TokenSigner::from_signing_key(kid.clone(), &key)?;
         write_private(&self.private_key, format!("# kid: {kid}\n{}", pem.as_str()).as_bytes()).map_err(io)?;
-        let jwks = serde_json::to_vec_pretty(&signer.jwks()).map_err(|e| Error::Keys(e.to_string()))?;
+        let jwks = serde_json::to_vec_pretty(&signer.jwks()?).map_err(|e| Error::Keys(e.to_string()))?;
         std::fs::write(&self.jwks, jwks).map_err(io)?;
         Ok(true)
     }
@@ -351,10 +350,9 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        // Extensions are server-side only; clear any a client might have smuggled via another layer.
-        request.extensions_mut().remove::<Caller>();
+        // Only the verified token decides who calls; identity headers a client sends mean nothing.
         if let Some(value) = request.headers().get(http::header::AUTHORIZATION) {
-            let outcome = match (value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")), &self.verifier) {
+            let outcome = match (value.to_str().ok().and_then(bearer_token), &self.verifier) {
                 (None, _) => Err(Rejection("authorization must be `Bearer <access token>`".into())),
                 (Some(_), None) => Err(Rejection("this server has no token keys configured".into())),
                 (Some(token), Some(verifier)) => verifier.verify(token.trim()).map_err(|e| Rejection(strip(&e))),
@@ -370,6 +368,12 @@ where
         }
         self.inner.call(request)
     }
+}
+
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 fn strip(err: &Error) -> String {
@@ -407,7 +411,7 @@ mod tests {
 
     fn setup() -> (TokenSigner, TokenVerifier) {
         let signer = TokenSigner::generate("k1").unwrap();
-        let verifier = TokenVerifier::new(&signer.jwks(), ISS, AUD).unwrap();
+        let verifier = TokenVerifier::new(&signer.jwks().unwrap(), ISS, AUD).unwrap();
         (signer, verifier)
     }
 
@@ -433,8 +437,13 @@ mod tests {
         let payload = parts[1];
 
         let alg_none = format!("{}.{payload}.", b64(&serde_json::json!({"alg":"none","typ":"at+jwt","kid":"k1"})));
-        let hs256 =
-            format!("{}.{payload}.{}", b64(&serde_json::json!({"alg":"HS256","typ":"at+jwt","kid":"k1"})), parts[2]);
+        // The classic key confusion: HMAC-SHA256 keyed with the Ed25519 public key itself.
+        let hs256 = {
+            let mut forged = Header::new(Algorithm::HS256);
+            forged.kid = Some("k1".into());
+            forged.typ = Some(ACCESS_TOKEN_TYPE.into());
+            jsonwebtoken::encode(&forged, &claims(), &EncodingKey::from_secret(&signer.public).unwrap()).unwrap()
+        };
         let path_kid = format!(
             "{}.{payload}.{}",
             b64(&serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":"../../etc/passwd"})),
@@ -473,6 +482,14 @@ mod tests {
             let result = verifier.verify(&token);
             assert!(matches!(result, Err(Error::Unauthenticated(_))), "{name}: {result:?}");
         }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 
     #[test]

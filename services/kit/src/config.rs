@@ -41,35 +41,52 @@ impl DatabaseUrl {
         Self(url)
     }
 
-    /// The URL with any password replaced by `***`.
+    /// The URL with its password (in the user part or the query) replaced by `***`; a URL
+    /// that does not even parse is not printed at all.
     pub fn redacted(&self) -> String {
-        let Some(scheme_end) = self.0.find("://").map(|i| i + 3) else {
-            return "***".into();
+        let Ok(mut url) = url::Url::parse(&self.0) else {
+            return "<database URL that does not parse>".into();
         };
-        let rest = &self.0[scheme_end..];
-        let authority_len = rest.find(['/', '?']).unwrap_or(rest.len());
-        let authority = &rest[..authority_len];
-        match authority.rfind('@') {
-            Some(at) => {
-                let userinfo = &authority[..at];
-                let user = userinfo.split(':').next().unwrap_or_default();
-                let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.into() };
-                format!("{}{masked}{}", &self.0[..scheme_end], &rest[at..])
-            }
-            None => self.0.clone(),
+        if url.password().is_some() {
+            // Only fails for URLs that cannot have credentials, which this one has.
+            let _ = url.set_password(Some("***"));
+        }
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let secret = matches!(k.as_ref(), "password" | "sslpassword");
+                    (k.into_owned(), if secret { "***".to_owned() } else { v.into_owned() })
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
+    }
+
+    /// Checks the URL names a PostgreSQL server, without ever repeating it in the error.
+    pub fn validate(&self) -> Result<(), String> {
+        match url::Url::parse(&self.0) {
+            Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") && url.has_host() => Ok(()),
+            Ok(_) => Err(format!(
+                "database URL {} must look like postgres://user:password@host:5432/flatrender",
+                self.redacted()
+            )),
+            Err(e) => Err(format!(
+                "the database URL does not parse ({e}); it must look like postgres://user:password@host:5432/flatrender \
+                 (percent-encode special characters in the password)"
+            )),
         }
     }
 }
 
 impl FromStr for DatabaseUrl {
-    type Err = String;
+    type Err = std::convert::Infallible;
 
+    /// Accepts any text: it is validated when used, so a rejected URL (and its password) is
+    /// never echoed by the argument parser.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err("expected a URL like postgres://user:password@host:5432/flatrender".into())
-        }
+        Ok(Self(s.to_owned()))
     }
 }
 
@@ -139,8 +156,9 @@ pub struct DatabaseArgs {
     #[arg(
         long,
         env = "FLATRENDER_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/flatrender",
-        hide_default_value = false
+        // The value may hold a password: --help must never print it.
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/flatrender"
     )]
     pub database_url: DatabaseUrl,
 
@@ -182,32 +200,48 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn passwords_are_redacted() {
-        let url: DatabaseUrl = "postgres://app:s3cret@db:5432/flatrender?sslmode=require".parse().unwrap();
-        assert_eq!(url.redacted(), "postgres://app:***@db:5432/flatrender?sslmode=require");
-        assert!(!format!("{url:?} {url}").contains("s3cret"));
-        let plain: DatabaseUrl = "postgres://postgres@127.0.0.1/x".parse().unwrap();
-        assert_eq!(plain.redacted(), "postgres://postgres@127.0.0.1/x");
+    fn url(text: &str) -> DatabaseUrl {
+        text.parse().unwrap()
     }
 
     #[test]
-    fn password_with_at_sign_is_redacted() {
-        let url: DatabaseUrl = "postgres://app:p@ss@db/flatrender".parse().unwrap();
-        assert!(!url.redacted().contains("p@ss"), "{}", url.redacted());
+    fn passwords_are_redacted() {
+        let with_password = url("postgres://app:s3cret@db:5432/flatrender?sslmode=require");
+        assert_eq!(with_password.redacted(), "postgres://app:***@db:5432/flatrender?sslmode=require");
+        assert!(!format!("{with_password:?} {with_password}").contains("s3cret"));
+        assert_eq!(url("postgres://postgres@127.0.0.1/x").redacted(), "postgres://postgres@127.0.0.1/x");
+    }
+
+    #[test]
+    fn awkward_passwords_never_leak() {
+        for (text, secret) in [
+            ("postgres://app:p@ss@db/flatrender", "p@ss"),
+            ("postgres://app:pa/ss@db/flatrender", "pa/ss"),
+            ("postgres://app:pa?ss@db/flatrender", "pa?ss"),
+            ("postgres://app@db/flatrender?password=topsecret&sslmode=require", "topsecret"),
+            ("postgres://app@db/flatrender?sslpassword=keypass", "keypass"),
+        ] {
+            let u = url(text);
+            assert!(!u.redacted().contains(secret), "{text} → {}", u.redacted());
+            if let Err(message) = u.validate() {
+                assert!(!message.contains(secret), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_postgres_urls_validate() {
+        assert!(url("postgres://u@h/d").validate().is_ok());
+        assert!(url("postgresql://u@h:5433/d").validate().is_ok());
+        assert!(url("mysql://u:secret@h/d").validate().unwrap_err().contains("postgres://user"));
+        assert!(url("not a url").validate().is_err());
     }
 
     #[test]
     fn database_can_be_swapped() {
-        let url: DatabaseUrl = "postgres://u:p@h:1/old?sslmode=disable".parse().unwrap();
-        assert_eq!(url.with_database("new").expose(), "postgres://u:p@h:1/new?sslmode=disable");
-        let bare: DatabaseUrl = "postgres://h".parse().unwrap();
-        assert_eq!(bare.with_database("d").expose(), "postgres://h/d");
-    }
-
-    #[test]
-    fn rejects_non_postgres_urls() {
-        assert!("mysql://x".parse::<DatabaseUrl>().is_err());
+        let old = url("postgres://u:p@h:1/old?sslmode=disable");
+        assert_eq!(old.with_database("new").expose(), "postgres://u:p@h:1/new?sslmode=disable");
+        assert_eq!(url("postgres://h").with_database("d").expose(), "postgres://h/d");
     }
 
     #[test]

@@ -71,7 +71,10 @@ impl From<&DatabaseArgs> for PoolSettings {
 
 /// Parses a URL into connect options, naming the URL (redacted) in the error.
 pub fn connect_options(url: &DatabaseUrl) -> Result<PgConnectOptions> {
-    PgConnectOptions::from_str(url.expose()).map_err(|e| Error::Config(format!("invalid database URL {url}: {e}")))
+    url.validate().map_err(Error::Config)?;
+    // sqlx's parse errors may quote the URL, so they are not passed on.
+    PgConnectOptions::from_str(url.expose())
+        .map_err(|_| Error::Config(format!("database URL {url} is not a valid PostgreSQL connection URL")))
 }
 
 /// Opens the pool of one service. With `own_url` the service logs in as its role directly;
@@ -100,6 +103,33 @@ pub fn service_pool(settings: &PoolSettings, role: ServiceRole, own_url: Option<
         })
         .connect_lazy_with(options);
     Ok(pool)
+}
+
+/// Connects once exactly as the service's pool will (its URL, its role), so a bad URL, a refused login or a missing role is one clear line at start-up rather
+/// than a service that stays NOT_SERVING.
+pub async fn probe(
+    settings: &PoolSettings,
+    role: ServiceRole,
+    own_url: Option<&DatabaseUrl>,
+) -> Result<sqlx::PgConnection> {
+    use sqlx::ConnectOptions as _;
+    let url = own_url.unwrap_or(&settings.url);
+    let options = connect_options(url)?;
+    let mut conn = tokio::time::timeout(settings.acquire_timeout, options.connect())
+        .await
+        .map_err(|_| {
+            Error::Config(format!("PostgreSQL at {url} did not answer within {:?}", settings.acquire_timeout))
+        })?
+        .map_err(|e| unreachable_database(url, &e))?;
+    if own_url.is_none() {
+        conn.execute(sqlx::AssertSqlSafe(format!("SET ROLE {}", role.role))).await.map_err(|e| {
+            Error::Config(format!(
+                "the {} service cannot act as role {} through {url}: {e}; run `flatrender migrate` as a user allowed to create roles, or give the service its own URL",
+                role.service, role.role
+            ))
+        })?;
+    }
+    Ok(conn)
 }
 
 /// Opens a small pool as the owner URL itself (migrations, checks).

@@ -42,11 +42,24 @@ impl From<Error> for Status {
         match err {
             Error::Unauthenticated(msg) => Status::unauthenticated(msg),
             Error::PermissionDenied(msg) => Status::permission_denied(msg),
-            Error::Database(sqlx::Error::PoolTimedOut) => {
-                Status::unavailable("the database is not reachable right now; retry shortly")
-            }
+            Error::Database(db) => database_status(db),
             other => internal(&other),
         }
+    }
+}
+
+/// Database failures a client can retry are `UNAVAILABLE` (the database is away or the
+/// process is shutting down) or `ABORTED` (a serialization failure or deadlock); the rest
+/// are internal.
+fn database_status(err: sqlx::Error) -> Status {
+    match &err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            Status::unavailable("the database is not reachable right now; retry shortly")
+        }
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")) => {
+            Status::aborted("the operation conflicted with another one; retry it")
+        }
+        _ => internal(&err),
     }
 }
 
@@ -68,6 +81,15 @@ mod tests {
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("secret"));
         assert!(status.message().starts_with("internal error (reference "));
+    }
+
+    #[test]
+    fn transient_database_failures_are_retryable() {
+        assert_eq!(Status::from(Error::Database(sqlx::Error::PoolClosed)).code(), Code::Unavailable);
+        assert_eq!(Status::from(Error::Database(sqlx::Error::PoolTimedOut)).code(), Code::Unavailable);
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(Status::from(Error::Database(sqlx::Error::Io(io))).code(), Code::Unavailable);
+        assert_eq!(Status::from(Error::Database(sqlx::Error::RowNotFound)).code(), Code::Internal);
     }
 
     #[test]

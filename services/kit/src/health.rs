@@ -2,8 +2,8 @@
 //!
 //! Each service is `NOT_SERVING` until its own pool answers a query, and turns `NOT_SERVING`
 //! again while it does not; the whole process (the empty service name) is `SERVING` only when
-//! every service is. On shutdown everything turns `NOT_SERVING` first so balancers stop
-//! sending new calls while in-flight ones drain.
+//! every service is. When draining starts everything turns `NOT_SERVING`, so balancers that
+//! watch health stop sending new calls while in-flight ones finish.
 
 use std::time::Duration;
 
@@ -23,21 +23,25 @@ pub struct Watched {
     pub pool: PgPool,
 }
 
-/// Marks every name `NOT_SERVING` now, then keeps statuses in step with the databases until
-/// shutdown.
+/// Marks the process and every service `NOT_SERVING`; call before the listener opens.
+pub async fn mark_not_serving(reporter: &HealthReporter, watched: &[Watched]) {
+    for name in watched.iter().flat_map(|w| w.grpc_services.iter()) {
+        reporter.set_service_status(name, ServingStatus::NotServing).await;
+    }
+    reporter.set_service_status("", ServingStatus::NotServing).await;
+}
+
+/// Keeps statuses in step with the databases until draining starts, then marks everything
+/// `NOT_SERVING` so balancers stop sending new calls. Only changes are published, so Watch
+/// streams see one message per change.
 pub async fn watch_databases(
     reporter: HealthReporter,
     watched: Vec<Watched>,
     interval: Duration,
     signal: ShutdownSignal,
 ) {
-    let all_names = || watched.iter().flat_map(|w| w.grpc_services.iter());
-    for name in all_names() {
-        reporter.set_service_status(name, ServingStatus::NotServing).await;
-    }
-    reporter.set_service_status("", ServingStatus::NotServing).await;
-
     let mut last: Vec<Option<bool>> = vec![None; watched.len()];
+    let mut last_overall = None;
     let timeout = interval.max(Duration::from_millis(500));
     let stop = signal.clone().wait();
     tokio::pin!(stop);
@@ -60,18 +64,19 @@ pub async fn watch_databases(
                 last[i] = Some(*ok);
             }
         }
-        let overall = if results.iter().all(|ok| *ok) { ServingStatus::Serving } else { ServingStatus::NotServing };
-        reporter.set_service_status("", overall).await;
+        let overall = results.iter().all(|ok| *ok);
+        if last_overall != Some(overall) {
+            let status = if overall { ServingStatus::Serving } else { ServingStatus::NotServing };
+            reporter.set_service_status("", status).await;
+            last_overall = Some(overall);
+        }
 
         tokio::select! {
             _ = &mut stop => break,
             _ = tokio::time::sleep(interval) => {}
         }
     }
-    for name in all_names() {
-        reporter.set_service_status(name, ServingStatus::NotServing).await;
-    }
-    reporter.set_service_status("", ServingStatus::NotServing).await;
+    mark_not_serving(&reporter, &watched).await;
 }
 
 /// Pings every pool concurrently and returns the outcomes in order.

@@ -1,7 +1,8 @@
 //! The migrator: applies the embedded `migrations/*.sql` files in order, each in its own
 //! transaction, under a PostgreSQL advisory lock so that any number of replicas may start at
-//! once. It records what it applied, with a SHA-256 checksum, in `public.flatrender_migrations`
-//! and refuses to run when a landed file was edited.
+//! once. It records what it applied, with a SHA-256 checksum, in `platform.schema_migrations`
+//! (a schema the migrating user creates, so it needs no rights on `public`) and refuses to run
+//! when a landed file was edited.
 
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use crate::{Error, Result};
 const LOCK_KEY: i64 = 0x466c_6174_5265_6e64;
 
 /// The table the migrator keeps its history in (not part of the service schemas).
-pub const HISTORY_TABLE: &str = "public.flatrender_migrations";
+pub const HISTORY_TABLE: &str = "platform.schema_migrations";
 
 /// The migration files, embedded at build time in file-name order.
 static FILES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
@@ -63,7 +64,15 @@ pub struct Report {
 /// Applies every pending migration. Safe to call concurrently from many processes.
 pub async fn run(pool: &PgPool) -> Result<Report> {
     let mut conn = pool.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock($1)").bind(LOCK_KEY).execute(&mut *conn).await?;
+    // If this future is dropped mid-way, the connection (and the session lock with it) must
+    // not go back to the pool.
+    conn.close_on_drop();
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut *conn).await?;
+    if !locked {
+        tracing::info!("another process is migrating this database; waiting for it to finish");
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(LOCK_KEY).execute(&mut *conn).await?;
+    }
     let result = apply_pending(&mut conn).await;
     // Unlock even after a failure; if this fails the session ends and releases the lock anyway.
     let unlock = sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut *conn).await;
@@ -73,14 +82,36 @@ pub async fn run(pool: &PgPool) -> Result<Report> {
 }
 
 /// Fails with a clear message unless the database holds exactly the embedded migrations.
-pub async fn ensure_current(pool: &PgPool) -> Result<()> {
-    if !history_exists(pool).await? {
+///
+/// Works through any pool of the database, a service's own included: the history is readable
+/// by every service role. A database set up with plain psql has no history to compare; it is
+/// accepted with a warning.
+pub async fn ensure_current(conn: &mut PgConnection) -> Result<()> {
+    if !history_exists(&mut *conn).await? {
+        let schemas_exist: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'identity')")
+                .fetch_one(&mut *conn)
+                .await?;
+        if schemas_exist {
+            tracing::warn!("the schema was applied without `flatrender migrate`; its version cannot be checked");
+            return Ok(());
+        }
         return Err(Error::Migration(
             "the database is not migrated: run `flatrender migrate` (or start with --migrate)".into(),
         ));
     }
-    let applied = applied(pool).await?;
+    let applied = applied(&mut *conn).await?;
     let expected = embedded();
+    if applied.len() > expected.len() {
+        // A newer release migrated already (a rolling upgrade, or a rollback of this binary):
+        // migrations only add, so serving on a newer schema is safe as long as ours match.
+        check_history(&applied[..expected.len()], &expected)?;
+        tracing::warn!(
+            newest = %applied[applied.len() - 1].name,
+            "the database was migrated by a newer FlatRender; serving on it"
+        );
+        return Ok(());
+    }
     check_history(&applied, &expected)?;
     if applied.len() < expected.len() {
         let next = &expected[applied.len()];
@@ -99,8 +130,8 @@ struct Applied {
     checksum: Vec<u8>,
 }
 
-async fn history_exists(pool: &PgPool) -> Result<bool> {
-    Ok(sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL").bind(HISTORY_TABLE).fetch_one(pool).await?)
+async fn history_exists(conn: &mut PgConnection) -> Result<bool> {
+    Ok(sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL").bind(HISTORY_TABLE).fetch_one(conn).await?)
 }
 
 async fn applied<'e, E: sqlx::PgExecutor<'e>>(executor: E) -> Result<Vec<Applied>> {
@@ -137,9 +168,7 @@ fn check_history(applied: &[Applied], expected: &[Migration]) -> Result<()> {
 }
 
 async fn apply_pending(conn: &mut PgConnection) -> Result<Report> {
-    let history_exists: bool =
-        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(HISTORY_TABLE).fetch_one(&mut *conn).await?;
-    if !history_exists {
+    if !history_exists(&mut *conn).await? {
         let foreign: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'identity')")
             .fetch_one(&mut *conn)
             .await?;
@@ -151,7 +180,8 @@ async fn apply_pending(conn: &mut PgConnection) -> Result<Report> {
             ));
         }
         sqlx::raw_sql(AssertSqlSafe(format!(
-            "CREATE TABLE {HISTORY_TABLE} (
+            "CREATE SCHEMA IF NOT EXISTS platform;
+             CREATE TABLE {HISTORY_TABLE} (
                 version integer PRIMARY KEY,
                 name text NOT NULL UNIQUE,
                 checksum bytea NOT NULL,
@@ -188,6 +218,12 @@ async fn apply_pending(conn: &mut PgConnection) -> Result<Report> {
         tx.commit().await?;
         tracing::info!(migration = migration.name, duration_ms, "applied migration");
         report.applied.push(migration.name.to_owned());
+    }
+    // Services check the schema version through their own roles; reading is all they may do.
+    for role in crate::db::ServiceRole::ALL {
+        sqlx::query(AssertSqlSafe(format!("GRANT SELECT ON {HISTORY_TABLE} TO {}", role.role)))
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(report)
 }

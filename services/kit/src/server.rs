@@ -52,7 +52,7 @@ impl std::fmt::Debug for ServiceModule {
 pub struct ServiceContext {
     /// The service's own pool.
     pub pool: PgPool,
-    /// Completes when shutdown starts.
+    /// Completes when background work must stop (after in-flight calls drained).
     pub shutdown: ShutdownSignal,
     /// The process's metrics registry.
     pub metrics: Metrics,
@@ -82,38 +82,69 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
-/// Serves `routes` and the modules' services on `listener` until `shutdown` starts, then drains.
-/// Returns once the server, the background tasks and the pools have stopped.
+/// Everything one process serves.
+pub struct Application {
+    /// The gRPC routes of the local services (and of any forwarding proxies).
+    pub routes: RoutesBuilder,
+    /// The local services.
+    pub modules: Vec<ServiceModule>,
+    /// gRPC service names this process forwards to other processes (the gateway).
+    pub forwarded: Vec<String>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("modules", &self.modules).field("forwarded", &self.forwarded).finish()
+    }
+}
+
+/// Serves `app` on `listener` until shutdown starts, then drains: listeners stop accepting and
+/// in-flight calls get until the drain deadline; then background tasks stop and pools close,
+/// bounded by the same deadline. Returns once all of that is done.
 pub async fn serve(
     listener: TcpListener,
-    mut routes: RoutesBuilder,
-    modules: Vec<ServiceModule>,
+    app: Application,
     verifier: Option<TokenVerifier>,
     metrics: Metrics,
     shutdown: &Shutdown,
     options: ServeOptions,
 ) -> Result<()> {
+    let Application { mut routes, modules, forwarded } = app;
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flatrender_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Config(format!("reflection descriptors are invalid: {e}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flatrender_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| Error::Config(format!("reflection descriptors are invalid: {e}")))?;
-    routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
-
-    let mut tasks = Tasks::default();
-    let watched = modules
+    let watched: Vec<Watched> = modules
         .iter()
         .map(|m| Watched {
             grpc_services: m.grpc_services.iter().map(|s| (*s).to_owned()).collect(),
             pool: m.pool.clone(),
         })
         .collect();
+    // Nothing reports SERVING before its database has answered, not even for an instant.
+    health::mark_not_serving(&reporter, &watched).await;
+
+    // Reflection lists exactly what this process answers: its services, what it forwards,
+    // and the two standard services.
+    let mut served: Vec<String> = watched.iter().flat_map(|w| w.grpc_services.iter().cloned()).collect();
+    served.extend(forwarded);
+    served.extend(["grpc.health.v1.Health".to_owned(), REFLECTION_V1.to_owned(), REFLECTION_V1ALPHA.to_owned()]);
+    let reflection = || {
+        served.iter().fold(
+            // Both reflection versions are listed, so each server describes both.
+            tonic_reflection::server::Builder::configure()
+                .include_reflection_service(false)
+                .register_encoded_file_descriptor_set(flatrender_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET),
+            |builder, name| builder.with_service_name(name.clone()),
+        )
+    };
+    let reflection_v1 =
+        reflection().build_v1().map_err(|e| Error::Config(format!("reflection descriptors are invalid: {e}")))?;
+    let reflection_v1alpha =
+        reflection().build_v1alpha().map_err(|e| Error::Config(format!("reflection descriptors are invalid: {e}")))?;
+    routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+
+    let mut tasks = Tasks::default();
     tasks.spawn("health", health::watch_databases(reporter, watched, options.health_interval, shutdown.signal()));
     let mut pools = Vec::new();
     for module in modules {
@@ -134,26 +165,33 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown.signal().wait());
     tokio::pin!(server);
 
-    let outcome = tokio::select! {
-        result = &mut server => result,
+    // One deadline for the whole shutdown, from the moment draining starts.
+    let (outcome, deadline) = tokio::select! {
+        result = &mut server => (result, tokio::time::Instant::now() + options.shutdown_timeout),
         () = shutdown.signal().wait() => {
-            match tokio::time::timeout(options.shutdown_timeout, &mut server).await {
-                Ok(result) => result,
+            let deadline = tokio::time::Instant::now() + options.shutdown_timeout;
+            match tokio::time::timeout_at(deadline, &mut server).await {
+                Ok(result) => (result, deadline),
                 Err(_) => {
-                    tracing::warn!(deadline = ?options.shutdown_timeout, "in-flight calls did not finish in time; cutting them off");
-                    Ok(())
+                    tracing::warn!(timeout = ?options.shutdown_timeout, "in-flight calls did not finish in time; cutting them off");
+                    (Ok(()), deadline)
                 }
             }
         }
     };
-    // Whatever ended the server, stop everything else too.
-    shutdown.trigger();
-    tasks.join(options.shutdown_timeout).await;
+    // Calls have drained (or the server failed): now background work may stop.
+    shutdown.stop();
+    tasks.join(deadline).await;
     for pool in pools {
-        pool.close().await;
+        if tokio::time::timeout_at(deadline, pool.close()).await.is_err() {
+            tracing::warn!("a database pool did not close in time; leaving its connections to the OS");
+        }
     }
     outcome.map_err(|e| Error::Io(std::io::Error::other(e)))
 }
+
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 
 /// The address a listener ended up on (useful with port 0).
 pub fn local_addr(listener: &TcpListener) -> Result<SocketAddr> {

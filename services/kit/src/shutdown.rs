@@ -5,7 +5,6 @@
 //! at once, for an operator who does not want to wait.
 
 use std::future::Future;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -13,10 +12,13 @@ use tokio::task::JoinHandle;
 /// Exit status used when a second signal cuts the drain short (128 + SIGINT, as shells do).
 pub const FORCED_EXIT_CODE: i32 = 130;
 
-/// Owns the shutdown state; hand out [`ShutdownSignal`]s to everything that must stop.
+/// Owns the shutdown state. Shutdown has two phases: `drain` (listeners stop accepting,
+/// in-flight calls finish) and then `stop` (background work ends), so background work keeps
+/// serving the calls that are still draining.
 #[derive(Debug)]
 pub struct Shutdown {
-    tx: watch::Sender<bool>,
+    drain: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
 }
 
 impl Default for Shutdown {
@@ -28,27 +30,40 @@ impl Default for Shutdown {
 impl Shutdown {
     /// A shutdown that has not started.
     pub fn new() -> Self {
-        Self { tx: watch::channel(false).0 }
+        Self { drain: watch::channel(false).0, stop: watch::channel(false).0 }
     }
 
-    /// A receiver that completes when shutdown starts.
+    /// Completes when draining starts: for listeners and health.
     pub fn signal(&self) -> ShutdownSignal {
-        ShutdownSignal { rx: self.tx.subscribe() }
+        ShutdownSignal { rx: self.drain.subscribe() }
     }
 
-    /// Starts the shutdown (idempotent).
+    /// Completes when background work must stop, after the drain.
+    pub fn stop_signal(&self) -> ShutdownSignal {
+        ShutdownSignal { rx: self.stop.subscribe() }
+    }
+
+    /// Starts draining (idempotent).
     pub fn trigger(&self) {
-        self.tx.send_replace(true);
+        self.drain.send_replace(true);
     }
 
-    /// Starts the shutdown on the first SIGTERM/SIGINT; exits the process on the second.
+    /// Ends background work (and draining, if it had not started).
+    pub fn stop(&self) {
+        self.drain.send_replace(true);
+        self.stop.send_replace(true);
+    }
+
+    /// Starts draining on the first SIGTERM/SIGINT; exits the process on the second.
     pub fn trigger_on_signals(&self) -> JoinHandle<()> {
-        let tx = self.tx.clone();
+        let drain = self.drain.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            // The handlers are installed once, so a second signal can never slip between two waits.
+            let mut signals = Signals::install();
+            signals.next().await;
             tracing::info!("shutdown signal received; draining (send it again to exit at once)");
-            tx.send_replace(true);
-            wait_for_signal().await;
+            drain.send_replace(true);
+            signals.next().await;
             tracing::warn!("second shutdown signal; exiting now");
             std::process::exit(FORCED_EXIT_CODE);
         })
@@ -74,29 +89,42 @@ impl ShutdownSignal {
     }
 }
 
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(mut term), Ok(mut int)) => {
+/// SIGTERM and SIGINT (Ctrl-C elsewhere), received as a stream.
+struct Signals {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                // Cannot install handlers (extremely unusual): fall back to Ctrl-C only.
+                _ => None,
+            };
+            Self { streams }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = self.streams.as_mut() {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
+            return;
         }
-        _ => {
-            // Cannot install handlers (extremely unusual): fall back to Ctrl-C only.
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-/// Background work that stops when shutdown starts.
+/// Background work that stops when shutdown reaches its `stop` phase.
 #[derive(Debug, Default)]
 pub struct Tasks {
     handles: Vec<(&'static str, JoinHandle<()>)>,
@@ -111,9 +139,8 @@ impl Tasks {
         self.handles.push((name, tokio::spawn(task)));
     }
 
-    /// Waits up to `deadline` for every task, then aborts the stragglers.
-    pub async fn join(self, deadline: Duration) {
-        let until = tokio::time::Instant::now() + deadline;
+    /// Waits until `until` for every task, then aborts the stragglers.
+    pub async fn join(self, until: tokio::time::Instant) {
         for (name, mut handle) in self.handles {
             match tokio::time::timeout_at(until, &mut handle).await {
                 Ok(Ok(())) => {}
@@ -128,29 +155,12 @@ impl Tasks {
     }
 }
 
-/// Runs `f` every `interval` (first run at once) until shutdown starts.
-pub async fn every<F, Fut>(interval: Duration, signal: ShutdownSignal, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stop = signal.wait();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = ticker.tick() => f().await,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     #[tokio::test]
     async fn signal_completes_after_trigger() {
@@ -165,25 +175,32 @@ mod tests {
         shutdown.signal().wait().await;
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn every_stops_on_shutdown_and_tasks_join() {
+    #[tokio::test]
+    async fn background_work_outlives_the_drain() {
         let shutdown = Shutdown::new();
-        let runs = Arc::new(AtomicUsize::new(0));
-        let mut tasks = Tasks::default();
-        let counter = runs.clone();
-        tasks.spawn(
-            "ticker",
-            every(Duration::from_secs(1), shutdown.signal(), move || {
-                let counter = counter.clone();
-                async move {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-            }),
-        );
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let stop = shutdown.stop_signal();
         shutdown.trigger();
-        tasks.join(Duration::from_secs(1)).await;
-        assert_eq!(runs.load(Ordering::SeqCst), 3, "runs at 0 s, 1 s and 2 s");
+        assert!(shutdown.signal().is_started());
+        assert!(!stop.is_started(), "background work keeps running while calls drain");
+        shutdown.stop();
+        stop.wait().await;
+    }
+
+    #[tokio::test]
+    async fn tasks_join_when_they_stop() {
+        let shutdown = Shutdown::new();
+        let mut tasks = Tasks::default();
+        let finished = Arc::new(AtomicUsize::new(0));
+        for _ in 0..3 {
+            let (signal, finished) = (shutdown.stop_signal(), finished.clone());
+            tasks.spawn("worker", async move {
+                signal.wait().await;
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        shutdown.stop();
+        tasks.join(tokio::time::Instant::now() + Duration::from_secs(5)).await;
+        assert_eq!(finished.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test(start_paused = true)]
@@ -191,7 +208,7 @@ mod tests {
         let mut tasks = Tasks::default();
         tasks.spawn("stuck", std::future::pending());
         let started = tokio::time::Instant::now();
-        tasks.join(Duration::from_secs(2)).await;
+        tasks.join(started + Duration::from_secs(2)).await;
         assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 }

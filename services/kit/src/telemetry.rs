@@ -14,6 +14,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -28,7 +29,8 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Err(e) = self.provider.shutdown() {
+        // Bounded: an unreachable collector must not hold up the exit.
+        if let Err(e) = self.provider.shutdown_with_timeout(std::time::Duration::from_secs(1)) {
             eprintln!("flushing traces failed: {e}");
         }
     }
@@ -51,18 +53,23 @@ pub fn init(args: &TelemetryArgs, service_name: &'static str) -> Result<Telemetr
     }
     let provider = provider.build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("flatrender"));
-
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // The log filter only decides what is printed; spans for tracing are kept at INFO and
+    // above whatever the log level, so trace context keeps flowing with FLATRENDER_LOG=warn.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("flatrender"))
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry().with(otel);
+    // Logs go to stderr; stdout carries only what a command prints as its result.
     let installed = match args.log_format {
-        // Logs go to stderr; stdout carries only what a command prints as its result.
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
                     // Colours only for a person at a terminal, never into files or collectors.
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .with_target(true),
+                    .with_ansi(ansi)
+                    .with_target(true)
+                    .with_filter(filter),
             )
             .try_init(),
         LogFormat::Json => registry
@@ -71,7 +78,8 @@ pub fn init(args: &TelemetryArgs, service_name: &'static str) -> Result<Telemetr
                     .json()
                     .with_writer(std::io::stderr)
                     .flatten_event(true)
-                    .with_current_span(true),
+                    .with_current_span(true)
+                    .with_filter(filter),
             )
             .try_init(),
     };

@@ -12,7 +12,7 @@ use flatrender_kit::testing::TestDatabase;
 /// `pg_dump` of the database, without the migrator's own history table.
 fn dump(db: &TestDatabase, what: &str) -> String {
     let output = Command::new("pg_dump")
-        .args([what, "--no-comments", "--exclude-table=public.flatrender_migrations", db.url().expose()])
+        .args([what, "--no-comments", "--exclude-table=platform.schema_migrations", db.url().expose()])
         .output()
         .expect("pg_dump is installed by scripts/postgres.sh");
     assert!(output.status.success(), "pg_dump: {}", String::from_utf8_lossy(&output.stderr));
@@ -68,9 +68,11 @@ async fn psql_in_seed_order_and_the_migrator_build_the_same_schema() {
     let data = |db| without_timestamps(&dump(db, "--data-only"));
     assert_same(&data(&by_psql), &data(&by_migrator), "and identical seed rows");
 
-    // The migrator refuses a database that psql already set up, rather than failing midway.
+    // The migrator refuses a database that psql already set up, rather than failing midway,
+    // and services accept it (its version cannot be checked).
     let err = migrate::run(by_psql.pool()).await.unwrap_err().to_string();
     assert!(err.contains("did not apply"), "{err}");
+    migrate::ensure_current(&mut by_psql.pool().acquire().await.unwrap()).await.unwrap();
 }
 
 #[tokio::test]
@@ -100,14 +102,14 @@ async fn replicas_starting_together_migrate_once() {
     }
     assert_eq!(applied, migrate::embedded().len(), "each file applied exactly once");
     let rows: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM public.flatrender_migrations").fetch_one(db.pool()).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM platform.schema_migrations").fetch_one(db.pool()).await.unwrap();
     assert_eq!(usize::try_from(rows).unwrap(), migrate::embedded().len());
 }
 
 #[tokio::test]
 async fn an_edited_migration_is_refused() {
     let db = TestDatabase::migrated().await;
-    sqlx::query("UPDATE public.flatrender_migrations SET checksum = '\\x00' WHERE version = 3")
+    sqlx::query("UPDATE platform.schema_migrations SET checksum = '\\x00' WHERE version = 3")
         .execute(db.pool())
         .await
         .unwrap();
@@ -118,13 +120,23 @@ async fn an_edited_migration_is_refused() {
 #[tokio::test]
 async fn serving_requires_a_current_schema() {
     let db = TestDatabase::empty().await;
-    let err = migrate::ensure_current(db.pool()).await.unwrap_err().to_string();
+    let err = migrate::ensure_current(&mut db.pool().acquire().await.unwrap()).await.unwrap_err().to_string();
     assert!(err.contains("not migrated"), "{err}");
     migrate::run(db.pool()).await.unwrap();
-    migrate::ensure_current(db.pool()).await.unwrap();
-    sqlx::query("DELETE FROM public.flatrender_migrations WHERE version = 14").execute(db.pool()).await.unwrap();
-    let err = migrate::ensure_current(db.pool()).await.unwrap_err().to_string();
+    migrate::ensure_current(&mut db.pool().acquire().await.unwrap()).await.unwrap();
+    sqlx::query("DELETE FROM platform.schema_migrations WHERE version = 14").execute(db.pool()).await.unwrap();
+    let err = migrate::ensure_current(&mut db.pool().acquire().await.unwrap()).await.unwrap_err().to_string();
     assert!(err.contains("lacks migration 14_notification.sql"), "{err}");
+
+    // A newer release's extra migration (a rolling upgrade) is served on; the migrator refuses it.
+    let db = TestDatabase::migrated().await;
+    sqlx::query("INSERT INTO platform.schema_migrations (version, name, checksum, duration_ms) VALUES (999, '999_future.sql', '\\x00', 0)")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    migrate::ensure_current(&mut db.pool().acquire().await.unwrap()).await.unwrap();
+    let err = migrate::run(db.pool()).await.unwrap_err().to_string();
+    assert!(err.contains("newer FlatRender"), "{err}");
 }
 
 #[tokio::test]

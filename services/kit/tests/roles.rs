@@ -52,9 +52,11 @@ async fn each_role_reaches_only_its_own_schema() {
                 assert_eq!(code.as_deref(), Some("42501"), "{} on {schema}.{table}: {err}", role.role);
             }
         }
-        // Shared infrastructure: writing events yes, the migrator's history no.
-        let history = sqlx::query("SELECT 1 FROM public.flatrender_migrations LIMIT 0").execute(&pool).await;
-        assert!(history.is_err(), "{} must not read the migration history", role.role);
+        // Shared infrastructure: writing events yes; the migrator's history is read-only.
+        let history = sqlx::query("SELECT count(*) FROM platform.schema_migrations").execute(&pool).await;
+        assert!(history.is_ok(), "{} reads the schema version: {history:?}", role.role);
+        let forged = sqlx::query("DELETE FROM platform.schema_migrations").execute(&pool).await;
+        assert!(forged.is_err(), "{} must not change the migration history", role.role);
         let outbox = sqlx::query("SELECT 1 FROM platform.outbox LIMIT 0").execute(&pool).await;
         assert!(outbox.is_ok(), "{} reads the outbox: {outbox:?}", role.role);
         // Partitions only through the owning schema's wrapper, never the shared implementation.

@@ -56,12 +56,25 @@ impl Flatrender {
             }
         });
 
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        // Read stdout on a thread, so a process that never prints fails the test instead of hanging it.
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    // Nobody listens any more; keep draining so the process never blocks on a full pipe.
+                    continue;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let (mut grpc, mut metrics) = (None, None);
         while grpc.is_none() || metrics.is_none() {
-            let Some(Ok(line)) = lines.next() else {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Ok(line) = lines.recv_timeout(left) else {
+                let _ = child.kill();
                 let status = child.wait().ok();
-                panic!("flatrender exited ({status:?}) before listening:\n{}", stderr.lock().unwrap());
+                panic!("flatrender did not print its addresses ({status:?}):\n{}", stderr.lock().unwrap());
             };
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
@@ -72,8 +85,6 @@ impl Flatrender {
                 _ => {}
             }
         }
-        // Keep draining stdout so the process never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
         Self { child: Some(child), grpc: grpc.unwrap(), metrics: metrics.unwrap(), data_dir, stderr }
     }
 
@@ -143,8 +154,8 @@ pub async fn await_health(channel: Channel, service: &str, want: ServingStatus, 
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_flatrender"))
         .args(args)
-        .envs(env.iter().copied())
         .env_remove("FLATRENDER_DATABASE_URL")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
