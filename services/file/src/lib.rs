@@ -5,6 +5,8 @@
 //! pool and role, reports health from its database,
 //! and is listed by reflection.
 
+pub mod storage;
+
 use flatrender_kit::db::ServiceRole;
 use flatrender_kit::server::{ServiceContext, ServiceModule};
 use flatrender_proto::flatrender::file::v1 as pb;
