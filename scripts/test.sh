@@ -8,6 +8,13 @@ FLATRENDER_TEST_DATABASE_URL=$(scripts/postgres.sh server-url)
 export FLATRENDER_TEST_DATABASE_URL
 echo "tests use PostgreSQL at $FLATRENDER_TEST_DATABASE_URL" >&2
 
+# openssl makes the certificates of the database TLS test.
+if ! command -v openssl >/dev/null; then
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd=sudo
+  $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >&2
+fi
+
 # An off-the-shelf gRPC client (Python grpcio) for the tests that look at the server as an
 # operator's tooling would.
 venv=target/probe-venv
