@@ -67,8 +67,10 @@ cluster_stop() {
 
 server_url() {
   if [ -n "${FLATRENDER_DATABASE_SERVER_URL:-}" ]; then echo "$FLATRENDER_DATABASE_SERVER_URL"; return; fi
-  ensure_client
-  local url="postgres://postgres@127.0.0.1:5432/postgres"
+    ensure_client
+  # Loopback traffic never leaves the machine: no TLS, whose handshakes cost more than the
+  # queries at start-up (see BENCHMARKS.md).
+  local url="postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
   if answers "$url"; then echo "$url"; return; fi
   if command -v pg_lsclusters >/dev/null; then
     # Start the system cluster only when it is installed and down; one that runs but refuses
@@ -83,7 +85,7 @@ server_url() {
   fi
   local dir="${FLATRENDER_DATA_DIR:-.data}/postgres"
   cluster_start "$dir" 54329
-  url="postgres://postgres@127.0.0.1:54329/postgres"
+    url="postgres://postgres@127.0.0.1:54329/postgres?sslmode=disable"
   answers "$url" || { log "the private cluster in $dir does not answer; see $dir/server.log"; exit 1; }
   echo "$url"
 }
@@ -96,8 +98,10 @@ database_url() {
     log "creating database $name"
     psql -w "$server" -qc "CREATE DATABASE \"$name\"" >&2
   fi
+    local query=""
+  case "$server" in *\?*) query="?${server#*\?}"; server=${server%%\?*} ;; esac
   base=${server%/*}
-  echo "$base/$name"
+  echo "$base/$name$query"
 }
 
 case "${1:-}" in

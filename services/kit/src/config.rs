@@ -156,9 +156,10 @@ pub struct DatabaseArgs {
     #[arg(
         long,
         env = "FLATRENDER_DATABASE_URL",
-        // The value may hold a password: --help must never print it.
+                // The value may hold a password: --help must never print it.
         hide_env_values = true,
-        default_value = "postgres://postgres@127.0.0.1:5432/flatrender"
+        // Loopback needs no TLS; any other server gets libpq's default, `prefer`.
+        default_value = "postgres://postgres@127.0.0.1:5432/flatrender?sslmode=disable"
     )]
     pub database_url: DatabaseUrl,
 

@@ -2,7 +2,7 @@
 //! and dropped when the handle goes out of scope (even when the test panics).
 //!
 //! The server comes from `FLATRENDER_TEST_DATABASE_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`); its user must be able to create databases
+//! `postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable`); its user must be able to create databases
 //! and roles.
 
 use sqlx::PgPool;
@@ -16,7 +16,7 @@ use crate::migrate;
 /// The server tests use.
 pub fn server_url() -> DatabaseUrl {
     std::env::var("FLATRENDER_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into())
         .parse()
         .unwrap_or_else(|e| panic!("FLATRENDER_TEST_DATABASE_URL: {e}"))
 }
