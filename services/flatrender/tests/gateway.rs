@@ -5,14 +5,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use flatrender_kit::testing::TestDatabase;
 use flatrender_proto::flatrender::identity::v1::auth_service_client::AuthServiceClient;
 use flatrender_proto::flatrender::render::v1::render_service_client::RenderServiceClient;
 use flatrender_proto::flatrender::render::v1::{GetRenderRequest, WatchRenderRequest};
-use support::{Flatrender, await_health};
+use support::{Flatrender, await_health, http1_exchange};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::test]
@@ -65,14 +64,4 @@ fn assert_upstream_handled(render: &Flatrender, method: &str) {
     let metrics = String::from_utf8(http1_exchange(render.metrics, head.as_bytes(), &[])).unwrap();
     let line = format!(r#"flatrender_grpc_server_handled_total{{method="{method}",code="Unimplemented"}} 1"#);
     assert!(metrics.lines().any(|l| l == line), "the render process did not count `{line}`:\n{metrics}");
-}
-
-fn http1_exchange(addr: std::net::SocketAddr, head: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(head).unwrap();
-    stream.write_all(body).unwrap();
-    let mut out = Vec::new();
-    stream.read_to_end(&mut out).unwrap();
-    out
 }

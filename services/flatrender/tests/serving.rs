@@ -6,12 +6,11 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use flatrender_kit::testing::TestDatabase;
 use prost::Message;
-use support::{Flatrender, await_health};
+use support::{Flatrender, await_health, http1_exchange};
 use tokio_stream::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -161,14 +160,4 @@ async fn grpc_web_over_http1_and_metrics_work() {
         metrics.contains("flatrender_grpc_server_handled_total{method=\"/grpc.health.v1.Health/Check\""),
         "{metrics}"
     );
-}
-
-fn http1_exchange(addr: std::net::SocketAddr, head: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(head).unwrap();
-    stream.write_all(body).unwrap();
-    let mut out = Vec::new();
-    stream.read_to_end(&mut out).unwrap();
-    out
 }

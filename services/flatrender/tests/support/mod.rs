@@ -170,3 +170,16 @@ fn uuid_like() -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     format!("{}-{nanos}", std::process::id())
 }
+
+/// One plain HTTP/1.1 exchange (the request must say `Connection: close`); returns the raw
+/// response. For grpc-web and `/metrics`, as a browser or Prometheus would make them.
+pub fn http1_exchange(addr: SocketAddr, head: &[u8], body: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(head).unwrap();
+    stream.write_all(body).unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).unwrap();
+    out
+}
