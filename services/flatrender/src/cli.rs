@@ -89,7 +89,7 @@ pub struct ServeArgs {
 }
 
 /// Per-service database URLs, for deployments that give each service its own login.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Args)]
 pub struct ServiceDatabaseArgs {
     /// Identity's own URL (user flatrender_identity); default: the owner URL with SET ROLE.
     #[arg(long, env = "FLATRENDER_IDENTITY_DATABASE_URL", hide_env_values = true)]

@@ -72,7 +72,7 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
 
     let verifier = token_verifier(&args.auth, data_dir)?;
     let listener = server::bind(args.server.grpc_addr).await?;
-    let grpc_addr = server::local_addr(&listener)?;
+    let grpc_addr = listener.local_addr()?;
 
     let shutdown = Shutdown::new();
     let _signals = shutdown.trigger_on_signals();

@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use flatrender_gateway::Upstream;
-use flatrender_kit::config::DatabaseUrl;
 use flatrender_kit::db::{self, PoolSettings, ServiceRole};
 use flatrender_kit::metrics::Metrics;
 use flatrender_kit::server::{Application, ServiceContext};
@@ -51,7 +50,8 @@ impl Selection {
         let mut routes = RoutesBuilder::default();
         let mut modules = Vec::new();
         for target in self.services() {
-            let Some((role, own_url)) = role_of(target, own_urls) else { continue };
+            let Some(role) = role_of(target) else { continue };
+            let own_url = own_urls.url_of(role);
             let ctx = ServiceContext {
                 pool: db::service_pool(settings, role, own_url)?,
                 shutdown: shutdown.stop_signal(),
@@ -84,7 +84,7 @@ impl Selection {
 
     /// The database roles of the selected services.
     pub fn roles(&self) -> impl Iterator<Item = ServiceRole> + '_ {
-        self.services().filter_map(|t| role_of(t, &ServiceDatabaseArgs::default()).map(|(role, _)| role))
+        self.services().filter_map(role_of)
     }
 
     /// The selected services (every target but the gateway), in start order.
@@ -94,8 +94,8 @@ impl Selection {
 }
 
 /// The database identity of a service target; `None` for `all` and `gateway`.
-fn role_of(target: Target, urls: &ServiceDatabaseArgs) -> Option<(ServiceRole, Option<&DatabaseUrl>)> {
-    let role = match target {
+fn role_of(target: Target) -> Option<ServiceRole> {
+    Some(match target {
         Target::Identity => ServiceRole::IDENTITY,
         Target::Content => ServiceRole::CONTENT,
         Target::Studio => ServiceRole::STUDIO,
@@ -103,8 +103,7 @@ fn role_of(target: Target, urls: &ServiceDatabaseArgs) -> Option<(ServiceRole, O
         Target::File => ServiceRole::FILE,
         Target::Notification => ServiceRole::NOTIFICATION,
         Target::All | Target::Gateway => return None,
-    };
-    Some((role, urls.url_of(role)))
+    })
 }
 
 impl fmt::Display for Selection {

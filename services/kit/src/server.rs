@@ -193,11 +193,6 @@ pub async fn serve(
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 
-/// The address a listener ended up on (useful with port 0).
-pub fn local_addr(listener: &TcpListener) -> Result<SocketAddr> {
-    Ok(listener.local_addr()?)
-}
-
 /// The gRPC name of a tonic server, e.g. `flatrender.render.v1.RenderService`.
 pub fn grpc_name<S: tonic::server::NamedService>(_: &S) -> &'static str {
     S::NAME
