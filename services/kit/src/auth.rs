@@ -40,6 +40,45 @@ pub enum Role {
     PlatformAdmin,
 }
 
+/// A FlatRender service, as named in a service credential's `svc` claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceName {
+    /// identity.
+    Identity,
+    /// content.
+    Content,
+    /// studio.
+    Studio,
+    /// render (and the node agents it speaks for).
+    Render,
+    /// file.
+    File,
+    /// notification.
+    Notification,
+}
+
+impl ServiceName {
+    /// The lower-case name used in tokens and database columns.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::Content => "content",
+            Self::Studio => "studio",
+            Self::Render => "render",
+            Self::File => "file",
+            Self::Notification => "notification",
+        }
+    }
+
+    /// The service of a lower-case name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Identity, Self::Content, Self::Studio, Self::Render, Self::File, Self::Notification]
+            .into_iter()
+            .find(|service| service.as_str() == name)
+    }
+}
+
 /// The claims of a FlatRender access token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -56,6 +95,10 @@ pub struct AccessClaims {
     /// The session (refresh-token family) the token belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<Uuid>,
+    /// Set only in a service credential: the calling service. Such a token names no tenant
+    /// (`tid` is the nil UUID, each request names the tenant it acts for) and has role `user`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub svc: Option<ServiceName>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     /// Not before, seconds since the Unix epoch.
@@ -77,12 +120,17 @@ pub struct Caller {
     pub role: Role,
     /// The session, when the token names one.
     pub session_id: Option<Uuid>,
+    /// The calling service, for a service credential; `tenant_id` and `user_id` are then nil.
+    pub service: Option<ServiceName>,
 }
 
 impl Caller {
-    /// Fails with `PERMISSION_DENIED` unless the caller has at least `role`.
+    /// Fails with `PERMISSION_DENIED` unless the caller is a user with at least `role`. Service
+    /// credentials never pass: a method open to services admits them explicitly.
     pub fn require(&self, role: Role) -> Result<(), Status> {
-        if self.role >= role {
+        if self.service.is_some() {
+            Err(Status::permission_denied("this call is not open to service credentials"))
+        } else if self.role >= role {
             Ok(())
         } else {
             Err(Status::permission_denied(format!("this call needs the {role:?} role")))
@@ -180,7 +228,18 @@ impl TokenVerifier {
             )
         })?;
         let claims = data.claims;
-        Ok(Caller { tenant_id: claims.tid, user_id: claims.sub, role: claims.role, session_id: claims.sid })
+        // A service credential acts for whichever tenant a request names, so it must not also
+        // carry a tenant or a role of its own that code could mistake for a user's.
+        if claims.svc.is_some() && (!claims.tid.is_nil() || claims.role != Role::User) {
+            return Err(unauthenticated("service credential carries a tenant or a role"));
+        }
+        Ok(Caller {
+            tenant_id: claims.tid,
+            user_id: claims.sub,
+            role: claims.role,
+            session_id: claims.sid,
+            service: claims.svc,
+        })
     }
 }
 
@@ -402,6 +461,7 @@ mod tests {
             tid: Uuid::new_v4(),
             role: Role::User,
             sid: None,
+            svc: None,
             exp: now() + 300,
             nbf: now(),
             iat: now(),
@@ -501,10 +561,33 @@ mod tests {
 
     #[test]
     fn roles_are_ordered() {
-        let caller = Caller { tenant_id: Uuid::nil(), user_id: Uuid::nil(), role: Role::TenantAdmin, session_id: None };
+        let caller = Caller {
+            tenant_id: Uuid::nil(),
+            user_id: Uuid::nil(),
+            role: Role::TenantAdmin,
+            session_id: None,
+            service: None,
+        };
         assert!(caller.require(Role::User).is_ok());
         assert!(caller.require(Role::TenantAdmin).is_ok());
         assert_eq!(caller.require(Role::PlatformAdmin).unwrap_err().code(), tonic::Code::PermissionDenied);
+        let service = Caller { role: Role::User, service: Some(ServiceName::Render), ..caller };
+        assert_eq!(service.require(Role::User).unwrap_err().code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn service_credentials_name_no_tenant() {
+        let (signer, verifier) = setup();
+        let service = AccessClaims { svc: Some(ServiceName::Render), tid: Uuid::nil(), ..claims() };
+        let caller = verifier.verify(&signer.sign(&service).unwrap()).unwrap();
+        assert_eq!(caller.service, Some(ServiceName::Render));
+        let with_tenant = AccessClaims { svc: Some(ServiceName::Render), ..claims() };
+        assert!(verifier.verify(&signer.sign(&with_tenant).unwrap()).is_err());
+        let admin =
+            AccessClaims { svc: Some(ServiceName::Render), tid: Uuid::nil(), role: Role::PlatformAdmin, ..claims() };
+        assert!(verifier.verify(&signer.sign(&admin).unwrap()).is_err());
+        assert_eq!(ServiceName::parse("render"), Some(ServiceName::Render));
+        assert_eq!(ServiceName::parse("nope"), None);
     }
 
     #[test]
