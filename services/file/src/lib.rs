@@ -1,48 +1,68 @@
-//! The file service: object storage, folders, quotas, resumable uploads, ranged downloads, cleanup.
+//! The file service: object storage, folders, quotas, resumable uploads, ranged downloads and
+//! scheduled cleanup (`flatrender.file.v1`, schema `file_mgr`).
 //!
-//! Its methods land with issue 3; until then every method answers `UNIMPLEMENTED`, the gRPC
-//! standard, so clients see honestly what is not there yet. The service already runs on its own
-//! pool and role, reports health from its database,
-//! and is listed by reflection.
+//! - [`storage`]: the only code that talks to object storage (local disk or S3).
+//! - [`model`]: the domain records and their protobuf views; [`validate`]: request fields.
+//! - [`access`]: who reaches what; [`ledger`]: quota accounting; [`removal`]: deleting a file's
+//!   object and row together; [`events`]: outbox events; [`sniff`]: content types from bytes.
+//! - `api`: the gRPC services, one module each.
 
+pub mod access;
+mod api;
+pub mod error;
+pub mod events;
+pub mod ledger;
+pub mod model;
+pub mod page;
+pub mod removal;
+pub mod settings;
+pub mod sniff;
+pub mod state;
 pub mod storage;
+pub mod validate;
 
 use flatrender_kit::db::ServiceRole;
 use flatrender_kit::server::{ServiceContext, ServiceModule};
 use flatrender_proto::flatrender::file::v1 as pb;
 use tonic::service::RoutesBuilder;
 
+pub use error::{FileError, Result};
+pub use settings::{CleanupSettings, Settings};
+pub use state::State;
+
 /// The database identity of the file service.
 pub const ROLE: ServiceRole = ServiceRole::FILE;
 
-/// The file API; its state (the pool) arrives with its implementation.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FileApi;
+/// The gRPC face of the file service; every service of `flatrender.file.v1` is implemented on
+/// it, one module of `api` each.
+#[derive(Clone)]
+pub struct FileApi {
+    state: State,
+}
 
-#[tonic::async_trait]
-impl pb::cleanup_service_server::CleanupService for FileApi {}
+impl FileApi {
+    /// The API over `state`.
+    pub fn new(state: State) -> Self {
+        Self { state }
+    }
+}
 
-#[tonic::async_trait]
-impl pb::file_service_server::FileService for FileApi {}
-
-#[tonic::async_trait]
-impl pb::folder_service_server::FolderService for FileApi {}
-
-#[tonic::async_trait]
-impl pb::quota_service_server::QuotaService for FileApi {}
-
-#[tonic::async_trait]
-impl pb::upload_service_server::UploadService for FileApi {}
-
-/// Adds the file services to `routes` and returns the module the server runs.
-pub fn module(ctx: ServiceContext, routes: &mut RoutesBuilder) -> ServiceModule {
+/// Opens object storage, adds the file services to `routes` and returns the module the server
+/// runs. Fails with a configuration error when object storage cannot be opened.
+pub fn module(
+    ctx: ServiceContext,
+    settings: Settings,
+    routes: &mut RoutesBuilder,
+) -> Result<ServiceModule, flatrender_kit::Error> {
+    let state = State::new(ctx.pool.clone(), settings).map_err(|e| flatrender_kit::Error::Config(e.to_string()))?;
+    let api = FileApi::new(state);
     let grpc_services = flatrender_kit::add_services!(
         routes,
-        pb::cleanup_service_server::CleanupServiceServer::new(FileApi),
-        pb::file_service_server::FileServiceServer::new(FileApi),
-        pb::folder_service_server::FolderServiceServer::new(FileApi),
-        pb::quota_service_server::QuotaServiceServer::new(FileApi),
-        pb::upload_service_server::UploadServiceServer::new(FileApi),
+        pb::cleanup_service_server::CleanupServiceServer::new(api.clone()),
+        pb::file_service_server::FileServiceServer::new(api.clone()),
+        pb::folder_service_server::FolderServiceServer::new(api.clone()),
+        pb::quota_service_server::QuotaServiceServer::new(api.clone()),
+        pb::upload_service_server::UploadServiceServer::new(api),
     );
-    ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks: Vec::new() }
+    Ok(ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks: Vec::new() })
 }

@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use flatrender_gateway::Upstream;
 use flatrender_kit::config::{DataArgs, DatabaseArgs, DatabaseUrl, ServerArgs, TelemetryArgs};
 
+use crate::file_args::FileArgs;
+
 /// FlatRender: the render platform for template-based video.
 ///
 /// Without a subcommand, serves the selected targets on one gRPC port (also grpc-web), with
@@ -86,6 +88,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub file: FileArgs,
 }
 
 /// Per-service database URLs, for deployments that give each service its own login.

@@ -2,6 +2,7 @@
 //! all` runs everything in one process; Kubernetes runs one target per Deployment.
 
 mod cli;
+mod file_args;
 mod targets;
 
 use std::process::ExitCode;
@@ -80,7 +81,9 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
     let (metrics_addr, metrics_task) =
         flatrender_kit::metrics::serve(metrics.clone(), args.server.metrics_addr, shutdown.signal()).await?;
 
-    let app = targets.build(&settings, &args.service_databases, &args.upstreams, &shutdown, &metrics)?;
+    let file_settings = args.file.settings(data_dir)?;
+    let app =
+        targets.build(&settings, &args.service_databases, &args.upstreams, &file_settings, &shutdown, &metrics)?;
 
     let services = app.modules.iter().map(|m| m.grpc_services.len()).sum::<usize>() + app.forwarded.len();
     tracing::info!(

@@ -44,6 +44,7 @@ impl Selection {
         settings: &PoolSettings,
         own_urls: &ServiceDatabaseArgs,
         upstreams: &[Upstream],
+        file: &flatrender_file::Settings,
         shutdown: &Shutdown,
         metrics: &Metrics,
     ) -> Result<Application> {
@@ -62,7 +63,7 @@ impl Selection {
                 Target::Content => flatrender_content::module(ctx, &mut routes),
                 Target::Studio => flatrender_studio::module(ctx, &mut routes),
                 Target::Render => flatrender_render::module(ctx, &mut routes),
-                Target::File => flatrender_file::module(ctx, &mut routes),
+                Target::File => flatrender_file::module(ctx, file.clone(), &mut routes)?,
                 Target::Notification => flatrender_notification::module(ctx, &mut routes),
                 Target::All | Target::Gateway => continue,
             };

@@ -1,0 +1,75 @@
+//! The file service's settings, with the defaults a fresh installation runs on.
+
+use std::time::Duration;
+
+use crate::storage::StorageConfig;
+
+/// One mebibyte.
+pub const MIB: u64 = 1024 * 1024;
+/// One gibibyte.
+pub const GIB: u64 = 1024 * MIB;
+
+/// How the file service behaves.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where objects live.
+    pub storage: StorageConfig,
+    /// The largest simple (single-stream) upload; larger files need an upload session.
+    pub max_simple_upload_bytes: u64,
+    /// The largest file an upload session may declare.
+    pub max_session_upload_bytes: u64,
+    /// A user's quota while no plan or admin limit is known.
+    pub default_user_quota_bytes: u64,
+    /// A tenant's quota while no plan or admin limit is known.
+    pub default_tenant_quota_bytes: u64,
+    /// Usage share, in percent, at which a quota's "nearly full" event is sent.
+    pub quota_warning_percent: u8,
+    /// How long an unfinished upload session lives after its last part.
+    pub upload_session_ttl: Duration,
+    /// How long a simple upload may take before its reservation counts as abandoned.
+    pub simple_upload_ttl: Duration,
+    /// The cleanup scheduler.
+    pub cleanup: CleanupSettings,
+}
+
+/// How the cleanup scheduler runs.
+#[derive(Clone, Debug)]
+pub struct CleanupSettings {
+    /// Whether this replica runs due schedules at all (they still run on demand).
+    pub enabled: bool,
+    /// How often due schedules are looked for.
+    pub poll_interval: Duration,
+    /// How long a claimed schedule stays this replica's without being renewed; a replica that
+    /// dies mid-run loses the schedule to another one after this.
+    pub lease: Duration,
+    /// This replica's name in `locked_by` and `cleanup_runs.instance_id`.
+    pub instance_id: String,
+}
+
+impl Settings {
+    /// The defaults, storing objects as configured.
+    pub fn new(storage: StorageConfig) -> Self {
+        Self {
+            storage,
+            max_simple_upload_bytes: 64 * MIB,
+            max_session_upload_bytes: 5 * 1024 * GIB,
+            default_user_quota_bytes: 5 * GIB,
+            default_tenant_quota_bytes: 100 * GIB,
+            quota_warning_percent: 90,
+            upload_session_ttl: Duration::from_secs(24 * 3600),
+            simple_upload_ttl: Duration::from_secs(3600),
+            cleanup: CleanupSettings::default(),
+        }
+    }
+}
+
+impl Default for CleanupSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_interval: Duration::from_secs(30),
+            lease: Duration::from_secs(300),
+            instance_id: format!("file-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+}
