@@ -166,7 +166,8 @@ impl Service {
         let app = Application { routes, modules: vec![module], forwarded: Vec::new() };
         let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("a port");
         let addr = listener.local_addr().expect("its address");
-        let options = ServeOptions { shutdown_timeout: Duration::from_secs(5), health_interval: Duration::from_secs(1) };
+        let options =
+            ServeOptions { shutdown_timeout: Duration::from_secs(5), health_interval: Duration::from_secs(1) };
         let serving = Arc::clone(&shutdown);
         let server = tokio::spawn(async move {
             if let Err(e) = server::serve(listener, app, Some(verifier), metrics, &serving, options).await {
@@ -260,12 +261,11 @@ impl Service {
         for table in ["files", "folders", "upload_parts", "cleanup_run_items"] {
             rows.push((table, self.rows(table).await));
         }
-        let active: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM file_mgr.upload_sessions WHERE state IN ('active', 'completing')",
-        )
-        .fetch_one(self.db.pool())
-        .await
-        .expect("counting sessions");
+        let active: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM file_mgr.upload_sessions WHERE state IN ('active', 'completing')")
+                .fetch_one(self.db.pool())
+                .await
+                .expect("counting sessions");
         rows.push(("unfinished upload_sessions", active));
         let quotas = sqlx::query(
             "SELECT tenant_id, user_id, used_bytes, reserved_bytes, file_count FROM file_mgr.quotas
@@ -295,6 +295,68 @@ impl Service {
             .fetch_all(self.db.pool())
             .await
             .expect("reading the outbox")
+    }
+}
+
+/// A file to seed straight into storage and the database (for tests of calls that need files
+/// to exist, independent of the upload API). Charged to quotas through the real ledger.
+pub struct Seed<'a> {
+    /// Tenant.
+    pub tenant: Uuid,
+    /// Owner; `None` for tenant-owned.
+    pub owner: Option<Uuid>,
+    /// Folder.
+    pub folder: Option<Uuid>,
+    /// Name.
+    pub name: &'a str,
+    /// Kind as stored (`asset`, `render_chunk`, ...).
+    pub kind: &'a str,
+    /// Bytes.
+    pub data: &'a [u8],
+    /// Counts toward quotas.
+    pub counted: bool,
+}
+
+impl Service {
+    /// Stores `seed` and returns its file id.
+    pub async fn seed_file(&self, seed: Seed<'_>) -> Uuid {
+        let id = Uuid::new_v4();
+        let key = flatrender_file::storage::ObjectKey::file(seed.tenant, id);
+        let chunk = bytes::Bytes::copy_from_slice(seed.data);
+        let stored = self
+            .storage
+            .put(&key, futures_util::stream::iter([Ok::<_, std::io::Error>(chunk)]), Default::default())
+            .await
+            .expect("storing a seed object");
+        let mut tx = self.db.pool().begin().await.expect("a transaction");
+        if seed.counted {
+            let ledger = flatrender_file::ledger::Ledger::new(&self.settings);
+            if let Err(refusal) = ledger.charge(&mut tx, seed.tenant, seed.owner, stored.size).await {
+                panic!("seeding {}: {refusal:?}", seed.name);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO file_mgr.files (id, tenant_id, owner_user_id, folder_id, name, kind, size_bytes, sha256,
+                 content_type, storage_backend, storage_key, counts_toward_quota)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(id)
+        .bind(seed.tenant)
+        .bind(seed.owner)
+        .bind(seed.folder)
+        .bind(seed.name)
+        .bind(seed.kind)
+        .bind(i64::try_from(stored.size).expect("a small seed"))
+        .bind(stored.sha256.as_bytes().as_slice())
+        .bind(flatrender_file::sniff::content_type(seed.data))
+        .bind(self.storage.backend().as_str())
+        .bind(key.as_str())
+        .bind(seed.counted)
+        .execute(&mut *tx)
+        .await
+        .expect("inserting a seed file");
+        tx.commit().await.expect("committing a seed file");
+        id
     }
 }
 
