@@ -7,3 +7,4 @@ cd "$(dirname "$0")/.."
 FLATRENDER_TEST_DATABASE_URL=$(scripts/postgres.sh server-url)
 export FLATRENDER_TEST_DATABASE_URL
 cargo bench --locked -p flatrender --bench startup
+cargo bench --locked -p flatrender --bench file_transfer

@@ -1,0 +1,294 @@
+//! `make bench` — file transfer through `flatrender --target file` (issue 3).
+//!
+//! Against a release `flatrender --target file` on the local backend, objects on the same disk
+//! as the reference files (`target/bench-file-transfer`):
+//! - **throughput**, for N rounds of one `FLATRENDER_BENCH_MIB`-MiB file (default 256): the time
+//!   to upload it with `UploadService.UploadFile` (1 MiB chunks, SHA-256 declared) and to
+//!   download it with `FileService.DownloadFile`, each beside a plain copy of a file of the same
+//!   size on the same disk (`std::fs::copy` + `fsync`, as the service also syncs what it
+//!   stores) measured in the same round. Ratios are copy time / service time (≥ 0.7 is the goal).
+//! - **memory**, in a fresh process: peak resident set (`VmHWM`) while one
+//!   `FLATRENDER_BENCH_STREAM_GIB`-GiB file (default 2) is uploaded and downloaded again
+//!   (goal < 100 MB); 0 skips it.
+//!
+//! The client runs in this process and generates its bytes in memory, so the service's disk is
+//! the only disk the upload touches.
+
+// Benchmarks fail loudly by design.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flatrender_kit::auth::{AccessClaims, DevKeyFiles, Role};
+use flatrender_kit::testing::TestDatabase;
+use flatrender_proto::flatrender::file::v1 as pb;
+use sha2::{Digest, Sha256};
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+const ROUNDS: usize = 5;
+const MIB: u64 = 1024 * 1024;
+const CHUNK: usize = MIB as usize;
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(bench());
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+async fn bench() {
+    let size = env_u64("FLATRENDER_BENCH_MIB", 256) * MIB;
+    let stream_size = env_u64("FLATRENDER_BENCH_STREAM_GIB", 2) * 1024 * MIB;
+    let db = TestDatabase::migrated().await;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-file-transfer");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let chunk = pattern(CHUNK);
+
+    let source = dir.join("source.bin");
+    write_file(&source, &chunk, size);
+    let (mut copies, mut uploads, mut downloads) = (Vec::new(), Vec::new(), Vec::new());
+    let mut server = Server::start(&db, &dir);
+    let channel = server.channel().await;
+    let token = server.token();
+    for round in 0..ROUNDS {
+        let target = dir.join("copy.bin");
+        let started = Instant::now();
+        std::fs::copy(&source, &target).expect("copy");
+        std::fs::File::open(&target).and_then(|f| f.sync_all()).expect("fsync");
+        copies.push(started.elapsed());
+        std::fs::remove_file(&target).expect("remove copy");
+
+        let started = Instant::now();
+        let file = upload(&channel, &token, &format!("round-{round}.bin"), &chunk, size).await;
+        uploads.push(started.elapsed());
+        let started = Instant::now();
+        assert_eq!(download(&channel, &token, &file.id).await, size);
+        downloads.push(started.elapsed());
+        delete(&channel, &token, &file.id).await;
+        eprintln!(
+            "round {}/{ROUNDS}: copy {:?}, upload {:?}, download {:?}",
+            round + 1,
+            copies[round],
+            uploads[round],
+            downloads[round]
+        );
+    }
+    server.stop();
+    std::fs::remove_file(&source).expect("remove source");
+
+    let (copy, up, down) = (median(&mut copies), median(&mut uploads), median(&mut downloads));
+    let mibps = |d: Duration| size as f64 / MIB as f64 / d.as_secs_f64();
+    println!(
+        "| measure (median of {ROUNDS}, {} MiB) | time | throughput | plain copy beside it | ratio | goal |",
+        size / MIB
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, d) in [("upload (UploadFile)", up), ("download (DownloadFile)", down)] {
+        println!(
+            "| {name} | {:.0} ms | {:.0} MiB/s | {:.0} ms ({:.0} MiB/s) | {:.2}× | ≥ 0.70× |",
+            ms(d),
+            mibps(d),
+            ms(copy),
+            mibps(copy),
+            copy.as_secs_f64() / d.as_secs_f64()
+        );
+    }
+
+    if stream_size > 0 {
+        let mut server = Server::start(&db, &dir);
+        let channel = server.channel().await;
+        let token = server.token();
+        let idle = server.status_kib("VmRSS");
+        let started = Instant::now();
+        let file = upload(&channel, &token, "stream.bin", &chunk, stream_size).await;
+        let after_upload = server.status_kib("VmHWM");
+        let up = started.elapsed();
+        let started = Instant::now();
+        assert_eq!(download(&channel, &token, &file.id).await, stream_size);
+        let down = started.elapsed();
+        let peak = server.status_kib("VmHWM");
+        delete(&channel, &token, &file.id).await;
+        server.stop();
+        println!();
+        println!("| {} GiB through one process | value | goal |", stream_size / 1024 / MIB);
+        println!("|---|---|---|");
+        println!("| resident memory idle before (VmRSS) | {:.1} MB | |", mb(idle));
+        println!("| peak resident memory after the upload (VmHWM) | {:.1} MB | < 100 MB |", mb(after_upload));
+        println!("| peak resident memory after the download (VmHWM) | {:.1} MB | < 100 MB |", mb(peak));
+        println!("| upload / download time | {:.1} s / {:.1} s | |", up.as_secs_f64(), down.as_secs_f64());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A release `flatrender --target file` on its own port.
+struct Server {
+    child: Child,
+    port: u16,
+    data_dir: PathBuf,
+}
+
+impl Server {
+    fn start(db: &TestDatabase, dir: &Path) -> Self {
+        let data_dir = dir.join("data");
+        DevKeyFiles::under(&data_dir).ensure().expect("development keys");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(env!("CARGO_BIN_EXE_flatrender"))
+            .args(["--target", "file", "--grpc-addr", &format!("127.0.0.1:{port}"), "--metrics-addr", "127.0.0.1:0"])
+            .args(["--log", "warn", "--cleanup", "false"])
+            .args(["--max-simple-upload", "1TiB", "--default-user-quota", "1TiB", "--default-tenant-quota", "1TiB"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("FLATRENDER_DATABASE_URL", db.url().expose())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawns");
+        Self { child, port, data_dir }
+    }
+
+    async fn channel(&self) -> Channel {
+        let started = Instant::now();
+        loop {
+            let endpoint = Channel::from_shared(format!("http://127.0.0.1:{}", self.port)).unwrap();
+            match endpoint.connect().await {
+                Ok(channel) => return channel,
+                Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the file service never listened: {e}"),
+            }
+        }
+    }
+
+    fn token(&self) -> String {
+        let signer = DevKeyFiles::under(&self.data_dir).signer().expect("development signer");
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = AccessClaims {
+            iss: "flatrender".into(),
+            aud: "flatrender-api".into(),
+            sub: Uuid::new_v4(),
+            tid: Uuid::new_v4(),
+            role: Role::User,
+            sid: None,
+            svc: None,
+            exp: now + 3600,
+            nbf: now,
+            iat: now,
+            jti: Uuid::new_v4(),
+        };
+        signer.sign(&claims).expect("token")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("a /proc status field")
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// Uploads `size` bytes made of `chunk` repeated.
+async fn upload(channel: &Channel, token: &str, name: &str, chunk: &[u8], size: u64) -> pb::File {
+    let mut hasher = Sha256::new();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        hasher.update(&chunk[..n]);
+        left -= n as u64;
+    }
+    let metadata = pb::UploadFileMetadata {
+        target: Some(pb::UploadTarget { name: name.into(), ..Default::default() }),
+        size_bytes: size,
+        sha256: hex::encode(hasher.finalize()),
+        idempotency_key: String::new(),
+    };
+    let chunk = chunk.to_vec();
+    let first = pb::UploadFileRequest { payload: Some(pb::upload_file_request::Payload::Metadata(metadata)) };
+    let chunks = (0..size.div_ceil(CHUNK as u64)).map(move |i| {
+        let n = (size - i * CHUNK as u64).min(CHUNK as u64) as usize;
+        pb::UploadFileRequest { payload: Some(pb::upload_file_request::Payload::Chunk(chunk[..n].to_vec())) }
+    });
+    let requests = tokio_stream::iter(std::iter::once(first).chain(chunks));
+    let mut client = pb::upload_service_client::UploadServiceClient::new(channel.clone());
+    let response = client.upload_file(authed(token, requests)).await.expect("upload");
+    response.into_inner().file.expect("the stored file")
+}
+
+/// Downloads a whole file and returns the bytes received.
+async fn download(channel: &Channel, token: &str, id: &str) -> u64 {
+    let mut client = pb::file_service_client::FileServiceClient::new(channel.clone());
+    let request = pb::DownloadFileRequest { file_id: id.into(), ..Default::default() };
+    let mut stream = client.download_file(authed(token, request)).await.expect("download").into_inner();
+    let mut received = 0;
+    while let Some(message) = stream.next().await {
+        if let Some(pb::download_file_response::Payload::Chunk(bytes)) = message.expect("a message").payload {
+            received += bytes.len() as u64;
+        }
+    }
+    received
+}
+
+async fn delete(channel: &Channel, token: &str, id: &str) {
+    let mut client = pb::file_service_client::FileServiceClient::new(channel.clone());
+    client.delete_file(authed(token, pb::DeleteFileRequest { file_id: id.into() })).await.expect("delete");
+}
+
+/// Bytes that do not compress or repeat within a chunk.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn write_file(path: &Path, chunk: &[u8], size: u64) {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("source file"));
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..n]).expect("write");
+        left -= n as u64;
+    }
+    file.into_inner().expect("flush").sync_all().expect("fsync");
+}
+
+fn median(values: &mut [Duration]) -> Duration {
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mb(kib: u64) -> f64 {
+    kib as f64 * 1024.0 / 1_000_000.0
+}
