@@ -40,7 +40,10 @@ impl pb::file_service_server::FileService for FileApi {
         Ok(Response::new(self.batch_get(&actor, &request.get_ref().file_ids).await?))
     }
 
-    async fn list_files(&self, request: Request<pb::ListFilesRequest>) -> Result<Response<pb::ListFilesResponse>, Status> {
+    async fn list_files(
+        &self,
+        request: Request<pb::ListFilesRequest>,
+    ) -> Result<Response<pb::ListFilesResponse>, Status> {
         let actor = Actor::from_request(&request)?;
         Ok(Response::new(self.file_page(&actor, request.get_ref()).await?))
     }
@@ -117,11 +120,7 @@ pub(crate) async fn reachable<'c>(
 
 /// `FAILED_PRECONDITION` unless `file` is usable.
 fn require_active(file: &FileRecord) -> Result<()> {
-    if file.state == "active" {
-        Ok(())
-    } else {
-        Err(FileError::FailedPrecondition("the file is being deleted".into()))
-    }
+    if file.state == "active" { Ok(()) } else { Err(FileError::FailedPrecondition("the file is being deleted".into())) }
 }
 
 /// The answer to a name taken in the target folder (or a folder gone meanwhile), or the error as
@@ -150,12 +149,11 @@ impl FileApi {
         if wanted.is_empty() || wanted.len() > MAX_BATCH {
             return Err(FileError::invalid("file_ids", format!("must hold 1..={MAX_BATCH} distinct ids")));
         }
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {FILE_COLUMNS} FROM file_mgr.files WHERE id = ANY($1)"
-        )))
-        .bind(&wanted)
-        .fetch_all(&self.state.pool)
-        .await?;
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {FILE_COLUMNS} FROM file_mgr.files WHERE id = ANY($1)")))
+                .bind(&wanted)
+                .fetch_all(&self.state.pool)
+                .await?;
         let mut found = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
             let file = FileRecord::from_row(row)?;
@@ -180,8 +178,10 @@ impl FileApi {
         let paths = tree::mask_paths(req.update_mask.as_ref(), &["name", "folder_id", "metadata"])?;
         let masked = |field: &str| paths.iter().any(|path| path == field);
         let name = if masked("name") { Some(validate::name("file.name", &file.name)?) } else { None };
-        let folder = if masked("folder_id") { Some(validate::optional_id("file.folder_id", &file.folder_id)?) } else { None };
-        let metadata = if masked("metadata") { Some(validate::metadata("file.metadata", &file.metadata)?) } else { None };
+        let folder =
+            if masked("folder_id") { Some(validate::optional_id("file.folder_id", &file.folder_id)?) } else { None };
+        let metadata =
+            if masked("metadata") { Some(validate::metadata("file.metadata", &file.metadata)?) } else { None };
         let mut tx = self.state.pool.begin().await?;
         let current = reachable(&mut *tx, actor, id, Lock::Update).await?;
         require_active(&current)?;

@@ -31,7 +31,10 @@ impl pb::folder_service_server::FolderService for FileApi {
         Ok(Response::new(pb::CreateFolderResponse { folder: Some(folder) }))
     }
 
-    async fn get_folder(&self, request: Request<pb::GetFolderRequest>) -> Result<Response<pb::GetFolderResponse>, Status> {
+    async fn get_folder(
+        &self,
+        request: Request<pb::GetFolderRequest>,
+    ) -> Result<Response<pb::GetFolderResponse>, Status> {
         let actor = Actor::from_request(&request)?;
         let id = validate::id("folder_id", &request.get_ref().folder_id)?;
         Ok(Response::new(self.describe_folder(&actor, id).await?))
@@ -149,8 +152,11 @@ impl FileApi {
         let paths = tree::mask_paths(req.update_mask.as_ref(), &["name", "parent_id"])?;
         let masked = |field: &str| paths.iter().any(|path| path == field);
         let name = if masked("name") { Some(validate::name("folder.name", &folder.name)?) } else { None };
-        let new_parent =
-            if masked("parent_id") { Some(validate::optional_id("folder.parent_id", &folder.parent_id)?) } else { None };
+        let new_parent = if masked("parent_id") {
+            Some(validate::optional_id("folder.parent_id", &folder.parent_id)?)
+        } else {
+            None
+        };
         let mut tx = self.state.pool.begin().await?;
         let current = tree::reachable(&mut *tx, actor, id, Lock::None).await?;
         let tree = Tree::of(&current);

@@ -168,7 +168,9 @@ impl FileApi {
                 break;
             }
             if copy.name.is_some() {
-                return Err(FileError::AlreadyExists(format!("a file named {name:?} already exists in that folder")).into());
+                return Err(
+                    FileError::AlreadyExists(format!("a file named {name:?} already exists in that folder")).into()
+                );
             }
         }
         let file = file.ok_or_else(|| FileError::AlreadyExists("no free name for the copy; name it".into()))?;
@@ -180,8 +182,8 @@ impl FileApi {
 
 /// The SHA-256 of the encoded request, kept with an idempotency key.
 fn request_digest(req: &pb::CopyFileRequest) -> Result<Sha256Digest> {
-    let encoded =
-        prost_types::Any::from_msg(req).map_err(|e| FileError::Kit(flatrender_kit::Error::Io(std::io::Error::other(e))))?;
+    let encoded = prost_types::Any::from_msg(req)
+        .map_err(|e| FileError::Kit(flatrender_kit::Error::Io(std::io::Error::other(e))))?;
     Ok(Sha256Digest::of(&encoded.value))
 }
 

@@ -27,7 +27,8 @@ enum SortField {
 
 impl SortField {
     fn from_proto(value: i32) -> Result<Self> {
-        let field = pb::FileSortField::try_from(value).map_err(|_| FileError::invalid("sort_field", "is not a sort field"))?;
+        let field =
+            pb::FileSortField::try_from(value).map_err(|_| FileError::invalid("sort_field", "is not a sort field"))?;
         Ok(match field {
             pb::FileSortField::Unspecified => Self::Name,
             pb::FileSortField::Size => Self::Size,
@@ -193,11 +194,7 @@ impl FileApi {
             }
             (_, Some(_)) => return Err(bad_token()),
         };
-        let rows = query
-            .bind(after_id)
-            .bind(filter.limit + 1)
-            .fetch_all(&self.state.pool)
-            .await?;
+        let rows = query.bind(after_id).bind(filter.limit + 1).fetch_all(&self.state.pool).await?;
         Ok(rows.iter().map(FileRecord::from_row).collect::<sqlx::Result<_>>()?)
     }
 }

@@ -20,7 +20,12 @@ use crate::model::{FILE_COLUMNS, FileRecord};
 
 impl FileApi {
     /// Deletes folder `id`, with everything beneath it when `recursive`.
-    pub(super) async fn remove_folder(&self, actor: &Actor, id: Uuid, recursive: bool) -> Result<pb::DeleteFolderResponse> {
+    pub(super) async fn remove_folder(
+        &self,
+        actor: &Actor,
+        id: Uuid,
+        recursive: bool,
+    ) -> Result<pb::DeleteFolderResponse> {
         let mut tx = self.state.pool.begin().await?;
         let folder = tree::reachable(&mut *tx, actor, id, Lock::None).await?;
         tree::lock(&mut tx, Tree::of(&folder), true).await?;
@@ -98,11 +103,7 @@ impl FileApi {
 
 /// Why a caller's deletion happens, and by whom: people delete as users, services as the system.
 pub(crate) fn removal_reason(actor: &Actor) -> (FileDeletionReason, Option<Uuid>) {
-    if actor.is_service() {
-        (FileDeletionReason::System, None)
-    } else {
-        (FileDeletionReason::User, actor.user_id())
-    }
+    if actor.is_service() { (FileDeletionReason::System, None) } else { (FileDeletionReason::User, actor.user_id()) }
 }
 
 /// The active files in folders `ids`, locked `FOR UPDATE`.

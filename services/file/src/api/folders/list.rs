@@ -30,7 +30,11 @@ struct Listing {
 
 impl FileApi {
     /// One page of `ListFolders`.
-    pub(super) async fn folder_page(&self, actor: &Actor, req: &pb::ListFoldersRequest) -> Result<pb::ListFoldersResponse> {
+    pub(super) async fn folder_page(
+        &self,
+        actor: &Actor,
+        req: &pb::ListFoldersRequest,
+    ) -> Result<pb::ListFoldersResponse> {
         let page = req.page.clone().unwrap_or_default();
         let limit = validate::page_size("page.page_size", page.page_size)?;
         let parent = validate::optional_id("parent_id", &req.parent_id)?;
@@ -85,7 +89,8 @@ impl Listing {
         .await?;
         let mut folders = rows.iter().map(FolderRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
         let next = self.next_token(&mut folders, |folder| folder.name.clone());
-        let views = folders.iter().map(|folder| folder.to_proto(format!("{}/{}", self.base_path, folder.name))).collect();
+        let views =
+            folders.iter().map(|folder| folder.to_proto(format!("{}/{}", self.base_path, folder.name))).collect();
         Ok((views, next))
     }
 
