@@ -519,6 +519,11 @@ async fn copies_are_charged_named_and_idempotent() {
     };
     assert_eq!(code(service.files(&bob).copy_file(bobs_copy).await), Code::AlreadyExists);
     assert_eq!(service.footprint().await, before);
+    // A retry still finds its copy once the source is gone.
+    files.delete_file(pb::DeleteFileRequest { file_id: source.to_string() }).await.unwrap();
+    let retried = files.copy_file(copy("keyed.mp4", "", "copy-1")).await.unwrap().into_inner().file.unwrap();
+    assert_eq!(retried.id, keyed.id);
+    assert_eq!(code(files.copy_file(copy("", "", "copy-2")).await), Code::NotFound);
     assert_eq!(uploaded_events(&service).await.len(), 5);
 }
 
@@ -586,6 +591,8 @@ async fn a_deletion_left_halfway_is_finished_by_the_next_call() {
     let mut files = service.files(&alice);
     assert_eq!(get(&mut files, &id).await.unwrap().state, pb::FileState::Deleting as i32);
     assert_eq!(code(download(&mut files, range(&id, 0, 0)).await), Code::FailedPrecondition);
+    let listed = files.list_files(pb::ListFilesRequest { recursive: true, ..Default::default() }).await.unwrap();
+    assert!(listed.into_inner().files.is_empty(), "a file being deleted is not listed");
     files.delete_file(pb::DeleteFileRequest { file_id: id.to_string() }).await.unwrap();
     let footprint = service.footprint().await;
     assert!(footprint.objects.is_empty());
@@ -766,4 +773,32 @@ async fn s3_downloads_and_copies() {
     assert_eq!(service.footprint().await, before);
     files.delete_file(pb::DeleteFileRequest { file_id: copy.id.clone() }).await.unwrap();
     assert_eq!(service.footprint().await.objects.len(), 1);
+}
+
+#[tokio::test]
+async fn the_last_access_is_noted_at_most_once_an_hour() {
+    let service = Service::start().await;
+    let alice = Principal::user(Uuid::new_v4());
+    let id = seed(&service, &alice, "", "seen.txt", b"seen").await;
+    let accessed = || async {
+        sqlx::query_scalar::<_, Option<time::OffsetDateTime>>(
+            "SELECT last_accessed_at FROM file_mgr.files WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(service.db.pool())
+        .await
+        .unwrap()
+    };
+    assert_eq!(accessed().await, None);
+    let mut files = service.files(&alice);
+    download(&mut files, range(&id, 0, 0)).await.unwrap();
+    let first = accessed().await.unwrap();
+    protect(&service, id, "last_accessed_at = last_accessed_at - interval '59 minutes'").await;
+    let earlier = accessed().await.unwrap();
+    download(&mut files, range(&id, 0, 0)).await.unwrap();
+    assert_eq!(accessed().await, Some(earlier), "within the hour");
+    protect(&service, id, "last_accessed_at = last_accessed_at - interval '2 minutes'").await;
+    download(&mut files, range(&id, 0, 0)).await.unwrap();
+    assert!(accessed().await.unwrap() >= first, "more than an hour later");
+    assert_eq!(downloaded_events(&service).await.len(), 3);
 }

@@ -69,6 +69,13 @@ impl FileApi {
         let idempotency_key = validate::idempotency_key("idempotency_key", &req.idempotency_key)?;
         let request_sha256 = request_digest(req)?;
         let pool = &self.state.pool;
+        // A person's copies are in their tenant: a retry finds its copy even if the source has
+        // gone since. A service's tenant is the source's.
+        if let (Some(key), Some(tenant)) = (&idempotency_key, actor.home_tenant())
+            && let Some(earlier) = self.earlier_copy(actor, tenant, key, request_sha256).await?
+        {
+            return Ok(earlier);
+        }
         let source = reachable(pool, actor, source_id, Lock::None).await?;
         require_active(&source)?;
         let owner = match actor {
