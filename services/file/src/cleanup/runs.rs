@@ -258,7 +258,7 @@ pub(crate) async fn save_tally(db: impl PgExecutor<'_>, run: Uuid, tally: &Tally
 pub(crate) async fn finish(db: impl PgExecutor<'_>, run: Uuid, state: RunState, tally: &Tally) -> Result<bool> {
     let finished: Option<Uuid> = sqlx::query_scalar(
         "UPDATE file_mgr.cleanup_runs
-            SET state = $2, finished_at = now(), files_scanned = $3, files_removed = $4, bytes_removed = $5,
+            SET state = $2, finished_at = clock_timestamp(), files_scanned = $3, files_removed = $4, bytes_removed = $5,
                 files_skipped_retained = $6, errors = $7, error_message = $8
           WHERE id = $1 AND state = 'running'
           RETURNING id",

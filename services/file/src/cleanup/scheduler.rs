@@ -146,11 +146,12 @@ async fn claim_due(state: &State) -> Result<Option<Claimed>> {
 }
 
 /// In the claiming transaction: records the run, after declaring failed any run of the schedule
-/// still `running` (its replica lost the lease without finishing).
+/// still `running` (its replica lost the lease without finishing). Runs start and finish at the
+/// statement's clock, not the transaction's, so one schedule's runs never seem to overlap.
 async fn start_run(tx: &mut PgTransaction<'_>, schedule: &ScheduleRecord, instance: &str) -> Result<RunRecord> {
     sqlx::query(
         "UPDATE file_mgr.cleanup_runs
-            SET state = 'failed', finished_at = now(),
+            SET state = 'failed', finished_at = clock_timestamp(),
                 error_message = COALESCE(error_message, 'abandoned: its replica stopped renewing the lease')
           WHERE schedule_id = $1 AND state = 'running'",
     )
@@ -158,7 +159,8 @@ async fn start_run(tx: &mut PgTransaction<'_>, schedule: &ScheduleRecord, instan
     .execute(&mut **tx)
     .await?;
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO file_mgr.cleanup_runs (schedule_id, tenant_id, instance_id) VALUES ($1, $2, $3)
+        "INSERT INTO file_mgr.cleanup_runs (schedule_id, tenant_id, instance_id, started_at)
+         VALUES ($1, $2, $3, clock_timestamp())
          RETURNING {RUN_COLUMNS}"
     )))
     .bind(schedule.id)
@@ -253,7 +255,8 @@ async fn finish(
 /// is gone, or renewals failed until the lease ran out.
 async fn keep_lease(state: &State, schedule: Uuid, run: Uuid) -> String {
     let lease = state.settings.cleanup.lease;
-    let every = lease / 3;
+    // A floor, so that a (misconfigured) tiny lease cannot turn this into a busy loop.
+    let every = (lease / 3).max(Duration::from_millis(100));
     let mut valid_until = Instant::now() + lease;
     loop {
         tokio::time::sleep(every).await;
