@@ -66,10 +66,15 @@ impl<E: Into<FileError>> From<E> for Halt {
 
 /// One run at work: the schedule, its counters, and when to stop.
 pub(super) struct Job<'a> {
+    /// The service's state.
     pub state: &'a State,
+    /// The schedule being run.
     pub schedule: &'a ScheduleRecord,
+    /// Its run.
     pub run_id: Uuid,
+    /// Shutdown, for scheduled runs (on-demand runs have none).
     pub signal: Option<&'a ShutdownSignal>,
+    /// What the run counted so far.
     pub tally: Tally,
     saved_at: Instant,
 }
