@@ -9,11 +9,13 @@
 
 pub mod access;
 mod api;
+pub mod cleanup;
 pub mod error;
 pub mod events;
 pub mod ledger;
 pub mod model;
 pub mod page;
+pub mod plan_limits;
 pub mod removal;
 pub mod settings;
 pub mod sniff;
@@ -55,7 +57,7 @@ pub fn module(
     routes: &mut RoutesBuilder,
 ) -> Result<ServiceModule, flatrender_kit::Error> {
     let state = State::new(ctx.pool.clone(), settings).map_err(|e| flatrender_kit::Error::Config(e.to_string()))?;
-    let api = FileApi::new(state);
+    let api = FileApi::new(state.clone());
     let grpc_services = flatrender_kit::add_services!(
         routes,
         pb::cleanup_service_server::CleanupServiceServer::new(api.clone()),
@@ -64,5 +66,9 @@ pub fn module(
         pb::quota_service_server::QuotaServiceServer::new(api.clone()),
         pb::upload_service_server::UploadServiceServer::new(api),
     );
-    Ok(ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks: Vec::new() })
+    let tasks: Vec<(&'static str, flatrender_kit::server::BackgroundTask)> = vec![
+        ("file-cleanup", Box::pin(cleanup::run(state.clone(), ctx.shutdown.clone()))),
+        ("file-plan-limits", Box::pin(plan_limits::run(state, ctx.shutdown.clone()))),
+    ];
+    Ok(ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks })
 }

@@ -405,3 +405,32 @@ pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code
         Err(status) => status.code(),
     }
 }
+
+// -----------------------------------------------------------------------------------------------
+// Quotas and cleanup (added with QuotaService and CleanupService)
+// -----------------------------------------------------------------------------------------------
+
+impl Service {
+    /// Polls GetCleanupRun as a platform admin until run `id` has finished (20 s deadline).
+    pub async fn finished_run(&self, id: &str) -> pb::CleanupRun {
+        let mut cleanup = self.cleanup(&Principal::platform_admin());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let request = pb::GetCleanupRunRequest { run_id: id.to_owned() };
+            let run = cleanup.get_cleanup_run(request).await.expect("the run").into_inner().run.expect("a run");
+            if run.state != pb::CleanupRunState::Running as i32 {
+                return run;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "cleanup run {id} did not finish in time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs cleanup schedule `schedule` now (as a platform admin) and waits for the run's end.
+    pub async fn run_cleanup(&self, schedule: &str) -> pb::CleanupRun {
+        let request = pb::RunCleanupScheduleRequest { schedule_id: schedule.to_owned() };
+        let mut cleanup = self.cleanup(&Principal::platform_admin());
+        let run = cleanup.run_cleanup_schedule(request).await.expect("a started run").into_inner().run.expect("a run");
+        self.finished_run(&run.id).await
+    }
+}
