@@ -28,8 +28,8 @@ pub struct Ledger {
 /// caller's error with [`Ledger::refuse`] after rolling the transaction back.
 #[derive(Clone, Debug)]
 pub struct Exceeded {
-    /// The quota that did not have room.
-    pub quota: QuotaRecord,
+    /// The quota that did not have room (boxed: errors stay small on the happy path).
+    pub quota: Box<QuotaRecord>,
     /// Bytes the write needed.
     pub attempted: u64,
 }
@@ -255,7 +255,7 @@ async fn select(tx: &mut PgTransaction<'_>, scope: QuotaScope, for_update: bool)
 
 fn check_room(quotas: &[QuotaRecord], bytes: u64) -> Result<(), Refusal> {
     match quotas.iter().find(|quota| quota.available_bytes() < bytes) {
-        Some(full) => Err(Refusal::Exceeded(Exceeded { quota: full.clone(), attempted: bytes })),
+        Some(full) => Err(Refusal::Exceeded(Exceeded { quota: Box::new(full.clone()), attempted: bytes })),
         None => Ok(()),
     }
 }
