@@ -62,7 +62,7 @@ pub fn module(
         pb::file_service_server::FileServiceServer::new(api.clone()),
         pb::folder_service_server::FolderServiceServer::new(api.clone()),
         pb::quota_service_server::QuotaServiceServer::new(api.clone()),
-        pb::upload_service_server::UploadServiceServer::new(api),
+        api::upload_server(api),
     );
     Ok(ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks: Vec::new() })
 }
