@@ -432,3 +432,41 @@ async fn seeded_files_share_the_folder_namespace() {
     let file = send(&mut client, messages(meta, data, MIB)).await.unwrap();
     assert_eq!((file.folder_id.as_str(), file.content_type.as_str()), ("", "audio/mpeg"));
 }
+
+#[tokio::test]
+async fn a_client_that_goes_away_mid_upload_leaves_nothing_behind() {
+    let service = Service::start().await;
+    let tenant = Uuid::new_v4();
+    let user = Principal::user(tenant);
+    let mut client = service.uploads(&user);
+    upload(&mut client, "existing.bin", b"quotas exist").await.unwrap();
+    let before = service.footprint().await;
+
+    let data = bytes(23, 3 * MIB);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<pb::UploadFileRequest>(4);
+    let requests = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|message| (message, receiver))
+    });
+    let call = tokio::spawn(async move { client.upload_file(requests).await });
+    for message in messages(metadata("gone.bin", &data), &data[..MIB], MIB) {
+        sender.send(message).await.unwrap();
+    }
+    // Wait until the service holds the reservation, then vanish without ending the stream.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while service.quota_usage(tenant, Some(user.user)).await.1 == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the upload never reserved its bytes");
+        tokio::task::yield_now().await;
+    }
+    call.abort();
+    let _ = call.await;
+    loop {
+        let now = service.footprint().await;
+        if now == before {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "left behind: {now:?}");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(service.rows("upload_sessions").await, 1, "only the first upload's");
+    drop(sender);
+}

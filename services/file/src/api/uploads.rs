@@ -16,12 +16,16 @@ mod sessions;
 mod simple;
 mod target;
 
+use std::future::Future;
+
 use flatrender_proto::flatrender::file::v1 as pb;
 use pb::upload_service_server::UploadServiceServer;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::FileApi;
 use crate::access::Actor;
+use crate::error::Result;
 use crate::storage::MAX_CHUNK_BYTES;
 
 /// Room for a message's framing and other fields beside its bytes.
@@ -34,6 +38,17 @@ pub(crate) fn server(api: FileApi) -> UploadServiceServer<FileApi> {
     UploadServiceServer::new(api).max_decoding_message_size(usize::try_from(largest).unwrap_or(usize::MAX))
 }
 
+/// Runs `work` in a task of its own and waits for it. The server drops a call's future when
+/// the client goes away (a reset stream, a deadline); work that stores objects and then
+/// records them must not stop in between, or it would leave a session COMPLETING, a stored
+/// object without its row, or a reservation that only expiry gives back.
+async fn detached<T: Send + 'static>(work: impl Future<Output = Result<T>> + Send + 'static) -> Result<T, Status> {
+    match tokio::spawn(work.in_current_span()).await {
+        Ok(result) => result.map_err(Status::from),
+        Err(panicked) => Err(flatrender_kit::error::internal(&panicked)),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::upload_service_server::UploadService for FileApi {
     async fn upload_file(
@@ -41,7 +56,8 @@ impl pb::upload_service_server::UploadService for FileApi {
         request: Request<Streaming<pb::UploadFileRequest>>,
     ) -> Result<Response<pb::UploadFileResponse>, Status> {
         let actor = Actor::from_request(&request)?;
-        let file = simple::upload(&self.state, actor, request.into_inner()).await?;
+        let (state, stream) = (self.state.clone(), request.into_inner());
+        let file = detached(async move { simple::upload(&state, actor, stream).await }).await?;
         Ok(Response::new(pb::UploadFileResponse { file: Some(file.to_proto()) }))
     }
 
@@ -59,7 +75,8 @@ impl pb::upload_service_server::UploadService for FileApi {
         request: Request<pb::UploadPartRequest>,
     ) -> Result<Response<pb::UploadPartResponse>, Status> {
         let actor = Actor::from_request(&request)?;
-        Ok(Response::new(sessions::upload_part(&self.state, actor, request.into_inner()).await?))
+        let (state, request) = (self.state.clone(), request.into_inner());
+        Ok(Response::new(detached(async move { sessions::upload_part(&state, actor, request).await }).await?))
     }
 
     async fn complete_upload_session(
@@ -67,7 +84,8 @@ impl pb::upload_service_server::UploadService for FileApi {
         request: Request<pb::CompleteUploadSessionRequest>,
     ) -> Result<Response<pb::CompleteUploadSessionResponse>, Status> {
         let actor = Actor::from_request(&request)?;
-        Ok(Response::new(finish::complete(&self.state, actor, request.into_inner()).await?))
+        let (state, request) = (self.state.clone(), request.into_inner());
+        Ok(Response::new(detached(async move { finish::complete(&state, actor, request).await }).await?))
     }
 
     async fn abort_upload_session(
@@ -75,7 +93,8 @@ impl pb::upload_service_server::UploadService for FileApi {
         request: Request<pb::AbortUploadSessionRequest>,
     ) -> Result<Response<pb::AbortUploadSessionResponse>, Status> {
         let actor = Actor::from_request(&request)?;
-        let session = finish::abort(&self.state, actor, request.into_inner()).await?;
+        let (state, request) = (self.state.clone(), request.into_inner());
+        let session = detached(async move { finish::abort(&state, actor, request).await }).await?;
         Ok(Response::new(pb::AbortUploadSessionResponse { session: Some(session) }))
     }
 
