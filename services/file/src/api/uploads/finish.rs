@@ -4,9 +4,9 @@
 //! the locked session is checked (every part present) and set COMPLETING; the parts are
 //! assembled into the file's own object, which checks the declared size and SHA-256; then one
 //! transaction creates the file row, turns the reservation into usage, marks the session
-//! COMPLETED and records `FileUploaded`. Only then are the parts removed. A failed check
-//! aborts the session (parts removed, reservation released); any other failure puts it back to
-//! ACTIVE with its parts, so completing can be retried.
+//! COMPLETED and records `FileUploaded`. Only then are the parts removed. A failed size or
+//! SHA-256 check aborts the session (parts removed, reservation released); any other failure,
+//! a name clash included, puts it back to ACTIVE with its parts, so completing can be retried.
 
 use flatrender_proto::flatrender::file::v1 as pb;
 use futures_util::StreamExt;
@@ -49,16 +49,13 @@ pub(super) async fn complete(
         Ok(done) => done,
         Err(err) => {
             remove_object(state, &key).await;
-            match &err {
-                // The name was taken while the parts were assembled. The client cannot rename
-                // a session, so it is aborted rather than left to fail again: parts removed,
-                // reservation released.
-                FileError::AlreadyExists(message) => {
-                    abort_completing(state, session.id, message).await;
-                }
-                // The cleanup task ended the session meanwhile (and removed its parts).
-                FileError::FailedPrecondition(_) => {}
-                _ => reopen(state, session.id, &[]).await,
+            // Unless the cleanup task ended the session meanwhile (it removed the parts), the
+            // session goes back to ACTIVE with its parts. That includes a name taken while the
+            // parts were assembled (ALREADY_EXISTS): as when the clash is found before
+            // assembling, the other file can be renamed or deleted and completing retried, or
+            // the session aborted; nothing the client sent is thrown away for it.
+            if !matches!(err, FileError::FailedPrecondition(_)) {
+                reopen(state, session.id, &[]).await;
             }
             return Err(err);
         }
