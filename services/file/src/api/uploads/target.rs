@@ -179,3 +179,48 @@ pub(super) fn name_taken(name: &str) -> FileError {
 pub(super) fn key_reused() -> FileError {
     FileError::AlreadyExists("idempotency_key: already used for a different request".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(metadata: serde_json::Value) -> Target {
+        Target {
+            tenant: Uuid::from_u128(1),
+            owner: Some(Uuid::from_u128(2)),
+            folder: None,
+            name: "a.bin".into(),
+            kind: FileKind::Other,
+            content_type_hint: None,
+            metadata,
+            counts_toward_quota: true,
+            pinned: false,
+            retained_until: None,
+            service: ServiceName::File,
+        }
+    }
+
+    #[test]
+    fn the_request_digest_tells_requests_and_callers_apart() {
+        let actor = Actor::User { tenant: Uuid::from_u128(1), user: Uuid::from_u128(2) };
+        let extra = || serde_json::json!([10]);
+        let mut forwards = serde_json::Map::new();
+        forwards.insert("a".into(), "1".into());
+        forwards.insert("b".into(), "2".into());
+        let mut backwards = serde_json::Map::new();
+        backwards.insert("b".into(), "2".into());
+        backwards.insert("a".into(), "1".into());
+        let one = target(forwards.into()).request_digest(&actor, "UploadFile", extra());
+        assert_eq!(one, target(backwards.into()).request_digest(&actor, "UploadFile", extra()));
+
+        let plain = target(serde_json::json!({}));
+        let base = plain.request_digest(&actor, "UploadFile", extra());
+        assert_ne!(base, one);
+        assert_ne!(base, plain.request_digest(&actor, "StartUploadSession", extra()));
+        assert_ne!(base, plain.request_digest(&actor, "UploadFile", serde_json::json!([11])));
+        let colleague = Actor::User { tenant: Uuid::from_u128(1), user: Uuid::from_u128(3) };
+        assert_ne!(base, plain.request_digest(&colleague, "UploadFile", extra()));
+        let renamed = Target { name: "b.bin".into(), ..plain.clone() };
+        assert_ne!(base, renamed.request_digest(&actor, "UploadFile", extra()));
+    }
+}
