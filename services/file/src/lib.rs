@@ -64,7 +64,7 @@ pub fn module(
         pb::file_service_server::FileServiceServer::new(api.clone()),
         pb::folder_service_server::FolderServiceServer::new(api.clone()),
         pb::quota_service_server::QuotaServiceServer::new(api.clone()),
-        pb::upload_service_server::UploadServiceServer::new(api),
+        api::upload_server(api),
     );
     let tasks: Vec<(&'static str, flatrender_kit::server::BackgroundTask)> = vec![
         ("file-cleanup", Box::pin(cleanup::run(state.clone(), ctx.shutdown.clone()))),

@@ -16,7 +16,9 @@ pub struct Settings {
     pub storage: StorageConfig,
     /// The largest simple (single-stream) upload; larger files need an upload session.
     pub max_simple_upload_bytes: u64,
-    /// The largest file an upload session may declare.
+    /// The largest file an upload session may declare. It also bounds the part size (at most
+    /// 10,000 parts), and so the largest `UploadPart` message the server accepts into memory:
+    /// the default, 625 GiB, keeps parts at 64 MiB.
     pub max_session_upload_bytes: u64,
     /// A user's quota while no plan or admin limit is known.
     pub default_user_quota_bytes: u64,
@@ -52,7 +54,7 @@ impl Settings {
         Self {
             storage,
             max_simple_upload_bytes: 64 * MIB,
-            max_session_upload_bytes: 5 * 1024 * GIB,
+            max_session_upload_bytes: 10_000 * 64 * MIB,
             default_user_quota_bytes: 5 * GIB,
             default_tenant_quota_bytes: 100 * GIB,
             quota_warning_percent: 90,

@@ -61,6 +61,11 @@ pub struct FileArgs {
     #[arg(long, env = "FLATRENDER_MAX_SIMPLE_UPLOAD", value_parser = parse_bytes, default_value = "64MiB")]
     pub max_simple_upload: u64,
 
+    /// Largest file an upload session may declare (at most 10,000 parts, so this also sets the
+    /// largest part held in memory: 625GiB keeps parts at 64 MiB).
+    #[arg(long, env = "FLATRENDER_MAX_SESSION_UPLOAD", value_parser = parse_bytes, default_value = "625GiB")]
+    pub max_session_upload: u64,
+
     /// A user's storage quota when neither a plan nor an admin sets one.
     #[arg(long, env = "FLATRENDER_DEFAULT_USER_QUOTA", value_parser = parse_bytes, default_value = "5GiB")]
     pub default_user_quota: u64,
@@ -115,6 +120,7 @@ impl FileArgs {
         };
         let mut settings = Settings::new(storage);
         settings.max_simple_upload_bytes = self.max_simple_upload;
+        settings.max_session_upload_bytes = self.max_session_upload;
         settings.default_user_quota_bytes = self.default_user_quota;
         settings.default_tenant_quota_bytes = self.default_tenant_quota;
         settings.upload_session_ttl = self.upload_session_ttl;

@@ -5,3 +5,5 @@ mod files;
 mod folders;
 mod quotas;
 mod uploads;
+
+pub(crate) use uploads::server as upload_server;

@@ -434,3 +434,36 @@ impl Service {
         self.finished_run(&run.id).await
     }
 }
+
+// -----------------------------------------------------------------------------
+// Uploads (tests/uploads.rs, tests/upload_sessions.rs)
+// -----------------------------------------------------------------------------
+
+impl Service {
+    /// Inserts a folder straight into the database and returns its id.
+    pub async fn seed_folder(&self, tenant: Uuid, owner: Option<Uuid>, name: &str) -> Uuid {
+        sqlx::query_scalar(
+            "INSERT INTO file_mgr.folders (tenant_id, owner_user_id, name) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(tenant)
+        .bind(owner)
+        .bind(name)
+        .fetch_one(self.db.pool())
+        .await
+        .expect("inserting a folder")
+    }
+
+    /// (used, reserved, file count) of a quota; zeros when it does not exist yet.
+    pub async fn quota_usage(&self, tenant: Uuid, user: Option<Uuid>) -> (i64, i64, i64) {
+        sqlx::query_as(
+            "SELECT used_bytes, reserved_bytes, file_count FROM file_mgr.quotas
+              WHERE tenant_id = $1 AND user_id IS NOT DISTINCT FROM $2",
+        )
+        .bind(tenant)
+        .bind(user)
+        .fetch_optional(self.db.pool())
+        .await
+        .expect("reading a quota")
+        .unwrap_or((0, 0, 0))
+    }
+}
