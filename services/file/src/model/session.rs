@@ -1,5 +1,6 @@
 //! A resumable upload (`file_mgr.upload_sessions`) and its parts (`file_mgr.upload_parts`).
 
+use flatrender_kit::auth::ServiceName;
 use flatrender_proto::flatrender::file::v1 as pb;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -12,7 +13,7 @@ use crate::storage::Sha256Digest;
 /// The columns [`SessionRecord::from_row`] reads.
 pub const SESSION_COLUMNS: &str = "id, tenant_id, owner_user_id, folder_id, name, kind, content_type_hint, \
      declared_size, declared_sha256, part_size, part_count, state, reserved_bytes, counts_toward_quota, simple, \
-     file_id, error_message, expires_at, completed_at, aborted_at, created_at, updated_at";
+     metadata, pinned, retained_until, retained_by, source_service, file_id, error_message, expires_at, completed_at, aborted_at, created_at, updated_at";
 
 /// The state of a session (`upload_sessions.state`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,6 +98,16 @@ pub struct SessionRecord {
     pub counts_toward_quota: bool,
     /// A simple upload's reservation holder (never listed).
     pub simple: bool,
+    /// Client metadata for the file (a JSON object of strings).
+    pub metadata: serde_json::Value,
+    /// The file will be pinned.
+    pub pinned: bool,
+    /// The file will be retained until then.
+    pub retained_until: Option<OffsetDateTime>,
+    /// The service that set `pinned`/`retained_until`.
+    pub retained_by: Option<ServiceName>,
+    /// The service that started the session, recorded as the file's creator.
+    pub source_service: ServiceName,
     /// The created file.
     pub file_id: Option<Uuid>,
     /// Why the server aborted it.
@@ -138,6 +149,11 @@ impl SessionRecord {
             reserved_bytes: unsigned(row.try_get("reserved_bytes")?),
             counts_toward_quota: row.try_get("counts_toward_quota")?,
             simple: row.try_get("simple")?,
+            metadata: row.try_get("metadata")?,
+            pinned: row.try_get("pinned")?,
+            retained_until: row.try_get("retained_until")?,
+            retained_by: row.try_get::<Option<&str>, _>("retained_by")?.map(service).transpose()?,
+            source_service: service(row.try_get("source_service")?)?,
             file_id: row.try_get("file_id")?,
             error_message: row.try_get("error_message")?,
             expires_at: row.try_get("expires_at")?,
@@ -183,6 +199,12 @@ impl SessionRecord {
             updated_at: Some(timestamp(self.updated_at)),
         }
     }
+}
+
+/// A service stored as text (the table's CHECKs allow only known names).
+fn service(text: &str) -> sqlx::Result<ServiceName> {
+    ServiceName::parse(text)
+        .ok_or_else(|| sqlx::Error::Decode(format!("upload_sessions: unknown service {text:?}").into()))
 }
 
 /// A received part.

@@ -65,9 +65,10 @@ pub(super) async fn insert_session(
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO file_mgr.upload_sessions (id, tenant_id, owner_user_id, folder_id, name, kind, content_type_hint,
              declared_size, declared_sha256, part_size, reserved_bytes, counts_toward_quota, storage_backend,
-             staging_key, idempotency_key, request_sha256, expires_at, simple)
+             staging_key, idempotency_key, request_sha256, expires_at, simple, metadata, pinned, retained_until,
+             retained_by, source_service)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                 now() + make_interval(secs => $17), $18)
+                 now() + make_interval(secs => $17), $18, $19, $20, $21, $22, $23)
          RETURNING {SESSION_COLUMNS}"
     )))
     .bind(new.id)
@@ -88,6 +89,11 @@ pub(super) async fn insert_session(
     .bind(digest_bytes(new.idempotency.map(|(_, digest)| digest)))
     .bind(new.ttl.as_secs_f64())
     .bind(new.simple)
+    .bind(&target.metadata)
+    .bind(target.pinned)
+    .bind(target.retained_until)
+    .bind(target.retained_by())
+    .bind(target.service.as_str())
     .fetch_one(&mut **tx)
     .await?;
     SessionRecord::from_row(&row)

@@ -8,6 +8,7 @@
 //! SHA-256 check aborts the session (parts removed, reservation released); any other failure,
 //! a name clash included, puts it back to ACTIVE with its parts, so completing can be retried.
 
+use flatrender_kit::auth::ServiceName;
 use flatrender_proto::flatrender::file::v1 as pb;
 use futures_util::StreamExt;
 use uuid::Uuid;
@@ -42,7 +43,7 @@ pub(super) async fn complete(
     let stored = assemble(state, &session, &key).await?;
     let finished = async {
         let content_type = sniff(state, session.id).await?;
-        record(state, &actor, &session, &key, &stored, content_type).await
+        record(state, &session, &key, &stored, content_type).await
     }
     .await;
     let (file, completed) = match finished {
@@ -159,7 +160,6 @@ async fn sniff(state: &State, session: Uuid) -> Result<&'static str> {
 /// Creates the file row and completes the session in one transaction.
 async fn record(
     state: &State,
-    actor: &Actor,
     session: &SessionRecord,
     key: &ObjectKey,
     stored: &StoredObject,
@@ -185,11 +185,12 @@ async fn record(
         backend: state.storage.backend().as_str(),
         key,
         counts_toward_quota: session.counts_toward_quota,
-        pinned: false,
-        retained_until: None,
-        retained_by: None,
-        source_service: actor.source_service().as_str(),
-        metadata: &serde_json::json!({}),
+        pinned: session.pinned,
+        retained_until: session.retained_until,
+        retained_by: session.retained_by.map(ServiceName::as_str),
+        // The service that started the session created the file, whoever completes it.
+        source_service: session.source_service.as_str(),
+        metadata: &session.metadata,
         idempotency: None,
     };
     let file = db::insert_file(&mut tx, &new).await?;

@@ -94,7 +94,6 @@ pub(super) async fn start(
     request: pb::StartUploadSessionRequest,
 ) -> Result<pb::UploadSession> {
     let target = Target::check(&state.pool, &actor, "target", request.target.as_ref()).await?;
-    refuse_file_only_fields(&target)?;
     let max = state.settings.max_session_upload_bytes;
     if !(1..=max).contains(&request.size_bytes) {
         return Err(FileError::invalid("size_bytes", format!("must be 1..={max}")));
@@ -149,27 +148,6 @@ pub(super) async fn start(
     }
     tx.commit().await?;
     Ok(session.to_proto(&[], 0))
-}
-
-/// A session has no columns for client metadata or protection, so they cannot be carried to
-/// the file it creates: refused rather than dropped.
-fn refuse_file_only_fields(target: &Target) -> Result<()> {
-    let unsupported = |field: &str| {
-        FileError::invalid(
-            format!("target.{field}"),
-            "is not supported by upload sessions; set it on the file once the session completed",
-        )
-    };
-    if target.metadata.as_object().is_some_and(|object| !object.is_empty()) {
-        return Err(unsupported("metadata"));
-    }
-    if target.pinned {
-        return Err(unsupported("pinned"));
-    }
-    if target.retained_until.is_some() {
-        return Err(unsupported("retained_until"));
-    }
-    Ok(())
 }
 
 /// The unfinished session an earlier start with the same idempotency key created;
