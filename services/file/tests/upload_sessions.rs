@@ -15,6 +15,7 @@ use flatrender_proto::flatrender::file::v1 as pb;
 use futures_util::TryStreamExt;
 use pb::upload_file_request::Payload;
 use support::{Backend, Principal, Seed, Service, Uploads, bytes, sha256_hex};
+use time::OffsetDateTime;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -431,15 +432,16 @@ async fn starts_are_checked_before_anything_is_reserved() {
             Code::InvalidArgument,
             "target.name",
         ),
-        (
-            "metadata",
-            changed(&|r| {
-                r.target.as_mut().unwrap().metadata.insert("k".into(), "v".into());
-            }),
-            Code::InvalidArgument,
-            "target.metadata",
-        ),
         ("user pins", changed(&|r| r.target.as_mut().unwrap().pinned = true), Code::PermissionDenied, "pinned"),
+        (
+            "user retains",
+            changed(&|r| {
+                r.target.as_mut().unwrap().retained_until =
+                    Some(prost_types::Timestamp { seconds: 4_102_444_800, nanos: 0 });
+            }),
+            Code::PermissionDenied,
+            "retained_until",
+        ),
         (
             "name taken",
             changed(&|r| {
@@ -470,10 +472,72 @@ async fn starts_are_checked_before_anything_is_reserved() {
     target.counts_toward_quota = Some(false);
     let huge = start(&mut service.uploads(&render), request.clone()).await.unwrap();
     assert_eq!((huge.part_size_bytes, huge.part_count), (9 * MIB as u64, 8889));
-    request.target.as_mut().unwrap().pinned = true;
-    let (code, message) = failure(start(&mut service.uploads(&render), request).await);
-    assert_eq!(code, Code::InvalidArgument, "{message}");
-    assert!(message.starts_with("target.pinned"), "{message}");
+}
+
+/// Uploads `data` in one part of `session` and completes it as `who`.
+async fn complete_in_one_part(
+    service: &Service,
+    who: &Principal,
+    session: &pb::UploadSession,
+    data: &[u8],
+) -> pb::File {
+    let mut client = service.uploads(who);
+    part(&mut client, session, data, 1).await.unwrap();
+    complete(&mut client, &session.id).await.unwrap().file.unwrap()
+}
+
+/// The file `id` as `who` sees it through `GetFile`.
+async fn get_file(service: &Service, who: &Principal, id: &str) -> pb::File {
+    let request = pb::GetFileRequest { file_id: id.into() };
+    service.files(who).get_file(request).await.unwrap().into_inner().file.unwrap()
+}
+
+#[tokio::test]
+async fn a_services_session_gives_the_file_its_metadata_and_protection() {
+    let service = Service::start().await;
+    let tenant = Uuid::new_v4();
+    let user = Principal::user(tenant);
+    let render = Principal::service(ServiceName::Render);
+    let data = bytes(21, 3000);
+    let until = OffsetDateTime::now_utc().unix_timestamp() + 86_400;
+    let mut request = start_request("frame.bin", &data, 0);
+    let target = request.target.as_mut().unwrap();
+    target.tenant_id = tenant.to_string();
+    target.owner_user_id = user.user.to_string();
+    target.pinned = true;
+    target.retained_until = Some(prost_types::Timestamp { seconds: until, nanos: 0 });
+    target.metadata.insert("job".into(), "42".into());
+    let session = start(&mut service.uploads(&render), request).await.unwrap();
+
+    // The owner completes it; the file is still the render service's creation.
+    let completed = complete_in_one_part(&service, &user, &session, &data).await;
+    let file = get_file(&service, &render, &session.id).await;
+    assert_eq!(file, completed);
+    assert!(file.pinned);
+    assert_eq!(file.retained_until.map(|at| at.seconds), Some(until));
+    assert_eq!(file.retained_by, pb::ServiceName::Render as i32);
+    assert_eq!(file.source_service, pb::ServiceName::Render as i32);
+    assert_eq!(file.metadata.get("job").map(String::as_str), Some("42"));
+    assert_eq!(file.metadata.len(), 1);
+    assert_eq!(file.owner_user_id, user.user.to_string());
+}
+
+#[tokio::test]
+async fn a_users_session_keeps_its_metadata_and_protects_nothing() {
+    let service = Service::start().await;
+    let user = Principal::user(Uuid::new_v4());
+    let data = bytes(22, 2000);
+    let mut request = start_request("notes.txt", &data, 0);
+    request.target.as_mut().unwrap().metadata.insert("scene".into(), "intro".into());
+    let session = start(&mut service.uploads(&user), request).await.unwrap();
+
+    complete_in_one_part(&service, &user, &session, &data).await;
+    let file = get_file(&service, &user, &session.id).await;
+    assert_eq!(file.metadata.get("scene").map(String::as_str), Some("intro"));
+    assert_eq!(file.metadata.len(), 1);
+    assert!(!file.pinned && file.retained_until.is_none());
+    assert_eq!(file.retained_by, pb::ServiceName::Unspecified as i32);
+    assert_eq!(file.source_service, pb::ServiceName::File as i32);
 }
 
 #[tokio::test]
