@@ -14,7 +14,7 @@ use flatrender_proto::flatrender::common::v1::PageRequest;
 use flatrender_proto::flatrender::file::v1 as pb;
 use futures_util::TryStreamExt;
 use pb::upload_file_request::Payload;
-use support::{Backend, Principal, Seed, Service, Uploads, bytes, sha256_hex};
+use support::{Backend, Principal, Seed, Service, Uploads, bytes, failure, sha256_hex, stored};
 use time::OffsetDateTime;
 use tonic::{Code, Status};
 use uuid::Uuid;
@@ -107,21 +107,6 @@ async fn simple_upload(client: &mut Uploads, name: &str, data: &[u8]) -> pb::Fil
 /// Keys of the objects under `uploads/`.
 async fn part_objects(service: &Service) -> Vec<String> {
     service.object_keys().await.into_iter().filter(|key| key.starts_with("uploads/")).collect()
-}
-
-fn failure<T: std::fmt::Debug>(result: Result<T, Status>) -> (Code, String) {
-    match result {
-        Ok(value) => panic!("expected an error, got {value:?}"),
-        Err(status) => (status.code(), status.message().to_owned()),
-    }
-}
-
-/// The bytes stored for `file`.
-async fn stored(service: &Service, file: &pb::File) -> Vec<u8> {
-    let key = ObjectKey::file(file.tenant_id.parse().unwrap(), file.id.parse().unwrap());
-    let read = service.storage.get(&key, ByteRange::ALL).await.unwrap();
-    let chunks: Vec<bytes::Bytes> = read.bytes.try_collect().await.unwrap();
-    chunks.concat()
 }
 
 /// About 11 MiB in 5 MiB parts, sent last part first.

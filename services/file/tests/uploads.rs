@@ -10,14 +10,12 @@ mod support;
 
 use std::collections::HashMap;
 
-use flatrender_file::storage::{ByteRange, ObjectKey};
 use flatrender_kit::auth::ServiceName;
 use flatrender_kit::outbox::Event;
 use flatrender_proto::flatrender::events::v1 as ev;
 use flatrender_proto::flatrender::file::v1 as pb;
-use futures_util::TryStreamExt;
 use pb::upload_file_request::Payload;
-use support::{Backend, Principal, Seed, Service, Uploads, bytes, sha256_hex};
+use support::{Backend, Principal, Seed, Service, Uploads, bytes, failure, sha256_hex, stored};
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -51,14 +49,6 @@ async fn upload(client: &mut Uploads, name: &str, data: &[u8]) -> Result<pb::Fil
     send(client, messages(metadata(name, data), data, MIB)).await
 }
 
-/// The bytes stored for `file`.
-async fn stored(service: &Service, file: &pb::File) -> Vec<u8> {
-    let key = ObjectKey::file(file.tenant_id.parse().unwrap(), file.id.parse().unwrap());
-    let read = service.storage.get(&key, ByteRange::ALL).await.unwrap();
-    let chunks: Vec<bytes::Bytes> = read.bytes.try_collect().await.unwrap();
-    chunks.concat()
-}
-
 /// The outbox's `FileUploaded` events.
 async fn uploaded_events(service: &Service) -> Vec<ev::FileUploaded> {
     let name = "flatrender.events.v1.FileUploaded";
@@ -78,14 +68,6 @@ async fn uploaded_events(service: &Service) -> Vec<ev::FileUploaded> {
         events.push(event.decode::<ev::FileUploaded>().unwrap().unwrap());
     }
     events
-}
-
-/// The code and message of a failed call.
-fn failure<T: std::fmt::Debug>(result: Result<T, Status>) -> (Code, String) {
-    match result {
-        Ok(value) => panic!("expected an error, got {value:?}"),
-        Err(status) => (status.code(), status.message().to_owned()),
-    }
 }
 
 #[tokio::test]

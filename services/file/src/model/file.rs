@@ -6,7 +6,7 @@ use sqlx::postgres::PgRow;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{FileKind, id_text, optional_timestamp, service_from_proto, timestamp, unsigned};
+use super::{FileKind, digest, id_text, optional_timestamp, service_from_proto, timestamp, unsigned};
 use crate::storage::{ObjectKey, Sha256Digest};
 use crate::validate::metadata_map;
 
@@ -63,10 +63,7 @@ pub struct FileRecord {
 impl FileRecord {
     /// Reads a row selected with [`FILE_COLUMNS`].
     pub fn from_row(row: &PgRow) -> sqlx::Result<Self> {
-        let digest: Vec<u8> = row.try_get("sha256")?;
-        let sha256 = <[u8; 32]>::try_from(digest.as_slice())
-            .map(Sha256Digest::from)
-            .map_err(|_| sqlx::Error::Decode("files.sha256 is not 32 bytes".into()))?;
+        let sha256 = digest(row, "sha256")?;
         Ok(Self {
             id: row.try_get("id")?,
             tenant_id: row.try_get("tenant_id")?,

@@ -16,6 +16,7 @@ pub use session::{PartRecord, SESSION_COLUMNS, SessionRecord, SessionState};
 use time::OffsetDateTime;
 
 use crate::error::{FileError, Result};
+use crate::storage::Sha256Digest;
 
 /// A database time as a protobuf timestamp.
 pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
@@ -41,6 +42,21 @@ pub fn from_timestamp(field: &str, at: &prost_types::Timestamp) -> Result<Offset
 /// A database `bigint` that is never negative (CHECK constraints) as `u64`.
 pub(crate) fn unsigned(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
+}
+
+/// The SHA-256 stored (as 32 raw bytes) in `column` of `row`; `None` when NULL.
+pub(crate) fn optional_digest(row: &sqlx::postgres::PgRow, column: &str) -> sqlx::Result<Option<Sha256Digest>> {
+    use sqlx::Row;
+    let bytes: Option<Vec<u8>> = row.try_get(column)?;
+    bytes
+        .map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).map(Sha256Digest::from))
+        .transpose()
+        .map_err(|_| sqlx::Error::Decode(format!("{column} is not 32 bytes").into()))
+}
+
+/// The SHA-256 stored (as 32 raw bytes) in the NOT NULL `column` of `row`.
+pub(crate) fn digest(row: &sqlx::postgres::PgRow, column: &str) -> sqlx::Result<Sha256Digest> {
+    optional_digest(row, column)?.ok_or_else(|| sqlx::Error::Decode(format!("{column} is NULL").into()))
 }
 
 /// An optional id as the proto's string (empty for none).

@@ -7,7 +7,7 @@ use sqlx::postgres::PgRow;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{FileKind, id_text, optional_timestamp, timestamp, unsigned};
+use super::{FileKind, digest, id_text, optional_digest, optional_timestamp, timestamp, unsigned};
 use crate::storage::Sha256Digest;
 
 /// The columns [`SessionRecord::from_row`] reads.
@@ -127,11 +127,7 @@ pub struct SessionRecord {
 impl SessionRecord {
     /// Reads a row selected with [`SESSION_COLUMNS`].
     pub fn from_row(row: &PgRow) -> sqlx::Result<Self> {
-        let digest: Option<Vec<u8>> = row.try_get("declared_sha256")?;
-        let declared_sha256 = digest
-            .map(|bytes| <[u8; 32]>::try_from(bytes.as_slice()).map(Sha256Digest::from))
-            .transpose()
-            .map_err(|_| sqlx::Error::Decode("upload_sessions.declared_sha256 is not 32 bytes".into()))?;
+        let declared_sha256 = optional_digest(row, "declared_sha256")?;
         let part_count: i32 = row.try_get("part_count")?;
         Ok(Self {
             id: row.try_get("id")?,
@@ -223,10 +219,7 @@ pub struct PartRecord {
 impl PartRecord {
     /// Reads a row of `part_number, size_bytes, sha256, updated_at`.
     pub fn from_row(row: &PgRow) -> sqlx::Result<Self> {
-        let digest: Vec<u8> = row.try_get("sha256")?;
-        let sha256 = <[u8; 32]>::try_from(digest.as_slice())
-            .map(Sha256Digest::from)
-            .map_err(|_| sqlx::Error::Decode("upload_parts.sha256 is not 32 bytes".into()))?;
+        let sha256 = digest(row, "sha256")?;
         let number: i32 = row.try_get("part_number")?;
         Ok(Self {
             number: u32::try_from(number).unwrap_or(0),

@@ -398,6 +398,22 @@ pub fn sha256_hex(data: &[u8]) -> String {
     flatrender_file::storage::Sha256Digest::of(data).to_hex()
 }
 
+/// The code and message of a failed call, panicking with the response when it succeeded.
+pub fn failure<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> (tonic::Code, String) {
+    match result {
+        Ok(value) => panic!("expected an error, got {value:?}"),
+        Err(status) => (status.code(), status.message().to_owned()),
+    }
+}
+
+/// The bytes stored for `file`.
+pub async fn stored(service: &Service, file: &pb::File) -> Vec<u8> {
+    let key = flatrender_file::storage::ObjectKey::file(file.tenant_id.parse().unwrap(), file.id.parse().unwrap());
+    let read = service.storage.get(&key, flatrender_file::storage::ByteRange::ALL).await.expect("reading an object");
+    let chunks: Vec<bytes::Bytes> = read.bytes.try_collect().await.expect("reading an object");
+    chunks.concat()
+}
+
 /// The gRPC code of a failed call, panicking with the response when it succeeded.
 pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> tonic::Code {
     match result {
