@@ -161,6 +161,7 @@ pub async fn serve(
         // every 64 KiB; larger ones let a client keep the link busy (measured in BENCHMARKS.md).
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
         .trace_fn(telemetry::server_span)
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(metrics.layer())
@@ -198,6 +199,8 @@ pub async fn serve(
 const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 /// The same for all calls of one connection together.
 const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+/// The largest HTTP/2 frame clients may send (default 16 KiB): fewer frames per uploaded MiB.
+const MAX_FRAME_BYTES: u32 = 1024 * 1024;
 
 const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
 const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
