@@ -16,6 +16,7 @@ use flatrender_kit::shutdown::Shutdown;
 use flatrender_kit::{Error, migrate, telemetry};
 
 use crate::cli::{AuthArgs, Cli, Command, ServeArgs};
+use crate::targets::ServiceSettings;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -81,9 +82,10 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
     let (metrics_addr, metrics_task) =
         flatrender_kit::metrics::serve(metrics.clone(), args.server.metrics_addr, shutdown.signal()).await?;
 
-    let file_settings = args.file.settings(data_dir)?;
+    let service_settings =
+        ServiceSettings { file: args.file.settings(data_dir)?, render: flatrender_render::Settings::default() };
     let app =
-        targets.build(&settings, &args.service_databases, &args.upstreams, &file_settings, &shutdown, &metrics)?;
+        targets.build(&settings, &args.service_databases, &args.upstreams, &service_settings, &shutdown, &metrics)?;
 
     let services = app.modules.iter().map(|m| m.grpc_services.len()).sum::<usize>() + app.forwarded.len();
     tracing::info!(

@@ -13,6 +13,15 @@ use tonic::service::RoutesBuilder;
 
 use crate::cli::{ServiceDatabaseArgs, Target};
 
+/// The settings of the services that have their own.
+#[derive(Clone, Debug)]
+pub struct ServiceSettings {
+    /// The file service's.
+    pub file: flatrender_file::Settings,
+    /// The render orchestrator's.
+    pub render: flatrender_render::Settings,
+}
+
 /// The services of every target but `gateway`, in start order.
 const SERVICES: [Target; 6] =
     [Target::Identity, Target::Content, Target::Studio, Target::Render, Target::File, Target::Notification];
@@ -44,7 +53,7 @@ impl Selection {
         settings: &PoolSettings,
         own_urls: &ServiceDatabaseArgs,
         upstreams: &[Upstream],
-        file: &flatrender_file::Settings,
+        services: &ServiceSettings,
         shutdown: &Shutdown,
         metrics: &Metrics,
     ) -> Result<Application> {
@@ -62,8 +71,8 @@ impl Selection {
                 Target::Identity => flatrender_identity::module(ctx, &mut routes),
                 Target::Content => flatrender_content::module(ctx, &mut routes),
                 Target::Studio => flatrender_studio::module(ctx, &mut routes),
-                Target::Render => flatrender_render::module(ctx, &mut routes),
-                Target::File => flatrender_file::module(ctx, file.clone(), &mut routes)?,
+                Target::Render => flatrender_render::module(ctx, services.render.clone(), &mut routes),
+                Target::File => flatrender_file::module(ctx, services.file.clone(), &mut routes)?,
                 Target::Notification => flatrender_notification::module(ctx, &mut routes),
                 Target::All | Target::Gateway => continue,
             };

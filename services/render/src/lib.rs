@@ -1,9 +1,15 @@
-//! The render service (the orchestrator): jobs, chunks, the leased queue, the agent stream, nodes.
+//! The render service (the orchestrator): jobs, chunks, the leased queue, the agent stream, nodes
+//! (`flatrender.render.v1`, `flatrender.agent.v1`, schema `render`).
 //!
-//! Its methods land with issue 4; until then every method answers `UNIMPLEMENTED`, the gRPC
-//! standard, so clients see honestly what is not there yet. The service already runs on its own
-//! pool and role, reports health from its database, keeps its monthly partitions created ahead,
-//! and is listed by reflection.
+//! - [`settings`]: timings and limits; [`error`]: the one error type and its gRPC mapping;
+//!   [`state`]: what handlers and background tasks share.
+//!
+//! Methods not implemented yet answer `UNIMPLEMENTED`, the gRPC standard, so clients see
+//! honestly what is not there yet.
+
+pub mod error;
+pub mod settings;
+pub mod state;
 
 use flatrender_kit::db::ServiceRole;
 use flatrender_kit::server::{ServiceContext, ServiceModule};
@@ -11,12 +17,27 @@ use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
 use tonic::service::RoutesBuilder;
 
+pub use error::{RenderError, Result};
+pub use settings::Settings;
+pub use state::State;
+
 /// The database identity of the render service.
 pub const ROLE: ServiceRole = ServiceRole::RENDER;
 
-/// The render API; its state (the pool) arrives with its implementation.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RenderApi;
+/// The gRPC face of the orchestrator; every service of `flatrender.render.v1` and
+/// `flatrender.agent.v1` is implemented on it.
+#[derive(Clone, Debug)]
+pub struct RenderApi {
+    #[allow(dead_code, reason = "read by the methods as they land")]
+    state: State,
+}
+
+impl RenderApi {
+    /// The API over `state`.
+    pub fn new(state: State) -> Self {
+        Self { state }
+    }
+}
 
 #[tonic::async_trait]
 impl pb::node_admin_service_server::NodeAdminService for RenderApi {}
@@ -31,13 +52,15 @@ impl pb::render_service_server::RenderService for RenderApi {}
 impl agent_pb::agent_service_server::AgentService for RenderApi {}
 
 /// Adds the render services to `routes` and returns the module the server runs.
-pub fn module(ctx: ServiceContext, routes: &mut RoutesBuilder) -> ServiceModule {
+pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilder) -> ServiceModule {
+    let state = State::new(ctx.pool.clone(), settings);
+    let api = RenderApi::new(state);
     let grpc_services = flatrender_kit::add_services!(
         routes,
-        pb::node_admin_service_server::NodeAdminServiceServer::new(RenderApi),
-        pb::render_admin_service_server::RenderAdminServiceServer::new(RenderApi),
-        pb::render_service_server::RenderServiceServer::new(RenderApi),
-        agent_pb::agent_service_server::AgentServiceServer::new(RenderApi),
+        pb::node_admin_service_server::NodeAdminServiceServer::new(api.clone()),
+        pb::render_admin_service_server::RenderAdminServiceServer::new(api.clone()),
+        pb::render_service_server::RenderServiceServer::new(api.clone()),
+        agent_pb::agent_service_server::AgentServiceServer::new(api),
     );
     let tasks: Vec<(&'static str, flatrender_kit::server::BackgroundTask)> = vec![(
         "partitions",

@@ -1,0 +1,96 @@
+//! The render service's error type and its one mapping to `tonic::Status`.
+//!
+//! Callers' mistakes carry a message that helps them (the field named first); database
+//! failures are logged with a reference and answered without internals (the kit's mapping).
+
+use tonic::Status;
+
+/// Result with [`RenderError`].
+pub type Result<T, E = RenderError> = std::result::Result<T, E>;
+
+/// Everything the render service can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A request field is malformed: `INVALID_ARGUMENT` "field: reason".
+    #[error("{field}: {reason}")]
+    InvalidArgument {
+        /// The request field, e.g. `segments[2].frames`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The object does not exist or the caller may not see it (never told apart).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// An idempotency key or name is taken by something else.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The object is not in a state that allows the call.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A plan allowance or rate is used up.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The caller's role does not allow the call.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Missing, malformed, unknown or revoked credentials (one message for all).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// PostgreSQL failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The kit failed (e.g. writing an outbox event).
+    #[error(transparent)]
+    Kit(#[from] flatrender_kit::Error),
+}
+
+impl RenderError {
+    /// `INVALID_ARGUMENT` for `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+
+    /// Whether `err` is PostgreSQL's unique violation of `constraint`.
+    pub fn is_unique_violation(err: &sqlx::Error, constraint: &str) -> bool {
+        matches!(err, sqlx::Error::Database(db)
+            if db.code().as_deref() == Some("23505") && db.constraint() == Some(constraint))
+    }
+}
+
+impl From<RenderError> for Status {
+    fn from(err: RenderError) -> Self {
+        match err {
+            RenderError::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
+            RenderError::NotFound(_) => Status::not_found(err.to_string()),
+            RenderError::AlreadyExists(msg) => Status::already_exists(msg),
+            RenderError::FailedPrecondition(msg) => Status::failed_precondition(msg),
+            RenderError::ResourceExhausted(msg) => Status::resource_exhausted(msg),
+            RenderError::PermissionDenied(msg) => Status::permission_denied(msg),
+            RenderError::Unauthenticated(msg) => Status::unauthenticated(msg),
+            RenderError::Database(db) => flatrender_kit::Error::Database(db).into(),
+            RenderError::Kit(kit) => kit.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn callers_mistakes_keep_their_message() {
+        let status = Status::from(RenderError::invalid("segments[2].frames", "reversed range 9-3"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "segments[2].frames: reversed range 9-3");
+        assert_eq!(Status::from(RenderError::NotFound("render")).message(), "render not found");
+    }
+
+    #[test]
+    fn database_failures_do_not_leak() {
+        let status = Status::from(RenderError::Database(sqlx::Error::RowNotFound));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(status.message().starts_with("internal error (reference "));
+    }
+}

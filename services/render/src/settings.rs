@@ -1,0 +1,77 @@
+//! The orchestrator's settings, with the defaults a fresh installation runs on.
+
+use std::time::Duration;
+
+/// How the orchestrator behaves. Timings follow the agent protocol's defaults
+/// (`proto/flatrender/agent/v1/agent_service.proto`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This replica's name (`nodes.orchestrator_id`, `render.orchestrators.id`); unique per
+    /// process.
+    pub orchestrator_id: String,
+    /// How often agents send Health (`Welcome.heartbeat_interval`).
+    pub heartbeat_interval: Duration,
+    /// How long a lease lasts past its last renewal (`Welcome.lease_ttl`).
+    pub lease_ttl: Duration,
+    /// How long a node's tasks survive its stream dropping (`Welcome.reconnect_grace`).
+    pub reconnect_grace: Duration,
+    /// How long a new stream may take to send Hello.
+    pub hello_timeout: Duration,
+    /// The largest envelope an agent may send (`Welcome.max_message_bytes`).
+    pub max_message_bytes: u32,
+    /// Frames per chunk when a job does not say otherwise.
+    pub chunk_size_frames: u32,
+    /// Attempts per task before it (and its job) fails.
+    pub max_attempts: u32,
+    /// Crashes within `quarantine_window` that quarantine a node.
+    pub quarantine_crashes: u32,
+    /// The window crashes are counted in.
+    pub quarantine_window: Duration,
+    /// At most one `node_health_logs` row per node per this interval (downsampling).
+    pub health_log_interval: Duration,
+    /// At most one `nodes.last_seen_at` write per node per this interval.
+    pub last_seen_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            orchestrator_id: format!("render-{}", uuid::Uuid::new_v4().simple()),
+            heartbeat_interval: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(15),
+            reconnect_grace: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(10),
+            max_message_bytes: 4 * 1024 * 1024,
+            chunk_size_frames: 10,
+            max_attempts: 3,
+            quarantine_crashes: 3,
+            quarantine_window: Duration::from_secs(600),
+            health_log_interval: Duration::from_secs(60),
+            last_seen_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Settings {
+    /// Heartbeats an agent may miss before its tasks go back to the queue.
+    pub const MISSED_HEARTBEATS: u32 = 3;
+
+    /// How long without Health before a connected node counts as gone.
+    pub fn heartbeat_deadline(&self) -> Duration {
+        self.heartbeat_interval * Self::MISSED_HEARTBEATS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_protocol() {
+        let s = Settings::default();
+        assert_eq!(s.lease_ttl, s.heartbeat_interval * 3);
+        assert_eq!(s.heartbeat_deadline(), Duration::from_secs(15));
+        assert!(s.reconnect_grace < s.lease_ttl);
+        assert_ne!(Settings::default().orchestrator_id, s.orchestrator_id);
+    }
+}
