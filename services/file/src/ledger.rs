@@ -99,6 +99,23 @@ impl Ledger {
         Ok(quotas)
     }
 
+    /// Takes room for `bytes` on the quotas of `owner` in `tenant`: locks them and, when each
+    /// has that much free, applies `set` (`$2` is `bytes`); otherwise the write is refused and
+    /// nothing changes. Returns the quotas as they were locked.
+    async fn take(
+        &self,
+        tx: &mut PgTransaction<'_>,
+        tenant: Uuid,
+        owner: Option<Uuid>,
+        set: &str,
+        bytes: u64,
+    ) -> Result<Vec<QuotaRecord>, Refusal> {
+        let quotas = self.lock(tx, tenant, owner).await?;
+        check_room(&quotas, bytes)?;
+        adjust(tx, &quotas, set, bytes).await?;
+        Ok(quotas)
+    }
+
     /// Reserves `bytes` on the quotas of `owner` in `tenant` for an upload.
     pub async fn reserve(
         &self,
@@ -107,9 +124,7 @@ impl Ledger {
         owner: Option<Uuid>,
         bytes: u64,
     ) -> Result<(), Refusal> {
-        let quotas = self.lock(tx, tenant, owner).await?;
-        check_room(&quotas, bytes)?;
-        adjust(tx, &quotas, "reserved_bytes = reserved_bytes + $2", bytes).await?;
+        self.take(tx, tenant, owner, "reserved_bytes = reserved_bytes + $2", bytes).await?;
         Ok(())
     }
 
@@ -155,9 +170,8 @@ impl Ledger {
         owner: Option<Uuid>,
         bytes: u64,
     ) -> Result<(), Refusal> {
-        let quotas = self.lock(tx, tenant, owner).await?;
-        check_room(&quotas, bytes)?;
-        adjust(tx, &quotas, "used_bytes = used_bytes + $2, file_count = file_count + 1", bytes).await?;
+        let quotas =
+            self.take(tx, tenant, owner, "used_bytes = used_bytes + $2, file_count = file_count + 1", bytes).await?;
         self.warn_if_nearly_full(tx, &quotas).await?;
         Ok(())
     }
