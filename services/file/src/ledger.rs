@@ -99,6 +99,27 @@ impl Ledger {
         Ok(quotas)
     }
 
+    /// Refuses early, with the error the write's own [`Self::charge`] would end in, when the
+    /// quotas of `owner` in `tenant` lack room for `bytes` now: read without locking (and
+    /// without creating missing ones, which the charge does), so that costly work such as an
+    /// object copy is skipped. The charge stays the authority: room may still go meanwhile.
+    pub async fn precheck(&self, pool: &PgPool, tenant: Uuid, owner: Option<Uuid>, bytes: u64) -> Result<()> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {QUOTA_COLUMNS} FROM file_mgr.quotas WHERE tenant_id = $1 AND (user_id IS NULL OR user_id = $2)
+              ORDER BY user_id NULLS FIRST"
+        )))
+        .bind(tenant)
+        .bind(owner)
+        .fetch_all(pool)
+        .await?;
+        let quotas = rows.iter().map(QuotaRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
+        match check_room(&quotas, bytes) {
+            Ok(()) => Ok(()),
+            Err(Refusal::Exceeded(exceeded)) => Err(self.refuse(pool, exceeded).await),
+            Err(Refusal::Failed(err)) => Err(err),
+        }
+    }
+
     /// Takes room for `bytes` on the quotas of `owner` in `tenant`: locks them and, when each
     /// has that much free, applies `set` (`$2` is `bytes`); otherwise the write is refused and
     /// nothing changes. Returns the quotas as they were locked.
