@@ -99,6 +99,44 @@ impl Ledger {
         Ok(quotas)
     }
 
+    /// Refuses early, with the error the write's own [`Self::charge`] would end in, when the
+    /// quotas of `owner` in `tenant` lack room for `bytes` now: read without locking (and
+    /// without creating missing ones, which the charge does), so that costly work such as an
+    /// object copy is skipped. The charge stays the authority: room may still go meanwhile.
+    pub async fn precheck(&self, pool: &PgPool, tenant: Uuid, owner: Option<Uuid>, bytes: u64) -> Result<()> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {QUOTA_COLUMNS} FROM file_mgr.quotas WHERE tenant_id = $1 AND (user_id IS NULL OR user_id = $2)
+              ORDER BY user_id NULLS FIRST"
+        )))
+        .bind(tenant)
+        .bind(owner)
+        .fetch_all(pool)
+        .await?;
+        let quotas = rows.iter().map(QuotaRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
+        match check_room(&quotas, bytes) {
+            Ok(()) => Ok(()),
+            Err(Refusal::Exceeded(exceeded)) => Err(self.refuse(pool, exceeded).await),
+            Err(Refusal::Failed(err)) => Err(err),
+        }
+    }
+
+    /// Takes room for `bytes` on the quotas of `owner` in `tenant`: locks them and, when each
+    /// has that much free, applies `set` (`$2` is `bytes`); otherwise the write is refused and
+    /// nothing changes. Returns the quotas as they were locked.
+    async fn take(
+        &self,
+        tx: &mut PgTransaction<'_>,
+        tenant: Uuid,
+        owner: Option<Uuid>,
+        set: &str,
+        bytes: u64,
+    ) -> Result<Vec<QuotaRecord>, Refusal> {
+        let quotas = self.lock(tx, tenant, owner).await?;
+        check_room(&quotas, bytes)?;
+        adjust(tx, &quotas, set, bytes).await?;
+        Ok(quotas)
+    }
+
     /// Reserves `bytes` on the quotas of `owner` in `tenant` for an upload.
     pub async fn reserve(
         &self,
@@ -107,9 +145,7 @@ impl Ledger {
         owner: Option<Uuid>,
         bytes: u64,
     ) -> Result<(), Refusal> {
-        let quotas = self.lock(tx, tenant, owner).await?;
-        check_room(&quotas, bytes)?;
-        adjust(tx, &quotas, "reserved_bytes = reserved_bytes + $2", bytes).await?;
+        self.take(tx, tenant, owner, "reserved_bytes = reserved_bytes + $2", bytes).await?;
         Ok(())
     }
 
@@ -155,9 +191,8 @@ impl Ledger {
         owner: Option<Uuid>,
         bytes: u64,
     ) -> Result<(), Refusal> {
-        let quotas = self.lock(tx, tenant, owner).await?;
-        check_room(&quotas, bytes)?;
-        adjust(tx, &quotas, "used_bytes = used_bytes + $2, file_count = file_count + 1", bytes).await?;
+        let quotas =
+            self.take(tx, tenant, owner, "used_bytes = used_bytes + $2, file_count = file_count + 1", bytes).await?;
         self.warn_if_nearly_full(tx, &quotas).await?;
         Ok(())
     }

@@ -59,6 +59,18 @@ pub fn decode<K: DeserializeOwned>(field: &str, fingerprint: &str, token: &str) 
     Ok(Some(envelope.k))
 }
 
+/// Cuts `items`, fetched with one more than `limit` to tell whether another page follows, to
+/// `limit`, and returns the token for the next page made by `token` from the last item kept
+/// (empty when no page follows).
+pub fn next_token<T>(items: &mut Vec<T>, limit: i64, token: impl FnOnce(&T) -> String) -> String {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if items.len() <= limit {
+        return String::new();
+    }
+    items.truncate(limit);
+    items.last().map(token).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +85,14 @@ mod tests {
         assert!(decode::<(String, i64)>("page.page_token", &other, &token).is_err());
         assert!(decode::<(String, i64)>("page.page_token", &print, "not-a-token!").is_err());
         assert_eq!(decode::<(String, i64)>("page.page_token", &print, "").unwrap(), None);
+    }
+
+    #[test]
+    fn pages_are_cut_with_a_token() {
+        let mut items = vec![1, 2, 3];
+        assert_eq!(next_token(&mut items, 2, |last| last.to_string()), "2");
+        assert_eq!(items, vec![1, 2]);
+        assert_eq!(next_token(&mut items, 2, |last| last.to_string()), "");
+        assert_eq!(items, vec![1, 2]);
     }
 }

@@ -112,6 +112,13 @@ pub fn name_query(field: &str, value: &str) -> Result<Option<(String, bool)>> {
     if text.is_empty() { Ok(None) } else { Ok(Some((text.to_lowercase(), substring))) }
 }
 
+/// The `LIKE` pattern (on lower-case names) of a query from [`name_query`]: names that start
+/// with its text, or for a substring query contain it.
+pub fn name_pattern((text, substring): &(String, bool)) -> String {
+    let escaped = like_escape(text);
+    if *substring { format!("%{escaped}%") } else { format!("{escaped}%") }
+}
+
 /// Escapes `%`, `_` and `\` for a `LIKE` pattern (with the default escape character).
 pub fn like_escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
@@ -212,6 +219,8 @@ mod tests {
         assert_eq!(name_query("q", "Clip").unwrap(), Some(("clip".into(), false)));
         assert_eq!(name_query("q", "").unwrap(), None);
         assert_eq!(like_escape("50%_a\\"), "50\\%\\_a\\\\");
+        assert_eq!(name_pattern(&("5%".into(), true)), "%5\\%%");
+        assert_eq!(name_pattern(&("clip".into(), false)), "clip%");
         assert!(idempotency_key("k", &"k".repeat(129)).is_err());
         assert!(idempotency_key("k", "caf\u{e9}").is_err());
         assert_eq!(idempotency_key("k", "retry-1").unwrap().as_deref(), Some("retry-1"));

@@ -7,13 +7,14 @@
 mod moto;
 mod support;
 
+use flatrender_file::storage::ObjectKey;
 use flatrender_kit::auth::ServiceName;
 use flatrender_proto::flatrender::common::v1::{PageRequest, SortDirection};
 use flatrender_proto::flatrender::events::v1 as ev;
 use flatrender_proto::flatrender::file::v1 as pb;
 use pb::download_file_response::Payload;
 use prost_types::FieldMask;
-use support::{Backend, Files, Principal, Seed, Service, bytes, code, sha256_hex};
+use support::{Backend, Files, Principal, Seed, Service, bytes, code, failure, sha256_hex};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -525,6 +526,55 @@ async fn copies_are_charged_named_and_idempotent() {
     assert_eq!(retried.id, keyed.id);
     assert_eq!(code(files.copy_file(copy("", "", "copy-2")).await), Code::NotFound);
     assert_eq!(uploaded_events(&service).await.len(), 5);
+}
+
+#[tokio::test]
+async fn a_copy_over_quota_is_refused_before_its_object_is_copied() {
+    let service = Service::start().await;
+    let alice = Principal::user(Uuid::new_v4());
+    let source = seed(&service, &alice, "", "clip.mp4", &bytes(5, 3000)).await;
+    set_quota(&service, alice.user, 3000 + 2999).await;
+    // Without the source's object a copy that reached storage would fail there (NOT_FOUND), so
+    // a quota refusal proves that no copy was attempted.
+    service.storage.delete(&ObjectKey::file(alice.tenant, source)).await.unwrap();
+    let before = service.footprint().await;
+    let mut files = service.files(&alice);
+    let request = pb::CopyFileRequest { file_id: source.to_string(), ..Default::default() };
+
+    let (code, message) = failure(files.copy_file(request.clone()).await);
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert_eq!(message, "quota exceeded: 2999 bytes free in the user's quota, 3000 needed");
+    assert_eq!(service.events("flatrender.events.v1.QuotaExceeded").await.len(), 1);
+    assert_eq!(service.footprint().await, before);
+    // With room, the same copy does reach storage.
+    set_quota(&service, alice.user, 1 << 30).await;
+    let (code, message) = failure(files.copy_file(request).await);
+    assert_eq!((code, message.as_str()), (Code::NotFound, "object not found"));
+    assert_eq!(service.footprint().await, before);
+}
+
+#[tokio::test]
+async fn parallel_copies_never_pass_the_quota() {
+    let service = Service::start().await;
+    let alice = Principal::user(Uuid::new_v4());
+    let source = seed(&service, &alice, "", "clip.mp4", &bytes(6, 1000)).await;
+    // Room for three copies: copies that all pass the early check are still charged one by one.
+    set_quota(&service, alice.user, 4 * 1000 + 999).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut files = service.files(&alice);
+        let request = pb::CopyFileRequest { file_id: source.to_string(), ..Default::default() };
+        tasks.push(tokio::spawn(async move { files.copy_file(request).await }));
+    }
+    let mut codes = Vec::new();
+    for task in tasks {
+        codes.push(task.await.unwrap().map(|_| Code::Ok).unwrap_or_else(|status| status.code()));
+    }
+    assert_eq!(codes.iter().filter(|code| **code == Code::Ok).count(), 3, "{codes:?}");
+    assert_eq!(codes.iter().filter(|code| **code == Code::ResourceExhausted).count(), 5, "{codes:?}");
+    let footprint = service.footprint().await;
+    assert_eq!(footprint.objects.len(), 4, "the refused copies' objects are removed");
+    assert_eq!(service.quota_usage(alice.tenant, Some(alice.user)).await, (4000, 0, 4));
 }
 
 #[tokio::test]

@@ -13,13 +13,10 @@ use flatrender_kit::auth::ServiceName;
 use flatrender_proto::flatrender::common::v1::PageRequest;
 use flatrender_proto::flatrender::file::v1 as pb;
 use futures_util::TryStreamExt;
-use pb::upload_file_request::Payload;
-use support::{Backend, Principal, Seed, Service, Uploads, bytes, failure, sha256_hex, stored};
+use support::{Backend, MIB, Principal, Seed, Service, Uploads, bytes, failure, sha256_hex, stored, upload};
 use time::OffsetDateTime;
 use tonic::{Code, Status};
 use uuid::Uuid;
-
-const MIB: usize = 1024 * 1024;
 
 /// A session request for `data` called `name`.
 fn start_request(name: &str, data: &[u8], preferred_part: usize) -> pb::StartUploadSessionRequest {
@@ -87,21 +84,6 @@ async fn list(
     let response = client.list_upload_sessions(request).await?.into_inner();
     let ids = response.sessions.into_iter().map(|session| session.id).collect();
     Ok((ids, response.page.unwrap_or_default().next_page_token))
-}
-
-/// A simple upload, so that the caller's quotas exist before a footprint is taken.
-async fn simple_upload(client: &mut Uploads, name: &str, data: &[u8]) -> pb::File {
-    let metadata = pb::UploadFileMetadata {
-        target: Some(pb::UploadTarget { name: name.into(), ..Default::default() }),
-        size_bytes: data.len() as u64,
-        sha256: sha256_hex(data),
-        idempotency_key: String::new(),
-    };
-    let messages = vec![
-        pb::UploadFileRequest { payload: Some(Payload::Metadata(metadata)) },
-        pb::UploadFileRequest { payload: Some(Payload::Chunk(data.to_vec())) },
-    ];
-    client.upload_file(futures_util::stream::iter(messages)).await.unwrap().into_inner().file.unwrap()
 }
 
 /// Keys of the objects under `uploads/`.
@@ -279,7 +261,7 @@ async fn a_wrong_checksum_aborts_the_session_and_leaves_nothing_behind() {
     let service = Service::start().await;
     let user = Principal::user(Uuid::new_v4());
     let mut client = service.uploads(&user);
-    simple_upload(&mut client, "existing.bin", b"quotas exist").await;
+    upload(&mut client, "existing.bin", b"quotas exist").await.unwrap();
     let before = service.footprint().await;
 
     let data = bytes(14, 5 * MIB + 10);
@@ -322,7 +304,7 @@ async fn abort_releases_the_reservation_and_removes_the_parts() {
     let tenant = Uuid::new_v4();
     let user = Principal::user(tenant);
     let mut client = service.uploads(&user);
-    simple_upload(&mut client, "existing.bin", b"quotas exist").await;
+    upload(&mut client, "existing.bin", b"quotas exist").await.unwrap();
     let before = service.footprint().await;
 
     let data = bytes(16, 6 * MIB);
@@ -558,7 +540,7 @@ async fn sessions_are_listed_newest_first_for_their_owner_or_admin() {
     let alice = Principal::user(tenant);
     let bob = Principal::user(tenant);
     let mut client = service.uploads(&alice);
-    simple_upload(&mut client, "simple.bin", b"never listed").await;
+    upload(&mut client, "simple.bin", b"never listed").await.unwrap();
     let data = bytes(19, 1000);
     let mut ids = Vec::new();
     for name in ["one.bin", "two.bin", "three.bin", "four.bin"] {

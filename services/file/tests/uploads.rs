@@ -15,39 +15,11 @@ use flatrender_kit::outbox::Event;
 use flatrender_proto::flatrender::events::v1 as ev;
 use flatrender_proto::flatrender::file::v1 as pb;
 use pb::upload_file_request::Payload;
-use support::{Backend, Principal, Seed, Service, Uploads, bytes, failure, sha256_hex, stored};
-use tonic::{Code, Status};
+use support::{
+    Backend, MIB, Principal, Seed, Service, bytes, failure, messages, metadata, send, sha256_hex, stored, upload,
+};
+use tonic::Code;
 use uuid::Uuid;
-
-const MIB: usize = 1024 * 1024;
-
-/// Metadata for `data` called `name`, with its SHA-256.
-fn metadata(name: &str, data: &[u8]) -> pb::UploadFileMetadata {
-    pb::UploadFileMetadata {
-        target: Some(pb::UploadTarget { name: name.into(), ..Default::default() }),
-        size_bytes: data.len() as u64,
-        sha256: sha256_hex(data),
-        idempotency_key: String::new(),
-    }
-}
-
-/// The messages of an upload: `metadata`, then `data` in chunks of `chunk` bytes.
-fn messages(metadata: pb::UploadFileMetadata, data: &[u8], chunk: usize) -> Vec<pb::UploadFileRequest> {
-    let mut all = vec![pb::UploadFileRequest { payload: Some(Payload::Metadata(metadata)) }];
-    all.extend(data.chunks(chunk).map(|c| pb::UploadFileRequest { payload: Some(Payload::Chunk(c.to_vec())) }));
-    all
-}
-
-/// Sends `messages` as one upload.
-async fn send(client: &mut Uploads, messages: Vec<pb::UploadFileRequest>) -> Result<pb::File, Status> {
-    let response = client.upload_file(futures_util::stream::iter(messages)).await?;
-    Ok(response.into_inner().file.expect("a file"))
-}
-
-/// Uploads `data` as `name` in 1 MiB chunks.
-async fn upload(client: &mut Uploads, name: &str, data: &[u8]) -> Result<pb::File, Status> {
-    send(client, messages(metadata(name, data), data, MIB)).await
-}
 
 /// The outbox's `FileUploaded` events.
 async fn uploaded_events(service: &Service) -> Vec<ev::FileUploaded> {

@@ -322,7 +322,8 @@ impl FileApi {
         .fetch_all(&self.state.pool)
         .await?;
         let mut schedules = rows.iter().map(ScheduleRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
-        let next_page_token = next_token(&mut schedules, size, |last| page::encode(&print, &(&last.name, last.id)));
+        let next_page_token =
+            page::next_token(&mut schedules, size, |last| page::encode(&print, &(&last.name, last.id)));
         Ok(pb::ListCleanupSchedulesResponse {
             schedules: schedules.iter().map(ScheduleRecord::to_proto).collect(),
             page: Some(common::PageResponse { next_page_token }),
@@ -460,7 +461,7 @@ impl FileApi {
         .fetch_all(&self.state.pool)
         .await?;
         let mut runs = rows.iter().map(RunRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
-        let next_page_token = next_token(&mut runs, size, |last| {
+        let next_page_token = page::next_token(&mut runs, size, |last| {
             let micros = i64::try_from(last.started_at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
             page::encode(&print, &(micros, last.id))
         });
@@ -492,23 +493,12 @@ impl FileApi {
         .fetch_all(&self.state.pool)
         .await?;
         let mut items = rows.iter().map(ItemRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
-        let next_page_token = next_token(&mut items, size, |last| page::encode(&print, &last.id));
+        let next_page_token = page::next_token(&mut items, size, |last| page::encode(&print, &last.id));
         Ok(pb::ListCleanupRunItemsResponse {
             items: items.iter().map(ItemRecord::to_proto).collect(),
             page: Some(common::PageResponse { next_page_token }),
         })
     }
-}
-
-/// Cuts `records` (fetched with one extra) to `size` and returns the token for the next page,
-/// empty when there is none.
-fn next_token<T>(records: &mut Vec<T>, size: i64, token: impl Fn(&T) -> String) -> String {
-    let size = usize::try_from(size).unwrap_or(usize::MAX);
-    if records.len() <= size {
-        return String::new();
-    }
-    records.truncate(size);
-    records.last().map(token).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -550,13 +540,5 @@ mod tests {
         ] {
             assert!(Timing::check(Rule::Snapshots, &bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn pages_are_cut_with_a_token() {
-        let mut items = vec![1, 2, 3];
-        assert_eq!(next_token(&mut items, 2, |last| last.to_string()), "2");
-        assert_eq!(items, vec![1, 2]);
-        assert_eq!(next_token(&mut items, 2, |last| last.to_string()), "");
     }
 }

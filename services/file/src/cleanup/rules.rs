@@ -104,9 +104,15 @@ impl<'a> Job<'a> {
         Ok(())
     }
 
-    /// Whether this run has handled its batch.
-    fn batch_done(&self) -> bool {
-        self.tally.handled() >= u64::try_from(self.schedule.batch_size).unwrap_or(0)
+    /// Before a candidate of a paged scan: stops on shutdown, answers false once the batch is
+    /// done, and otherwise counts the candidate as scanned.
+    async fn next_candidate(&mut self) -> Result<bool, Halt> {
+        self.checkpoint().await?;
+        if self.tally.handled() >= u64::try_from(self.schedule.batch_size).unwrap_or(0) {
+            return Ok(false);
+        }
+        self.tally.scanned += 1;
+        Ok(true)
     }
 
     /// Items this run may still handle.
@@ -137,12 +143,12 @@ impl<'a> Job<'a> {
 /// Runs the schedule's rule.
 pub(super) async fn run(job: &mut Job<'_>) -> Result<(), Halt> {
     match job.schedule.rule {
-        Rule::RenderChunks => expire_files(job, FileKind::RenderChunk).await,
-        Rule::Snapshots => expire_files(job, FileKind::Snapshot).await,
-        Rule::Exports => expire_files(job, FileKind::Export).await,
+        Rule::RenderChunks => scan_files(job, FileScan::Expired(FileKind::RenderChunk)).await,
+        Rule::Snapshots => scan_files(job, FileScan::Expired(FileKind::Snapshot)).await,
+        Rule::Exports => scan_files(job, FileScan::Expired(FileKind::Export)).await,
         Rule::AbandonedUploads => abandoned_uploads(job).await,
         Rule::OrphanObjects => orphan_objects(job).await,
-        Rule::DeletingFiles => deleting_files(job).await,
+        Rule::DeletingFiles => scan_files(job, FileScan::Deleting).await,
     }
 }
 
@@ -153,51 +159,6 @@ fn scope(column: &str, tenant: u8, rule: u8) -> String {
         "(({column} = ${tenant}::uuid) OR (${tenant}::uuid IS NULL AND NOT EXISTS (
              SELECT 1 FROM file_mgr.cleanup_schedules o WHERE o.rule = ${rule} AND o.tenant_id = {column})))"
     )
-}
-
-async fn expire_files(job: &mut Job<'_>, kind: FileKind) -> Result<(), Halt> {
-    let cutoff = job.cutoff().await?;
-    let sql = format!(
-        "SELECT {FILE_COLUMNS} FROM file_mgr.files f
-          WHERE f.kind = $1 AND f.state = 'active' AND f.created_at < $2
-            AND ($3::timestamptz IS NULL OR (f.created_at, f.id) > ($3, $4))
-            AND {}
-          ORDER BY f.created_at, f.id LIMIT $7",
-        scope("f.tenant_id", 5, 6)
-    );
-    let mut after: Option<(OffsetDateTime, Uuid)> = None;
-    loop {
-        let page: Vec<FileRecord> = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(kind.as_str())
-            .bind(cutoff)
-            .bind(after.map(|(at, _)| at))
-            .bind(after.map(|(_, id)| id))
-            .bind(job.schedule.tenant_id)
-            .bind(job.schedule.rule.as_str())
-            .bind(PAGE)
-            .fetch_all(&job.state.pool)
-            .await?
-            .iter()
-            .map(FileRecord::from_row)
-            .collect::<sqlx::Result<_>>()?;
-        for file in &page {
-            job.checkpoint().await?;
-            if job.batch_done() {
-                return Ok(());
-            }
-            job.tally.scanned += 1;
-            match expire_file(job.state, file.id, cutoff).await {
-                Ok(Expired::Removed(file)) => job.record(file_item(&file)).await,
-                Ok(Expired::Protected) => job.tally.skipped_retained += 1,
-                Ok(Expired::Gone) => {}
-                Err(error) => job.tally.failed(&format!("file {}", file.id), error),
-            }
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE as usize => after = Some((last.created_at, last.id)),
-            _ => return Ok(()),
-        }
-    }
 }
 
 /// What became of one expired file.
@@ -243,44 +204,96 @@ fn file_item(file: &FileRecord) -> Removed<'_> {
     }
 }
 
-async fn deleting_files(job: &mut Job<'_>) -> Result<(), Halt> {
+/// The files a rule removes, found by a keyset-paged scan (see [`scan_files`]).
+#[derive(Clone, Copy)]
+enum FileScan {
+    /// Active files of the kind created before the cutoff; protected ones are kept.
+    Expired(FileKind),
+    /// Files left in state `deleting` since before the cutoff.
+    Deleting,
+}
+
+impl FileScan {
+    /// The fixed condition on `f` (literal, so the partial indexes apply; `$7` is the kind).
+    fn filter(self) -> &'static str {
+        match self {
+            Self::Expired(_) => "f.kind = $7 AND f.state = 'active'",
+            Self::Deleting => "f.state = 'deleting'",
+        }
+    }
+
+    /// The time compared with the cutoff, and paged by.
+    fn column(self) -> &'static str {
+        match self {
+            Self::Expired(_) => "created_at",
+            Self::Deleting => "updated_at",
+        }
+    }
+
+    /// The value of [`Self::column`] of `file`.
+    fn age(self, file: &FileRecord) -> OffsetDateTime {
+        match self {
+            Self::Expired(_) => file.created_at,
+            Self::Deleting => file.updated_at,
+        }
+    }
+
+    /// Removes `file` (a candidate) and counts what became of it.
+    async fn remove(self, job: &mut Job<'_>, file: &FileRecord, cutoff: OffsetDateTime) {
+        let what = || format!("file {}", file.id);
+        match self {
+            Self::Expired(_) => match expire_file(job.state, file.id, cutoff).await {
+                Ok(Expired::Removed(file)) => job.record(file_item(&file)).await,
+                Ok(Expired::Protected) => job.tally.skipped_retained += 1,
+                Ok(Expired::Gone) => {}
+                Err(error) => job.tally.failed(&what(), error),
+            },
+            Self::Deleting => match job.state.finish_removal(file, FileDeletionReason::System, None).await {
+                Ok(true) => job.record(file_item(file)).await,
+                Ok(false) => {}
+                Err(error) => job.tally.failed(&what(), error),
+            },
+        }
+    }
+}
+
+/// Removes the files of `scan` older than the cutoff, oldest first, reading them in keyset
+/// pages by (age, id), until they run out or the batch is done.
+async fn scan_files(job: &mut Job<'_>, scan: FileScan) -> Result<(), Halt> {
     let cutoff = job.cutoff().await?;
+    let column = scan.column();
     let sql = format!(
         "SELECT {FILE_COLUMNS} FROM file_mgr.files f
-          WHERE f.state = 'deleting' AND f.updated_at < $1
-            AND ($2::timestamptz IS NULL OR (f.updated_at, f.id) > ($2, $3))
-            AND {}
-          ORDER BY f.updated_at, f.id LIMIT $6",
-        scope("f.tenant_id", 4, 5)
+          WHERE {filter} AND f.{column} < $1
+            AND ($2::timestamptz IS NULL OR (f.{column}, f.id) > ($2, $3))
+            AND {scope}
+          ORDER BY f.{column}, f.id LIMIT $6",
+        filter = scan.filter(),
+        scope = scope("f.tenant_id", 4, 5)
     );
     let mut after: Option<(OffsetDateTime, Uuid)> = None;
     loop {
-        let page: Vec<FileRecord> = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(cutoff)
             .bind(after.map(|(at, _)| at))
             .bind(after.map(|(_, id)| id))
             .bind(job.schedule.tenant_id)
             .bind(job.schedule.rule.as_str())
-            .bind(PAGE)
-            .fetch_all(&job.state.pool)
-            .await?
-            .iter()
-            .map(FileRecord::from_row)
-            .collect::<sqlx::Result<_>>()?;
+            .bind(PAGE);
+        let query = match scan {
+            FileScan::Expired(kind) => query.bind(kind.as_str()),
+            FileScan::Deleting => query,
+        };
+        let page: Vec<FileRecord> =
+            query.fetch_all(&job.state.pool).await?.iter().map(FileRecord::from_row).collect::<sqlx::Result<_>>()?;
         for file in &page {
-            job.checkpoint().await?;
-            if job.batch_done() {
+            if !job.next_candidate().await? {
                 return Ok(());
             }
-            job.tally.scanned += 1;
-            match job.state.finish_removal(file, FileDeletionReason::System, None).await {
-                Ok(true) => job.record(file_item(file)).await,
-                Ok(false) => {}
-                Err(error) => job.tally.failed(&format!("file {}", file.id), error),
-            }
+            scan.remove(job, file, cutoff).await;
         }
         match page.last() {
-            Some(last) if page.len() == PAGE as usize => after = Some((last.updated_at, last.id)),
+            Some(last) if page.len() == PAGE as usize => after = Some((scan.age(last), last.id)),
             _ => return Ok(()),
         }
     }
@@ -308,11 +321,9 @@ async fn abandoned_uploads(job: &mut Job<'_>) -> Result<(), Halt> {
             .fetch_all(&job.state.pool)
             .await?;
         for &(id, _) in &page {
-            job.checkpoint().await?;
-            if job.batch_done() {
+            if !job.next_candidate().await? {
                 return Ok(());
             }
-            job.tally.scanned += 1;
             match expire_session(job.state, id).await {
                 Ok(Some(expired)) => {
                     for item in &expired.removed {

@@ -2,8 +2,9 @@
 //! the counters a run keeps while it works.
 
 use flatrender_proto::flatrender::file::v1 as pb;
-use sqlx::postgres::PgRow;
-use sqlx::{PgExecutor, Row};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::Query;
+use sqlx::{PgExecutor, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -233,46 +234,38 @@ pub(crate) async fn record_item(db: impl PgExecutor<'_>, run: Uuid, item: &Remov
     Ok(())
 }
 
+/// The counters of a run, set from `$2` to `$7` as [`with_tally`] binds them.
+const SET_TALLY: &str = "files_scanned = $2, files_removed = $3, bytes_removed = $4, \
+     files_skipped_retained = $5, errors = $6, error_message = $7";
+
+/// `sql`, an update of run `$1` that uses [`SET_TALLY`], with the run and the counters bound.
+fn with_tally<'q>(sql: String, run: Uuid, tally: &Tally) -> Query<'q, Postgres, PgArguments> {
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(run)
+        .bind(bigint(tally.scanned))
+        .bind(bigint(tally.removed))
+        .bind(bigint(tally.bytes))
+        .bind(bigint(tally.skipped_retained))
+        .bind(bigint(tally.errors))
+        .bind(tally.first_error.clone())
+}
+
 /// Writes the counters of a running run (progress shows while it works).
 pub(crate) async fn save_tally(db: impl PgExecutor<'_>, run: Uuid, tally: &Tally) -> Result<()> {
-    sqlx::query(
-        "UPDATE file_mgr.cleanup_runs
-            SET files_scanned = $2, files_removed = $3, bytes_removed = $4, files_skipped_retained = $5,
-                errors = $6, error_message = $7
-          WHERE id = $1 AND state = 'running'",
-    )
-    .bind(run)
-    .bind(bigint(tally.scanned))
-    .bind(bigint(tally.removed))
-    .bind(bigint(tally.bytes))
-    .bind(bigint(tally.skipped_retained))
-    .bind(bigint(tally.errors))
-    .bind(&tally.first_error)
-    .execute(db)
-    .await?;
+    let sql = format!("UPDATE file_mgr.cleanup_runs SET {SET_TALLY} WHERE id = $1 AND state = 'running'");
+    with_tally(sql, run, tally).execute(db).await?;
     Ok(())
 }
 
 /// Finishes a running run with its final counters; false when it was no longer running (a
 /// replica that reclaimed the schedule declared it abandoned).
 pub(crate) async fn finish(db: impl PgExecutor<'_>, run: Uuid, state: RunState, tally: &Tally) -> Result<bool> {
-    let finished: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE file_mgr.cleanup_runs
-            SET state = $2, finished_at = clock_timestamp(), files_scanned = $3, files_removed = $4, bytes_removed = $5,
-                files_skipped_retained = $6, errors = $7, error_message = $8
+    let sql = format!(
+        "UPDATE file_mgr.cleanup_runs SET {SET_TALLY}, state = $8, finished_at = clock_timestamp()
           WHERE id = $1 AND state = 'running'
-          RETURNING id",
-    )
-    .bind(run)
-    .bind(state.as_str())
-    .bind(bigint(tally.scanned))
-    .bind(bigint(tally.removed))
-    .bind(bigint(tally.bytes))
-    .bind(bigint(tally.skipped_retained))
-    .bind(bigint(tally.errors))
-    .bind(&tally.first_error)
-    .fetch_optional(db)
-    .await?;
+          RETURNING id"
+    );
+    let finished = with_tally(sql, run, tally).bind(state.as_str()).fetch_optional(db).await?;
     Ok(finished.is_some())
 }
 

@@ -455,6 +455,38 @@ impl Service {
 // Uploads (tests/uploads.rs, tests/upload_sessions.rs)
 // -----------------------------------------------------------------------------
 
+/// A mebibyte.
+pub const MIB: usize = 1024 * 1024;
+
+/// `UploadFile` metadata for `data` called `name`, with its SHA-256.
+pub fn metadata(name: &str, data: &[u8]) -> pb::UploadFileMetadata {
+    pb::UploadFileMetadata {
+        target: Some(pb::UploadTarget { name: name.into(), ..Default::default() }),
+        size_bytes: data.len() as u64,
+        sha256: sha256_hex(data),
+        idempotency_key: String::new(),
+    }
+}
+
+/// The messages of an upload: `metadata`, then `data` in chunks of `chunk` bytes.
+pub fn messages(metadata: pb::UploadFileMetadata, data: &[u8], chunk: usize) -> Vec<pb::UploadFileRequest> {
+    use pb::upload_file_request::Payload;
+    let mut all = vec![pb::UploadFileRequest { payload: Some(Payload::Metadata(metadata)) }];
+    all.extend(data.chunks(chunk).map(|c| pb::UploadFileRequest { payload: Some(Payload::Chunk(c.to_vec())) }));
+    all
+}
+
+/// Sends `messages` as one upload.
+pub async fn send(client: &mut Uploads, messages: Vec<pb::UploadFileRequest>) -> Result<pb::File, tonic::Status> {
+    let response = client.upload_file(futures_util::stream::iter(messages)).await?;
+    Ok(response.into_inner().file.expect("a file"))
+}
+
+/// Uploads `data` as `name` in 1 MiB chunks.
+pub async fn upload(client: &mut Uploads, name: &str, data: &[u8]) -> Result<pb::File, tonic::Status> {
+    send(client, messages(metadata(name, data), data, MIB)).await
+}
+
 impl Service {
     /// Inserts a folder straight into the database and returns its id.
     pub async fn seed_folder(&self, tenant: Uuid, owner: Option<Uuid>, name: &str) -> Uuid {

@@ -1,8 +1,10 @@
 //! `CopyFile`: a server-side copy, charged to its owner's quota, idempotent with a key.
 //!
-//! The object is copied first (inside the backend), then one transaction charges the quota,
-//! inserts the row and writes the `FileUploaded` event. Whatever fails after the object copy
-//! deletes the copied object again, so a failed call leaves nothing behind.
+//! A copy the quota has no room for is refused before anything is copied (read without a lock).
+//! Otherwise the object is copied first (inside the backend), then one transaction charges the
+//! quota (the authority: room may have gone meanwhile), inserts the row and writes the
+//! `FileUploaded` event. Whatever fails after the object copy deletes the copied object again,
+//! so a failed call leaves nothing behind.
 
 use flatrender_proto::flatrender::file::v1 as pb;
 use sqlx::{PgTransaction, Row};
@@ -107,6 +109,9 @@ impl FileApi {
             idempotency_key,
             request_sha256,
         };
+        if copy.counts_toward_quota {
+            self.state.ledger.precheck(pool, tree.tenant, tree.owner, source.size).await?;
+        }
         let target = ObjectKey::file(tree.tenant, copy.id);
         self.state.storage.copy(&source.object_key()?, &target).await?;
         let stored = self.store_copy(actor, &source, &copy).await;

@@ -124,19 +124,11 @@ impl FileApi {
         let fingerprint =
             page::fingerprint(&[&"files", &tree, &folder, &req.recursive, &kinds, &query, &field, &descending]);
         let after: Option<(Key, Uuid)> = page::decode("page.page_token", &fingerprint, &page.page_token)?;
-        let pattern = query.map(|(text, substring)| {
-            let escaped = validate::like_escape(&text);
-            if substring { format!("%{escaped}%") } else { format!("{escaped}%") }
-        });
+        let pattern = query.as_ref().map(validate::name_pattern);
         let filter = Filter { tree, folder, recursive: req.recursive, kinds, pattern, field, descending, limit };
         let mut files = self.select_files(&filter, after).await?;
-        let mut next_page_token = String::new();
-        if files.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
-            files.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-            if let Some(last) = files.last() {
-                next_page_token = page::encode(&fingerprint, &(field.key(last), last.id));
-            }
-        }
+        let next_page_token =
+            page::next_token(&mut files, limit, |last| page::encode(&fingerprint, &(field.key(last), last.id)));
         Ok(pb::ListFilesResponse {
             files: files.iter().map(FileRecord::to_proto).collect(),
             page: Some(PageResponse { next_page_token }),

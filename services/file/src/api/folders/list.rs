@@ -6,7 +6,9 @@
 
 use flatrender_proto::flatrender::common::v1::PageResponse;
 use flatrender_proto::flatrender::file::v1 as pb;
-use sqlx::Row;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{Postgres, Row};
 
 use super::tree::{self, Lock, Scope, Tree};
 use crate::FileApi;
@@ -17,6 +19,13 @@ use crate::{page, validate};
 
 /// The request's page field, for errors.
 const TOKEN_FIELD: &str = "page.page_token";
+
+/// The folders right below the starting point (see [`Listing::query`]).
+const STARTING_POINT: &str =
+    "tenant_id = $1 AND owner_user_id IS NOT DISTINCT FROM $2 AND parent_id IS NOT DISTINCT FROM $3";
+
+/// Names that match the name query, if any (see [`Listing::query`]).
+const NAME_MATCHES: &str = "($4::text IS NULL OR lower(name) LIKE $4)";
 
 /// What a listing selects, with the path prefix of its starting point.
 struct Listing {
@@ -55,10 +64,7 @@ impl FileApi {
         };
         let tree = tree::resolve(actor, scope, chain.last())?;
         let fingerprint = page::fingerprint(&[&"folders", &tree, &parent, &req.recursive, &query]);
-        let pattern = query.map(|(text, substring)| {
-            let escaped = validate::like_escape(&text);
-            if substring { format!("%{escaped}%") } else { format!("{escaped}%") }
-        });
+        let pattern = query.as_ref().map(validate::name_pattern);
         let listing = Listing { tree, parent, base_path: tree::path(&chain), pattern, limit, fingerprint };
         let (folders, next_page_token) = if req.recursive {
             listing.tree_page(pool, &page.page_token).await?
@@ -73,22 +79,14 @@ impl Listing {
     /// Children of the starting point, by name after the token's name.
     async fn children_page(&self, pool: &sqlx::PgPool, token: &str) -> Result<(Vec<pb::Folder>, String)> {
         let after: Option<String> = page::decode(TOKEN_FIELD, &self.fingerprint, token)?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "SELECT {FOLDER_COLUMNS} FROM file_mgr.folders
-              WHERE tenant_id = $1 AND owner_user_id IS NOT DISTINCT FROM $2 AND parent_id IS NOT DISTINCT FROM $3
-                AND ($4::text IS NULL OR lower(name) LIKE $4) AND ($5::text IS NULL OR name > $5)
+              WHERE {STARTING_POINT} AND {NAME_MATCHES} AND ($5::text IS NULL OR name > $5)
               ORDER BY name LIMIT $6"
-        )))
-        .bind(self.tree.tenant)
-        .bind(self.tree.owner)
-        .bind(self.parent)
-        .bind(self.pattern.as_deref())
-        .bind(after)
-        .bind(self.limit + 1)
-        .fetch_all(pool)
-        .await?;
+        );
+        let rows = self.query(sql).bind(after).bind(self.limit + 1).fetch_all(pool).await?;
         let mut folders = rows.iter().map(FolderRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
-        let next = self.next_token(&mut folders, |folder| folder.name.clone());
+        let next = page::next_token(&mut folders, self.limit, |last| page::encode(&self.fingerprint, &last.name));
         let views =
             folders.iter().map(|folder| folder.to_proto(format!("{}/{}", self.base_path, folder.name))).collect();
         Ok((views, next))
@@ -97,32 +95,25 @@ impl Listing {
     /// Everything beneath the starting point, depth-first, after the token's name path.
     async fn tree_page(&self, pool: &sqlx::PgPool, token: &str) -> Result<(Vec<pb::Folder>, String)> {
         let after: Option<Vec<String>> = page::decode(TOKEN_FIELD, &self.fingerprint, token)?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let sql = format!(
             "WITH RECURSIVE t AS (
                  SELECT folders.*, ARRAY[folders.name] AS names, 1 AS depth FROM file_mgr.folders
-                  WHERE tenant_id = $1 AND owner_user_id IS NOT DISTINCT FROM $2 AND parent_id IS NOT DISTINCT FROM $3
+                  WHERE {STARTING_POINT}
                  UNION ALL
                  SELECT f.*, t.names || f.name, t.depth + 1 FROM file_mgr.folders f JOIN t ON f.parent_id = t.id
                   WHERE t.depth < $7
              )
              SELECT {FOLDER_COLUMNS}, names FROM t
-              WHERE ($4::text IS NULL OR lower(name) LIKE $4) AND ($5::text[] IS NULL OR names > $5)
+              WHERE {NAME_MATCHES} AND ($5::text[] IS NULL OR names > $5)
               ORDER BY names LIMIT $6"
-        )))
-        .bind(self.tree.tenant)
-        .bind(self.tree.owner)
-        .bind(self.parent)
-        .bind(self.pattern.as_deref())
-        .bind(after)
-        .bind(self.limit + 1)
-        .bind(2 * tree::MAX_DEPTH as i32)
-        .fetch_all(pool)
-        .await?;
+        );
+        let rows =
+            self.query(sql).bind(after).bind(self.limit + 1).bind(2 * tree::MAX_DEPTH as i32).fetch_all(pool).await?;
         let mut folders = rows
             .iter()
             .map(|row| Ok((FolderRecord::from_row(row)?, row.try_get::<Vec<String>, _>("names")?)))
             .collect::<sqlx::Result<Vec<_>>>()?;
-        let next = self.next_token(&mut folders, |(_, names)| names.clone());
+        let next = page::next_token(&mut folders, self.limit, |(_, names)| page::encode(&self.fingerprint, names));
         let views = folders
             .iter()
             .map(|(folder, names)| {
@@ -133,14 +124,13 @@ impl Listing {
         Ok((views, next))
     }
 
-    /// Cuts the extra row a query fetched to tell whether another page follows, and returns the
-    /// token for it (empty when none does).
-    fn next_token<T, K: serde::Serialize>(&self, items: &mut Vec<T>, key: impl Fn(&T) -> K) -> String {
-        let limit = usize::try_from(self.limit).unwrap_or(usize::MAX);
-        if items.len() <= limit {
-            return String::new();
-        }
-        items.truncate(limit);
-        items.last().map(|last| page::encode(&self.fingerprint, &key(last))).unwrap_or_default()
+    /// `sql` with what both listings share bound: the starting point's tree and folder as `$1`
+    /// to `$3` (see [`STARTING_POINT`]) and the name pattern as `$4` (see [`NAME_MATCHES`]).
+    fn query(&self, sql: String) -> Query<'_, Postgres, PgArguments> {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(self.tree.tenant)
+            .bind(self.tree.owner)
+            .bind(self.parent)
+            .bind(self.pattern.as_deref())
     }
 }

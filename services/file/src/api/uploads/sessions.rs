@@ -319,15 +319,10 @@ pub(super) async fn list(
     .fetch_all(&state.pool)
     .await?;
     let mut sessions = rows.iter().map(SessionRecord::from_row).collect::<sqlx::Result<Vec<_>>>()?;
-    let more = sessions.len() as i64 > size;
-    sessions.truncate(usize::try_from(size).unwrap_or(usize::MAX));
-    let next_page_token = match sessions.last() {
-        Some(last) if more => {
-            let micros = i64::try_from(last.created_at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
-            page::encode(&fingerprint, &(micros, last.id))
-        }
-        _ => String::new(),
-    };
+    let next_page_token = page::next_token(&mut sessions, size, |last| {
+        let micros = i64::try_from(last.created_at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
+        page::encode(&fingerprint, &(micros, last.id))
+    });
     let received = received_totals(state, &sessions).await?;
     Ok(pb::ListUploadSessionsResponse {
         sessions: sessions.iter().zip(received).map(|(session, received)| session.to_proto(&[], received)).collect(),
