@@ -12,20 +12,33 @@
 //!   RequestSnapshot requests and the request digest.
 //! - [`validate`], [`digest`]: single-field checks and SHA-256 digests.
 
+pub mod audio;
 pub mod chunking;
 mod db_enum;
 pub mod digest;
 pub mod errors;
 pub mod frames;
+pub mod labels;
+pub mod output;
+pub mod resolution;
+pub mod scene;
 pub mod states;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod validate;
 
+pub use audio::{AudioTrack, AudioTrackKind, check_voiceover};
 pub use chunking::{Chunk, ChunkPolicy, MAX_FRAMES_PER_TASK, frames_for_target, split, split_segments};
 pub use digest::Sha256Digest;
 pub use errors::{ErrorClass, ErrorCode, ErrorInfo};
 pub use frames::{FrameRange, FrameSpecError, format_frames, parse_frames};
+pub use labels::Labels;
+pub use output::{ImageFormat, OutputFormat, OutputSettings, Quality, VideoCodec};
+pub use resolution::Resolution;
+pub use scene::{
+    Color, Edit, LayerEdit, LayerSelector, MediaFit, MediaReplacement, PropertyEdit, PropertyValue, SceneData,
+    TextEdit, TextJustification, Vector,
+};
 pub use states::{
     ChunkState, ExportState, JobState, Lane, RepairReason, SnapshotState, TaskKind, TaskOutcome, TaskPhase,
 };
