@@ -5,6 +5,7 @@
 use prost_types::value::Kind;
 use serde_json::{Map, Number, Value};
 
+use super::edit::signless_zero;
 use crate::error::{RenderError, Result};
 
 /// Largest custom data, as compact JSON, in bytes.
@@ -69,11 +70,11 @@ fn value_to_pb(value: &Value) -> prost_types::Value {
 }
 
 /// Turns every number into its `f64` form, as the Struct carries it (JSON read back from the
-/// database has integers).
+/// database has integers), -0.0 as 0.0.
 pub(super) fn normalize_numbers(value: &mut Value) {
     match value {
         Value::Number(n) => {
-            if let Some(f) = n.as_f64().and_then(Number::from_f64) {
+            if let Some(f) = n.as_f64().map(signless_zero).and_then(Number::from_f64) {
                 *n = f;
             }
         }

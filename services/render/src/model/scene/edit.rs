@@ -262,9 +262,9 @@ impl TextEdit {
         Ok(Self {
             text: text.text,
             font: text.font,
-            font_size: text.font_size,
+            font_size: text.font_size.map(signless_zero),
             fill_color: text.fill_color.as_ref().map(Color::from_pb),
-            tracking: text.tracking,
+            tracking: text.tracking.map(signless_zero),
             justification,
         })
     }
@@ -331,9 +331,11 @@ impl MediaReplacement {
 impl PropertyEdit {
     fn from_pb(field: &str, property: pb::PropertyEdit) -> Result<Self> {
         let value = match property.value.and_then(|v| v.kind) {
-            Some(pb::property_value::Kind::Number(n)) => PropertyValue::Number(n),
+            Some(pb::property_value::Kind::Number(n)) => PropertyValue::Number(signless_zero(n)),
             Some(pb::property_value::Kind::Boolean(b)) => PropertyValue::Boolean(b),
-            Some(pb::property_value::Kind::Vector(v)) => PropertyValue::Vector(Vector { components: v.components }),
+            Some(pb::property_value::Kind::Vector(v)) => {
+                PropertyValue::Vector(Vector { components: v.components.into_iter().map(signless_zero).collect() })
+            }
             Some(pb::property_value::Kind::Color(c)) => PropertyValue::Color(Color::from_pb(&c)),
             Some(pb::property_value::Kind::Text(t)) => PropertyValue::Text(t),
             Some(pb::property_value::Kind::MenuIndex(i)) => PropertyValue::MenuIndex(i),
@@ -392,7 +394,12 @@ impl PropertyEdit {
 
 impl Color {
     fn from_pb(color: &pb::Color) -> Self {
-        Self { red: color.red, green: color.green, blue: color.blue, alpha: color.alpha }
+        Self {
+            red: signless_zero(color.red),
+            green: signless_zero(color.green),
+            blue: signless_zero(color.blue),
+            alpha: color.alpha.map(signless_zero),
+        }
     }
 
     fn check(&self, field: &str) -> Result<()> {
@@ -408,4 +415,10 @@ impl Color {
     fn to_pb(self) -> pb::Color {
         pb::Color { red: self.red, green: self.green, blue: self.blue, alpha: self.alpha }
     }
+}
+
+/// -0.0 as 0.0 (every other value unchanged): PostgreSQL's numeric has no negative zero, so a
+/// stored -0.0 would read back as 0.0 and change the canonical bytes.
+pub(super) fn signless_zero(value: f64) -> f64 {
+    value + 0.0
 }

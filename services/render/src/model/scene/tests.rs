@@ -495,3 +495,23 @@ fn custom_data_is_finite_and_storable() {
     let kindless = scene(with(prost_types::Value { kind: None }));
     assert_eq!(kindless.custom_data()["outer"], json!([null, null]));
 }
+
+#[test]
+fn negative_zero_reads_back_with_the_same_canonical_bytes() {
+    // PostgreSQL's numeric has no -0, so a stored -0.0 comes back as 0.
+    let zeros = pb::SceneData {
+        edits: vec![
+            by_name("S", PbEdit::SolidColor(color(-0.0, 0.0, 0.0, Some(-0.0)))),
+            by_name("P", property(&["x"], Kind::Number(-0.0))),
+            by_name("V", property(&["x"], Kind::Vector(pb::Vector { components: vec![-0.0, 1.0] }))),
+            by_name("T", PbEdit::Text(pb::TextEdit { tracking: Some(-0.0), ..Default::default() })),
+        ],
+        custom_data: Some(prost_types::Struct {
+            fields: [("z".to_owned(), json_value(JsonKind::NumberValue(-0.0)))].into(),
+        }),
+    };
+    let data = scene(zeros);
+    let as_postgres_returns_it = serde_json::to_string(&data.to_json()).unwrap().replace("-0.0", "0");
+    let reread = SceneData::from_json(&serde_json::from_str(&as_postgres_returns_it).unwrap()).unwrap();
+    assert_eq!(reread.canonical_bytes(), data.canonical_bytes());
+}
