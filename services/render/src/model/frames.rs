@@ -36,7 +36,7 @@ pub struct FrameRange {
 }
 
 /// Why a frame spec or range is refused: the reason of the `INVALID_ARGUMENT` (the caller puts
-/// the field path first, e.g. "segments[2].frames: reversed range 9-3").
+/// the field path first, e.g. `segments[2].frames: reversed range 9-3`).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameSpecError {
     /// The spec is empty or only spaces.
@@ -120,6 +120,12 @@ impl FrameRange {
     /// One frame.
     pub fn single(frame: i32) -> Result<Self, FrameSpecError> {
         Self::new(frame, frame, 1)
+    }
+
+    /// The range stored in `frame_start`/`frame_end`/`frame_step`; `None` if those break the
+    /// rules (which the service never writes).
+    pub fn from_db(start: i32, end: i32, step: i32) -> Option<Self> {
+        Self::new(start, end, step).ok()
     }
 
     /// From a message (agent reports, stored ranges sent back): step 0 is read as 1, and `field`
@@ -386,6 +392,8 @@ mod tests {
         assert_eq!(refused(&too_long), "must be at most 1024 characters");
         let just_fits = format!("1,{}", " ".repeat(1021)) + "3";
         assert_eq!(parsed(&just_fits), [(1, 1, 1), (3, 3, 1)]);
+        let padded = format!("{}7{}", " ".repeat(600), " ".repeat(600));
+        assert_eq!(parsed(&padded), [(7, 7, 1)], "surrounding spaces are trimmed before counting");
     }
 
     #[test]
@@ -443,6 +451,8 @@ mod tests {
         assert_eq!(FrameRange::new(3, 2, 1), Err(FrameSpecError::Reversed { start: 3, end: 2 }));
         assert_eq!(FrameRange::new(1, 2, 0), Err(FrameSpecError::StepOutOfRange("0".into())));
         assert_eq!(FrameRange::new(1, 2, 101), Err(FrameSpecError::StepOutOfRange("101".into())));
+        assert_eq!(FrameRange::from_db(r.start(), r.end(), r.step()), Some(r));
+        assert_eq!(FrameRange::from_db(5, 4, 1), None);
     }
 
     #[test]
