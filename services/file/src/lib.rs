@@ -70,5 +70,5 @@ pub fn module(
         ("file-cleanup", Box::pin(cleanup::run(state.clone(), ctx.shutdown.clone()))),
         ("file-plan-limits", Box::pin(plan_limits::run(state, ctx.shutdown.clone()))),
     ];
-    Ok(ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks })
+    Ok(ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks, http: None })
 }
