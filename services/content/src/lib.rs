@@ -50,5 +50,5 @@ pub fn module(ctx: ServiceContext, routes: &mut RoutesBuilder) -> ServiceModule 
         pb::taxonomy_service_server::TaxonomyServiceServer::new(ContentApi),
         pb::template_service_server::TemplateServiceServer::new(ContentApi),
     );
-    ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks: Vec::new() }
+    ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks: Vec::new(), http: None }
 }

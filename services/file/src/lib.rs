@@ -4,15 +4,19 @@
 //! - [`storage`]: the only code that talks to object storage (local disk or S3).
 //! - [`model`]: the domain records and their protobuf views; [`validate`]: request fields.
 //! - [`access`]: who reaches what; [`ledger`]: quota accounting; [`removal`]: deleting a file's
-//!   object and row together; [`events`]: outbox events; [`sniff`]: content types from bytes.
-//! - `api`: the gRPC services, one module each.
+//!   object and row together; [`events`]: outbox events; [`downloads`]: what a download
+//!   records; [`sniff`]: content types from bytes.
+//! - `api`: the gRPC services, one module each; [`links`]: download links, served over plain
+//!   HTTP on the same listener.
 
 pub mod access;
 mod api;
 pub mod cleanup;
+pub mod downloads;
 pub mod error;
 pub mod events;
 pub mod ledger;
+pub mod links;
 pub mod model;
 pub mod page;
 pub mod plan_limits;
@@ -50,7 +54,7 @@ impl FileApi {
 }
 
 /// Opens object storage, adds the file services to `routes` and returns the module the server
-/// runs. Fails with a configuration error when object storage cannot be opened.
+/// runs, with the download links' HTTP route. Fails with a configuration error when object storage cannot be opened.
 pub fn module(
     ctx: ServiceContext,
     settings: Settings,
@@ -68,7 +72,7 @@ pub fn module(
     );
     let tasks: Vec<(&'static str, flatrender_kit::server::BackgroundTask)> = vec![
         ("file-cleanup", Box::pin(cleanup::run(state.clone(), ctx.shutdown.clone()))),
-        ("file-plan-limits", Box::pin(plan_limits::run(state, ctx.shutdown.clone()))),
+        ("file-plan-limits", Box::pin(plan_limits::run(state.clone(), ctx.shutdown.clone()))),
     ];
-    Ok(ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks })
+    Ok(ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks, http: Some(links::routes(state)) })
 }

@@ -9,6 +9,9 @@ pub const MIB: u64 = 1024 * 1024;
 /// One gibibyte.
 pub const GIB: u64 = 1024 * MIB;
 
+/// The public URL when none is configured: the default gRPC address.
+pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:50051";
+
 /// How the file service behaves.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -32,6 +35,10 @@ pub struct Settings {
     pub simple_upload_ttl: Duration,
     /// The cleanup scheduler.
     pub cleanup: CleanupSettings,
+    /// The absolute base URL clients reach this service's plain HTTP routes under, e.g.
+    /// `https://files.example.com` or `http://127.0.0.1:50051`; download links are
+    /// `<public_url>/files/v1/links/<token>`.
+    pub public_url: String,
 }
 
 /// How the cleanup scheduler runs.
@@ -61,6 +68,7 @@ impl Settings {
             upload_session_ttl: Duration::from_secs(24 * 3600),
             simple_upload_ttl: Duration::from_secs(3600),
             cleanup: CleanupSettings::default(),
+            public_url: DEFAULT_PUBLIC_URL.to_owned(),
         }
     }
 }

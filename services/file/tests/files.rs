@@ -164,15 +164,6 @@ async fn files_are_got_one_by_one_and_in_batches() {
     let malformed = pb::BatchGetFilesRequest { file_ids: vec![a.to_string(), "nope".into()] };
     let status = files.batch_get_files(malformed).await.unwrap_err();
     assert!(status.message().starts_with("file_ids[1]: "), "{}", status.message());
-
-    let status = files
-        .create_download_url(pb::CreateDownloadUrlRequest { file_id: a.to_string(), ..Default::default() })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (status.code(), status.message()),
-        (Code::Unimplemented, "CreateDownloadUrl is not available yet; use DownloadFile")
-    );
 }
 
 /// Every page of a listing, page by page.

@@ -1,5 +1,7 @@
-//! The file service's flags: where objects live, upload limits, quota defaults, cleanup.
+//! The file service's flags: where objects live, upload limits, quota defaults, cleanup, the
+//! public URL of download links.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -85,11 +87,23 @@ pub struct FileArgs {
     /// How often this replica looks for due cleanup schedules.
     #[arg(long, env = "FLATRENDER_CLEANUP_POLL", value_parser = parse_duration, default_value = "30s")]
     pub cleanup_poll: Duration,
+
+    /// Absolute http(s) URL clients reach this process under (the proxy or ingress in front of
+    /// it, if any); download links are `<public-url>/files/v1/links/<token>`. Default: `http://`
+    /// and the gRPC address, with 0.0.0.0 / [::] read as 127.0.0.1 / [::1].
+    #[arg(long, env = "FLATRENDER_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 impl FileArgs {
-    /// The file service's settings, objects under `data_dir` unless configured otherwise.
-    pub fn settings(&self, data_dir: &Path) -> Result<Settings, Error> {
+    /// The configured public URL, checked, without a trailing slash; `None` when not given.
+    pub fn public_url(&self) -> Result<Option<String>, Error> {
+        self.public_url.as_deref().map(checked_public_url).transpose()
+    }
+
+    /// The file service's settings, objects under `data_dir` unless configured otherwise, links
+    /// under `public_url` (see [`FileArgs::public_url`] and [`default_public_url`]).
+    pub fn settings(&self, data_dir: &Path, public_url: String) -> Result<Settings, Error> {
         let storage = match self.backend {
             StorageBackend::Local => match &self.storage_dir {
                 Some(dir) => StorageConfig::local(dir),
@@ -126,8 +140,42 @@ impl FileArgs {
         settings.upload_session_ttl = self.upload_session_ttl;
         settings.cleanup =
             CleanupSettings { enabled: self.cleanup, poll_interval: self.cleanup_poll, ..CleanupSettings::default() };
+        settings.public_url = public_url;
         Ok(settings)
     }
+}
+
+/// `text` when it is an absolute http(s) URL with a host and nothing after the path, without a
+/// trailing slash; a configuration error saying what to give otherwise.
+fn checked_public_url(text: &str) -> Result<String, Error> {
+    let refuse = |why: &str| {
+        Error::Config(format!(
+            "--public-url {text:?} {why}; give the absolute http(s) URL clients reach this server under, \
+             e.g. https://files.example.com (FLATRENDER_PUBLIC_URL)"
+        ))
+    };
+    let url = url::Url::parse(text).map_err(|e| refuse(&format!("is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(refuse("is not http or https"));
+    }
+    if url.host().is_none() {
+        return Err(refuse("has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.query().is_some() || url.fragment().is_some() {
+        return Err(refuse("may not carry credentials, a query or a fragment"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// The public URL when none is configured: `http://` and the address this process listens on,
+/// an unspecified address (all interfaces) read as the loopback one.
+pub fn default_public_url(listening: SocketAddr) -> String {
+    let ip = match listening.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, listening.port()))
 }
 
 /// Parses sizes such as `1048576`, `512KiB`, `64MiB`, `5GiB`, `1TiB` (also `KB`/`MB`/... as
@@ -165,5 +213,32 @@ mod tests {
         assert!(parse_bytes("MiB").is_err());
         assert!(parse_bytes("3 parsecs").is_err());
         assert!(parse_bytes("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn public_urls() {
+        assert_eq!(checked_public_url("https://files.example.com/").unwrap(), "https://files.example.com");
+        assert_eq!(checked_public_url("http://10.0.0.5:8080/api/").unwrap(), "http://10.0.0.5:8080/api");
+        assert_eq!(checked_public_url("HTTP://[::1]:50051").unwrap(), "http://[::1]:50051");
+        for (bad, why) in [
+            ("files.example.com", "is not a URL"),
+            ("ftp://files.example.com", "is not http or https"),
+            ("https://user:pw@files.example.com", "may not carry credentials"),
+            ("https://files.example.com/?a=b", "may not carry credentials, a query"),
+            ("https://files.example.com/#top", "a fragment"),
+        ] {
+            let message = checked_public_url(bad).unwrap_err().to_string();
+            assert!(message.contains(why) && message.contains("--public-url"), "{bad}: {message}");
+            assert_eq!(message.lines().count(), 1, "{message}");
+        }
+    }
+
+    #[test]
+    fn the_default_public_url_is_the_listen_address() {
+        let url = |addr: &str| default_public_url(addr.parse().unwrap());
+        assert_eq!(url("0.0.0.0:50051"), "http://127.0.0.1:50051");
+        assert_eq!(url("[::]:8080"), "http://[::1]:8080");
+        assert_eq!(url("10.1.2.3:50051"), "http://10.1.2.3:50051");
+        assert_eq!(url("[fe80::1]:443"), "http://[fe80::1]:443");
     }
 }

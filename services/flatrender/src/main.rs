@@ -15,7 +15,7 @@ use flatrender_kit::server::{self, ServeOptions};
 use flatrender_kit::shutdown::Shutdown;
 use flatrender_kit::{Error, migrate, telemetry};
 
-use crate::cli::{AuthArgs, Cli, Command, ServeArgs};
+use crate::cli::{AuthArgs, Cli, Command, ServeArgs, Target};
 use crate::targets::ServiceSettings;
 
 fn main() -> ExitCode {
@@ -57,6 +57,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
 async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error> {
     let targets = targets::Selection::new(&args.targets);
     let settings = PoolSettings::from(&args.database);
+    let public_url = args.file.public_url()?;
 
     // Migrating needs the owner; serving does not: each service checks the schema version
     // through its own login and role, which also proves they work before anything listens.
@@ -82,8 +83,11 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
     let (metrics_addr, metrics_task) =
         flatrender_kit::metrics::serve(metrics.clone(), args.server.metrics_addr, shutdown.signal()).await?;
 
-    let service_settings =
-        ServiceSettings { file: args.file.settings(data_dir)?, render: flatrender_render::Settings::default() };
+    let public_url = public_url.unwrap_or_else(|| file_args::default_public_url(grpc_addr));
+    let service_settings = ServiceSettings {
+        file: args.file.settings(data_dir, public_url)?,
+        render: flatrender_render::Settings::default(),
+    };
     let app =
         targets.build(&settings, &args.service_databases, &args.upstreams, &service_settings, &shutdown, &metrics)?;
 
@@ -98,6 +102,9 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
     println!("flatrender {} serving {targets}", env!("CARGO_PKG_VERSION"));
     println!("  gRPC + grpc-web  {grpc_addr}");
     println!("  metrics          http://{metrics_addr}/metrics");
+    if targets.services().any(|target| target == Target::File) {
+        println!("  download links   {}{}", service_settings.file.public_url, flatrender_file::links::PREFIX);
+    }
 
     let options =
         ServeOptions { shutdown_timeout: args.server.shutdown_timeout, health_interval: args.server.health_interval };

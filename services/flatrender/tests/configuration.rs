@@ -53,6 +53,18 @@ fn a_database_url_that_is_not_postgres_is_refused_without_echoing_it() {
 }
 
 #[test]
+fn a_public_url_that_is_not_http_is_refused_before_anything_starts() {
+    for (url, why) in [("ftp://files.example.com", "is not http or https"), ("files.example.com", "is not a URL")] {
+        // The database is unreachable: the URL is checked first.
+        let (status, _, stderr) =
+            run(&["--public-url", url, "--database-url", "postgres://app@127.0.0.1:1/flatrender"], &[]);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert_clear_failure(&stderr, &[&format!("--public-url {url:?} {why}"), "FLATRENDER_PUBLIC_URL"]);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
+#[test]
 fn help_never_prints_secrets_from_the_environment() {
     let (status, stdout, _) = run(
         &["--help"],
@@ -106,6 +118,7 @@ fn help_documents_every_flag_and_its_environment_variable() {
         "--shutdown-timeout",
         "--jwks-file",
         "--upstream",
+        "--public-url",
         "FLATRENDER_DATABASE_URL",
         "FLATRENDER_GRPC_ADDR",
         "FLATRENDER_OTLP_ENDPOINT",

@@ -161,3 +161,26 @@ async fn grpc_web_over_http1_and_metrics_work() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn download_links_are_plain_http_on_the_grpc_port_where_the_file_service_runs() {
+    let db = TestDatabase::migrated().await;
+    let get = |server: &Flatrender| {
+        let head = format!(
+            "GET /files/v1/links/{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            "A".repeat(43),
+            server.grpc
+        );
+        String::from_utf8(http1_exchange(server.grpc, head.as_bytes(), &[])).unwrap()
+    };
+    let all = Flatrender::start(db.url().expose(), &[]);
+    await_health(all.channel().await, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+    let text = get(&all);
+    assert!(text.starts_with("HTTP/1.1 404"), "an unknown link, answered in plain HTTP: {text}");
+    assert!(text.ends_with("This link does not exist or has expired.\n"), "{text}");
+
+    let render = Flatrender::start(db.url().expose(), &["--target", "render"]);
+    await_health(render.channel().await, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+    let text = get(&render);
+    assert!(text.starts_with("HTTP/1.1 400"), "no file service, no route (grpc-web's refusal): {text}");
+}

@@ -74,5 +74,5 @@ pub fn module(ctx: ServiceContext, routes: &mut RoutesBuilder) -> ServiceModule 
             ctx.shutdown.clone(),
         )),
     )];
-    ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks }
+    ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks, http: None }
 }

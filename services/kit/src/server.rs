@@ -1,8 +1,8 @@
 //! The gRPC server every FlatRender process runs.
 //!
 //! One listener serves the selected services together with gRPC health, reflection (v1 and
-//! v1alpha, for every client in use) and grpc-web (HTTP/1.1 and HTTP/2), behind layers for
-//! trace context, metrics and token verification. Shutdown stops accepting, lets in-flight
+//! v1alpha, for every client in use), grpc-web (HTTP/1.1 and HTTP/2) and the services' plain
+//! HTTP routes ([`HttpRoutes`]), behind layers for trace context, metrics and token verification. Shutdown stops accepting, lets in-flight
 //! calls finish until the drain deadline, then stops background tasks and closes the pools.
 
 use std::future::Future;
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tonic::service::RoutesBuilder;
+use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{AuthLayer, TokenVerifier};
@@ -21,6 +21,11 @@ use crate::health::{self, Watched};
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, ShutdownSignal, Tasks};
 use crate::{Error, Result, telemetry};
+
+mod plain_http;
+
+pub use plain_http::HttpRoutes;
+use plain_http::PlainHttpLayer;
 
 /// A background task of a service; it must return soon after its signal fires.
 pub type BackgroundTask = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -35,6 +40,9 @@ pub struct ServiceModule {
     pub grpc_services: Vec<&'static str>,
     /// Background work, each with a name for logs.
     pub tasks: Vec<(&'static str, BackgroundTask)>,
+    /// Plain HTTP routes it serves on the same listener (no grpc-web translation; the token
+    /// layer still runs, so a route that needs no bearer token must not ask for a caller).
+    pub http: Option<HttpRoutes>,
 }
 
 impl std::fmt::Debug for ServiceModule {
@@ -43,6 +51,7 @@ impl std::fmt::Debug for ServiceModule {
             .field("role", &self.role)
             .field("grpc_services", &self.grpc_services)
             .field("tasks", &self.tasks.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field("http", &self.http.as_ref().map(|h| h.prefix))
             .finish()
     }
 }
@@ -147,11 +156,17 @@ pub async fn serve(
     let mut tasks = Tasks::default();
     tasks.spawn("health", health::watch_databases(reporter, watched, options.health_interval, shutdown.signal()));
     let mut pools = Vec::new();
+    let mut router = routes.routes().into_axum_router();
+    let mut plain_prefixes = Vec::new();
     for module in modules {
         for (name, task) in module.tasks {
             tasks.spawn(name, task);
         }
         pools.push(module.pool);
+        if let Some(http) = module.http {
+            plain_prefixes.push(http.prefix);
+            router = router.merge(http.into_router());
+        }
     }
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -163,10 +178,10 @@ pub async fn serve(
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES))
         .trace_fn(telemetry::server_span)
-        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(PlainHttpLayer::new(plain_prefixes))
         .layer(metrics.layer())
         .layer(AuthLayer::new(verifier))
-        .add_routes(routes.routes())
+        .add_routes(Routes::from(router))
         .serve_with_incoming_shutdown(incoming, shutdown.signal().wait());
     tokio::pin!(server);
 

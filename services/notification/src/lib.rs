@@ -34,5 +34,5 @@ pub fn module(ctx: ServiceContext, routes: &mut RoutesBuilder) -> ServiceModule 
         pb::notification_service_server::NotificationServiceServer::new(NotificationApi),
         pb::notification_preference_service_server::NotificationPreferenceServiceServer::new(NotificationApi),
     );
-    ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks: Vec::new() }
+    ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks: Vec::new(), http: None }
 }

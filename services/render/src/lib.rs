@@ -73,5 +73,5 @@ pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilde
             ctx.shutdown.clone(),
         )),
     )];
-    ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks }
+    ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks, http: None }
 }

@@ -24,5 +24,5 @@ impl pb::project_service_server::ProjectService for StudioApi {}
 pub fn module(ctx: ServiceContext, routes: &mut RoutesBuilder) -> ServiceModule {
     let grpc_services =
         flatrender_kit::add_services!(routes, pb::project_service_server::ProjectServiceServer::new(StudioApi),);
-    ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks: Vec::new() }
+    ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks: Vec::new(), http: None }
 }

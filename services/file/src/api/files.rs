@@ -1,7 +1,9 @@
-//! File metadata, listing, copy, delete, retention and ranged downloads (`FileService`).
+//! File metadata, listing, copy, delete, retention, ranged downloads and download links
+//! (`FileService`).
 
 mod copy;
 mod download;
+mod link;
 mod list;
 mod protect;
 
@@ -94,9 +96,8 @@ impl pb::file_service_server::FileService for FileApi {
         &self,
         request: Request<pb::CreateDownloadUrlRequest>,
     ) -> Result<Response<pb::CreateDownloadUrlResponse>, Status> {
-        // Links need a gateway route (local backend) or presigning (S3), which do not exist yet.
-        Actor::from_request(&request)?;
-        Err(Status::unimplemented("CreateDownloadUrl is not available yet; use DownloadFile"))
+        let actor = Actor::from_request(&request)?;
+        Ok(Response::new(self.create_link(&actor, request.get_ref()).await?))
     }
 }
 

@@ -15,13 +15,16 @@
 //!   tenant, whether the tenant's schedule is enabled or not (disabling it exempts the tenant):
 //!   the platform-wide run skips every tenant with a schedule of its own for the rule.
 //!
-//! What each rule removes: [`rules`].
+//! What each rule removes: [`rules`]. Expired download links go in the scheduler's hourly
+//! housekeeping: [`delete_expired_links`].
 
+mod links;
 mod rules;
 mod runs;
 mod schedule;
 mod scheduler;
 
+pub use links::delete_expired_links;
 pub use rules::DEFAULT_EXPORT_RETENTION_DAYS;
 pub(crate) use runs::ITEM_COLUMNS;
 pub use runs::{ItemRecord, RUN_COLUMNS, RunRecord, RunState, Tally};

@@ -12,7 +12,7 @@ use super::schedule::{SCHEDULE_COLUMNS, ScheduleRecord};
 use crate::error::{FileError, Result};
 use crate::state::State;
 
-/// How often a replica deletes runs past their keeping time.
+/// How often a replica deletes runs past their keeping time and expired download links.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Claims tried by [`run_now`] while another replica's run is just ending.
 const RUN_NOW_ATTEMPTS: usize = 3;
@@ -285,7 +285,8 @@ async fn keep_lease(state: &State, schedule: Uuid, run: Uuid) -> String {
     }
 }
 
-/// Deletes finished runs past their 90 days (their items go with them).
+/// Deletes finished runs past their 90 days (their items go with them), and expired download
+/// links.
 async fn prune(state: &State) {
     let pruned = sqlx::query(
         "DELETE FROM file_mgr.cleanup_runs WHERE started_at < now() - interval '90 days' AND state <> 'running'",
@@ -296,5 +297,10 @@ async fn prune(state: &State) {
         Ok(done) if done.rows_affected() > 0 => tracing::info!(runs = done.rows_affected(), "old cleanup runs deleted"),
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "could not delete old cleanup runs"),
+    }
+    match super::delete_expired_links(state).await {
+        Ok(0) => {}
+        Ok(links) => tracing::info!(links, "expired download links deleted"),
+        Err(error) => tracing::warn!(%error, "could not delete expired download links"),
     }
 }

@@ -515,3 +515,16 @@ impl Service {
         .unwrap_or((0, 0, 0))
     }
 }
+
+// -----------------------------------------------------------------------------
+// Download links (tests/download_links.rs)
+// -----------------------------------------------------------------------------
+
+impl Service {
+    /// A download link's URL on this test server: its path on [`Service::addr`] (the URL's
+    /// origin is the configured public URL, where clients would reach the server).
+    pub fn on_this_server(&self, url: &str) -> String {
+        let at = url.find("/files/v1/links/").unwrap_or_else(|| panic!("{url} is not a download link"));
+        format!("http://{}{}", self.addr, &url[at..])
+    }
+}

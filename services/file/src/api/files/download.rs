@@ -17,8 +17,8 @@ use super::super::folders::tree::Lock;
 use super::{reachable, require_active};
 use crate::FileApi;
 use crate::access::Actor;
+use crate::downloads::{self, Recipient};
 use crate::error::{FileError, Result};
-use crate::events;
 use crate::model::FileRecord;
 use crate::state::State;
 use crate::storage::{ByteRange, ByteStream};
@@ -114,18 +114,8 @@ impl Transfer {
 
     /// Updates `last_accessed_at` (at most once an hour) and, for a person, writes the event.
     async fn record(&self, sent: u64, complete: bool) -> Result<()> {
-        let mut tx = self.state.pool.begin().await?;
-        sqlx::query(
-            "UPDATE file_mgr.files SET last_accessed_at = now()
-              WHERE id = $1 AND (last_accessed_at IS NULL OR last_accessed_at < now() - interval '1 hour')",
-        )
-        .bind(self.file.id)
-        .execute(&mut *tx)
-        .await?;
-        if !self.actor.is_service() {
-            events::file_downloaded(&mut tx, &self.file, sent, complete, self.actor.user_id()).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let recipient =
+            if self.actor.is_service() { Recipient::Service } else { Recipient::Person(self.actor.user_id()) };
+        downloads::record(&self.state, &self.file, sent, complete, recipient).await
     }
 }
