@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use flatrender_file::storage::{
-    BackendKind, ByteRange, Expected, MAX_CHUNK_BYTES, MIN_PART_SIZE, ObjectKey, S3Config, SecretAccessKey,
-    Sha256Digest, Storage, StorageConfig, StorageError, UploadedPart,
+    BackendConfig, BackendKind, ByteRange, Expected, MAX_CHUNK_BYTES, MIN_PART_SIZE, ObjectKey, S3Config,
+    SecretAccessKey, Sha256Digest, Storage, StorageConfig, StorageError, UploadedPart,
 };
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 use moto::MotoServer;
@@ -498,4 +498,122 @@ async fn missing_objects_are_not_found(backend: &Backend) {
         assert!(matches!(&err, StorageError::NotFound { .. }), "{range:?}: {err}");
         assert_eq!(tonic::Status::from(err).code(), tonic::Code::NotFound);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The local backend's own writer for objects larger than a part: a staging file beside the
+// destination, flushed part by part, renamed into place when complete and checked.
+
+/// A local store under a fresh directory, with or without fsync.
+fn local_store(fsync: bool) -> (tempfile::TempDir, std::path::PathBuf, Storage) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("objects");
+    let mut config = StorageConfig::local(&root).with_part_size(PART);
+    if let BackendConfig::Local(local) = &mut config.backend {
+        local.fsync = fsync;
+    }
+    let storage = Storage::open(&config).unwrap();
+    (dir, root, storage)
+}
+
+/// The files under `dir`, walked on disk (not through the store, which hides staging files).
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_under(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn local_large_writes_land_where_the_store_reads_them() {
+    for fsync in [true, false] {
+        let (_dir, root, storage) = local_store(fsync);
+        // Directories that do not exist yet, and three parts and a bit.
+        let key = ObjectKey::new("new/nested/dirs/object.bin").unwrap();
+        let body = data(3 * PART + 777, 40);
+        let stored =
+            storage.put(&key, chunks(&body, 100_000), Expected::exactly(body.len() as u64, sha(&body))).await.unwrap();
+        assert_eq!((stored.size, stored.sha256), (body.len() as u64, sha(&body)));
+
+        // The same file `LocalFileSystem` maps the key to, and nothing else on disk.
+        assert_eq!(files_under(&root), [root.join("new/nested/dirs/object.bin")], "fsync {fsync}");
+        let info = storage.head(&key).await.unwrap();
+        assert_eq!(info.size, body.len() as u64);
+        assert_eq!(info.e_tag, stored.e_tag, "the entity tag the store reports");
+        assert!(read(&storage, &key, ByteRange::ALL).await == body, "read back through the store");
+        assert_eq!(
+            read(&storage, &key, ByteRange::new(2 * PART as u64 - 3, 6)).await,
+            &body[2 * PART - 3..2 * PART + 3]
+        );
+        let listed = listed(&storage, &ObjectKey::new("new").unwrap()).await;
+        assert_eq!(listed, [(key.to_string(), body.len() as u64)]);
+
+        // Overwriting replaces it whole.
+        let shorter = data(PART + 1, 41);
+        put(&storage, &key, &shorter).await;
+        assert!(read(&storage, &key, ByteRange::ALL).await == shorter);
+        assert_eq!(files_under(&root).len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn local_failed_large_writes_keep_the_previous_object() {
+    let (_dir, root, storage) = local_store(true);
+    let key = new_key();
+    let original = data(2 * PART + 5, 42);
+    put(&storage, &key, &original).await;
+    let original_tag = storage.head(&key).await.unwrap().e_tag;
+
+    let body = data(3 * PART, 43);
+    let claimed = sha(b"not these bytes");
+    let err = storage.put(&key, chunks(&body, 64 * 1024), Expected::exactly(body.len() as u64, claimed)).await;
+    assert!(matches!(err, Err(StorageError::ChecksumMismatch { .. })), "{err:?}");
+    let err = storage.put(&key, chunks(&body, 64 * 1024), Expected::exactly(body.len() as u64 - 1, sha(&body))).await;
+    assert!(matches!(err, Err(StorageError::SizeMismatch { .. })), "{err:?}");
+    let err = storage.put(&key, failing_after(&body), Expected::ANYTHING).await;
+    assert!(matches!(err, Err(StorageError::Input(_))), "{err:?}");
+
+    assert!(read(&storage, &key, ByteRange::ALL).await == original, "the previous object stays");
+    assert_eq!(storage.head(&key).await.unwrap().e_tag, original_tag);
+    assert_eq!(files_under(&root).len(), 1, "no staging file left: {:?}", files_under(&root));
+}
+
+/// A client that goes away mid-upload: the upload's future is dropped, not aborted.
+#[test]
+fn local_dropped_writes_leave_no_staging_file() {
+    let (_dir, root, storage) = local_store(true);
+    let key = new_key();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    runtime.block_on(async {
+        // Two parts and a chunk, then nothing more: by the time the stream is asked for more,
+        // the first part has been written to the staging file.
+        let body = data(2 * PART + 64 * 1024, 44);
+        let (asked, mut asked_for_more) = tokio::sync::mpsc::channel::<()>(1);
+        let stream = chunks(&body, 64 * 1024).chain(stream::once(async move {
+            asked.send(()).await.unwrap();
+            std::future::pending::<Result<Bytes, io::Error>>().await
+        }));
+        let upload = tokio::spawn({
+            let (storage, key) = (storage.clone(), key.clone());
+            async move { storage.put(&key, stream, Expected::ANYTHING).await }
+        });
+        asked_for_more.recv().await.unwrap();
+        let staging: Vec<_> = files_under(&root).into_iter().filter(|p| p.to_string_lossy().contains('#')).collect();
+        assert_eq!(staging.len(), 1, "the upload under way has its staging file: {staging:?}");
+        upload.abort();
+        assert!(upload.await.unwrap_err().is_cancelled());
+    });
+    // Shutting down waits for the blocking tasks that remove the file.
+    drop(runtime);
+    assert_eq!(files_under(&root), Vec::<std::path::PathBuf>::new());
+
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    runtime.block_on(assert_absent(&storage, &key));
 }

@@ -12,7 +12,8 @@
 //!   (goal < 100 MB); 0 skips it.
 //!
 //! The client runs in this process and generates its bytes in memory, so the service's disk is
-//! the only disk the upload touches.
+//! the only disk the upload touches. `FLATRENDER_BENCH_SERVER` runs another `flatrender` binary
+//! than the one built with the bench (to compare two builds with the same client).
 
 // Benchmarks fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -143,7 +144,8 @@ impl Server {
         let data_dir = dir.join("data");
         DevKeyFiles::under(&data_dir).ensure().expect("development keys");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(env!("CARGO_BIN_EXE_flatrender"))
+        let binary = std::env::var_os("FLATRENDER_BENCH_SERVER").unwrap_or(env!("CARGO_BIN_EXE_flatrender").into());
+        let child = Command::new(binary)
             .args(["--target", "file", "--grpc-addr", &format!("127.0.0.1:{port}"), "--metrics-addr", "127.0.0.1:0"])
             .args(["--log", "warn", "--cleanup", "false"])
             .args(["--max-simple-upload", "1TiB", "--default-user-quota", "1TiB", "--default-tenant-quota", "1TiB"])

@@ -21,11 +21,13 @@ pub struct StorageConfig {
     pub backend: BackendConfig,
     /// Objects up to this size are written in one request; larger ones as a multipart upload of
     /// parts this size. [`MIN_PART_SIZE`]..=[`MAX_PART_SIZE`]; default 8 MiB. S3 allows 10,000
-    /// parts, so this also sets the largest object (78 GiB with 8 MiB parts).
+    /// parts, so this also sets the largest object (78 GiB with 8 MiB parts). On local disk, the
+    /// amount written (and with fsync flushed) at a time.
     pub part_size: usize,
     /// Parts of one upload sent at the same time. An upload holds at most
     /// `(upload_concurrency + 1) × part_size` bytes in memory; default 4 (40 MiB with 8 MiB
-    /// parts).
+    /// parts). The local backend writes one part at a time whatever this says (two parts in
+    /// memory: one being written, one arriving).
     pub upload_concurrency: usize,
 }
 

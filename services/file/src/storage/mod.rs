@@ -6,8 +6,10 @@
 //! - **Writes stream** in constant memory (one part buffered, `upload_concurrency` parts in
 //!   flight) and hash as they go. A write with an expected size or SHA-256 that the data does not
 //!   match, or whose input stream fails, stores nothing: small objects are checked before their
-//!   single request, large ones are a multipart upload that is aborted instead of completed.
-//!   An object already under the key stays as it was.
+//!   single request; large ones are an S3 multipart upload that is aborted instead of completed,
+//!   or on local disk a staging file that is removed instead of renamed into place (flushed part
+//!   by part as it is written, so completing has little left to flush). An object already under
+//!   the key stays as it was.
 //! - **Reads** are ranged streams; a range starting past the end is
 //!   [`StorageError::RangeNotSatisfiable`].
 //! - **Delete** is idempotent; **copy** is server-side; **list** goes by whole key segments.
@@ -29,6 +31,7 @@ mod key;
 mod objects;
 mod parts;
 mod read;
+mod staged;
 mod write;
 
 use std::fmt;
@@ -38,6 +41,7 @@ use std::time::Duration;
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
+use staged::LocalTarget;
 
 pub use config::{BackendConfig, LocalConfig, MAX_PART_SIZE, MIN_PART_SIZE, S3Config, SecretAccessKey, StorageConfig};
 pub use digest::{DigestError, Sha256Digest};
@@ -71,6 +75,8 @@ impl BackendKind {
 #[derive(Clone)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    /// The same store when it is the local one: large writes go around its multipart upload.
+    local: Option<LocalTarget>,
     kind: BackendKind,
     part_size: usize,
     upload_concurrency: usize,
@@ -82,7 +88,7 @@ impl Storage {
     pub fn open(config: &StorageConfig) -> Result<Self> {
         config.validate()?;
         let open_failed = |source: BoxError| StorageError::Open { location: config.backend.location(), source };
-        let (store, kind): (Arc<dyn ObjectStore>, _) = match &config.backend {
+        let (store, local, kind): (Arc<dyn ObjectStore>, _, _) = match &config.backend {
             BackendConfig::Local(local) => {
                 std::fs::create_dir_all(&local.root).map_err(|e| open_failed(e.into()))?;
                 let store = LocalFileSystem::new_with_prefix(&local.root)
@@ -90,11 +96,15 @@ impl Storage {
                     .with_fsync(local.fsync)
                     // Deleting the last part of an upload removes its emptied directory too.
                     .with_automatic_cleanup(true);
-                (Arc::new(store), BackendKind::Local)
+                let store = Arc::new(store);
+                let target = LocalTarget { store: Arc::clone(&store), fsync: local.fsync };
+                (store, Some(target), BackendKind::Local)
             }
-            BackendConfig::S3(s3) => (Arc::new(s3_store(s3).map_err(|e| open_failed(e.into()))?), BackendKind::S3),
+            BackendConfig::S3(s3) => {
+                (Arc::new(s3_store(s3).map_err(|e| open_failed(e.into()))?), None, BackendKind::S3)
+            }
         };
-        Ok(Self { store, kind, part_size: config.part_size, upload_concurrency: config.upload_concurrency })
+        Ok(Self { store, local, kind, part_size: config.part_size, upload_concurrency: config.upload_concurrency })
     }
 
     /// The kind of backend.

@@ -12,6 +12,7 @@ use super::Storage;
 use super::digest::Sha256Digest;
 use super::error::{BoxError, Result, StorageError};
 use super::key::ObjectKey;
+use super::staged::{LocalTarget, StagedWrite};
 
 /// What the written data must be; unset fields are not checked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,9 +75,11 @@ impl Storage {
     }
 }
 
-/// Writes one object from chunks: buffers up to one part, then switches to a multipart upload.
+/// Writes one object from chunks: buffers up to one part, then switches to a multipart upload,
+/// or on the local backend to a staging file flushed part by part (see [`StagedWrite`]).
 pub(crate) struct ObjectWriter {
     store: Arc<dyn ObjectStore>,
+    local: Option<LocalTarget>,
     key: ObjectKey,
     path: Path,
     part_size: usize,
@@ -92,6 +95,8 @@ enum WriteState {
     Buffering { chunks: Vec<Bytes>, len: usize },
     /// A multipart upload in progress.
     Uploading(WriteMultipart),
+    /// A local staging file in progress, and the chunks of the next part.
+    Staging { file: StagedWrite, chunks: Vec<Bytes>, len: usize },
 }
 
 impl ObjectWriter {
@@ -99,6 +104,7 @@ impl ObjectWriter {
     pub(crate) fn new(storage: &Storage, key: &ObjectKey, size_limit: Option<u64>) -> Self {
         Self {
             store: Arc::clone(&storage.store),
+            local: storage.local.clone(),
             key: key.clone(),
             path: key.to_path(),
             part_size: storage.part_size,
@@ -130,6 +136,12 @@ impl ObjectWriter {
                 // More than one part: too big for a single request, so start a multipart upload.
                 if *len > self.part_size {
                     let chunks = std::mem::take(chunks);
+                    if let Some(local) = &self.local {
+                        let mut file = StagedWrite::new(local, &self.key)?;
+                        file.write_part(chunks).await?;
+                        self.state = WriteState::Staging { file, chunks: Vec::new(), len: 0 };
+                        return Ok(());
+                    }
                     let upload = self
                         .store
                         .put_multipart(&self.path)
@@ -148,6 +160,14 @@ impl ObjectWriter {
                     .await
                     .map_err(|e| StorageError::backend("write", &self.key, e))?;
                 upload.put(chunk);
+            }
+            WriteState::Staging { file, chunks, len } => {
+                *len += chunk.len();
+                chunks.push(chunk);
+                if *len >= self.part_size {
+                    *len = 0;
+                    file.write_part(std::mem::take(chunks)).await?;
+                }
             }
         }
         Ok(())
@@ -180,19 +200,27 @@ impl ObjectWriter {
             WriteState::Buffering { chunks, .. } => self.store.put(&self.path, PutPayload::from_iter(chunks)).await,
             // Aborts the upload itself when completing fails.
             WriteState::Uploading(upload) => upload.finish().await,
+            WriteState::Staging { file, chunks, .. } => {
+                let e_tag = file.finish(chunks).await?;
+                return Ok(StoredObject { size, sha256, e_tag: Some(e_tag) });
+            }
         }
         .map_err(|e| StorageError::backend("store", &self.key, e))?;
         Ok(StoredObject { size, sha256, e_tag: stored.e_tag })
     }
 
-    /// Drops what was written: nothing to do before the first part, else abort the upload.
+    /// Drops what was written: nothing to do before the first part, else abort the upload or
+    /// remove the staging file.
     pub(crate) async fn abort(self) {
-        if let WriteState::Uploading(upload) = self.state
-            && let Err(error) = upload.abort().await
-        {
-            // Invisible either way: a local staging file or an S3 upload the bucket's lifecycle
-            // rule expires.
-            tracing::warn!(key = %self.key, %error, "could not abort a multipart upload");
+        match self.state {
+            WriteState::Buffering { .. } => {}
+            WriteState::Uploading(upload) => {
+                if let Err(error) = upload.abort().await {
+                    // Invisible either way: an S3 upload the bucket's lifecycle rule expires.
+                    tracing::warn!(key = %self.key, %error, "could not abort a multipart upload");
+                }
+            }
+            WriteState::Staging { file, .. } => file.abort().await,
         }
     }
 }
