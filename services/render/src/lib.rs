@@ -3,6 +3,8 @@
 //!
 //! - [`settings`]: timings and limits; [`error`]: the one error type and its gRPC mapping;
 //!   [`state`]: what handlers and background tasks share.
+//! - [`model`]: the domain types, validated at the edge, with their protobuf, database and JSON
+//!   forms.
 //! - [`queue`]: the leased task queue in PostgreSQL (claim, placement, fencing, results).
 //! - [`agents`]: enrolment, node credentials, the Session stream, the dispatcher, liveness.
 //!
@@ -11,6 +13,7 @@
 
 pub mod agents;
 pub mod error;
+pub mod model;
 pub mod queue;
 pub mod settings;
 pub mod state;
