@@ -369,6 +369,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Verifies the bearer token of every call and leaves a [`Caller`] or a [`Rejection`] in the
 /// request extensions. Identity metadata a client sends is never trusted: only the token is.
+/// A node credential ([`NODE_CREDENTIAL_PREFIX`]) is not parsed as a JWT; the call reaches the
+/// service with its header untouched and no caller, and the render service verifies it.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     verifier: Option<TokenVerifier>,
@@ -411,12 +413,7 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         // Only the verified token decides who calls; identity headers a client sends mean nothing.
         if let Some(value) = request.headers().get(http::header::AUTHORIZATION) {
-            let outcome = match (value.to_str().ok().and_then(bearer_token), &self.verifier) {
-                (None, _) => Err(Rejection("authorization must be `Bearer <access token>`".into())),
-                (Some(_), None) => Err(Rejection("this server has no token keys configured".into())),
-                (Some(token), Some(verifier)) => verifier.verify(token.trim()).map_err(|e| Rejection(strip(&e))),
-            };
-            match outcome {
+            match verify_header(value.to_str().ok(), self.verifier.as_ref()) {
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
                 }
@@ -426,6 +423,23 @@ where
             }
         }
         self.inner.call(request)
+    }
+}
+
+/// The prefix of a render node's credential (`frn1.<node id>.<secret>`). Such a bearer token is
+/// not a JWT: the layer leaves it to the render service, which verifies it against its own
+/// table, and records only that it is no access token (no [`Caller`]).
+pub const NODE_CREDENTIAL_PREFIX: &str = "frn1.";
+
+/// The caller an `authorization` header value proves, or why it proves none.
+fn verify_header(value: Option<&str>, verifier: Option<&TokenVerifier>) -> Result<Caller, Rejection> {
+    match (value.and_then(bearer_token).map(str::trim), verifier) {
+        (None, _) => Err(Rejection("authorization must be `Bearer <access token>`".into())),
+        (Some(token), _) if token.starts_with(NODE_CREDENTIAL_PREFIX) => {
+            Err(Rejection("a node credential is not an access token".into()))
+        }
+        (Some(_), None) => Err(Rejection("this server has no token keys configured".into())),
+        (Some(token), Some(verifier)) => verifier.verify(token).map_err(|e| Rejection(strip(&e))),
     }
 }
 
@@ -550,6 +564,26 @@ mod tests {
         assert_eq!(bearer_token("bearer abc"), Some("abc"));
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    #[test]
+    fn node_credentials_pass_through_without_a_caller() {
+        let (signer, verifier) = setup();
+        let credential = format!("Bearer {NODE_CREDENTIAL_PREFIX}{}.{}", Uuid::new_v4(), "A".repeat(43));
+        let Err(Rejection(reason)) = verify_header(Some(&credential), Some(&verifier)) else {
+            panic!("a node credential must not yield a caller");
+        };
+        assert_eq!(reason, "a node credential is not an access token");
+        // Also without keys: the render service verifies node credentials itself.
+        assert!(verify_header(Some(&credential), None).is_err());
+        // Access tokens are still verified, and a JWT never passes as a node credential.
+        let token = signer.sign(&claims()).unwrap();
+        assert!(verify_header(Some(&format!("Bearer {token}")), Some(&verifier)).is_ok());
+        let Err(Rejection(reason)) = verify_header(Some("Bearer frn2.x"), Some(&verifier)) else {
+            panic!("garbage must not yield a caller");
+        };
+        assert_eq!(reason, "malformed token");
+        assert!(verify_header(None, Some(&verifier)).is_err());
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub enum RenderError {
     /// Missing, malformed, unknown or revoked credentials (one message for all).
     #[error("{0}")]
     Unauthenticated(String),
+    /// A call ended because a newer one took its place (an agent stream superseded).
+    #[error("{0}")]
+    Aborted(String),
+    /// The service cannot serve the call now (shutting down); the caller retries elsewhere.
+    #[error("{0}")]
+    Unavailable(String),
     /// PostgreSQL failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -49,6 +55,13 @@ impl RenderError {
     /// `INVALID_ARGUMENT` for `field`.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+
+    /// Whether retrying the same transaction may succeed: PostgreSQL chose it as a deadlock
+    /// victim or could not serialize it.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Database(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("40P01" | "40001")))
     }
 
     /// Whether `err` is PostgreSQL's unique violation of `constraint`.
@@ -68,6 +81,8 @@ impl From<RenderError> for Status {
             RenderError::ResourceExhausted(msg) => Status::resource_exhausted(msg),
             RenderError::PermissionDenied(msg) => Status::permission_denied(msg),
             RenderError::Unauthenticated(msg) => Status::unauthenticated(msg),
+            RenderError::Aborted(msg) => Status::aborted(msg),
+            RenderError::Unavailable(msg) => Status::unavailable(msg),
             RenderError::Database(db) => flatrender_kit::Error::Database(db).into(),
             RenderError::Kit(kit) => kit.into(),
         }

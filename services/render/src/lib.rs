@@ -5,21 +5,32 @@
 //!   [`state`]: what handlers and background tasks share.
 //! - [`model`]: the domain types, validated at the edge, with their protobuf, database and JSON
 //!   forms.
+//! - [`queue`]: the leased task queue in PostgreSQL (claim, placement, fencing, results).
+//! - [`agents`]: enrolment, node credentials, the Session stream, the dispatcher, liveness.
 //!
 //! Methods not implemented yet answer `UNIMPLEMENTED`, the gRPC standard, so clients see
 //! honestly what is not there yet.
 
+pub mod agents;
 pub mod error;
 pub mod model;
+pub mod queue;
 pub mod settings;
 pub mod state;
 
+use std::sync::Arc;
+
+use flatrender_kit::auth::Role;
 use flatrender_kit::db::ServiceRole;
 use flatrender_kit::server::{ServiceContext, ServiceModule};
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
+use tonic::codegen::BoxStream;
 use tonic::service::RoutesBuilder;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
+pub use agents::Agents;
 pub use error::{RenderError, Result};
 pub use settings::Settings;
 pub use state::State;
@@ -27,23 +38,59 @@ pub use state::State;
 /// The database identity of the render service.
 pub const ROLE: ServiceRole = ServiceRole::RENDER;
 
+/// The largest message either side of an agent stream decodes: larger than the application
+/// limit (`Welcome.max_message_bytes`), so an oversized envelope is answered with a Reject
+/// rather than a stream error.
+pub const AGENT_TRANSPORT_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+
 /// The gRPC face of the orchestrator; every service of `flatrender.render.v1` and
 /// `flatrender.agent.v1` is implemented on it.
 #[derive(Clone, Debug)]
 pub struct RenderApi {
-    #[allow(dead_code, reason = "read by the methods as they land")]
     state: State,
+    agents: Arc<Agents>,
 }
 
 impl RenderApi {
-    /// The API over `state`.
-    pub fn new(state: State) -> Self {
-        Self { state }
+    /// The API over `agents` (and its state).
+    pub fn new(agents: Arc<Agents>) -> Self {
+        Self { state: agents.state.clone(), agents }
     }
 }
 
+/// The calling platform admin's user id, or `UNAUTHENTICATED` / `PERMISSION_DENIED`.
+fn platform_admin<T>(request: &Request<T>) -> Result<Uuid, Status> {
+    let caller = flatrender_kit::auth::caller(request)?;
+    caller.require(Role::PlatformAdmin)?;
+    Ok(caller.user_id)
+}
+
 #[tonic::async_trait]
-impl pb::node_admin_service_server::NodeAdminService for RenderApi {}
+impl pb::node_admin_service_server::NodeAdminService for RenderApi {
+    async fn create_enrollment_token(
+        &self,
+        request: Request<pb::CreateEnrollmentTokenRequest>,
+    ) -> Result<Response<pb::CreateEnrollmentTokenResponse>, Status> {
+        let admin = platform_admin(&request)?;
+        Ok(Response::new(agents::tokens::create(&self.state.pool, admin, request.get_ref()).await?))
+    }
+
+    async fn revoke_enrollment_token(
+        &self,
+        request: Request<pb::RevokeEnrollmentTokenRequest>,
+    ) -> Result<Response<pb::RevokeEnrollmentTokenResponse>, Status> {
+        let admin = platform_admin(&request)?;
+        Ok(Response::new(agents::tokens::revoke(&self.state.pool, admin, &request.get_ref().token_id).await?))
+    }
+
+    async fn list_enrollment_tokens(
+        &self,
+        request: Request<pb::ListEnrollmentTokensRequest>,
+    ) -> Result<Response<pb::ListEnrollmentTokensResponse>, Status> {
+        platform_admin(&request)?;
+        Ok(Response::new(agents::tokens::list(&self.state.pool, request.get_ref()).await?))
+    }
+}
 
 #[tonic::async_trait]
 impl pb::render_admin_service_server::RenderAdminService for RenderApi {}
@@ -52,20 +99,42 @@ impl pb::render_admin_service_server::RenderAdminService for RenderApi {}
 impl pb::render_service_server::RenderService for RenderApi {}
 
 #[tonic::async_trait]
-impl agent_pb::agent_service_server::AgentService for RenderApi {}
+impl agent_pb::agent_service_server::AgentService for RenderApi {
+    async fn enroll(
+        &self,
+        request: Request<agent_pb::EnrollRequest>,
+    ) -> Result<Response<agent_pb::EnrollResponse>, Status> {
+        if let Some(addr) = request.remote_addr()
+            && !self.agents.enroll_limiter.allow(addr.ip())
+        {
+            return Err(RenderError::ResourceExhausted("too many enrol attempts; try again in a minute".into()).into());
+        }
+        Ok(Response::new(agents::enroll::enroll(&self.state.pool, request.get_ref()).await?))
+    }
+
+    async fn session(
+        &self,
+        request: Request<tonic::Streaming<agent_pb::SessionRequest>>,
+    ) -> Result<Response<BoxStream<agent_pb::SessionResponse>>, Status> {
+        agents::session::open(Arc::clone(&self.agents), request).await
+    }
+}
 
 /// Adds the render services to `routes` and returns the module the server runs.
 pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilder) -> ServiceModule {
     let state = State::new(ctx.pool.clone(), settings);
-    let api = RenderApi::new(state);
+    let agents = Agents::new(state);
+    let api = RenderApi::new(Arc::clone(&agents));
     let grpc_services = flatrender_kit::add_services!(
         routes,
         pb::node_admin_service_server::NodeAdminServiceServer::new(api.clone()),
         pb::render_admin_service_server::RenderAdminServiceServer::new(api.clone()),
         pb::render_service_server::RenderServiceServer::new(api.clone()),
-        agent_pb::agent_service_server::AgentServiceServer::new(api),
+        agent_pb::agent_service_server::AgentServiceServer::new(api)
+            .max_decoding_message_size(AGENT_TRANSPORT_LIMIT_BYTES)
+            .max_encoding_message_size(AGENT_TRANSPORT_LIMIT_BYTES),
     );
-    let tasks: Vec<(&'static str, flatrender_kit::server::BackgroundTask)> = vec![(
+    let mut tasks: Vec<(&'static str, flatrender_kit::server::BackgroundTask)> = vec![(
         "partitions",
         Box::pin(flatrender_kit::db::maintain_partitions(
             ctx.pool.clone(),
@@ -73,5 +142,6 @@ pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilde
             ctx.shutdown.clone(),
         )),
     )];
+    tasks.extend(agents.tasks(&ctx.shutdown));
     ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks, http: None }
 }

@@ -31,6 +31,14 @@ pub struct Settings {
     pub health_log_interval: Duration,
     /// At most one `nodes.last_seen_at` write per node per this interval.
     pub last_seen_interval: Duration,
+    /// How often this replica refreshes its `render.orchestrators` row (and looks for dead
+    /// replicas).
+    pub replica_heartbeat_interval: Duration,
+    /// How often the dispatcher looks for queued work without being woken (a backstop for
+    /// missed notifications).
+    pub dispatch_poll_interval: Duration,
+    /// Enrol attempts per client address per minute (more are `RESOURCE_EXHAUSTED`).
+    pub enroll_attempts_per_minute: u32,
 }
 
 impl Default for Settings {
@@ -48,6 +56,9 @@ impl Default for Settings {
             quarantine_window: Duration::from_secs(600),
             health_log_interval: Duration::from_secs(60),
             last_seen_interval: Duration::from_secs(30),
+            replica_heartbeat_interval: Duration::from_secs(2),
+            dispatch_poll_interval: Duration::from_secs(1),
+            enroll_attempts_per_minute: 10,
         }
     }
 }
@@ -59,6 +70,12 @@ impl Settings {
     /// How long without Health before a connected node counts as gone.
     pub fn heartbeat_deadline(&self) -> Duration {
         self.heartbeat_interval * Self::MISSED_HEARTBEATS
+    }
+
+    /// How long a replica's `render.orchestrators` row may go without a refresh before other
+    /// replicas treat it as dead: the reconnect grace, and never less than three refreshes.
+    pub fn replica_dead_after(&self) -> Duration {
+        self.reconnect_grace.max(self.replica_heartbeat_interval * 3)
     }
 }
 
@@ -72,6 +89,9 @@ mod tests {
         assert_eq!(s.lease_ttl, s.heartbeat_interval * 3);
         assert_eq!(s.heartbeat_deadline(), Duration::from_secs(15));
         assert!(s.reconnect_grace < s.lease_ttl);
+        assert_eq!(s.replica_dead_after(), s.reconnect_grace);
+        let fast = Settings { reconnect_grace: Duration::from_millis(100), ..Settings::default() };
+        assert_eq!(fast.replica_dead_after(), fast.replica_heartbeat_interval * 3);
         assert_ne!(Settings::default().orchestrator_id, s.orchestrator_id);
     }
 }

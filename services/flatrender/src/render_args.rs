@@ -1,0 +1,137 @@
+//! The render orchestrator's flags: its replica name and the agent protocol's timings.
+
+use std::time::Duration;
+
+use clap::Args;
+use flatrender_kit::Error;
+use flatrender_kit::config::parse_duration;
+use flatrender_render::Settings;
+
+/// Render orchestrator flags.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// This replica's name in `render.orchestrators` and `nodes.orchestrator_id` (host or pod
+    /// name); must be unique per process. Default: a fresh `render-<uuid>`.
+    #[arg(long = "render-orchestrator-id", env = "FLATRENDER_RENDER_ORCHESTRATOR_ID")]
+    pub orchestrator_id: Option<String>,
+
+    /// How often agents send Health (1s..=60s).
+    #[arg(long = "render-heartbeat-interval", env = "FLATRENDER_RENDER_HEARTBEAT_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    pub heartbeat_interval: Duration,
+
+    /// How long a lease lasts past its last renewal.
+    #[arg(long = "render-lease-ttl", env = "FLATRENDER_RENDER_LEASE_TTL", value_parser = parse_duration, default_value = "15s")]
+    pub lease_ttl: Duration,
+
+    /// How long a node's tasks survive its stream dropping.
+    #[arg(long = "render-reconnect-grace", env = "FLATRENDER_RENDER_RECONNECT_GRACE", value_parser = parse_duration, default_value = "10s")]
+    pub reconnect_grace: Duration,
+
+    /// How long a new agent stream may take to send Hello.
+    #[arg(long = "render-hello-timeout", env = "FLATRENDER_RENDER_HELLO_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub hello_timeout: Duration,
+
+    /// Attempts per task before it (and its job) fails (1..=100).
+    #[arg(long = "render-max-attempts", env = "FLATRENDER_RENDER_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+
+    /// Enrol attempts per client address per minute.
+    #[arg(long = "render-enroll-rate", env = "FLATRENDER_RENDER_ENROLL_RATE", default_value_t = 10)]
+    pub enroll_attempts_per_minute: u32,
+}
+
+impl RenderArgs {
+    /// The orchestrator's settings, checked.
+    pub fn settings(&self) -> Result<Settings, Error> {
+        let mut settings = Settings::default();
+        if let Some(id) = &self.orchestrator_id {
+            let id = id.trim();
+            if id.is_empty() || id.chars().count() > 200 {
+                return Err(Error::Config("--render-orchestrator-id must be 1..=200 characters".into()));
+            }
+            settings.orchestrator_id = id.to_owned();
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.heartbeat_interval) {
+            return Err(Error::Config("--render-heartbeat-interval must be 1s..=60s".into()));
+        }
+        if self.lease_ttl <= self.heartbeat_interval {
+            return Err(Error::Config(
+                "--render-lease-ttl must be longer than --render-heartbeat-interval (3 heartbeats is usual)".into(),
+            ));
+        }
+        if self.reconnect_grace.is_zero() || self.hello_timeout.is_zero() {
+            return Err(Error::Config("--render-reconnect-grace and --render-hello-timeout must be positive".into()));
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err(Error::Config("--render-max-attempts must be 1..=100".into()));
+        }
+        if self.enroll_attempts_per_minute == 0 {
+            return Err(Error::Config("--render-enroll-rate must be at least 1".into()));
+        }
+        settings.heartbeat_interval = self.heartbeat_interval;
+        settings.lease_ttl = self.lease_ttl;
+        settings.reconnect_grace = self.reconnect_grace;
+        settings.hello_timeout = self.hello_timeout;
+        settings.max_attempts = self.max_attempts;
+        settings.enroll_attempts_per_minute = self.enroll_attempts_per_minute;
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        render: RenderArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Settings, Error> {
+        let cli = Cli::try_parse_from(std::iter::once("flatrender").chain(args.iter().copied())).expect("flags parse");
+        cli.render.settings()
+    }
+
+    #[test]
+    fn defaults_are_the_protocols() {
+        let settings = parse(&[]).unwrap();
+        let defaults = Settings::default();
+        assert_eq!(settings.heartbeat_interval, defaults.heartbeat_interval);
+        assert_eq!(settings.lease_ttl, defaults.lease_ttl);
+        assert_eq!(settings.reconnect_grace, defaults.reconnect_grace);
+        assert!(settings.orchestrator_id.starts_with("render-"));
+    }
+
+    #[test]
+    fn flags_set_the_timings() {
+        let settings = parse(&[
+            "--render-orchestrator-id",
+            "render-0",
+            "--render-heartbeat-interval",
+            "2s",
+            "--render-lease-ttl",
+            "6s",
+            "--render-reconnect-grace",
+            "4s",
+            "--render-max-attempts",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(settings.orchestrator_id, "render-0");
+        assert_eq!(settings.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(settings.lease_ttl, Duration::from_secs(6));
+        assert_eq!(settings.reconnect_grace, Duration::from_secs(4));
+        assert_eq!(settings.max_attempts, 5);
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        assert!(parse(&["--render-heartbeat-interval", "90s"]).is_err());
+        assert!(parse(&["--render-lease-ttl", "1s"]).is_err());
+        assert!(parse(&["--render-max-attempts", "0"]).is_err());
+        assert!(parse(&["--render-orchestrator-id", " "]).is_err());
+    }
+}

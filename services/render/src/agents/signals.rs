@@ -1,0 +1,175 @@
+//! `LISTEN render_queue, render_nodes`: queued work wakes the dispatcher; a node notification
+//! makes this replica resync that node if it holds its stream — supersede an older stream,
+//! end a deleted node's stream, pass on admin-state changes (Drain), cancel tasks whose lease
+//! ended elsewhere (a canceled or failed job), and deliver queued commands.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flatrender_kit::shutdown::ShutdownSignal;
+use flatrender_proto::flatrender::agent::v1 as agent_pb;
+use sqlx::postgres::PgListener;
+use tonic::Status;
+use uuid::Uuid;
+
+use super::registry::Connection;
+use super::session::cancel_reason;
+use super::{Agents, nodes};
+use crate::queue::{self, AdminState, NODES_CHANNEL, QUEUE_CHANNEL};
+
+use agent_pb::session_response::Payload as Out;
+
+/// Listens until `shutdown`, reconnecting with a backoff; after every (re)connection it wakes
+/// the dispatcher and resyncs every node, since notifications may have been missed.
+pub async fn run(agents: Arc<Agents>, shutdown: ShutdownSignal) {
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let listener = async {
+            let mut listener = PgListener::connect_with(&agents.state.pool).await?;
+            listener.listen_all([QUEUE_CHANNEL, NODES_CHANNEL]).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            () = &mut stop => return,
+            listener = listener => match listener {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot LISTEN for render notifications");
+                    tokio::select! {
+                        () = &mut stop => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(200);
+        resync_all(&agents);
+        loop {
+            let notification = tokio::select! {
+                () = &mut stop => return,
+                n = listener.try_recv() => n,
+            };
+            match notification {
+                Ok(Some(n)) if n.channel() == QUEUE_CHANNEL => agents.wake_dispatcher(),
+                Ok(Some(n)) => {
+                    let node = Uuid::try_parse(n.payload()).ok();
+                    if let Some(conn) = node.and_then(|node| agents.registry.get(node)) {
+                        tokio::spawn(resync(Arc::clone(&agents), conn));
+                    }
+                }
+                Ok(None) => {
+                    tracing::info!("render notification listener reconnected; resyncing");
+                    resync_all(&agents);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "render notification listener failed; listening again");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn resync_all(agents: &Arc<Agents>) {
+    agents.wake_dispatcher();
+    for conn in agents.registry.all() {
+        tokio::spawn(resync(Arc::clone(agents), conn));
+    }
+}
+
+/// Brings a connected node up to date with its row and its tasks' rows.
+pub async fn resync(agents: Arc<Agents>, conn: Arc<Connection>) {
+    if conn.is_closed() {
+        return;
+    }
+    let pool = &agents.state.pool;
+    let row = match nodes::node_row(pool, conn.node_id).await {
+        Ok(row) => row,
+        Err(e) => {
+            tracing::warn!(node = %conn.node_id, error = %e, "cannot resync the node");
+            return;
+        }
+    };
+    let Some(row) = row.filter(|r| !r.deleted) else {
+        tracing::info!(node = %conn.node_id, "node deleted; ending its stream");
+        conn.end(Status::unauthenticated("invalid node credential"));
+        return;
+    };
+    if row.connection_epoch > conn.connection_epoch {
+        tracing::info!(node = %conn.node_id, epoch = conn.connection_epoch, newer = row.connection_epoch, "stream superseded");
+        conn.end(Status::aborted("superseded"));
+        return;
+    }
+
+    // Admin state: DRAINING is told to the agent; QUARANTINED only changes what it is given.
+    let (admin, _) = nodes::admin_state(&row.state);
+    let before = std::mem::replace(&mut conn.view().admin, admin);
+    if before != admin {
+        let reason = row.state_reason.clone().unwrap_or_default();
+        if admin == AdminState::Draining {
+            conn.send(Out::Drain(agent_pb::Drain { enabled: true, reason, deadline: None }));
+        } else if before == AdminState::Draining {
+            conn.send(Out::Drain(agent_pb::Drain { enabled: false, reason, deadline: None }));
+        }
+        agents.wake_dispatcher();
+    }
+
+    // Leases that ended outside this stream (canceled, failed, requeued): CancelTask.
+    let held: Vec<(Uuid, i64)> = conn.view().tasks.iter().map(|(id, held)| (*id, held.epoch)).collect();
+    if !held.is_empty() {
+        match queue::task_leases(pool, &held.iter().map(|(id, _)| *id).collect::<Vec<_>>()).await {
+            Ok(rows) => {
+                let mut freed = false;
+                for (task, epoch) in held {
+                    let row = rows.iter().find(|r| r.task_id == task);
+                    if row.is_some_and(|r| r.is_current(epoch, conn.node_id)) {
+                        continue;
+                    }
+                    let same_lease = row.filter(|r| r.lease_epoch == epoch && r.node_id == Some(conn.node_id));
+                    let reason = cancel_reason(same_lease.map(|r| r.state.as_str()));
+                    tracing::debug!(node = %conn.node_id, task = %task, epoch, ?row, ?reason, "lease ended elsewhere");
+                    // Released and told under the view's lock, so a Health handled meanwhile
+                    // cannot answer with another reason first.
+                    let mut view = conn.view();
+                    if view.tasks.get(&task).is_some_and(|held| held.epoch == epoch) {
+                        view.tasks.remove(&task);
+                        freed = true;
+                        conn.send(Out::CancelTask(agent_pb::CancelTask {
+                            task_id: task.to_string(),
+                            lease_epoch: epoch.max(0) as u64,
+                            reason: reason as i32,
+                            message: "the task's lease ended".into(),
+                        }));
+                    }
+                }
+                if freed {
+                    agents.wake_dispatcher();
+                }
+            }
+            Err(e) => tracing::warn!(node = %conn.node_id, error = %e, "cannot resync the node's tasks"),
+        }
+    }
+    deliver_commands(&agents, &conn).await;
+}
+
+/// Sends the node's undelivered commands and marks them delivered.
+pub async fn deliver_commands(agents: &Agents, conn: &Connection) {
+    let pool = &agents.state.pool;
+    match nodes::pending_commands(pool, conn.node_id).await {
+        Ok(commands) if !commands.is_empty() => {
+            let ids: Vec<i64> = commands.iter().map(|c| c.id).collect();
+            for command in commands {
+                conn.send(command.payload);
+            }
+            if let Err(e) = nodes::mark_delivered(pool, &ids).await {
+                tracing::warn!(node = %conn.node_id, error = %e, "commands sent but not marked delivered");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(node = %conn.node_id, error = %e, "cannot read the node's commands"),
+    }
+}

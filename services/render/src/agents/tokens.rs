@@ -1,0 +1,193 @@
+//! One-time join tokens (`render.node_enrollment_tokens`): NodeAdminService's
+//! CreateEnrollmentToken, RevokeEnrollmentToken and ListEnrollmentTokens. Platform admins only;
+//! the secret is shown once, only its SHA-256 is stored.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use flatrender_proto::flatrender::common::v1 as common_pb;
+use flatrender_proto::flatrender::render::v1 as pb;
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row as _};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{credentials, facts};
+use crate::error::{RenderError, Result};
+use crate::queue::wire::{id_text, timestamp};
+
+/// Lifetime of a token when the request sets none.
+const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+const MIN_TTL: Duration = Duration::from_secs(60);
+const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 500;
+
+const COLUMNS: &str = "id, description, tags, expires_at, used_at, used_by_node_id, revoked_at, created_by_user_id, \
+                       created_at, (CASE WHEN revoked_at IS NOT NULL THEN 4 WHEN used_at IS NOT NULL THEN 2 \
+                       WHEN expires_at <= now() THEN 3 ELSE 1 END) AS token_state";
+
+fn token_of(row: &PgRow) -> sqlx::Result<pb::EnrollmentToken> {
+    let ts = |name: &str| -> sqlx::Result<Option<prost_types::Timestamp>> {
+        Ok(row.try_get::<Option<OffsetDateTime>, _>(name)?.map(timestamp))
+    };
+    Ok(pb::EnrollmentToken {
+        id: row.try_get::<Uuid, _>("id")?.to_string(),
+        description: row.try_get::<Option<String>, _>("description")?.unwrap_or_default(),
+        state: row.try_get::<i32, _>("token_state")?,
+        tags: row.try_get("tags")?,
+        expires_at: ts("expires_at")?,
+        used_at: ts("used_at")?,
+        used_by_node_id: id_text(row.try_get("used_by_node_id")?),
+        revoked_at: ts("revoked_at")?,
+        created_by_user_id: id_text(row.try_get("created_by_user_id")?),
+        created_at: ts("created_at")?,
+    })
+}
+
+fn ttl(value: Option<&prost_types::Duration>) -> Result<Duration> {
+    let Some(value) = value else { return Ok(DEFAULT_TTL) };
+    let ttl = u64::try_from(value.seconds)
+        .ok()
+        .filter(|_| value.nanos >= 0)
+        .map(|s| Duration::new(s, value.nanos as u32))
+        .ok_or_else(|| RenderError::invalid("ttl", "must be positive"))?;
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Err(RenderError::invalid("ttl", "must be 1 minute..=30 days"));
+    }
+    Ok(ttl)
+}
+
+/// Creates a token; the response holds its secret.
+pub async fn create(
+    pool: &PgPool,
+    created_by: Uuid,
+    request: &pb::CreateEnrollmentTokenRequest,
+) -> Result<pb::CreateEnrollmentTokenResponse> {
+    let description = request.description.trim();
+    if description.chars().count() > 200 {
+        return Err(RenderError::invalid("description", "at most 200 characters"));
+    }
+    let ttl = ttl(request.ttl.as_ref())?;
+    let tags = facts::tags("tags", &request.tags)?;
+    let secret = credentials::new_join_token();
+    let sql = format!(
+        "INSERT INTO render.node_enrollment_tokens (token_hash, description, tags, expires_at, created_by_user_id)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5)
+      RETURNING {COLUMNS}"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(credentials::hash(&secret).as_slice())
+        .bind(Some(description).filter(|d| !d.is_empty()))
+        .bind(&tags)
+        .bind(ttl.as_secs_f64())
+        .bind(created_by)
+        .fetch_one(pool)
+        .await?;
+    tracing::info!(token = %row.try_get::<Uuid, _>("id")?, by = %created_by, "enrollment token created");
+    Ok(pb::CreateEnrollmentTokenResponse { token: Some(token_of(&row)?), secret })
+}
+
+/// Revokes an unused token (idempotent). A used token cannot be revoked: the node it enrolled
+/// keeps working until it is deleted.
+pub async fn revoke(pool: &PgPool, by: Uuid, token_id: &str) -> Result<pb::RevokeEnrollmentTokenResponse> {
+    let id = Uuid::try_parse(token_id).map_err(|_| RenderError::invalid("token_id", "must be a UUID"))?;
+    let sql = format!(
+        "UPDATE render.node_enrollment_tokens SET revoked_at = coalesce(revoked_at, now())
+          WHERE id = $1 AND used_at IS NULL
+      RETURNING {COLUMNS}"
+    );
+    if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await? {
+        tracing::info!(token = %id, %by, "enrollment token revoked");
+        return Ok(pb::RevokeEnrollmentTokenResponse { token: Some(token_of(&row)?) });
+    }
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM render.node_enrollment_tokens WHERE id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
+    if exists {
+        Err(RenderError::FailedPrecondition("the token was used; delete the node it enrolled instead".into()))
+    } else {
+        Err(RenderError::NotFound("enrollment token"))
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PageKey {
+    /// Filter fingerprint.
+    f: Vec<i32>,
+    /// created_at of the last item, Unix nanoseconds.
+    t: i128,
+    /// Its id.
+    i: Uuid,
+}
+
+/// Tokens, newest first, optionally of some states.
+pub async fn list(
+    pool: &PgPool,
+    request: &pb::ListEnrollmentTokensRequest,
+) -> Result<pb::ListEnrollmentTokensResponse> {
+    let page = request.page.clone().unwrap_or_default();
+    let size = match i64::from(page.page_size) {
+        0 => DEFAULT_PAGE,
+        n if n <= MAX_PAGE => n,
+        _ => return Err(RenderError::invalid("page.page_size", "must be 0..=500")),
+    };
+    let mut states: Vec<i32> = Vec::new();
+    for (i, state) in request.states.iter().enumerate() {
+        match pb::EnrollmentTokenState::try_from(*state) {
+            Ok(pb::EnrollmentTokenState::Unspecified) | Err(_) => {
+                return Err(RenderError::invalid(format!("states[{i}]"), "must be ACTIVE, USED, EXPIRED or REVOKED"));
+            }
+            Ok(s) => states.push(s as i32),
+        }
+    }
+    states.sort_unstable();
+    states.dedup();
+    let after: Option<PageKey> = if page.page_token.is_empty() {
+        None
+    } else {
+        let invalid = || RenderError::invalid("page.page_token", "is not a page token of this listing");
+        let bytes = URL_SAFE_NO_PAD.decode(&page.page_token).map_err(|_| invalid())?;
+        let key: PageKey = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+        if key.f != states {
+            return Err(RenderError::invalid("page.page_token", "was issued for other filters"));
+        }
+        Some(key)
+    };
+    let after_time = after
+        .as_ref()
+        .map(|k| OffsetDateTime::from_unix_timestamp_nanos(k.t))
+        .transpose()
+        .map_err(|_| RenderError::invalid("page.page_token", "is not a page token of this listing"))?;
+    let sql = format!(
+        "SELECT * FROM (SELECT {COLUMNS} FROM render.node_enrollment_tokens) t
+          WHERE (cardinality($1::int[]) = 0 OR token_state = ANY($1))
+            AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+          ORDER BY created_at DESC, id DESC
+          LIMIT $4"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&states)
+        .bind(after_time)
+        .bind(after.as_ref().map(|k| k.i))
+        .bind(size + 1)
+        .fetch_all(pool)
+        .await?;
+    let more = rows.len() as i64 > size;
+    let mut tokens = Vec::new();
+    let mut last: Option<(OffsetDateTime, Uuid)> = None;
+    for row in rows.iter().take(size as usize) {
+        tokens.push(token_of(row)?);
+        last = Some((row.try_get("created_at")?, row.try_get("id")?));
+    }
+    let next_page_token = match (more, last) {
+        (true, Some((t, i))) => {
+            let key = PageKey { f: states, t: t.unix_timestamp_nanos(), i };
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&key).unwrap_or_default())
+        }
+        _ => String::new(),
+    };
+    Ok(pb::ListEnrollmentTokensResponse { tokens, page: Some(common_pb::PageResponse { next_page_token }) })
+}

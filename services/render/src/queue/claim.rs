@@ -1,0 +1,299 @@
+//! Claiming queued tasks for this replica's nodes, in one transaction:
+//!
+//! 1. The nodes are locked (`FOR SHARE`) at the connection epoch this replica holds; a node
+//!    whose stream moved on is left out, and a newer stream's epoch increment waits for the
+//!    claim to commit, so its Hello sees every lease made here.
+//! 2. Candidates in dispatch order — lane, plan priority, fair share between tenants, submit
+//!    time — filtered coarsely by what the nodes together can do, and locked with
+//!    `FOR UPDATE SKIP LOCKED` (another replica's claim skips them). Fair share: each tenant's
+//!    queue is ranked on its own (a LATERAL top-k per tenant over `frame_jobs_tenant_queue_idx`,
+//!    tenants found by a loose index scan), each rank shifted by the tasks the tenant runs now,
+//!    and the queues are interleaved rank by rank; so one tenant's big job gets no more slots
+//!    than another tenant with work waiting, whatever was submitted first.
+//! 3. Placement in memory ([`super::placement`]).
+//! 4. One statement leases the placed rows (new epoch, one more attempt) and one inserts their
+//!    attempt rows; jobs whose first task this is start; the assignments are read back.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use flatrender_proto::flatrender::agent::v1 as agent_pb;
+use sqlx::{PgPool, Row as _};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::jobs;
+use super::lane::Lane;
+use super::placement::{self, Candidate, NodeOffer};
+use super::spec::{self, LeaseTerms, SegmentRow, TaskRow};
+use crate::error::Result;
+
+/// Most candidates read per claim.
+const MAX_CANDIDATES: i64 = 500;
+
+/// What a claim is for.
+#[derive(Clone, Debug)]
+pub struct ClaimRequest<'a> {
+    /// This replica (`nodes.orchestrator_id` of the offered nodes).
+    pub orchestrator_id: &'a str,
+    /// The lease lifetime written with each lease.
+    pub lease_ttl: Duration,
+    /// Nodes with free slots.
+    pub nodes: &'a [NodeOffer],
+}
+
+/// A task leased to a node: what to send it.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    /// The node.
+    pub node_id: Uuid,
+    /// The node's connection epoch the lease was made under (deliver only on that stream).
+    pub connection_epoch: i64,
+    /// The task.
+    pub task_id: Uuid,
+    /// Its job, if any.
+    pub job_id: Option<Uuid>,
+    /// The lease epoch.
+    pub lease_epoch: i64,
+    /// The assignment.
+    pub assign: agent_pb::AssignTask,
+}
+
+/// The candidate query: `$1` node ids, `$2` the union of their tags, `$3` their largest RAM,
+/// `$4` whether any has a GPU, `$5` any ffmpeg, `$6` any After Effects, `$7` the limit.
+const CANDIDATES: &str = "
+WITH RECURSIVE tenants AS (
+    (SELECT f.tenant_id FROM render.frame_jobs f WHERE f.state = 'queued' ORDER BY f.tenant_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT f.tenant_id FROM render.frame_jobs f
+             WHERE f.state = 'queued' AND f.tenant_id > t.tenant_id ORDER BY f.tenant_id LIMIT 1)
+      FROM tenants t WHERE t.tenant_id IS NOT NULL
+), active AS (
+    SELECT f.tenant_id, count(*) AS n FROM render.frame_jobs f
+     WHERE f.state IN ('leased', 'running') GROUP BY f.tenant_id
+), ranked AS (
+    SELECT c.id, c.lane_rank, c.priority, c.submitted_at,
+           row_number() OVER (PARTITION BY t.tenant_id, c.lane_rank, c.priority ORDER BY c.submitted_at, c.id)
+             + coalesce((SELECT a.n FROM active a WHERE a.tenant_id = t.tenant_id), 0) AS tenant_rank
+      FROM tenants t
+     CROSS JOIN LATERAL (
+        SELECT f.id, f.lane_rank, f.priority, f.submitted_at
+          FROM render.frame_jobs f
+         WHERE f.tenant_id = t.tenant_id AND f.state = 'queued'
+           AND (f.not_before IS NULL OR f.not_before <= now())
+           AND (f.pinned_node_id IS NULL OR f.pinned_node_id = ANY($1))
+           AND f.required_tags <@ $2
+           AND (f.min_ram_bytes IS NULL OR f.min_ram_bytes <= $3)
+           AND (NOT f.needs_gpu OR $4)
+           AND (f.lane <> 'assemble' OR $5)
+           AND (f.lane = 'assemble' OR $6)
+         ORDER BY f.lane_rank, f.priority DESC, f.submitted_at, f.id
+         LIMIT $7) c
+     WHERE t.tenant_id IS NOT NULL
+), chosen AS (
+    SELECT id, row_number() OVER (ORDER BY lane_rank, priority DESC, tenant_rank, submitted_at, id) AS ord
+      FROM ranked
+     ORDER BY ord
+     LIMIT $7
+)
+SELECT f.id, f.lane, f.template_sha256, f.min_ae_version, f.required_tags, f.min_ram_bytes, f.needs_gpu,
+       f.pinned_node_id, f.job_id
+  FROM render.frame_jobs f JOIN chosen ON chosen.id = f.id
+ WHERE f.state = 'queued'
+ ORDER BY chosen.ord
+   FOR NO KEY UPDATE OF f SKIP LOCKED";
+
+/// Claims and leases as many queued tasks as the offered nodes can take now.
+pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Lease>> {
+    let free: u32 = request.nodes.iter().map(|n| n.free_slots).sum();
+    if free == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tx = pool.begin().await?;
+
+    // 1. Fence: only nodes whose current stream this replica holds.
+    let ids: Vec<Uuid> = request.nodes.iter().map(|n| n.node_id).collect();
+    let epochs: Vec<i64> = request.nodes.iter().map(|n| n.connection_epoch).collect();
+    let held: HashSet<Uuid> = sqlx::query_scalar(
+        "SELECT n.id FROM render.nodes n
+           JOIN unnest($1::uuid[], $2::bigint[]) AS x(id, epoch) ON n.id = x.id
+          WHERE n.connection_epoch = x.epoch AND n.orchestrator_id = $3 AND n.deleted_at IS NULL
+            FOR SHARE OF n",
+    )
+    .bind(&ids)
+    .bind(&epochs)
+    .bind(request.orchestrator_id)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let nodes: Vec<NodeOffer> =
+        request.nodes.iter().filter(|n| held.contains(&n.node_id) && n.free_slots > 0).cloned().collect();
+    if nodes.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    // 2. Candidates, locked.
+    let node_ids: Vec<Uuid> = nodes.iter().map(|n| n.node_id).collect();
+    let all_tags: Vec<String> =
+        nodes.iter().flat_map(|n| n.tags.iter().cloned()).collect::<BTreeSet<_>>().into_iter().collect();
+    let free: u32 = nodes.iter().map(|n| n.free_slots).sum();
+    let limit = (i64::from(free) * 4 + 16).min(MAX_CANDIDATES);
+    let rows = sqlx::query(CANDIDATES)
+        .bind(&node_ids)
+        .bind(&all_tags)
+        .bind(nodes.iter().map(|n| n.ram_bytes).max().unwrap_or(0))
+        .bind(nodes.iter().any(|n| n.has_gpu))
+        .bind(nodes.iter().any(|n| n.has_ffmpeg))
+        .bind(nodes.iter().any(|n| !n.ae_versions.is_empty()))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut candidates = Vec::with_capacity(rows.len());
+    let mut jobs_of: HashMap<Uuid, Option<Uuid>> = HashMap::new();
+    for row in &rows {
+        let id: Uuid = row.try_get("id")?;
+        let lane: String = row.try_get("lane")?;
+        let Some(lane) = Lane::from_db(&lane) else { continue };
+        let digest: Option<Vec<u8>> = row.try_get("template_sha256")?;
+        let job_id: Option<Uuid> = row.try_get("job_id")?;
+        jobs_of.insert(id, job_id);
+        candidates.push(Candidate {
+            id,
+            lane,
+            template_sha256: digest.and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok()),
+            min_ae_version: row.try_get("min_ae_version")?,
+            required_tags: row.try_get("required_tags")?,
+            min_ram_bytes: row.try_get("min_ram_bytes")?,
+            needs_gpu: row.try_get("needs_gpu")?,
+            pinned_node_id: row.try_get("pinned_node_id")?,
+            excluded: HashSet::new(),
+        });
+    }
+
+    // Exclusions of these nodes from these tasks or their jobs.
+    let task_ids: Vec<Uuid> = candidates.iter().map(|c| c.id).collect();
+    let job_ids: Vec<Uuid> = jobs_of.values().flatten().copied().collect::<HashSet<_>>().into_iter().collect();
+    let exclusions: Vec<(Uuid, Option<Uuid>, Uuid)> = sqlx::query_as(
+        "SELECT frame_job_id, job_id, node_id FROM render.frame_job_excluded_nodes
+          WHERE node_id = ANY($1) AND (frame_job_id = ANY($2) OR job_id = ANY($3))",
+    )
+    .bind(&node_ids)
+    .bind(&task_ids)
+    .bind(&job_ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    for candidate in &mut candidates {
+        let job = jobs_of.get(&candidate.id).copied().flatten();
+        candidate.excluded = exclusions
+            .iter()
+            .filter(|(task, excluded_job, _)| *task == candidate.id || (job.is_some() && *excluded_job == job))
+            .map(|(_, _, node)| *node)
+            .collect();
+    }
+
+    // 3. Placement.
+    let placed = placement::place(&candidates, &nodes);
+    if placed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lease_ids: Vec<Uuid> = placed.iter().map(|(t, _)| candidates[*t].id).collect();
+    let lease_nodes: Vec<Uuid> = placed.iter().map(|(_, n)| nodes[*n].node_id).collect();
+    let lease_names: Vec<String> = placed.iter().map(|(_, n)| nodes[*n].name.clone()).collect();
+
+    // 4. Lease, attempts, job starts.
+    let leased: Vec<(Uuid, i64, OffsetDateTime)> = sqlx::query_as(
+        "UPDATE render.frame_jobs f
+            SET state = 'leased', node_id = x.node_id, lease_epoch = f.lease_epoch + 1, attempts = f.attempts + 1,
+                leased_at = now(), lease_expires_at = now() + make_interval(secs => $3),
+                started_at = NULL, not_before = NULL, frames_done = 0, current_frame = NULL,
+                last_progress_at = NULL, phase = NULL, percent = NULL
+           FROM unnest($1::uuid[], $2::uuid[]) AS x(id, node_id)
+          WHERE f.id = x.id AND f.state = 'queued'
+      RETURNING f.id, f.lease_epoch, f.lease_expires_at",
+    )
+    .bind(&lease_ids)
+    .bind(&lease_nodes)
+    .bind(request.lease_ttl.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await?;
+    let attempts: HashMap<Uuid, i32> = sqlx::query_as::<_, (Uuid, i32)>(
+        "INSERT INTO render.frame_job_attempts (tenant_id, frame_job_id, job_id, attempt, lease_epoch, node_id, node_name)
+         SELECT f.tenant_id, f.id, f.job_id,
+                coalesce((SELECT max(a.attempt) FROM render.frame_job_attempts a WHERE a.frame_job_id = f.id), 0) + 1,
+                f.lease_epoch, f.node_id, x.node_name
+           FROM unnest($1::uuid[], $2::text[]) AS x(id, node_name)
+           JOIN render.frame_jobs f ON f.id = x.id
+      RETURNING frame_job_id, attempt",
+    )
+    .bind(&lease_ids)
+    .bind(&lease_names)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let started_jobs: Vec<Uuid> = lease_ids
+        .iter()
+        .filter_map(|id| jobs_of.get(id).copied().flatten())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    jobs::start(&mut tx, &started_jobs).await?;
+
+    let task_rows: HashMap<Uuid, TaskRow> = sqlx::query(TaskRow::QUERY)
+        .bind(&lease_ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| TaskRow::from_row(row).map(|t| (t.id, t)))
+        .collect::<sqlx::Result<_>>()?;
+    let mut segments: HashMap<Uuid, Vec<SegmentRow>> = HashMap::new();
+    for row in task_rows.values().filter(|r| r.lane == Lane::Assemble) {
+        let Some(job) = row.job_id else { continue };
+        let list: Vec<(i32, String, i32, i32, i32, i32)> = sqlx::query_as(
+            "SELECT position, composition_name, frame_start, frame_end, frame_step, frame_count
+               FROM render.render_job_segments WHERE job_id = $1 ORDER BY position",
+        )
+        .bind(job)
+        .fetch_all(&mut *tx)
+        .await?;
+        segments.insert(
+            job,
+            list.into_iter()
+                .map(|(position, composition_name, frame_start, frame_end, frame_step, frame_count)| SegmentRow {
+                    position,
+                    composition_name,
+                    frame_start,
+                    frame_end,
+                    frame_step,
+                    frame_count,
+                })
+                .collect(),
+        );
+    }
+    tx.commit().await?;
+
+    let node_of: HashMap<Uuid, (Uuid, i64)> =
+        placed.iter().map(|(t, n)| (candidates[*t].id, (nodes[*n].node_id, nodes[*n].connection_epoch))).collect();
+    let mut leases = Vec::with_capacity(leased.len());
+    for (task_id, lease_epoch, expires_at) in leased {
+        let (Some(row), Some((node_id, connection_epoch))) = (task_rows.get(&task_id), node_of.get(&task_id)) else {
+            continue;
+        };
+        let attempt = attempts.get(&task_id).copied().unwrap_or(1);
+        let job_segments = row.job_id.and_then(|j| segments.get(&j)).map(Vec::as_slice).unwrap_or(&[]);
+        let terms = LeaseTerms { lease_epoch, expires_at, attempt };
+        leases.push(Lease {
+            node_id: *node_id,
+            connection_epoch: *connection_epoch,
+            task_id,
+            job_id: row.job_id,
+            lease_epoch,
+            assign: spec::assign_task(row, terms, job_segments),
+        });
+    }
+    Ok(leases)
+}

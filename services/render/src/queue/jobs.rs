@@ -1,0 +1,189 @@
+//! Job transitions driven by task outcomes: the first lease starts a job, accepted frames move
+//! its progress, the last render chunk moves it to assembling, a failure fails it and cancels
+//! its other tasks. Each runs in the caller's transaction with its events and notifications.
+
+use flatrender_proto::flatrender::render::v1 as pb;
+use sqlx::PgTransaction;
+use uuid::Uuid;
+
+use super::events::{self, JobRow};
+use super::lane::{error_class_from_db, error_code_from_db};
+use super::{notify, notify_jobs, notify_nodes};
+use crate::error::Result;
+
+/// Longest error message a job keeps (render.v1.RenderError.message).
+const MAX_JOB_MESSAGE_CHARS: usize = 2000;
+/// RenderJobProgressed at most this often per job.
+const PROGRESS_EVENT_SECONDS: i64 = 10;
+
+/// Why a job failed, as its columns keep it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobError {
+    /// `error_class` (the jobs' CHECK list: template, machine, timeout, canceled, quota,
+    /// internal).
+    pub class: &'static str,
+    /// `error_code`, lower-case.
+    pub code: Option<String>,
+    /// The message.
+    pub message: String,
+}
+
+impl JobError {
+    fn to_pb(&self) -> pb::RenderError {
+        pb::RenderError {
+            error_class: error_class_from_db(self.class) as i32,
+            code: self.code.as_deref().map(error_code_from_db).unwrap_or_default() as i32,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// Jobs whose first task was just leased become RENDERING (RenderJobStarted).
+pub async fn start(tx: &mut PgTransaction<'_>, jobs: &[Uuid]) -> Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    // Only rows still queued or preparing match, so a running job's row is not even locked.
+    let sql = format!(
+        "UPDATE render.render_jobs
+            SET state = 'rendering', started_at = coalesce(started_at, now()),
+                rendering_started_at = coalesce(rendering_started_at, now())
+          WHERE id = ANY($1) AND state IN ('queued', 'preparing')
+      RETURNING {}",
+        JobRow::COLUMNS
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(jobs).fetch_all(&mut **tx).await?;
+    for row in &rows {
+        events::job_started(tx, &JobRow::from_row(row)?).await?;
+    }
+    notify_jobs(tx, jobs).await?;
+    Ok(())
+}
+
+/// Adds `new_frames` accepted frames and `render_ms` node time to a job; writes
+/// RenderJobProgressed when its progress crossed a multiple of 10 % (at most every 10 s).
+pub async fn add_work(tx: &mut PgTransaction<'_>, job: Uuid, new_frames: i64, render_ms: i64) -> Result<()> {
+    let sql = format!(
+        "UPDATE render.render_jobs
+            SET frames_done = least(frames_total, frames_done + $2),
+                progress = least(1, (least(frames_total, frames_done + $2))::real / greatest(frames_total, 1)),
+                render_ms = render_ms + $3
+          WHERE id = $1
+      RETURNING state, {}",
+        JobRow::COLUMNS
+    );
+    let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(job)
+        .bind(new_frames.max(0) as i32)
+        .bind(render_ms.max(0))
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(());
+    };
+    let state: String = sqlx::Row::try_get(&row, "state")?;
+    let job_row = JobRow::from_row(&row)?;
+    if new_frames > 0 {
+        let total = f64::from(job_row.frames_total.max(1));
+        let before = (f64::from(job_row.frames_done) - new_frames as f64).max(0.0) / total;
+        let after = f64::from(job_row.frames_done) / total;
+        let crossed = (before * 10.0).floor() < (after * 10.0).floor();
+        let due = job_row
+            .progress_event_at
+            .is_none_or(|at| (time::OffsetDateTime::now_utc() - at).whole_seconds() >= PROGRESS_EVENT_SECONDS);
+        if crossed && due && state == "rendering" {
+            sqlx::query("UPDATE render.render_jobs SET progress_event_at = now() WHERE id = $1")
+                .bind(job)
+                .execute(&mut **tx)
+                .await?;
+            events::job_progressed(tx, &job_row, pb::JobState::Rendering).await?;
+        }
+    }
+    notify_jobs(tx, &[job]).await?;
+    Ok(())
+}
+
+/// After a render chunk of `job` is done: when every render chunk is, the job becomes
+/// ASSEMBLING and its assemble task is queued.
+pub async fn after_chunk_done(tx: &mut PgTransaction<'_>, job: Uuid) -> Result<()> {
+    // The job row's lock serializes the last chunks finishing together: whichever commits
+    // second counts (in a fresh snapshot) every chunk done.
+    let locked: Option<String> =
+        sqlx::query_scalar("SELECT state FROM render.render_jobs WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(job)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if !matches!(locked.as_deref(), Some("queued" | "preparing" | "rendering")) {
+        return Ok(());
+    }
+    let remaining: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM render.frame_jobs WHERE job_id = $1 AND lane = 'render' AND state <> 'done'",
+    )
+    .bind(job)
+    .fetch_one(&mut **tx)
+    .await?;
+    if remaining > 0 {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE render.render_jobs SET state = 'assembling', assembling_started_at = now(), progress_event_at = now()
+          WHERE id = $1
+      RETURNING {}",
+        JobRow::COLUMNS
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(job).fetch_one(&mut **tx).await?;
+    let job_row = JobRow::from_row(&row)?;
+    sqlx::query(
+        "INSERT INTO render.frame_jobs (tenant_id, lane, job_id, priority, submitted_at, max_attempts)
+         SELECT tenant_id, 'assemble', id, priority, created_at, max_attempts FROM render.render_jobs WHERE id = $1",
+    )
+    .bind(job)
+    .execute(&mut **tx)
+    .await?;
+    events::job_progressed(tx, &job_row, pb::JobState::Assembling).await?;
+    notify(tx, super::QUEUE_CHANNEL, "").await?;
+    notify_jobs(tx, &[job]).await?;
+    Ok(())
+}
+
+/// Fails `job` with `error` (RenderJobFailed) unless it already ended, and fails its other
+/// unfinished tasks, keeping their node and epoch so the replicas holding them send
+/// CancelTask(JOB_FAILED) (the nodes are notified). Returns whether the job was failed now.
+pub async fn fail(tx: &mut PgTransaction<'_>, job: Uuid, error: &JobError) -> Result<bool> {
+    let message: String = error.message.chars().take(MAX_JOB_MESSAGE_CHARS).collect();
+    let message = if message.trim().is_empty() { "the render failed".to_owned() } else { message };
+    let sql = format!(
+        "UPDATE render.render_jobs
+            SET state = 'failed', error_class = $2, error_code = $3, error_message = $4, finished_at = now()
+          WHERE id = $1 AND state NOT IN ('completed', 'failed', 'canceled')
+      RETURNING {}",
+        JobRow::COLUMNS
+    );
+    let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(job)
+        .bind(error.class)
+        .bind(error.code.as_deref())
+        .bind(&message)
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let job_row = JobRow::from_row(&row)?;
+    let holders: Vec<Option<Uuid>> = sqlx::query_scalar(
+        "WITH open AS (
+             SELECT id, node_id, state FROM render.frame_jobs
+              WHERE job_id = $1 AND state IN ('queued', 'leased', 'running') FOR NO KEY UPDATE)
+         UPDATE render.frame_jobs f SET state = 'failed', finished_at = now()
+           FROM open WHERE f.id = open.id
+         RETURNING CASE WHEN open.state IN ('leased', 'running') THEN open.node_id END",
+    )
+    .bind(job)
+    .fetch_all(&mut **tx)
+    .await?;
+    let nodes: Vec<Uuid> = holders.into_iter().flatten().collect();
+    notify_nodes(tx, &nodes).await?;
+    events::job_failed(tx, &job_row, JobError { message, ..error.clone() }.to_pb()).await?;
+    notify_jobs(tx, &[job]).await?;
+    Ok(true)
+}

@@ -1,0 +1,156 @@
+//! The leased task queue in PostgreSQL (`render.frame_jobs`; protocol in the header of
+//! `migrations/12_render_jobs.sql`).
+//!
+//! - [`claim`]: candidates in dispatch order (lane, plan priority, fair share between tenants,
+//!   submit time) claimed with `FOR UPDATE SKIP LOCKED`, placed on this replica's nodes in
+//!   memory ([`placement`]), leased with a new epoch, one attempt row each.
+//! - [`report`]: what agents report about a task (progress, frames, results), accepted only for
+//!   the current lease (task, epoch, node): the fence.
+//! - [`requeue`]: tasks back to the queue (lost node, lapsed lease, refused assignment).
+//! - [`jobs`]: job transitions the tasks drive (rendering, assembling, failed), with their outbox
+//!   events ([`events`]) and notifications in the same transaction.
+//!
+//! Every state change notifies (`pg_notify` inside the transaction): `render_queue` when tasks
+//! became queued, `render_nodes` with a node id when a task that node holds changed outside its
+//! own report, `render_jobs` with a job id when a job or its tasks changed.
+
+pub mod claim;
+pub mod events;
+pub mod jobs;
+pub mod lane;
+pub mod placement;
+pub mod report;
+pub mod requeue;
+pub mod spec;
+pub mod wire;
+
+use sqlx::PgTransaction;
+use uuid::Uuid;
+
+pub use claim::{ClaimRequest, Lease, claim};
+pub use lane::Lane;
+pub use placement::{AdminState, NodeOffer};
+pub use report::{Fence, Verdict};
+
+/// Notification channel: tasks became queued.
+pub const QUEUE_CHANNEL: &str = "render_queue";
+/// Notification channel: a connected node must resync (payload: node id).
+pub const NODES_CHANNEL: &str = "render_nodes";
+/// Notification channel: a job changed (payload: job id).
+pub const JOBS_CHANNEL: &str = "render_jobs";
+
+/// Sends `payload` on `channel` when the surrounding transaction commits.
+pub async fn notify(tx: &mut PgTransaction<'_>, channel: &str, payload: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Notifies `render_nodes` once for each of `nodes` (duplicates dropped).
+pub async fn notify_nodes(tx: &mut PgTransaction<'_>, nodes: &[Uuid]) -> sqlx::Result<()> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify('render_nodes', n::text) FROM (SELECT DISTINCT unnest($1::uuid[]) AS n) d")
+        .bind(nodes)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Notifies `render_jobs` once for each of `jobs` (duplicates dropped).
+pub async fn notify_jobs(tx: &mut PgTransaction<'_>, jobs: &[Uuid]) -> sqlx::Result<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify('render_jobs', j::text) FROM (SELECT DISTINCT unnest($1::uuid[]) AS j) d")
+        .bind(jobs)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Runs `transaction` again (up to three times in all) when PostgreSQL aborted it as a
+/// deadlock victim or serialization failure; concurrent reports about one job can cross.
+pub async fn retrying<T, F, Fut>(mut transaction: F) -> crate::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = crate::Result<T>>,
+{
+    let mut tries = 1;
+    loop {
+        match transaction().await {
+            Err(e) if e.is_transient() && tries < 3 => {
+                tracing::debug!(error = %e, tries, "transaction aborted by the database; running it again");
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A task's row as fencing and resync see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskLease {
+    /// Task id.
+    pub task_id: Uuid,
+    /// `frame_jobs.state`.
+    pub state: String,
+    /// Its current lease epoch.
+    pub lease_epoch: i64,
+    /// The node of its current (or last) lease.
+    pub node_id: Option<Uuid>,
+}
+
+impl TaskLease {
+    /// Whether the row still is the lease (`epoch`, `node`).
+    pub fn is_current(&self, epoch: i64, node: Uuid) -> bool {
+        matches!(self.state.as_str(), "leased" | "running") && self.lease_epoch == epoch && self.node_id == Some(node)
+    }
+}
+
+/// The rows of `tasks` (those that exist).
+pub async fn task_leases(pool: &sqlx::PgPool, tasks: &[Uuid]) -> sqlx::Result<Vec<TaskLease>> {
+    if tasks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(Uuid, String, i64, Option<Uuid>)> =
+        sqlx::query_as("SELECT id, state, lease_epoch, node_id FROM render.frame_jobs WHERE id = ANY($1)")
+            .bind(tasks)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(task_id, state, lease_epoch, node_id)| TaskLease { task_id, state, lease_epoch, node_id })
+        .collect())
+}
+
+/// The tasks leased to `node` now (`leased` or `running`).
+pub async fn leases_of_node(pool: &sqlx::PgPool, node: Uuid) -> sqlx::Result<Vec<TaskLease>> {
+    let rows: Vec<(Uuid, String, i64, Option<Uuid>)> = sqlx::query_as(
+        "SELECT id, state, lease_epoch, node_id FROM render.frame_jobs
+          WHERE node_id = $1 AND state IN ('leased', 'running')",
+    )
+    .bind(node)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(task_id, state, lease_epoch, node_id)| TaskLease { task_id, state, lease_epoch, node_id })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_current_only_for_its_epoch_and_node() {
+        let node = Uuid::new_v4();
+        let lease = TaskLease { task_id: Uuid::new_v4(), state: "running".into(), lease_epoch: 4, node_id: Some(node) };
+        assert!(lease.is_current(4, node));
+        assert!(!lease.is_current(3, node));
+        assert!(!lease.is_current(4, Uuid::new_v4()));
+        assert!(!TaskLease { state: "queued".into(), ..lease.clone() }.is_current(4, node));
+        assert!(!TaskLease { state: "canceled".into(), ..lease }.is_current(4, node));
+    }
+}

@@ -1,0 +1,682 @@
+//! What agents report about their tasks, accepted only for the current lease.
+//!
+//! The fence: a report names (task, epoch) and comes from a node; it changes the task only
+//! while `frame_jobs` still says `lease_epoch = epoch AND node_id = node AND state IN
+//! ('leased', 'running')`. Otherwise it is STALE_EPOCH when the node held the task under some
+//! epoch (a node back from the dead), UNKNOWN_TASK when it never did. Results are deduplicated
+//! by (task, epoch) through the attempt row's outcome, frames by (task, epoch, frame): a resend
+//! of something recorded is acknowledged again and changes nothing.
+
+use std::collections::BTreeMap;
+
+use flatrender_proto::flatrender::agent::v1 as agent_pb;
+use flatrender_proto::flatrender::render::v1 as pb;
+use sqlx::{PgPool, PgTransaction};
+use uuid::Uuid;
+
+use super::jobs::{self, JobError};
+use super::lane::{Lane, error_class_db, error_code_db, outcome_db, phase_db};
+use super::requeue::requeue_row;
+use super::wire::{digest_from_hex, parse_id};
+use super::{QUEUE_CHANNEL, notify, notify_jobs};
+use crate::error::Result;
+use crate::settings::Settings;
+
+/// Most frames in one FrameReport.
+pub const MAX_FRAMES_PER_REPORT: usize = 1000;
+/// Most frames in one TaskResult.
+pub const MAX_FRAMES_PER_RESULT: usize = 10_000;
+/// Longest log tail kept, bytes.
+const MAX_LOG_TAIL_BYTES: usize = 65_536;
+/// Longest attempt error message kept, characters.
+const MAX_ERROR_CHARS: usize = 4096;
+
+/// A report's claim to a lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The task.
+    pub task_id: Uuid,
+    /// The epoch it names.
+    pub lease_epoch: i64,
+    /// The node it came from.
+    pub node_id: Uuid,
+    /// The connection epoch of the stream it came on: a replica acts for a node only while its
+    /// stream is the node's current one.
+    pub connection_epoch: i64,
+}
+
+/// Whether `node`'s current stream still is the one of `connection_epoch`. The row stays
+/// share-locked until the transaction ends, so a newer stream takes the node only after it.
+pub(crate) async fn holds_stream(tx: &mut PgTransaction<'_>, node: Uuid, connection_epoch: i64) -> Result<bool> {
+    let held: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM render.nodes WHERE id = $1 AND connection_epoch = $2 FOR SHARE")
+            .bind(node)
+            .bind(connection_epoch)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(held.is_some())
+}
+
+/// How a report was taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Recorded now or before (a duplicate): acknowledge.
+    Accepted,
+    /// Not the current lease: Reject(STALE_EPOCH) with this message; drop the work.
+    Stale(String),
+    /// Not a task this node ever held: Reject(UNKNOWN_TASK).
+    Unknown,
+    /// A field is missing or invalid: Reject(MALFORMED) with this message.
+    Malformed(String),
+    /// The stream it came on was superseded: Reject(UNAVAILABLE); the agent resends it on its
+    /// current stream.
+    Superseded,
+}
+
+/// STALE_EPOCH or UNKNOWN_TASK for a report that did not match the current lease.
+pub async fn classify(pool: &PgPool, fence: Fence) -> Result<Verdict> {
+    let mut conn = pool.acquire().await?;
+    classify_on(&mut conn, fence).await
+}
+
+async fn classify_on(conn: &mut sqlx::PgConnection, fence: Fence) -> Result<Verdict> {
+    let row: Option<(i64, bool)> = sqlx::query_as(
+        "SELECT f.lease_epoch,
+                EXISTS (SELECT 1 FROM render.frame_job_attempts a WHERE a.frame_job_id = f.id AND a.node_id = $2)
+           FROM render.frame_jobs f WHERE f.id = $1",
+    )
+    .bind(fence.task_id)
+    .bind(fence.node_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(match row {
+        Some((current, true)) => {
+            Verdict::Stale(format!("lease epoch {} is not current; the task's epoch is {current}", fence.lease_epoch))
+        }
+        _ => Verdict::Unknown,
+    })
+}
+
+/// Progress of a current lease, written to the task (the caller bounds how often). The first
+/// update turns a leased task into a running one.
+pub async fn task_update(pool: &PgPool, fence: Fence, update: &agent_pb::TaskUpdate) -> Result<Verdict> {
+    let phase = phase_db(update.phase()).unwrap_or("accepted");
+    let percent = update.percent.clamp(0.0, 100.0);
+    let percent = if percent.is_finite() { percent as f32 } else { 0.0 };
+    let mut tx = pool.begin().await?;
+    if !holds_stream(&mut tx, fence.node_id, fence.connection_epoch).await? {
+        return Ok(Verdict::Superseded);
+    }
+    let row: Option<(Option<Uuid>, bool)> = sqlx::query_as(
+        "WITH before AS (SELECT state FROM render.frame_jobs WHERE id = $1 FOR NO KEY UPDATE)
+         UPDATE render.frame_jobs f
+            SET state = 'running', started_at = coalesce(f.started_at, now()), phase = $4, percent = $5,
+                current_frame = CASE WHEN $6 >= 0 THEN $6 ELSE f.current_frame END, last_progress_at = now()
+           FROM before
+          WHERE f.id = $1 AND f.lease_epoch = $2 AND f.node_id = $3 AND f.state IN ('leased', 'running')
+      RETURNING f.job_id, before.state = 'leased'",
+    )
+    .bind(fence.task_id)
+    .bind(fence.lease_epoch)
+    .bind(fence.node_id)
+    .bind(phase)
+    .bind(percent)
+    .bind(update.current_frame)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((job, first)) = row else {
+        drop(tx);
+        return classify(pool, fence).await;
+    };
+    if first {
+        sqlx::query(
+            "UPDATE render.frame_job_attempts SET started_at = coalesce(started_at, now())
+              WHERE frame_job_id = $1 AND lease_epoch = $2",
+        )
+        .bind(fence.task_id)
+        .bind(fence.lease_epoch)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some(job) = job {
+        notify_jobs(&mut tx, &[job]).await?;
+    }
+    tx.commit().await?;
+    Ok(Verdict::Accepted)
+}
+
+/// A frame checked at the edge.
+#[derive(Clone, Debug)]
+struct Frame {
+    number: i32,
+    file_id: Option<Uuid>,
+    sha256: [u8; 32],
+    size_bytes: i64,
+    width: Option<i32>,
+    height: Option<i32>,
+    render_ms: Option<i32>,
+}
+
+/// The OK frames of `frames` (later entries for the same frame win), or the reason they are
+/// malformed.
+fn ok_frames(field: &str, frames: &[agent_pb::FrameOutput]) -> Result<BTreeMap<i32, Frame>, String> {
+    let mut out = BTreeMap::new();
+    for (i, frame) in frames.iter().enumerate() {
+        if frame.status() != agent_pb::FrameStatus::Ok {
+            continue;
+        }
+        let at = format!("{field}[{i}]");
+        if frame.frame < 0 {
+            return Err(format!("{at}.frame: must be >= 0"));
+        }
+        let sha256 = digest_from_hex(&frame.sha256).ok_or_else(|| format!("{at}.sha256: must be lower-case hex"))?;
+        let file_id = if frame.file_id.is_empty() {
+            None
+        } else {
+            Some(parse_id(&frame.file_id).ok_or_else(|| format!("{at}.file_id: must be a UUID"))?)
+        };
+        let resolution = frame.resolution.as_ref();
+        let dimension = |v: Option<u32>| v.filter(|v| *v > 0).and_then(|v| i32::try_from(v).ok());
+        out.insert(
+            frame.frame,
+            Frame {
+                number: frame.frame,
+                file_id,
+                sha256,
+                size_bytes: i64::try_from(frame.size_bytes).unwrap_or(i64::MAX),
+                width: dimension(resolution.map(|r| r.width)),
+                height: dimension(resolution.map(|r| r.height)),
+                render_ms: i32::try_from(frame.render_ms).ok(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The lease row of a report, locked, when it is current.
+struct LeaseRow {
+    lane: Lane,
+    job_id: Option<Uuid>,
+    range: Option<(i32, i32, i32)>,
+    attempts: i32,
+    max_attempts: i32,
+}
+
+/// lane, job_id, frame_start, frame_end, frame_step, attempts, max_attempts.
+type LeaseColumns = (String, Option<Uuid>, Option<i32>, Option<i32>, i32, i32, i32);
+
+async fn lock_lease(tx: &mut PgTransaction<'_>, fence: Fence) -> Result<Option<LeaseRow>> {
+    let row: Option<LeaseColumns> = sqlx::query_as(
+        "SELECT lane, job_id, frame_start, frame_end, frame_step, attempts, max_attempts FROM render.frame_jobs
+          WHERE id = $1 AND lease_epoch = $2 AND node_id = $3 AND state IN ('leased', 'running')
+            FOR NO KEY UPDATE",
+    )
+    .bind(fence.task_id)
+    .bind(fence.lease_epoch)
+    .bind(fence.node_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.and_then(|(lane, job_id, start, end, step, attempts, max_attempts)| {
+        Some(LeaseRow {
+            lane: Lane::from_db(&lane)?,
+            job_id,
+            range: start.zip(end).map(|(s, e)| (s, e, step.max(1))),
+            attempts,
+            max_attempts,
+        })
+    }))
+}
+
+fn in_range(range: Option<(i32, i32, i32)>, frame: i32) -> bool {
+    range.is_some_and(|(start, end, step)| frame >= start && frame <= end && (frame - start) % step == 0)
+}
+
+/// Whether (task, epoch) of this node already has an agent's result (so its reports are
+/// duplicates): `Some(true)`; `Some(false)` when the attempt exists with no agent result;
+/// `None` when the node has no such attempt.
+async fn agent_result_recorded(tx: &mut PgTransaction<'_>, fence: Fence) -> Result<Option<(bool, Option<String>)>> {
+    let row: Option<(Option<Uuid>, Option<String>)> = sqlx::query_as(
+        "SELECT node_id, outcome FROM render.frame_job_attempts WHERE frame_job_id = $1 AND lease_epoch = $2 FOR NO KEY UPDATE",
+    )
+    .bind(fence.task_id)
+    .bind(fence.lease_epoch)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(match row {
+        Some((Some(node), outcome)) if node == fence.node_id => {
+            let by_agent = matches!(
+                outcome.as_deref(),
+                Some("success" | "template_error" | "machine_error" | "timeout" | "canceled" | "handed_back")
+            );
+            Some((by_agent, outcome))
+        }
+        _ => None,
+    })
+}
+
+/// Inserts the accepted frames of a lease; returns how many frame numbers are new to the task
+/// (frames a previous lease delivered are replaced, not counted again).
+async fn insert_frames(tx: &mut PgTransaction<'_>, fence: Fence, frames: &[Frame]) -> Result<i64> {
+    if frames.is_empty() {
+        return Ok(0);
+    }
+    let numbers: Vec<i32> = frames.iter().map(|f| f.number).collect();
+    let files: Vec<Option<Uuid>> = frames.iter().map(|f| f.file_id).collect();
+    let digests: Vec<Vec<u8>> = frames.iter().map(|f| f.sha256.to_vec()).collect();
+    let sizes: Vec<i64> = frames.iter().map(|f| f.size_bytes).collect();
+    let widths: Vec<Option<i32>> = frames.iter().map(|f| f.width).collect();
+    let heights: Vec<Option<i32>> = frames.iter().map(|f| f.height).collect();
+    let times: Vec<Option<i32>> = frames.iter().map(|f| f.render_ms).collect();
+    let inserted: Vec<bool> = sqlx::query_scalar(
+        "INSERT INTO render.frame_results AS r
+                (frame_job_id, frame_number, tenant_id, job_id, source_frame_job_id, lease_epoch, node_id,
+                 file_id, sha256, size_bytes, width, height, render_ms)
+         SELECT $1, x.frame, f.tenant_id, f.job_id, $1, $2, $3, x.file_id, x.sha256, x.size, x.width, x.height, x.ms
+           FROM unnest($4::int[], $5::uuid[], $6::bytea[], $7::bigint[], $8::int[], $9::int[], $10::int[])
+                AS x(frame, file_id, sha256, size, width, height, ms)
+          CROSS JOIN (SELECT tenant_id, job_id FROM render.frame_jobs WHERE id = $1) f
+             ON CONFLICT (frame_job_id, frame_number) DO UPDATE
+            SET lease_epoch = EXCLUDED.lease_epoch, node_id = EXCLUDED.node_id, file_id = EXCLUDED.file_id,
+                sha256 = EXCLUDED.sha256, size_bytes = EXCLUDED.size_bytes, width = EXCLUDED.width,
+                height = EXCLUDED.height, render_ms = EXCLUDED.render_ms,
+                source_frame_job_id = EXCLUDED.source_frame_job_id, accepted_at = now()
+          WHERE r.lease_epoch < EXCLUDED.lease_epoch
+      RETURNING (xmax::text = '0')",
+    )
+    .bind(fence.task_id)
+    .bind(fence.lease_epoch)
+    .bind(fence.node_id)
+    .bind(&numbers)
+    .bind(&files)
+    .bind(&digests)
+    .bind(&sizes)
+    .bind(&widths)
+    .bind(&heights)
+    .bind(&times)
+    .fetch_all(&mut **tx)
+    .await?;
+    let new = inserted.iter().filter(|i| **i).count() as i64;
+    sqlx::query(
+        "UPDATE render.frame_jobs
+            SET frames_done = (SELECT count(*) FROM render.frame_results WHERE frame_job_id = $1 AND lease_epoch = $2)
+          WHERE id = $1",
+    )
+    .bind(fence.task_id)
+    .bind(fence.lease_epoch)
+    .execute(&mut **tx)
+    .await?;
+    Ok(new)
+}
+
+/// Frames uploaded and verified under a lease: recorded in `render.frame_results` with the
+/// epoch, the job's progress moved. Acknowledge once this returns `Accepted` (committed).
+pub async fn frame_report(pool: &PgPool, fence: Fence, report: &agent_pb::FrameReport) -> Result<Verdict> {
+    if report.frames.is_empty() || report.frames.len() > MAX_FRAMES_PER_REPORT {
+        return Ok(Verdict::Malformed(format!("frames: 1..={MAX_FRAMES_PER_REPORT} per report")));
+    }
+    let frames = match ok_frames("frames", &report.frames) {
+        Ok(frames) => frames,
+        Err(reason) => return Ok(Verdict::Malformed(reason)),
+    };
+    let mut tx = pool.begin().await?;
+    if !holds_stream(&mut tx, fence.node_id, fence.connection_epoch).await? {
+        return Ok(Verdict::Superseded);
+    }
+    let Some(lease) = lock_lease(&mut tx, fence).await? else {
+        if matches!(agent_result_recorded(&mut tx, fence).await?, Some((true, _))) {
+            // Sent before its task's result, which is recorded: a resend.
+            return Ok(Verdict::Accepted);
+        }
+        return classify_on(&mut tx, fence).await;
+    };
+    if let Some(bad) = frames.keys().find(|f| !in_range(lease.range, **f)) {
+        return Ok(Verdict::Malformed(format!("frames: frame {bad} is not in the task's range")));
+    }
+    let list: Vec<Frame> = frames.into_values().collect();
+    let new = insert_frames(&mut tx, fence, &list).await?;
+    if let (Some(job), Lane::Render) = (lease.job_id, lease.lane) {
+        jobs::add_work(&mut tx, job, new, 0).await?;
+    }
+    tx.commit().await?;
+    Ok(Verdict::Accepted)
+}
+
+fn truncate_bytes(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    // Keep the end of a log tail: the last lines matter.
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// What ending a lease did to its task (for the caller's bookkeeping).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The task is done.
+    Done,
+    /// The task went back to the queue.
+    Requeued,
+    /// The task failed (and its job, if any).
+    Failed,
+    /// Only the attempt was recorded (the task had already been canceled or failed).
+    Recorded,
+}
+
+/// How a task ended, per its agent. Returns the verdict and, when accepted now, what happened
+/// to the task (`None` for a duplicate).
+pub async fn task_result(
+    pool: &PgPool,
+    settings: &Settings,
+    fence: Fence,
+    result: &agent_pb::TaskResult,
+) -> Result<(Verdict, Option<Ended>)> {
+    let outcome = result.outcome();
+    let Some(outcome_text) = outcome_db(outcome).filter(|o| !matches!(*o, "lease_lost" | "rejected")) else {
+        return Ok((Verdict::Malformed("outcome: must be SUCCESS..HANDED_BACK".into()), None));
+    };
+    if result.frames.len() > MAX_FRAMES_PER_RESULT {
+        return Ok((Verdict::Malformed(format!("frames: at most {MAX_FRAMES_PER_RESULT}")), None));
+    }
+    let frames = match ok_frames("frames", &result.frames) {
+        Ok(frames) => frames,
+        Err(reason) => return Ok((Verdict::Malformed(reason), None)),
+    };
+    let mut tx = pool.begin().await?;
+    if !holds_stream(&mut tx, fence.node_id, fence.connection_epoch).await? {
+        return Ok((Verdict::Superseded, None));
+    }
+    let lease = lock_lease(&mut tx, fence).await?;
+    let attempt = agent_result_recorded(&mut tx, fence).await?;
+    match (&lease, &attempt) {
+        (_, Some((true, _))) => return Ok((Verdict::Accepted, None)),
+        (_, None) | (None, Some((false, Some(_)))) => return Ok((classify_on(&mut tx, fence).await?, None)),
+        (None, Some((false, None))) => {
+            // Only a task canceled or failed under this very lease still takes its result.
+            let ended: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM render.frame_jobs
+                                 WHERE id = $1 AND lease_epoch = $2 AND node_id = $3 AND state IN ('canceled', 'failed'))",
+            )
+            .bind(fence.task_id)
+            .bind(fence.lease_epoch)
+            .bind(fence.node_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if !ended {
+                return Ok((classify_on(&mut tx, fence).await?, None));
+            }
+        }
+        (Some(_), Some((false, _))) => {}
+    }
+
+    // The attempt, as the agent tells it.
+    let error = result.error.clone().unwrap_or_default();
+    let error_class = error_class_db(error.error_class());
+    let error_code = error_code_db(error.code());
+    let message: String = error.message.chars().take(MAX_ERROR_CHARS).collect();
+    let render_ms = result.timings.as_ref().map(|t| t.total_ms).unwrap_or(0).min(i64::MAX as u64) as i64;
+    let log_tail = truncate_bytes(&result.log_tail, MAX_LOG_TAIL_BYTES);
+    let warnings: Vec<String> = result.warnings.iter().take(100).map(|w| w.chars().take(1000).collect()).collect();
+    let success = outcome == pb::TaskOutcome::Success;
+    let default_class = match outcome {
+        pb::TaskOutcome::TemplateError => Some("template"),
+        pb::TaskOutcome::MachineError => Some("machine"),
+        pb::TaskOutcome::Timeout => Some("timeout"),
+        pb::TaskOutcome::Canceled => Some("canceled"),
+        _ => None,
+    };
+    // The attempts' CHECK allows no quota class; success carries no error.
+    let class = if success { None } else { error_class.filter(|c| *c != "quota").or(default_class) };
+    let code = class.and(error_code.clone());
+    sqlx::query(
+        "UPDATE render.frame_job_attempts
+            SET outcome = $3, error_class = $4, error_code = $5, error_message = $6, exit_code = $7,
+                render_ms = $8, log_tail = $9, warnings = $10, finished_at = now(),
+                started_at = coalesce(started_at, now())
+          WHERE frame_job_id = $1 AND lease_epoch = $2",
+    )
+    .bind(fence.task_id)
+    .bind(fence.lease_epoch)
+    .bind(outcome_text)
+    .bind(class)
+    .bind(code.as_deref())
+    .bind(class.map(|_| message.as_str()).filter(|m| !m.is_empty()))
+    .bind(result.exit_code)
+    .bind(render_ms)
+    .bind(Some(log_tail).filter(|t| !t.is_empty()))
+    .bind(&warnings)
+    .execute(&mut *tx)
+    .await?;
+
+    let Some(lease) = lease else {
+        // The task was canceled or failed meanwhile (same epoch and node): the attempt is all.
+        tx.commit().await?;
+        return Ok((Verdict::Accepted, Some(Ended::Recorded)));
+    };
+    sqlx::query(
+        "UPDATE render.frame_jobs
+            SET exit_code = $2, error_class = $3, error_code = $4, error_message = $5, log_tail = $6,
+                render_ms = render_ms + $7
+          WHERE id = $1",
+    )
+    .bind(fence.task_id)
+    .bind(result.exit_code)
+    .bind(class)
+    .bind(code.as_deref())
+    .bind(class.map(|_| message.as_str()).filter(|m| !m.is_empty()))
+    .bind(Some(log_tail).filter(|t| !t.is_empty()))
+    .bind(render_ms)
+    .execute(&mut *tx)
+    .await?;
+
+    let ended = match outcome {
+        pb::TaskOutcome::Success => {
+            let list: Vec<Frame> = frames.values().filter(|f| in_range(lease.range, f.number)).cloned().collect();
+            let new = insert_frames(&mut tx, fence, &list).await?;
+            let missing = missing_frames(&mut tx, fence, &lease).await?;
+            if let (Some(job), Lane::Render) = (lease.job_id, lease.lane) {
+                jobs::add_work(&mut tx, job, new, render_ms).await?;
+            } else if let Some(job) = lease.job_id {
+                jobs::add_work(&mut tx, job, 0, render_ms).await?;
+            }
+            if missing.is_empty() {
+                sqlx::query(
+                    "UPDATE render.frame_jobs
+                        SET state = 'done', finished_at = now(), error_class = NULL, error_code = NULL,
+                            error_message = NULL, phase = NULL, percent = 100
+                      WHERE id = $1",
+                )
+                .bind(fence.task_id)
+                .execute(&mut *tx)
+                .await?;
+                if let (Some(job), Lane::Render) = (lease.job_id, lease.lane) {
+                    jobs::after_chunk_done(&mut tx, job).await?;
+                }
+                Ended::Done
+            } else {
+                // Frame repair is a later step: until then a chunk with bad frames is rendered
+                // again whole, like a machine error (the node made the bad frames).
+                let message = format!("frames not delivered or not valid: {}", describe_frames(&missing));
+                sqlx::query(
+                    "UPDATE render.frame_job_attempts
+                        SET outcome = 'machine_error', error_class = 'machine', error_code = 'frames_invalid',
+                            error_message = $3
+                      WHERE frame_job_id = $1 AND lease_epoch = $2",
+                )
+                .bind(fence.task_id)
+                .bind(fence.lease_epoch)
+                .bind(&message)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE render.frame_jobs
+                        SET error_class = 'machine', error_code = 'frames_invalid', error_message = $2
+                      WHERE id = $1",
+                )
+                .bind(fence.task_id)
+                .bind(&message)
+                .execute(&mut *tx)
+                .await?;
+                let error = JobError { class: "machine", code: Some("frames_invalid".into()), message };
+                machine_failure(&mut tx, settings, fence, &lease, "corrupt_output", &error).await?
+            }
+        }
+        pb::TaskOutcome::TemplateError => {
+            fail_task(&mut tx, fence.task_id).await?;
+            if let Some(job) = lease.job_id {
+                let error = JobError { class: "template", code: error_code, message };
+                jobs::fail(&mut tx, job, &error).await?;
+            }
+            Ended::Failed
+        }
+        pb::TaskOutcome::MachineError | pb::TaskOutcome::Timeout => {
+            let (class, reason) =
+                if outcome == pb::TaskOutcome::Timeout { ("timeout", "timed_out") } else { ("machine", "failed") };
+            let error = JobError { class, code: error_code, message };
+            machine_failure(&mut tx, settings, fence, &lease, reason, &error).await?
+        }
+        // Handed back, or canceled by the agent itself while the lease stood (e.g. its drain
+        // deadline): back to the queue at once without using an attempt.
+        _ => {
+            requeue_row(&mut tx, fence.task_id, fence.lease_epoch, fence.node_id, true, None).await?;
+            Ended::Requeued
+        }
+    };
+    tx.commit().await?;
+    Ok((Verdict::Accepted, Some(ended)))
+}
+
+/// The frames of the lease's range not accepted under its epoch (render and repair lanes).
+async fn missing_frames(tx: &mut PgTransaction<'_>, fence: Fence, lease: &LeaseRow) -> Result<Vec<i32>> {
+    let (Some((start, end, step)), Lane::Render | Lane::Repair) = (lease.range, lease.lane) else {
+        return Ok(Vec::new());
+    };
+    let missing: Vec<i32> = sqlx::query_scalar(
+        "SELECT n FROM generate_series($3::int, $4::int, $5::int) AS n
+          WHERE NOT EXISTS (SELECT 1 FROM render.frame_results r
+                             WHERE r.frame_job_id = $1 AND r.frame_number = n AND r.lease_epoch = $2)
+          ORDER BY n",
+    )
+    .bind(fence.task_id)
+    .bind(fence.lease_epoch)
+    .bind(start)
+    .bind(end)
+    .bind(step)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(missing)
+}
+
+/// "3, 5-9, 12" for the sorted frame numbers `frames` (at most 20 runs, then "...").
+fn describe_frames(frames: &[i32]) -> String {
+    let mut runs: Vec<(i32, i32)> = Vec::new();
+    for &f in frames {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == f => *end = f,
+            _ => runs.push((f, f)),
+        }
+    }
+    let mut parts: Vec<String> =
+        runs.iter().take(20).map(|(s, e)| if s == e { s.to_string() } else { format!("{s}-{e}") }).collect();
+    if runs.len() > 20 {
+        parts.push("...".into());
+    }
+    parts.join(", ")
+}
+
+async fn fail_task(tx: &mut PgTransaction<'_>, task: Uuid) -> Result<()> {
+    sqlx::query("UPDATE render.frame_jobs SET state = 'failed', finished_at = now() WHERE id = $1")
+        .bind(task)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The node failed the task: it gets no more of the task's job; the task is retried after a
+/// short backoff while attempts remain, else it fails with its job.
+async fn machine_failure(
+    tx: &mut PgTransaction<'_>,
+    settings: &Settings,
+    fence: Fence,
+    lease: &LeaseRow,
+    reason: &str,
+    error: &JobError,
+) -> Result<Ended> {
+    sqlx::query(
+        "INSERT INTO render.frame_job_excluded_nodes (frame_job_id, node_id, job_id, tenant_id, reason)
+         SELECT id, $2, job_id, tenant_id, $3 FROM render.frame_jobs WHERE id = $1
+             ON CONFLICT (frame_job_id, node_id) DO UPDATE SET reason = EXCLUDED.reason",
+    )
+    .bind(fence.task_id)
+    .bind(fence.node_id)
+    .bind(reason)
+    .execute(&mut **tx)
+    .await?;
+    let max_attempts = lease.max_attempts.min(i32::try_from(settings.max_attempts).unwrap_or(i32::MAX)).max(1);
+    if lease.attempts < max_attempts {
+        requeue_row(tx, fence.task_id, fence.lease_epoch, fence.node_id, false, Some(retry_backoff(lease.attempts)))
+            .await?;
+        notify(tx, QUEUE_CHANNEL, "").await?;
+        return Ok(Ended::Requeued);
+    }
+    fail_task(tx, fence.task_id).await?;
+    if let Some(job) = lease.job_id {
+        jobs::fail(tx, job, error).await?;
+    }
+    Ok(Ended::Failed)
+}
+
+/// Seconds before a failed task may be claimed again: 0.5 s after the first failure, doubling,
+/// at most 30 s (another node usually takes it at once anyway).
+pub fn retry_backoff(attempts: i32) -> f64 {
+    let exponent = attempts.saturating_sub(1).clamp(0, 10);
+    (0.5 * f64::from(1u32 << exponent)).min(30.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_described_as_runs() {
+        assert_eq!(describe_frames(&[3, 5, 6, 7, 9]), "3, 5-7, 9");
+        assert_eq!(describe_frames(&[]), "");
+        let many: Vec<i32> = (0..100).step_by(2).collect();
+        assert!(describe_frames(&many).ends_with("..."));
+    }
+
+    #[test]
+    fn ranges_respect_the_step() {
+        assert!(in_range(Some((10, 20, 5)), 15));
+        assert!(!in_range(Some((10, 20, 5)), 16));
+        assert!(!in_range(Some((10, 20, 5)), 25));
+        assert!(!in_range(None, 0));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        assert_eq!(retry_backoff(1), 0.5);
+        assert_eq!(retry_backoff(2), 1.0);
+        assert_eq!(retry_backoff(50), 30.0);
+    }
+
+    #[test]
+    fn only_ok_frames_are_taken() {
+        let ok = agent_pb::FrameOutput {
+            frame: 4,
+            status: agent_pb::FrameStatus::Ok as i32,
+            sha256: "ab".repeat(32),
+            file_id: Uuid::new_v4().to_string(),
+            ..Default::default()
+        };
+        let missing = agent_pb::FrameOutput { frame: 5, status: agent_pb::FrameStatus::Missing as i32, ..ok.clone() };
+        let frames = ok_frames("frames", &[ok.clone(), missing]).unwrap();
+        assert_eq!(frames.keys().copied().collect::<Vec<_>>(), [4]);
+        let bad = agent_pb::FrameOutput { sha256: "xyz".into(), ..ok };
+        assert!(ok_frames("frames", &[bad]).unwrap_err().starts_with("frames[0].sha256"));
+        assert_eq!(truncate_bytes("héllo", 3), "llo");
+    }
+}

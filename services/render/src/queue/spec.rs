@@ -1,0 +1,309 @@
+//! What an AssignTask tells the agent, built from the leased row and its job.
+//!
+//! Scene data is not sent yet: the job's and segment's values are stored as JSON whose
+//! conversion to `SceneData` belongs to the domain model; until it lands the field stays unset
+//! and the agent renders the template as it is.
+
+use std::time::Duration;
+
+use flatrender_proto::flatrender::agent::v1 as agent_pb;
+use flatrender_proto::flatrender::common::v1::Resolution;
+use flatrender_proto::flatrender::render::v1 as pb;
+use sqlx::postgres::PgRow;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::lane::Lane;
+use super::wire::{duration, id_text, timestamp};
+
+/// The no-output watchdog the agent applies (the protocol's default).
+const NO_OUTPUT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The columns of a leased task and its job that the assignment needs.
+#[derive(Clone, Debug)]
+pub struct TaskRow {
+    /// Task id.
+    pub id: Uuid,
+    /// Lane.
+    pub lane: Lane,
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// Render job.
+    pub job_id: Option<Uuid>,
+    /// Snapshot.
+    pub snapshot_id: Option<Uuid>,
+    /// Composition.
+    pub composition_name: Option<String>,
+    /// Frame range.
+    pub frames: Option<(i32, i32, i32)>,
+    /// The template bundle's file.
+    pub template_file_id: Option<Uuid>,
+    /// The template bundle's digest.
+    pub template_sha256: Option<Vec<u8>>,
+    /// Segment index in the job.
+    pub segment_index: Option<i32>,
+    /// Output size.
+    pub width: Option<i32>,
+    /// Output size.
+    pub height: Option<i32>,
+    /// Output frame rate (jobs).
+    pub fps: Option<f64>,
+    /// `render_jobs.output_quality`.
+    pub quality: Option<String>,
+    /// `render_jobs.output_format`.
+    pub format: Option<String>,
+    /// `render_jobs.output_codec`.
+    pub codec: Option<String>,
+}
+
+impl TaskRow {
+    /// The query reading these columns for the tasks `$1` (uuid[]).
+    pub const QUERY: &'static str = "
+        SELECT f.id, f.lane, f.tenant_id, f.job_id, f.snapshot_id, f.composition_name,
+               f.frame_start, f.frame_end, f.frame_step, f.template_sha256,
+               coalesce(j.template_file_id, s.template_file_id) AS template_file_id,
+               seg.position AS segment_index,
+               coalesce(s.width, j.output_width) AS width, coalesce(s.height, j.output_height) AS height,
+               j.output_fps AS fps, j.output_quality AS quality, j.output_format AS format, j.output_codec AS codec
+          FROM render.frame_jobs f
+          LEFT JOIN render.render_jobs j ON j.id = f.job_id
+          LEFT JOIN render.render_job_segments seg ON seg.id = f.segment_id
+          LEFT JOIN render.snapshots s ON s.id = f.snapshot_id
+         WHERE f.id = ANY($1)";
+
+    /// Reads a row of [`TaskRow::QUERY`].
+    pub fn from_row(row: &PgRow) -> sqlx::Result<Self> {
+        use sqlx::Row as _;
+        let lane: String = row.try_get("lane")?;
+        let lane = Lane::from_db(&lane).ok_or_else(|| sqlx::Error::Decode(format!("unknown lane {lane:?}").into()))?;
+        let start: Option<i32> = row.try_get("frame_start")?;
+        let end: Option<i32> = row.try_get("frame_end")?;
+        let step: i32 = row.try_get("frame_step")?;
+        Ok(Self {
+            id: row.try_get("id")?,
+            lane,
+            tenant_id: row.try_get("tenant_id")?,
+            job_id: row.try_get("job_id")?,
+            snapshot_id: row.try_get("snapshot_id")?,
+            composition_name: row.try_get("composition_name")?,
+            frames: start.zip(end).map(|(s, e)| (s, e, step)),
+            template_file_id: row.try_get("template_file_id")?,
+            template_sha256: row.try_get("template_sha256")?,
+            segment_index: row.try_get("segment_index")?,
+            width: row.try_get("width")?,
+            height: row.try_get("height")?,
+            fps: row.try_get("fps")?,
+            quality: row.try_get("quality")?,
+            format: row.try_get("format")?,
+            codec: row.try_get("codec")?,
+        })
+    }
+}
+
+/// A segment of a job, for its assembly.
+#[derive(Clone, Debug)]
+pub struct SegmentRow {
+    /// Index in the job.
+    pub position: i32,
+    /// Composition.
+    pub composition_name: String,
+    /// First frame.
+    pub frame_start: i32,
+    /// Last frame.
+    pub frame_end: i32,
+    /// Step.
+    pub frame_step: i32,
+    /// Frames in it.
+    pub frame_count: i32,
+}
+
+/// The lease part of an assignment.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseTerms {
+    /// Fencing token.
+    pub lease_epoch: i64,
+    /// Expiry (server clock).
+    pub expires_at: OffsetDateTime,
+    /// 1-based ordinal of this lease.
+    pub attempt: i32,
+}
+
+fn resolution(row: &TaskRow) -> Option<Resolution> {
+    match (row.width, row.height) {
+        (Some(w), Some(h)) if w > 0 && h > 0 => Some(Resolution { width: w as u32, height: h as u32 }),
+        _ => None,
+    }
+}
+
+fn render_settings_template(quality: Option<&str>) -> &'static str {
+    match quality {
+        Some("draft") => "Draft Settings",
+        _ => "Best Settings",
+    }
+}
+
+fn output_settings(row: &TaskRow) -> pb::OutputSettings {
+    let format = match row.format.as_deref() {
+        Some("mov") => pb::OutputFormat::Mov,
+        Some("webm") => pb::OutputFormat::Webm,
+        Some("gif") => pb::OutputFormat::Gif,
+        _ => pb::OutputFormat::Mp4,
+    };
+    let codec = row
+        .codec
+        .as_deref()
+        .and_then(|c| pb::VideoCodec::from_str_name(&format!("VIDEO_CODEC_{}", c.to_uppercase())))
+        .unwrap_or(pb::VideoCodec::H264);
+    let quality = row
+        .quality
+        .as_deref()
+        .and_then(|q| pb::Quality::from_str_name(&format!("QUALITY_{}", q.to_uppercase())))
+        .unwrap_or(pb::Quality::Standard);
+    pb::OutputSettings {
+        resolution: resolution(row),
+        fps: row.fps.unwrap_or_default(),
+        format: format as i32,
+        video_codec: codec as i32,
+        quality: quality as i32,
+    }
+}
+
+/// The AssignTask for `row` under `terms`; `segments` are the job's (assembly only).
+pub fn assign_task(row: &TaskRow, terms: LeaseTerms, segments: &[SegmentRow]) -> agent_pb::AssignTask {
+    let watchdog = agent_pb::Watchdog { no_output_timeout: Some(duration(NO_OUTPUT_TIMEOUT)), ..Default::default() };
+    let spec = if row.lane == Lane::Assemble {
+        let expected: i32 = segments.iter().map(|s| s.frame_count).sum();
+        let fps = row.fps.unwrap_or(30.0);
+        let format = row.format.clone().unwrap_or_else(|| "mp4".into());
+        agent_pb::assign_task::Spec::Assemble(agent_pb::AssembleSpec {
+            segments: segments
+                .iter()
+                .map(|s| agent_pb::AssembleSegment {
+                    segment_index: s.position,
+                    composition: s.composition_name.clone(),
+                    frames: vec![pb::FrameRange { start: s.frame_start, end: s.frame_end, step: s.frame_step }],
+                    frame_count: s.frame_count,
+                    fps,
+                    format: pb::ImageFormat::Png as i32,
+                    resolution: resolution(row),
+                })
+                .collect(),
+            output: Some(output_settings(row)),
+            expected_frame_count: expected,
+            expected_duration_ms: (f64::from(expected) * 1000.0 / fps.max(0.001)).round() as i64,
+            output_file_name: format!("render-{}.{format}", id_text(row.job_id)),
+            watchdog: Some(watchdog),
+            faststart: format == "mp4",
+            ..Default::default()
+        })
+    } else {
+        let frames = row.frames.map(|(start, end, step)| vec![pb::FrameRange { start, end, step }]).unwrap_or_default();
+        let upload_frames = matches!(row.lane, Lane::Render | Lane::Repair);
+        agent_pb::assign_task::Spec::Render(agent_pb::RenderSpec {
+            template_bundle: row.template_file_id.map(|file| agent_pb::ObjectRef {
+                file_id: file.to_string(),
+                sha256: row.template_sha256.as_deref().map(hex::encode).unwrap_or_default(),
+                content_type: "application/zip".into(),
+                ..Default::default()
+            }),
+            composition: row.composition_name.clone().unwrap_or_default(),
+            frames,
+            segment_index: row.segment_index.unwrap_or(-1),
+            output: Some(agent_pb::FrameOutputSpec {
+                format: pb::ImageFormat::Png as i32,
+                file_pattern: "frame_[#####].png".into(),
+                resolution: resolution(row),
+                render_settings_template: render_settings_template(row.quality.as_deref()).into(),
+                upload_frames,
+                ..Default::default()
+            }),
+            watchdog: Some(watchdog),
+            ..Default::default()
+        })
+    };
+    agent_pb::AssignTask {
+        task_id: row.id.to_string(),
+        lease_epoch: terms.lease_epoch.max(0) as u64,
+        lease_expires_at: Some(timestamp(terms.expires_at)),
+        kind: row.lane.task_kind() as i32,
+        render_id: id_text(row.job_id),
+        snapshot_id: id_text(row.snapshot_id),
+        tenant_id: row.tenant_id.to_string(),
+        attempt: terms.attempt,
+        spec: Some(spec),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk() -> TaskRow {
+        TaskRow {
+            id: Uuid::new_v4(),
+            lane: Lane::Render,
+            tenant_id: Uuid::new_v4(),
+            job_id: Some(Uuid::new_v4()),
+            snapshot_id: None,
+            composition_name: Some("Main".into()),
+            frames: Some((10, 19, 1)),
+            template_file_id: Some(Uuid::new_v4()),
+            template_sha256: Some(vec![0xab; 32]),
+            segment_index: Some(2),
+            width: Some(1920),
+            height: Some(1080),
+            fps: Some(30.0),
+            quality: Some("draft".into()),
+            format: Some("mp4".into()),
+            codec: Some("h264".into()),
+        }
+    }
+
+    #[test]
+    fn a_chunk_assignment() {
+        let row = chunk();
+        let terms = LeaseTerms { lease_epoch: 7, expires_at: OffsetDateTime::UNIX_EPOCH, attempt: 2 };
+        let task = assign_task(&row, terms, &[]);
+        assert_eq!((task.lease_epoch, task.attempt), (7, 2));
+        assert_eq!(task.kind(), pb::TaskKind::RenderChunk);
+        let Some(agent_pb::assign_task::Spec::Render(spec)) = task.spec else { panic!("a render spec") };
+        assert_eq!(spec.composition, "Main");
+        assert_eq!(spec.frames, vec![pb::FrameRange { start: 10, end: 19, step: 1 }]);
+        assert_eq!(spec.segment_index, 2);
+        assert_eq!(spec.template_bundle.unwrap().sha256, "ab".repeat(32));
+        let output = spec.output.unwrap();
+        assert!(output.upload_frames);
+        assert_eq!(output.render_settings_template, "Draft Settings");
+    }
+
+    #[test]
+    fn an_assembly() {
+        let row = TaskRow { lane: Lane::Assemble, composition_name: None, frames: None, ..chunk() };
+        let segments = [
+            SegmentRow {
+                position: 0,
+                composition_name: "A".into(),
+                frame_start: 0,
+                frame_end: 29,
+                frame_step: 1,
+                frame_count: 30,
+            },
+            SegmentRow {
+                position: 1,
+                composition_name: "B".into(),
+                frame_start: 0,
+                frame_end: 59,
+                frame_step: 1,
+                frame_count: 60,
+            },
+        ];
+        let terms = LeaseTerms { lease_epoch: 1, expires_at: OffsetDateTime::UNIX_EPOCH, attempt: 1 };
+        let task = assign_task(&row, terms, &segments);
+        let Some(agent_pb::assign_task::Spec::Assemble(spec)) = task.spec else { panic!("an assemble spec") };
+        assert_eq!(spec.expected_frame_count, 90);
+        assert_eq!(spec.expected_duration_ms, 3000);
+        assert!(spec.faststart);
+        assert_eq!(spec.segments.len(), 2);
+    }
+}

@@ -1,0 +1,237 @@
+//! How task outcomes drive tasks and jobs: success to assembling, a template error fails the
+//! job at once, machine errors are retried elsewhere (never on the node that failed), refusals
+//! and hand-backs cost no attempt, a cancel reaches the agents.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use flatrender_proto::flatrender::agent::v1 as agent_pb;
+use flatrender_proto::flatrender::events::v1 as ev;
+use flatrender_proto::flatrender::render::v1 as pb;
+use prost::Message as _;
+use support::agent::{accepted, frame_report, frames_of, result};
+use support::seed::cancel_job;
+use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, seed_job};
+use uuid::Uuid;
+
+use agent_pb::session_request::Payload as In;
+
+#[tokio::test]
+async fn a_rendered_job_moves_to_assembly() {
+    let o = Orchestrator::start().await;
+    let renderer = o.agent(AgentSpec { slots: 2, ..AgentSpec::default() }).await;
+    let job = seed_job(
+        o.pool(),
+        JobSeed { segments: vec![("Intro".into(), 0, 14), ("Outro".into(), 100, 114)], ..JobSeed::default() },
+    )
+    .await;
+    assert_eq!(job.chunks.len(), 4);
+    o.until(
+        "the job assembles",
+        &format!("SELECT state = 'assembling' FROM render.render_jobs WHERE id = '{}'", job.job_id),
+    )
+    .await;
+    let (frames_done, progress, render_ms): (i32, f32, i64) =
+        sqlx::query_as("SELECT frames_done, progress, render_ms FROM render.render_jobs WHERE id = $1")
+            .bind(job.job_id)
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+    assert_eq!((frames_done, progress, render_ms), (30, 1.0, 4000));
+    assert_eq!(o.count("SELECT count(*) FROM render.frame_results").await, 30);
+    assert_eq!(
+        o.count("SELECT count(*) FROM render.frame_jobs WHERE lane = 'render' AND state = 'done' AND attempts = 1")
+            .await,
+        4
+    );
+    assert_eq!(o.count("SELECT count(*) FROM render.frame_jobs WHERE lane = 'assemble' AND state = 'queued'").await, 1);
+    assert_eq!(o.events("flatrender.events.v1.RenderJobStarted").await.len(), 1);
+    let progressed = o.events("flatrender.events.v1.RenderJobProgressed").await;
+    let last = ev::RenderJobProgressed::decode(progressed.last().unwrap().as_slice()).unwrap();
+    assert_eq!((last.state(), last.frames_done, last.frames_total), (pb::JobState::Assembling, 30, 30));
+
+    // Only a node with ffmpeg takes the assembly; the renderer (no ffmpeg) never does.
+    let assembler = o
+        .agent(AgentSpec { ffmpeg: true, ae_versions: vec![], behaviour: Behaviour::Hang, ..AgentSpec::default() })
+        .await;
+    let task = assembler.next_assign().await;
+    assert_eq!(task.kind(), pb::TaskKind::Assemble);
+    let Some(agent_pb::assign_task::Spec::Assemble(spec)) = task.spec else { panic!("an assemble spec") };
+    assert_eq!(spec.expected_frame_count, 30);
+    assert_eq!(spec.segments.iter().map(|s| s.composition.as_str()).collect::<Vec<_>>(), ["Intro", "Outro"]);
+    assert!(renderer.assigns().iter().all(|t| t.kind() == pb::TaskKind::RenderChunk));
+    assert_eq!(renderer.assigns().len(), 4);
+}
+
+#[tokio::test]
+async fn a_template_error_fails_the_job_without_retries() {
+    let o = Orchestrator::start().await;
+    let failing = o.agent(AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
+    let job = seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 29)], ..JobSeed::default() }).await;
+    let task = failing.next_assign().await;
+    let busy = o.agent(AgentSpec { behaviour: Behaviour::Hang, ..AgentSpec::default() }).await;
+    let other = busy.next_assign().await;
+
+    failing.send(accepted(&task));
+    let seq = failing.send(result(&task, pb::TaskOutcome::TemplateError));
+    failing.ack_of(seq).await;
+
+    // The other node's chunk is canceled as part of the failed job; its CANCELED result is kept.
+    let cancel = busy.cancel_of(&other.task_id).await;
+    assert_eq!((cancel.reason(), cancel.lease_epoch), (agent_pb::CancelReason::JobFailed, other.lease_epoch));
+    o.until(
+        "the canceled attempt is recorded",
+        &format!(
+            "SELECT outcome IS NOT DISTINCT FROM 'canceled' FROM render.frame_job_attempts WHERE frame_job_id = '{}'",
+            other.task_id
+        ),
+    )
+    .await;
+
+    let (state, class, code, message): (String, String, String, String) =
+        sqlx::query_as("SELECT state, error_class, error_code, error_message FROM render.render_jobs WHERE id = $1")
+            .bind(job.job_id)
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        (state.as_str(), class.as_str(), code.as_str(), message.as_str()),
+        ("failed", "template", "comp_not_found", "aerender ERROR: No comp was found with the given name.")
+    );
+    assert_eq!(o.count("SELECT count(*) FROM render.frame_job_attempts").await, 2, "no retry");
+    assert_eq!(o.count("SELECT count(*) FROM render.frame_jobs WHERE state = 'failed'").await, 3);
+    let failed = o.events("flatrender.events.v1.RenderJobFailed").await;
+    let event = ev::RenderJobFailed::decode(failed[0].as_slice()).unwrap();
+    assert_eq!(event.error.unwrap().error_class(), pb::ErrorClass::Template);
+    // Nobody gets more of the job.
+    failing.heartbeat();
+    failing.renewal().await;
+    assert_eq!(failing.assigns().len() + busy.assigns().len(), 2);
+}
+
+#[tokio::test]
+async fn a_machine_error_is_retried_on_another_node_never_the_same() {
+    let o = Orchestrator::start().await;
+    let crashing = o.agent(AgentSpec { behaviour: Behaviour::MachineError, slots: 2, ..AgentSpec::default() }).await;
+    let job = seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 29)], ..JobSeed::default() }).await;
+    let first = crashing.next_assign().await;
+    o.until("the node is excluded from the job", "SELECT count(*) = 1 FROM render.frame_job_excluded_nodes").await;
+    let healthy = o.agent(AgentSpec::default()).await;
+    o.until(
+        "the job assembles",
+        &format!("SELECT state = 'assembling' FROM render.render_jobs WHERE id = '{}'", job.job_id),
+    )
+    .await;
+    // The crashing node (two slots, idle) got only the chunks it was given before its failure
+    // was recorded; none after, and never the failed one again.
+    let crashed: Vec<String> = crashing.assigns().iter().map(|t| t.task_id.clone()).collect();
+    assert!(crashed.len() <= 2, "{crashed:?}");
+    let retried = healthy.assigns().into_iter().find(|t| t.task_id == first.task_id).expect("retried elsewhere");
+    assert_eq!(retried.lease_epoch, 2);
+    let excluded: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+        "SELECT node_id, job_id, reason FROM render.frame_job_excluded_nodes WHERE frame_job_id = $1::uuid",
+    )
+    .bind(&first.task_id)
+    .fetch_all(o.pool())
+    .await
+    .unwrap();
+    assert_eq!(excluded, [(crashing.identity.node_id, job.job_id, "failed".to_owned())]);
+    let outcomes: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT outcome, error_code FROM render.frame_job_attempts WHERE frame_job_id = $1::uuid ORDER BY attempt",
+    )
+    .bind(&first.task_id)
+    .fetch_all(o.pool())
+    .await
+    .unwrap();
+    assert_eq!(outcomes, [(Some("machine_error".into()), Some("ae_crash".into())), (Some("success".into()), None)]);
+}
+
+#[tokio::test]
+async fn a_task_out_of_attempts_fails_its_job() {
+    let o = Orchestrator::start().await;
+    let a = o.agent(AgentSpec { behaviour: Behaviour::MachineError, ..AgentSpec::default() }).await;
+    let b = o.agent(AgentSpec { behaviour: Behaviour::MachineError, ..AgentSpec::default() }).await;
+    let job =
+        seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 9)], max_attempts: 2, ..JobSeed::default() })
+            .await;
+    o.until("the job fails", &format!("SELECT state = 'failed' FROM render.render_jobs WHERE id = '{}'", job.job_id))
+        .await;
+    let (class, message): (String, String) =
+        sqlx::query_as("SELECT error_class, error_message FROM render.render_jobs WHERE id = $1")
+            .bind(job.job_id)
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+    assert_eq!((class.as_str(), message.as_str()), ("machine", "After Effects crashed"));
+    assert_eq!(a.assigns().len() + b.assigns().len(), 2, "one attempt on each node");
+    assert_eq!(a.assigns().len(), 1);
+}
+
+#[tokio::test]
+async fn refusals_and_hand_backs_use_no_attempt() {
+    let o = Orchestrator::start().await;
+    let agent = o.agent(AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
+    seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 4)], ..JobSeed::default() }).await;
+
+    let task = agent.next_assign().await;
+    agent.send(accepted(&task));
+    agent.drop_task(&task.task_id);
+    let seq = agent.send(result(&task, pb::TaskOutcome::HandedBack));
+    agent.ack_of(seq).await;
+
+    let again = agent.next_assign().await;
+    assert_eq!((again.task_id.as_str(), again.lease_epoch, again.attempt), (task.task_id.as_str(), 2, 2));
+    agent.drop_task(&again.task_id);
+    agent.send(In::Reject(agent_pb::Reject {
+        seq: 0,
+        reason: agent_pb::RejectReason::InsufficientDisk as i32,
+        message: "disk full".into(),
+        task_id: again.task_id.clone(),
+    }));
+
+    let third = agent.next_assign().await;
+    assert_eq!((third.lease_epoch, third.attempt), (3, 3));
+    agent.send(accepted(&third));
+    agent.send(frame_report(&third, &frames_of(&third)));
+    let seq = agent.send(result(&third, pb::TaskOutcome::Success));
+    agent.ack_of(seq).await;
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM render.frame_jobs WHERE id = $1::uuid")
+        .bind(&task.task_id)
+        .fetch_one(o.pool())
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1, "only the successful lease counts");
+    let outcomes: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT outcome FROM render.frame_job_attempts ORDER BY attempt")
+            .fetch_all(o.pool())
+            .await
+            .unwrap();
+    assert_eq!(outcomes, [Some("handed_back".into()), Some("rejected".into()), Some("success".into())]);
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_the_agents() {
+    let o = Orchestrator::start().await;
+    let a = o.agent(AgentSpec { behaviour: Behaviour::Hang, ..AgentSpec::default() }).await;
+    let b = o.agent(AgentSpec { behaviour: Behaviour::Hang, ..AgentSpec::default() }).await;
+    let job = seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 29)], ..JobSeed::default() }).await;
+    let task_a = a.next_assign().await;
+    let task_b = b.next_assign().await;
+
+    cancel_job(o.pool(), job.job_id).await;
+    for (agent, task) in [(&a, &task_a), (&b, &task_b)] {
+        let cancel = agent.cancel_of(&task.task_id).await;
+        assert_eq!((cancel.reason(), cancel.lease_epoch), (agent_pb::CancelReason::JobCanceled, task.lease_epoch));
+    }
+    // Each agent answers TaskResult(CANCELED), which is recorded on its attempt.
+    o.until(
+        "both canceled attempts are recorded",
+        "SELECT count(*) = 2 FROM render.frame_job_attempts WHERE outcome = 'canceled'",
+    )
+    .await;
+    assert_eq!(o.count("SELECT count(*) FROM render.frame_jobs WHERE state = 'canceled'").await, 3);
+    a.heartbeat();
+    a.renewal().await;
+    assert_eq!(a.assigns().len() + b.assigns().len(), 2, "nothing more of a canceled job");
+}
