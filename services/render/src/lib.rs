@@ -3,11 +3,14 @@
 //!
 //! - [`settings`]: timings and limits; [`error`]: the one error type and its gRPC mapping;
 //!   [`state`]: what handlers and background tasks share.
+//! - [`model`]: the domain types, validated at the edge, with their protobuf, database and JSON
+//!   forms.
 //!
 //! Methods not implemented yet answer `UNIMPLEMENTED`, the gRPC standard, so clients see
 //! honestly what is not there yet.
 
 pub mod error;
+pub mod model;
 pub mod settings;
 pub mod state;
 
