@@ -22,7 +22,9 @@ pub mod labels;
 pub mod output;
 pub mod resolution;
 pub mod scene;
+pub mod snapshot_key;
 pub mod states;
+pub mod submit;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod validate;
@@ -39,6 +41,8 @@ pub use scene::{
     Color, Edit, LayerEdit, LayerSelector, MediaFit, MediaReplacement, PropertyEdit, PropertyValue, SceneData,
     TextEdit, TextJustification, Vector,
 };
+pub use snapshot_key::{SnapshotKeyInput, snapshot_cache_key};
 pub use states::{
     ChunkState, ExportState, JobState, Lane, RepairReason, SnapshotState, TaskKind, TaskOutcome, TaskPhase,
 };
+pub use submit::{FileRef, RenderRequest, SegmentSpec, SnapshotRequest};
