@@ -9,8 +9,11 @@
 //! Methods not implemented yet answer `UNIMPLEMENTED`, the gRPC standard, so clients see
 //! honestly what is not there yet.
 
+pub mod api;
 pub mod error;
+pub mod files;
 pub mod model;
+pub mod plans;
 pub mod settings;
 pub mod state;
 
@@ -49,15 +52,12 @@ impl pb::node_admin_service_server::NodeAdminService for RenderApi {}
 impl pb::render_admin_service_server::RenderAdminService for RenderApi {}
 
 #[tonic::async_trait]
-impl pb::render_service_server::RenderService for RenderApi {}
-
-#[tonic::async_trait]
 impl agent_pb::agent_service_server::AgentService for RenderApi {}
 
 /// Adds the render services to `routes` and returns the module the server runs.
 pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilder) -> ServiceModule {
     let state = State::new(ctx.pool.clone(), settings);
-    let api = RenderApi::new(state);
+    let api = RenderApi::new(state.clone());
     let grpc_services = flatrender_kit::add_services!(
         routes,
         pb::node_admin_service_server::NodeAdminServiceServer::new(api.clone()),
@@ -65,7 +65,7 @@ pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilde
         pb::render_service_server::RenderServiceServer::new(api.clone()),
         agent_pb::agent_service_server::AgentServiceServer::new(api),
     );
-    let tasks: Vec<(&'static str, flatrender_kit::server::BackgroundTask)> = vec![(
+    let mut tasks: Vec<(&'static str, flatrender_kit::server::BackgroundTask)> = vec![(
         "partitions",
         Box::pin(flatrender_kit::db::maintain_partitions(
             ctx.pool.clone(),
@@ -73,5 +73,6 @@ pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilde
             ctx.shutdown.clone(),
         )),
     )];
+    tasks.extend(api::background(&state, &ctx));
     ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks }
 }
