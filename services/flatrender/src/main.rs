@@ -3,6 +3,7 @@
 
 mod cli;
 mod file_args;
+mod file_client_args;
 mod targets;
 
 use std::process::ExitCode;
@@ -82,8 +83,10 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
     let (metrics_addr, metrics_task) =
         flatrender_kit::metrics::serve(metrics.clone(), args.server.metrics_addr, shutdown.signal()).await?;
 
-    let service_settings =
-        ServiceSettings { file: args.file.settings(data_dir)?, render: flatrender_render::Settings::default() };
+    let mut render = flatrender_render::Settings::default();
+    let file_here = targets.services().any(|t| t == cli::Target::File);
+    render.api.file_service = args.file_client.settings(file_here, grpc_addr, data_dir, &args.auth)?;
+    let service_settings = ServiceSettings { file: args.file.settings(data_dir)?, render };
     let app =
         targets.build(&settings, &args.service_databases, &args.upstreams, &service_settings, &shutdown, &metrics)?;
 
