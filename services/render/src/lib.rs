@@ -5,6 +5,8 @@
 //!   [`state`]: what handlers and background tasks share.
 //! - [`model`]: the domain types, validated at the edge, with their protobuf, database and JSON
 //!   forms.
+//! - [`api`]: the customer `RenderService`; [`plans`]: the plan limits it enforces; [`files`]:
+//!   the file service's client.
 //!
 //! Methods not implemented yet answer `UNIMPLEMENTED`, the gRPC standard, so clients see
 //! honestly what is not there yet.

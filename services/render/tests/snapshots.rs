@@ -172,6 +172,17 @@ async fn the_snapshot_rate_counts_renders_not_hits() {
     assert_eq!(code, Code::ResourceExhausted);
     assert!(message.starts_with("snapshot rate: the pro plan allows 2 snapshot renders per hour"), "{message}");
     assert_eq!(stack.count("SELECT count(*) FROM render.snapshots").await, 2, "a refused request leaves nothing");
+    // An hour later the first render no longer counts (and its record goes).
+    let first_id = one.get_ref().snapshot.as_ref().unwrap().id.clone();
+    stack
+        .execute(&format!(
+            "UPDATE render.snapshot_tasks SET created_at = now() - interval '61 minutes' WHERE snapshot_id = '{first_id}'"
+        ))
+        .await;
+    stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 3)).await.unwrap();
+    assert_eq!(stack.count("SELECT count(*) FROM render.snapshot_tasks").await, 2);
+    let (code, _) = failure(stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 4)).await);
+    assert_eq!(code, Code::ResourceExhausted);
     // A pending or cached snapshot is still answered.
     let pending = stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 1)).await.unwrap();
     assert_eq!(pending.into_inner().snapshot.unwrap().id, one.get_ref().snapshot.as_ref().unwrap().id);
@@ -187,7 +198,7 @@ async fn the_snapshot_rate_counts_renders_not_hits() {
     );
     // Another user has their own rate.
     let bob = Principal::user(TENANT);
-    stack.renders(&bob).request_snapshot(snapshot_request(&files.template, 3)).await.unwrap();
+    stack.renders(&bob).request_snapshot(snapshot_request(&files.template, 4)).await.unwrap();
 }
 
 #[tokio::test]

@@ -188,12 +188,18 @@ impl RenderApi {
         .bind(i32::try_from(self.state.settings.max_attempts).unwrap_or(1))
         .execute(&mut **tx)
         .await?;
-        sqlx::query("INSERT INTO render.snapshot_tasks (tenant_id, user_id, snapshot_id) VALUES ($1, $2, $3)")
-            .bind(viewer.tenant)
-            .bind(viewer.user)
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
+        // Only the last hour counts: older rows of this caller go as new ones come.
+        sqlx::query(
+            "WITH expired AS (
+                 DELETE FROM render.snapshot_tasks
+                  WHERE tenant_id = $1 AND user_id = $2 AND created_at <= now() - interval '1 hour')
+             INSERT INTO render.snapshot_tasks (tenant_id, user_id, snapshot_id) VALUES ($1, $2, $3)",
+        )
+        .bind(viewer.tenant)
+        .bind(viewer.user)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
         sqlx::query("SELECT pg_notify('render_queue', '')").execute(&mut **tx).await?;
         Ok(())
     }
