@@ -8,6 +8,7 @@ use flatrender_gateway::Upstream;
 use flatrender_kit::config::{DataArgs, DatabaseArgs, DatabaseUrl, ServerArgs, TelemetryArgs};
 
 use crate::file_args::FileArgs;
+use crate::file_client_args::FileClientArgs;
 use crate::render_args::RenderArgs;
 
 /// FlatRender: the render platform for template-based video.
@@ -95,6 +96,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub render: RenderArgs,
+
+    #[command(flatten)]
+    pub file_client: FileClientArgs,
 }
 
 /// Per-service database URLs, for deployments that give each service its own login.

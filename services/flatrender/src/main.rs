@@ -3,6 +3,7 @@
 
 mod cli;
 mod file_args;
+mod file_client_args;
 mod render_args;
 mod targets;
 
@@ -85,8 +86,10 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
         flatrender_kit::metrics::serve(metrics.clone(), args.server.metrics_addr, shutdown.signal()).await?;
 
     let public_url = public_url.unwrap_or_else(|| file_args::default_public_url(grpc_addr));
-    let service_settings =
-        ServiceSettings { file: args.file.settings(data_dir, public_url)?, render: args.render.settings()? };
+    let mut render = args.render.settings()?;
+    let file_here = targets.services().any(|t| t == Target::File);
+    render.api.file_service = args.file_client.settings(file_here, grpc_addr, data_dir, &args.auth)?;
+    let service_settings = ServiceSettings { file: args.file.settings(data_dir, public_url)?, render };
     let app =
         targets.build(&settings, &args.service_databases, &args.upstreams, &service_settings, &shutdown, &metrics)?;
 

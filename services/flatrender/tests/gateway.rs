@@ -27,16 +27,15 @@ async fn the_gateway_forwards_to_remote_services() {
     let channel = gateway.channel().await;
     let mut client = RenderServiceClient::new(channel.clone());
 
-    // The render process answers through the gateway (its methods are not implemented yet). The
-    // gateway's own route fallback would answer UNIMPLEMENTED too, so the render process's
-    // metrics must show that the calls reached it.
+    // The render process answers through the gateway (a call without a token is refused there),
+    // and its metrics show that the calls reached it.
     let status = client.get_render(GetRenderRequest::default()).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert_upstream_handled(&render, "/flatrender.render.v1.RenderService/GetRender");
 
     // Server streaming goes through as well.
     let status = client.watch_render(WatchRenderRequest::default()).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert_upstream_handled(&render, "/flatrender.render.v1.RenderService/WatchRender");
 
     // A service with no upstream is UNAVAILABLE, naming the flag to set.
@@ -58,10 +57,10 @@ async fn the_gateway_forwards_to_remote_services() {
     assert!(status.message().contains("cannot be reached"), "{}", status.message());
 }
 
-/// Asserts the render process counted exactly one `Unimplemented` call of `method`.
+/// Asserts the render process counted exactly one `Unauthenticated` call of `method`.
 fn assert_upstream_handled(render: &Flatrender, method: &str) {
     let head = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", render.metrics);
     let metrics = String::from_utf8(http1_exchange(render.metrics, head.as_bytes(), &[])).unwrap();
-    let line = format!(r#"flatrender_grpc_server_handled_total{{method="{method}",code="Unimplemented"}} 1"#);
+    let line = format!(r#"flatrender_grpc_server_handled_total{{method="{method}",code="Unauthenticated"}} 1"#);
     assert!(metrics.lines().any(|l| l == line), "the render process did not count `{line}`:\n{metrics}");
 }

@@ -124,9 +124,10 @@ async fn methods_whose_issue_has_not_landed_answer_unimplemented() {
     let server = Flatrender::start(db.url().expose(), &[]);
     let channel = server.channel().await;
     await_health(channel.clone(), "", ServingStatus::Serving, Duration::from_secs(20)).await;
-    let mut client = flatrender_proto::flatrender::render::v1::render_service_client::RenderServiceClient::new(channel);
+    let mut client =
+        flatrender_proto::flatrender::studio::v1::project_service_client::ProjectServiceClient::new(channel);
     let status =
-        client.get_render(flatrender_proto::flatrender::render::v1::GetRenderRequest::default()).await.unwrap_err();
+        client.get_project(flatrender_proto::flatrender::studio::v1::GetProjectRequest::default()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
 }
 

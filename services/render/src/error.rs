@@ -22,6 +22,13 @@ pub enum RenderError {
     /// The object does not exist or the caller may not see it (never told apart).
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A file a request names does not exist or is not visible to the tenant: `NOT_FOUND`
+    /// naming the field, e.g. `audio_tracks[2].file_id: file not found`.
+    #[error("{field}: file not found")]
+    FileNotFound {
+        /// The request field holding the id.
+        field: String,
+    },
     /// An idempotency key or name is taken by something else.
     #[error("{0}")]
     AlreadyExists(String),
@@ -40,9 +47,18 @@ pub enum RenderError {
     /// A call ended because a newer one took its place (an agent stream superseded).
     #[error("{0}")]
     Aborted(String),
-    /// The service cannot serve the call now (shutting down); the caller retries elsewhere.
+    /// This service or another cannot answer now (shutting down, a dependency down); the caller
+    /// retries with backoff.
     #[error("{0}")]
     Unavailable(String),
+    /// Another service answered what it should not have (our bug or misconfiguration).
+    #[error("{service} answered {status}")]
+    Upstream {
+        /// The service called.
+        service: &'static str,
+        /// What it answered.
+        status: String,
+    },
     /// PostgreSQL failed.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -75,7 +91,7 @@ impl From<RenderError> for Status {
     fn from(err: RenderError) -> Self {
         match err {
             RenderError::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
-            RenderError::NotFound(_) => Status::not_found(err.to_string()),
+            RenderError::NotFound(_) | RenderError::FileNotFound { .. } => Status::not_found(err.to_string()),
             RenderError::AlreadyExists(msg) => Status::already_exists(msg),
             RenderError::FailedPrecondition(msg) => Status::failed_precondition(msg),
             RenderError::ResourceExhausted(msg) => Status::resource_exhausted(msg),
@@ -83,6 +99,7 @@ impl From<RenderError> for Status {
             RenderError::Unauthenticated(msg) => Status::unauthenticated(msg),
             RenderError::Aborted(msg) => Status::aborted(msg),
             RenderError::Unavailable(msg) => Status::unavailable(msg),
+            RenderError::Upstream { .. } => flatrender_kit::error::internal(&err),
             RenderError::Database(db) => flatrender_kit::Error::Database(db).into(),
             RenderError::Kit(kit) => kit.into(),
         }
@@ -100,6 +117,9 @@ mod tests {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "segments[2].frames: reversed range 9-3");
         assert_eq!(Status::from(RenderError::NotFound("render")).message(), "render not found");
+        let missing = Status::from(RenderError::FileNotFound { field: "audio_tracks[2].file_id".into() });
+        assert_eq!(missing.code(), Code::NotFound);
+        assert_eq!(missing.message(), "audio_tracks[2].file_id: file not found");
     }
 
     #[test]
@@ -107,5 +127,9 @@ mod tests {
         let status = Status::from(RenderError::Database(sqlx::Error::RowNotFound));
         assert_eq!(status.code(), Code::Internal);
         assert!(status.message().starts_with("internal error (reference "));
+        let upstream = Status::from(RenderError::Upstream { service: "file", status: "secret detail".into() });
+        assert_eq!(upstream.code(), Code::Internal);
+        assert!(!upstream.message().contains("secret"));
+        assert_eq!(Status::from(RenderError::Unavailable("retry".into())).code(), Code::Unavailable);
     }
 }

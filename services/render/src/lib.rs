@@ -7,13 +7,18 @@
 //!   forms.
 //! - [`queue`]: the leased task queue in PostgreSQL (claim, placement, fencing, results).
 //! - [`agents`]: enrolment, node credentials, the Session stream, the dispatcher, liveness.
+//! - [`api`]: the customer `RenderService`; [`plans`]: the plan limits it enforces; [`files`]:
+//!   the file service's client.
 //!
 //! Methods not implemented yet answer `UNIMPLEMENTED`, the gRPC standard, so clients see
 //! honestly what is not there yet.
 
 pub mod agents;
+pub mod api;
 pub mod error;
+pub mod files;
 pub mod model;
+pub mod plans;
 pub mod queue;
 pub mod settings;
 pub mod state;
@@ -96,9 +101,6 @@ impl pb::node_admin_service_server::NodeAdminService for RenderApi {
 impl pb::render_admin_service_server::RenderAdminService for RenderApi {}
 
 #[tonic::async_trait]
-impl pb::render_service_server::RenderService for RenderApi {}
-
-#[tonic::async_trait]
 impl agent_pb::agent_service_server::AgentService for RenderApi {
     async fn enroll(
         &self,
@@ -123,7 +125,7 @@ impl agent_pb::agent_service_server::AgentService for RenderApi {
 /// Adds the render services to `routes` and returns the module the server runs.
 pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilder) -> ServiceModule {
     let state = State::new(ctx.pool.clone(), settings);
-    let agents = Agents::new(state);
+    let agents = Agents::new(state.clone());
     let api = RenderApi::new(Arc::clone(&agents));
     let grpc_services = flatrender_kit::add_services!(
         routes,
@@ -143,5 +145,6 @@ pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilde
         )),
     )];
     tasks.extend(agents.tasks(&ctx.shutdown));
+    tasks.extend(api::background(&state, &ctx));
     ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks, http: None }
 }

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use crate::files::FileServiceSettings;
+use crate::plans::PlanLimits;
+
 /// How the orchestrator behaves. Timings follow the agent protocol's defaults
 /// (`proto/flatrender/agent/v1/agent_service.proto`).
 #[derive(Clone, Debug)]
@@ -39,6 +42,47 @@ pub struct Settings {
     pub dispatch_poll_interval: Duration,
     /// Enrol attempts per client address per minute (more are `RESOURCE_EXHAUSTED`).
     pub enroll_attempts_per_minute: u32,
+    /// The customer API's settings (`RenderService`).
+    pub api: ApiSettings,
+}
+
+/// What the customer API (`RenderService`) needs beside the protocol timings.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    /// Where the file service is (file checks at submit); without it, calls that need it answer
+    /// `UNAVAILABLE`.
+    pub file_service: Option<FileServiceSettings>,
+    /// The limits of a caller with neither a plan of their own nor one of their tenant: the
+    /// seeded `free` plan.
+    pub default_plan: PlanLimits,
+    /// Output size (width, height) of a job whose request sets none, fitted into the plan's cap
+    /// (the template's composition size is not known to the orchestrator yet).
+    pub default_output_size: (u32, u32),
+    /// Output frame rate of a job whose request sets none, capped by the plan.
+    pub default_output_fps: f64,
+    /// Image size (width, height) of a snapshot whose request sets none.
+    pub default_snapshot_size: (u32, u32),
+    /// How long a snapshot image is kept after its last cache hit.
+    pub snapshot_retention: Duration,
+    /// WatchRender / WatchSnapshot: at most one message per this interval.
+    pub watch_min_interval: Duration,
+    /// WatchRender / WatchSnapshot: a message at least this often, changed or not.
+    pub watch_keepalive: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            file_service: None,
+            default_plan: PlanLimits::free(),
+            default_output_size: (1920, 1080),
+            default_output_fps: 30.0,
+            default_snapshot_size: (1920, 1080),
+            snapshot_retention: Duration::from_secs(7 * 24 * 3600),
+            watch_min_interval: Duration::from_millis(250),
+            watch_keepalive: Duration::from_secs(15),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -59,6 +103,7 @@ impl Default for Settings {
             replica_heartbeat_interval: Duration::from_secs(2),
             dispatch_poll_interval: Duration::from_secs(1),
             enroll_attempts_per_minute: 10,
+            api: ApiSettings::default(),
         }
     }
 }
