@@ -7,6 +7,8 @@
 //!   forms.
 //! - [`queue`]: the leased task queue in PostgreSQL (claim, placement, fencing, results).
 //! - [`agents`]: enrolment, node credentials, the Session stream, the dispatcher, liveness.
+//! - [`notifications`]: the process's one `LISTEN` connection, fanned out to the dispatcher,
+//!   the node streams and the watchers.
 //! - [`api`]: the customer `RenderService`; [`plans`]: the plan limits it enforces; [`files`]:
 //!   the file service's client.
 //!
@@ -18,6 +20,7 @@ pub mod api;
 pub mod error;
 pub mod files;
 pub mod model;
+pub mod notifications;
 pub mod plans;
 pub mod queue;
 pub mod settings;
@@ -144,6 +147,7 @@ pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilde
             ctx.shutdown.clone(),
         )),
     )];
+    tasks.push(("render-notifications", Box::pin(notifications::run(Arc::clone(&agents), ctx.shutdown.clone()))));
     tasks.extend(agents.tasks(&ctx.shutdown));
     tasks.extend(api::background(&state, &ctx));
     ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks, http: None }

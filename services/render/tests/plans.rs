@@ -126,7 +126,6 @@ async fn plan_row(stack: &Stack, user: Option<Uuid>) -> Option<(String, i16, i32
 }
 
 #[tokio::test]
-#[ignore = "known defect: since the merge with the agent stream the plan-limits consumer does not apply these events in time; cause not yet found"]
 async fn identitys_events_keep_the_limits_current() {
     let stack = Stack::start().await;
     let alice = Principal::user(TENANT);

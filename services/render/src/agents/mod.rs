@@ -6,7 +6,7 @@
 //! - [`session`]: one agent stream (the protocol of `agent_service.proto`).
 //! - [`registry`]: the streams this replica holds and what their nodes hold.
 //! - [`dispatcher`]: claims queued tasks for the nodes with free slots.
-//! - [`signals`]: `LISTEN render_queue, render_nodes`.
+//! - [`signals`]: what a node notification does (resync the node's stream).
 //! - [`liveness`]: this replica's heartbeat row, dead replicas, lapsed leases, `last_seen_at`.
 //!
 //! Timers live in memory; every write they cause is fenced in the database (lease epoch,
@@ -63,7 +63,6 @@ impl Agents {
     pub fn tasks(self: &Arc<Self>, shutdown: &ShutdownSignal) -> Vec<(&'static str, BackgroundTask)> {
         vec![
             ("render-dispatcher", Box::pin(dispatcher::run(Arc::clone(self), shutdown.clone()))),
-            ("render-signals", Box::pin(signals::run(Arc::clone(self), shutdown.clone()))),
             ("render-liveness", Box::pin(liveness::run(Arc::clone(self), shutdown.clone()))),
         ]
     }

@@ -1,80 +1,33 @@
-//! `LISTEN render_queue, render_nodes`: queued work wakes the dispatcher; a node notification
-//! makes this replica resync that node if it holds its stream — supersede an older stream,
+//! What a `render_nodes` notification does (the listener is [`crate::notifications`]): this
+//! replica resyncs the node if it holds its stream — supersede an older stream,
 //! end a deleted node's stream, pass on admin-state changes (Drain), cancel tasks whose lease
 //! ended elsewhere (a canceled or failed job), and deliver queued commands.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use flatrender_kit::shutdown::ShutdownSignal;
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
-use sqlx::postgres::PgListener;
 use tonic::Status;
 use uuid::Uuid;
 
 use super::registry::Connection;
 use super::session::cancel_reason;
 use super::{Agents, nodes};
-use crate::queue::{self, AdminState, NODES_CHANNEL, QUEUE_CHANNEL};
+use crate::queue::{self, AdminState};
 
 use agent_pb::session_response::Payload as Out;
 
-/// Listens until `shutdown`, reconnecting with a backoff; after every (re)connection it wakes
-/// the dispatcher and resyncs every node, since notifications may have been missed.
-pub async fn run(agents: Arc<Agents>, shutdown: ShutdownSignal) {
-    let stop = shutdown.wait();
-    tokio::pin!(stop);
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let listener = async {
-            let mut listener = PgListener::connect_with(&agents.state.pool).await?;
-            listener.listen_all([QUEUE_CHANNEL, NODES_CHANNEL]).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = tokio::select! {
-            () = &mut stop => return,
-            listener = listener => match listener {
-                Ok(listener) => listener,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot LISTEN for render notifications");
-                    tokio::select! {
-                        () = &mut stop => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    continue;
-                }
-            },
-        };
-        backoff = Duration::from_millis(200);
-        resync_all(&agents);
-        loop {
-            let notification = tokio::select! {
-                () = &mut stop => return,
-                n = listener.try_recv() => n,
-            };
-            match notification {
-                Ok(Some(n)) if n.channel() == QUEUE_CHANNEL => agents.wake_dispatcher(),
-                Ok(Some(n)) => {
-                    let node = Uuid::try_parse(n.payload()).ok();
-                    if let Some(conn) = node.and_then(|node| agents.registry.get(node)) {
-                        tokio::spawn(resync(Arc::clone(&agents), conn));
-                    }
-                }
-                Ok(None) => {
-                    tracing::info!("render notification listener reconnected; resyncing");
-                    resync_all(&agents);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "render notification listener failed; listening again");
-                    break;
-                }
-            }
-        }
+/// A `render_nodes` notification (payload: the node id): resyncs the node if this replica holds
+/// its stream.
+pub fn node_changed(agents: &Arc<Agents>, payload: &str) {
+    let node = Uuid::try_parse(payload.trim()).ok();
+    if let Some(conn) = node.and_then(|node| agents.registry.get(node)) {
+        tokio::spawn(resync(Arc::clone(agents), conn));
     }
 }
 
-fn resync_all(agents: &Arc<Agents>) {
+/// Wakes the dispatcher and resyncs every node this replica holds (notifications may have
+/// been missed).
+pub fn resync_all(agents: &Arc<Agents>) {
     agents.wake_dispatcher();
     for conn in agents.registry.all() {
         tokio::spawn(resync(Arc::clone(agents), conn));

@@ -1,6 +1,6 @@
-//! One `LISTEN` connection per process for the watchers of jobs and snapshots, fanned out in
-//! memory: `render_jobs` (payload: job id) and `render_snapshots` (payload: snapshot id) wake
-//! the watchers of that id, whichever replica wrote the change.
+//! The watchers of jobs and snapshots, woken in memory by the process's listener
+//! ([`crate::notifications`]): `render_jobs` (payload: job id) and `render_snapshots` (payload:
+//! snapshot id) wake the watchers of that id, whichever replica wrote the change.
 //!
 //! A watcher subscribes before it reads, so a change committed after its read always wakes it.
 //! When the listener (re)connects, notifications may have been missed, so every watcher is
@@ -9,12 +9,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
-use flatrender_kit::shutdown::ShutdownSignal;
 use prometheus_client::metrics::gauge::Gauge;
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -34,7 +30,7 @@ pub enum Topic {
 
 impl Topic {
     /// The topic of a notification on `channel` with `payload`; `None` for anything else.
-    fn of(channel: &str, payload: &str) -> Option<Self> {
+    pub(crate) fn of(channel: &str, payload: &str) -> Option<Self> {
         let id = Uuid::try_parse(payload.trim()).ok()?;
         match channel {
             JOBS_CHANNEL => Some(Self::Job(id)),
@@ -139,61 +135,12 @@ impl Changes {
             entry.sender.send_modify(|version| *version = version.wrapping_add(1));
         }
     }
-
-    /// Listens on both channels through one connection of `pool` until `signal`, reconnecting
-    /// with a backoff after failures.
-    pub async fn run(self, pool: PgPool, signal: ShutdownSignal) {
-        let stop = signal.wait();
-        tokio::pin!(stop);
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let mut listener = match listen(&pool).await {
-                Ok(listener) => listener,
-                Err(error) => {
-                    tracing::warn!(%error, retry_in = ?backoff, "cannot LISTEN for job and snapshot changes");
-                    tokio::select! {
-                        () = &mut stop => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(50);
-            // Whatever changed while nobody listened: every watcher reads again.
-            self.notify_all();
-            loop {
-                let received = tokio::select! {
-                    () = &mut stop => return,
-                    received = listener.try_recv() => received,
-                };
-                match received {
-                    Ok(Some(notification)) => {
-                        if let Some(topic) = Topic::of(notification.channel(), notification.payload()) {
-                            self.notify(topic);
-                        }
-                    }
-                    // The connection was lost and re-established: notifications may be lost.
-                    Ok(None) => self.notify_all(),
-                    Err(error) => {
-                        tracing::warn!(%error, "the change listener failed; listening again");
-                        break;
-                    }
-                }
-            }
-        }
-    }
-}
-
-async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen_all([JOBS_CHANNEL, SNAPSHOTS_CHANNEL]).await?;
-    Ok(listener)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn subscribers_are_woken_and_released() {

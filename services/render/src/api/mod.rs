@@ -21,17 +21,14 @@ use crate::RenderApi;
 use crate::state::State;
 use access::Viewer;
 
-/// The API's background work: the change listener of watchers and the plan-limits consumer.
+/// The API's background work: the plan-limits consumer.
 pub(crate) fn background(state: &State, ctx: &ServiceContext) -> Vec<(&'static str, BackgroundTask)> {
     ctx.metrics.register(
         "render_watchers",
         "WatchRender and WatchSnapshot streams open in this process",
         state.changes.watchers_gauge(),
     );
-    vec![
-        ("render-changes", Box::pin(state.changes.clone().run(state.pool.clone(), ctx.shutdown.clone()))),
-        ("render-plan-limits", Box::pin(crate::plans::run(state.clone(), ctx.shutdown.clone()))),
-    ]
+    vec![("render-plan-limits", Box::pin(crate::plans::run(state.clone(), ctx.shutdown.clone())))]
 }
 
 #[tonic::async_trait]
