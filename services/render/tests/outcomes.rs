@@ -235,3 +235,45 @@ async fn a_cancel_reaches_the_agents() {
     a.renewal().await;
     assert_eq!(a.assigns().len() + b.assigns().len(), 2, "nothing more of a canceled job");
 }
+
+#[tokio::test]
+async fn agent_text_with_nul_characters_is_stored() {
+    let o = Orchestrator::start().await;
+    let agent = o.agent(AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
+    seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 9)], ..JobSeed::default() }).await;
+    let task = agent.next_assign().await;
+    agent.send(accepted(&task));
+
+    // PostgreSQL refuses NUL in text and jsonb; a dying process may print it all the same.
+    let crash = agent_pb::CrashReport {
+        crash_id: Uuid::new_v4().to_string(),
+        kind: pb::CrashKind::AeCrash as i32,
+        task_id: task.task_id.clone(),
+        lease_epoch: task.lease_epoch,
+        process_name: "AfterFX\0.exe".into(),
+        message: "segfault\0at 0x0".into(),
+        report_text: "frame #0\0".into(),
+        log_tail: "last\0line".into(),
+        ..Default::default()
+    };
+    let seq = agent.send(In::CrashReport(crash));
+    agent.ack_of(seq).await;
+    let In::TaskResult(mut failed) = result(&task, pb::TaskOutcome::MachineError) else { unreachable!() };
+    failed.error.as_mut().unwrap().message = "After Effects\0crashed".into();
+    failed.log_tail = "tail\0".into();
+    let seq = agent.send(In::TaskResult(failed));
+    agent.ack_of(seq).await;
+
+    let (message, log_tail, details): (String, String, serde_json::Value) =
+        sqlx::query_as("SELECT message, log_tail, details FROM render.node_crashes").fetch_one(o.pool()).await.unwrap();
+    assert_eq!((message.as_str(), log_tail.as_str()), ("segfault\u{FFFD}at 0x0", "last\u{FFFD}line"));
+    assert_eq!(details["process_name"], "AfterFX\u{FFFD}.exe");
+    assert_eq!(details["report_text"], "frame #0\u{FFFD}");
+    let (message, log_tail): (String, String) =
+        sqlx::query_as("SELECT error_message, log_tail FROM render.frame_job_attempts WHERE frame_job_id = $1::uuid")
+            .bind(&task.task_id)
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+    assert_eq!((message.as_str(), log_tail.as_str()), ("After Effects\u{FFFD}crashed", "tail\u{FFFD}"));
+}

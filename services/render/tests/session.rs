@@ -8,6 +8,7 @@ mod support;
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::events::v1 as ev;
 use flatrender_proto::flatrender::render::v1 as pb;
+use flatrender_render::model::SceneData;
 use prost::Message as _;
 use support::agent::{accepted, hex, result};
 use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, SimAgent, seed_job};
@@ -283,4 +284,50 @@ async fn admin_states_and_commands_reach_the_agent() {
         })
         .await;
     assert!(!release.enabled);
+}
+
+fn text_edit(layer: &str, text: &str) -> pb::LayerEdit {
+    pb::LayerEdit {
+        layer: Some(pb::layer_edit::Layer::LayerName(layer.into())),
+        edit: Some(pb::layer_edit::Edit::Text(pb::TextEdit { text: text.into(), ..Default::default() })),
+        ..Default::default()
+    }
+}
+
+fn scene_json(edits: Vec<pb::LayerEdit>, custom: serde_json::Value) -> serde_json::Value {
+    let mut data =
+        SceneData::from_pb("scene_data", Some(pb::SceneData { edits, custom_data: None })).unwrap().to_json();
+    data["customData"] = custom;
+    SceneData::from_json(&data).unwrap().to_json()
+}
+
+#[tokio::test]
+async fn an_assignment_carries_the_merged_scene_data() {
+    let o = Orchestrator::start().await;
+    let spec = AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() };
+    let identity = o.enroll(&spec).await;
+    let agent = SimAgent::connect(&o, identity, spec).await;
+    agent.welcome().await;
+    let seed = JobSeed {
+        segments: vec![("Main".into(), 0, 9)],
+        scene_data: scene_json(vec![text_edit("Title", "Hello")], serde_json::json!({"theme": "dark", "size": 1})),
+        segment_scene_data: scene_json(vec![text_edit("Footer", "Bye")], serde_json::json!({"size": 2})),
+        ..JobSeed::default()
+    };
+    seed_job(o.pool(), seed).await;
+
+    let task = agent.next_assign().await;
+    let Some(agent_pb::assign_task::Spec::Render(render)) = task.spec else { panic!("a render spec") };
+    let data = render.scene_data.expect("scene data");
+    let texts: Vec<String> = data
+        .edits
+        .iter()
+        .map(|edit| match &edit.edit {
+            Some(pb::layer_edit::Edit::Text(text)) => text.text.clone(),
+            other => panic!("a text edit, not {other:?}"),
+        })
+        .collect();
+    assert_eq!(texts, ["Hello", "Bye"], "the job's edits, then the segment's");
+    let custom = SceneData::from_pb("scene_data", Some(data)).unwrap().custom_data().clone();
+    assert_eq!(serde_json::Value::Object(custom), serde_json::json!({"theme": "dark", "size": 2.0}));
 }

@@ -6,11 +6,14 @@ use std::collections::BTreeSet;
 use flatrender_proto::flatrender::render::v1 as pb;
 
 use crate::error::{RenderError, Result};
+use crate::model::text;
 
 /// Most tags on a node (the column's CHECK).
 pub const MAX_TAGS: usize = 64;
 /// Longest node name.
 pub const MAX_NAME_CHARS: usize = 63;
+/// GPUs recorded per node; more are not kept (no render machine has that many).
+const MAX_GPUS: usize = 16;
 
 /// A machine's facts in the form `render.nodes` stores them.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,15 +84,16 @@ pub fn machine_facts(field: &str, facts: Option<&pb::MachineFacts>) -> Result<No
     let gpus: Vec<serde_json::Value> = facts
         .gpus
         .iter()
+        .take(MAX_GPUS)
         .map(|gpu| {
             serde_json::json!({
-                "name": gpu.name,
+                "name": text::head(&gpu.name, 200),
                 "memory_bytes": gpu.memory_bytes,
-                "driver": gpu.driver_version,
+                "driver": text::head(&gpu.driver_version, 64),
             })
         })
         .collect();
-    let os_version = Some(facts.os_version.trim()).filter(|v| !v.is_empty()).map(|v| truncate(v, 200));
+    let os_version = Some(facts.os_version.trim()).filter(|v| !v.is_empty()).map(|v| text::head(v, 200));
     Ok(NodeFacts {
         hostname: hostname.to_owned(),
         os,
@@ -176,10 +180,6 @@ pub fn with_suffix(base: &str, n: u32) -> String {
     let keep = MAX_NAME_CHARS.saturating_sub(suffix.len());
     let base: String = base.chars().take(keep).collect();
     format!("{base}{suffix}")
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    text.chars().take(max_chars).collect()
 }
 
 #[cfg(test)]

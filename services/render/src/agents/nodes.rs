@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::facts::NodeFacts;
 use crate::error::Result;
+use crate::model::text;
 use crate::queue::{AdminState, NODES_CHANNEL, events, notify};
 
 /// What a Hello says about the node, checked.
@@ -216,18 +217,11 @@ pub async fn record_crash(pool: &PgPool, node: Uuid, crash_id: Uuid, report: &ag
         .and_then(|t| OffsetDateTime::from_unix_timestamp(t.seconds).ok())
         .unwrap_or_else(OffsetDateTime::now_utc);
     let details = serde_json::json!({
-        "process_name": report.process_name,
-        "report_text": report.report_text.chars().take(256 * 1024).collect::<String>(),
+        "process_name": text::head(&report.process_name, 256),
+        "report_text": text::head(&report.report_text, 256 * 1024),
         "lease_epoch": report.lease_epoch,
     });
-    let log_tail: String = {
-        let tail = &report.log_tail;
-        let mut start = tail.len().saturating_sub(65_536);
-        while !tail.is_char_boundary(start) {
-            start += 1;
-        }
-        tail[start..].to_owned()
-    };
+    let log_tail = text::tail(&report.log_tail, 65_536);
     sqlx::query(
         "INSERT INTO render.node_crashes
                 (id, node_id, occurred_at, kind, job_id, frame_job_id, ae_version, exit_code, signal, message,
@@ -242,10 +236,10 @@ pub async fn record_crash(pool: &PgPool, node: Uuid, crash_id: Uuid, report: &ag
     .bind(occurred)
     .bind(crash_kind(report.kind()))
     .bind(task)
-    .bind(Some(report.ae_version.as_str()).filter(|v| !v.is_empty()))
+    .bind(Some(text::head(&report.ae_version, 32)).filter(|v| !v.is_empty()))
     .bind(report.exit_code)
     .bind(report.signal)
-    .bind(Some(report.message.chars().take(500).collect::<String>()).filter(|m| !m.is_empty()))
+    .bind(Some(text::head(&report.message, 500)).filter(|m| !m.is_empty()))
     .bind(Some(log_tail).filter(|t| !t.is_empty()))
     .bind(file)
     .bind(details)

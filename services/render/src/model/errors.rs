@@ -161,14 +161,14 @@ pub struct ErrorInfo {
 
 impl ErrorInfo {
     /// An error with `code` (its class follows from it) and `message`, cut to
-    /// [`MAX_ERROR_MESSAGE_CHARS`] characters and without NUL (PostgreSQL refuses it in `text`).
+    /// [`MAX_ERROR_MESSAGE_CHARS`] characters, NUL replaced (PostgreSQL refuses it in `text`).
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { class: code.class(), code: Some(code), message: clean_message(message.into()) }
+        Self { class: code.class(), code: Some(code), message: clean_message(&message.into()) }
     }
 
     /// An error of `class` without a code.
     pub fn unclassified(class: ErrorClass, message: impl Into<String>) -> Self {
-        Self { class, code: None, message: clean_message(message.into()) }
+        Self { class, code: None, message: clean_message(&message.into()) }
     }
 
     /// From the three columns; `None` when the class is NULL or unknown (no error). An unknown
@@ -188,12 +188,8 @@ impl ErrorInfo {
     }
 }
 
-fn clean_message(message: String) -> String {
-    let message = if message.contains('\0') { message.replace('\0', "") } else { message };
-    match message.char_indices().nth(MAX_ERROR_MESSAGE_CHARS) {
-        Some((cut, _)) => message[..cut].to_owned(),
-        None => message,
-    }
+fn clean_message(message: &str) -> String {
+    super::text::head(message, MAX_ERROR_MESSAGE_CHARS)
 }
 
 #[cfg(test)]
@@ -261,7 +257,7 @@ mod tests {
         assert_eq!(pb.error_class, pb::ErrorClass::Template as i32);
         assert_eq!(pb.code, pb::ErrorCode::LayerNotFound as i32);
         assert_eq!(ErrorInfo::new(ErrorCode::Internal, "é".repeat(2001)).message.chars().count(), 2000);
-        assert_eq!(ErrorInfo::unclassified(ErrorClass::Machine, "a\0b").message, "ab");
+        assert_eq!(ErrorInfo::unclassified(ErrorClass::Machine, "a\0b").message, "a\u{FFFD}b");
         assert_eq!(ErrorInfo::unclassified(ErrorClass::Machine, "x").to_pb().code, 0);
         assert_eq!(ErrorInfo::from_db(None, Some("internal"), Some("x")), None);
         assert_eq!(ErrorInfo::from_db(Some("machine"), Some("nope"), None).unwrap().code, None);

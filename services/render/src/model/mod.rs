@@ -10,7 +10,8 @@
 //! - [`states`], [`errors`]: lifecycles, task vocabulary, error classes and codes.
 //! - [`snapshot_key`]: the snapshot cache key; [`submit`]: validated SubmitRender and
 //!   RequestSnapshot requests and the request digest.
-//! - [`validate`], [`digest`]: single-field checks and SHA-256 digests.
+//! - [`validate`], [`digest`]: single-field checks and SHA-256 digests; [`text`]: agents' free
+//!   text made storable (no NUL, bounded).
 
 pub mod audio;
 pub mod chunking;
@@ -27,6 +28,7 @@ pub mod states;
 pub mod submit;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod text;
 pub mod validate;
 
 pub use audio::{AudioTrack, AudioTrackKind, check_voiceover};

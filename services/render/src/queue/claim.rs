@@ -23,10 +23,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::jobs;
-use super::lane::Lane;
 use super::placement::{self, Candidate, NodeOffer};
 use super::spec::{self, LeaseTerms, SegmentRow, TaskRow};
 use crate::error::Result;
+use crate::model::Lane;
 
 /// Most candidates read per claim.
 const MAX_CANDIDATES: i64 = 500;

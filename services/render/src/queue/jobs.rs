@@ -7,36 +7,14 @@ use sqlx::PgTransaction;
 use uuid::Uuid;
 
 use super::events::{self, JobRow};
-use super::lane::{error_class_from_db, error_code_from_db};
 use super::{notify, notify_jobs, notify_nodes};
 use crate::error::Result;
+use crate::model::ErrorInfo;
 
 /// Longest error message a job keeps (render.v1.RenderError.message).
 const MAX_JOB_MESSAGE_CHARS: usize = 2000;
 /// RenderJobProgressed at most this often per job.
 const PROGRESS_EVENT_SECONDS: i64 = 10;
-
-/// Why a job failed, as its columns keep it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JobError {
-    /// `error_class` (the jobs' CHECK list: template, machine, timeout, canceled, quota,
-    /// internal).
-    pub class: &'static str,
-    /// `error_code`, lower-case.
-    pub code: Option<String>,
-    /// The message.
-    pub message: String,
-}
-
-impl JobError {
-    fn to_pb(&self) -> pb::RenderError {
-        pb::RenderError {
-            error_class: error_class_from_db(self.class) as i32,
-            code: self.code.as_deref().map(error_code_from_db).unwrap_or_default() as i32,
-            message: self.message.clone(),
-        }
-    }
-}
 
 /// Jobs whose first task was just leased become RENDERING (RenderJobStarted).
 pub async fn start(tx: &mut PgTransaction<'_>, jobs: &[Uuid]) -> Result<()> {
@@ -149,8 +127,8 @@ pub async fn after_chunk_done(tx: &mut PgTransaction<'_>, job: Uuid) -> Result<(
 /// Fails `job` with `error` (RenderJobFailed) unless it already ended, and fails its other
 /// unfinished tasks, keeping their node and epoch so the replicas holding them send
 /// CancelTask(JOB_FAILED) (the nodes are notified). Returns whether the job was failed now.
-pub async fn fail(tx: &mut PgTransaction<'_>, job: Uuid, error: &JobError) -> Result<bool> {
-    let message: String = error.message.chars().take(MAX_JOB_MESSAGE_CHARS).collect();
+pub async fn fail(tx: &mut PgTransaction<'_>, job: Uuid, error: &ErrorInfo) -> Result<bool> {
+    let message = crate::model::text::head(&error.message, MAX_JOB_MESSAGE_CHARS);
     let message = if message.trim().is_empty() { "the render failed".to_owned() } else { message };
     let sql = format!(
         "UPDATE render.render_jobs
@@ -161,8 +139,8 @@ pub async fn fail(tx: &mut PgTransaction<'_>, job: Uuid, error: &JobError) -> Re
     );
     let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(job)
-        .bind(error.class)
-        .bind(error.code.as_deref())
+        .bind(error.class.as_db())
+        .bind(error.code.map(|code| code.as_db()))
         .bind(&message)
         .fetch_optional(&mut **tx)
         .await?
@@ -183,7 +161,7 @@ pub async fn fail(tx: &mut PgTransaction<'_>, job: Uuid, error: &JobError) -> Re
     .await?;
     let nodes: Vec<Uuid> = holders.into_iter().flatten().collect();
     notify_nodes(tx, &nodes).await?;
-    events::job_failed(tx, &job_row, JobError { message, ..error.clone() }.to_pb()).await?;
+    events::job_failed(tx, &job_row, ErrorInfo { message, ..error.clone() }.to_pb()).await?;
     notify_jobs(tx, &[job]).await?;
     Ok(true)
 }

@@ -17,7 +17,6 @@
 pub mod claim;
 pub mod events;
 pub mod jobs;
-pub mod lane;
 pub mod placement;
 pub mod report;
 pub mod requeue;
@@ -27,8 +26,8 @@ pub mod wire;
 use sqlx::PgTransaction;
 use uuid::Uuid;
 
+pub use crate::model::Lane;
 pub use claim::{ClaimRequest, Lease, claim};
-pub use lane::Lane;
 pub use placement::{AdminState, NodeOffer};
 pub use report::{Fence, Verdict};
 

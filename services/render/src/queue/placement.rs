@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use uuid::Uuid;
 
-use super::lane::Lane;
+use crate::model::Lane;
 
 /// Whether the scheduler may give a node work (`nodes.state` and the agent's own drain).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,12 +14,12 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use sqlx::{PgPool, PgTransaction};
 use uuid::Uuid;
 
-use super::jobs::{self, JobError};
-use super::lane::{Lane, error_class_db, error_code_db, outcome_db, phase_db};
+use super::jobs;
 use super::requeue::requeue_row;
 use super::wire::{digest_from_hex, parse_id};
 use super::{QUEUE_CHANNEL, notify, notify_jobs};
 use crate::error::Result;
+use crate::model::{ErrorClass, ErrorCode, ErrorInfo, Lane, TaskOutcome, TaskPhase, text};
 use crate::settings::Settings;
 
 /// Most frames in one FrameReport.
@@ -100,7 +100,7 @@ async fn classify_on(conn: &mut sqlx::PgConnection, fence: Fence) -> Result<Verd
 /// Progress of a current lease, written to the task (the caller bounds how often). The first
 /// update turns a leased task into a running one.
 pub async fn task_update(pool: &PgPool, fence: Fence, update: &agent_pb::TaskUpdate) -> Result<Verdict> {
-    let phase = phase_db(update.phase()).unwrap_or("accepted");
+    let phase = TaskPhase::from_pb(update.phase()).unwrap_or(TaskPhase::Accepted).as_db();
     let percent = update.percent.clamp(0.0, 100.0);
     let percent = if percent.is_finite() { percent as f32 } else { 0.0 };
     let mut tx = pool.begin().await?;
@@ -341,18 +341,6 @@ pub async fn frame_report(pool: &PgPool, fence: Fence, report: &agent_pb::FrameR
     Ok(Verdict::Accepted)
 }
 
-fn truncate_bytes(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    // Keep the end of a log tail: the last lines matter.
-    let mut start = text.len() - max;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    &text[start..]
-}
-
 /// What ending a lease did to its task (for the caller's bookkeeping).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -375,7 +363,7 @@ pub async fn task_result(
     result: &agent_pb::TaskResult,
 ) -> Result<(Verdict, Option<Ended>)> {
     let outcome = result.outcome();
-    let Some(outcome_text) = outcome_db(outcome).filter(|o| !matches!(*o, "lease_lost" | "rejected")) else {
+    let Some(outcome_text) = TaskOutcome::from_pb(outcome).filter(|o| o.sent_by_agents()).map(|o| o.as_db()) else {
         return Ok((Verdict::Malformed("outcome: must be SUCCESS..HANDED_BACK".into()), None));
     };
     if result.frames.len() > MAX_FRAMES_PER_RESULT {
@@ -414,23 +402,23 @@ pub async fn task_result(
 
     // The attempt, as the agent tells it.
     let error = result.error.clone().unwrap_or_default();
-    let error_class = error_class_db(error.error_class());
-    let error_code = error_code_db(error.code());
-    let message: String = error.message.chars().take(MAX_ERROR_CHARS).collect();
+    let error_class = ErrorClass::from_pb(error.error_class());
+    let error_code = ErrorCode::from_pb(error.code());
+    let message = text::head(&error.message, MAX_ERROR_CHARS);
     let render_ms = result.timings.as_ref().map(|t| t.total_ms).unwrap_or(0).min(i64::MAX as u64) as i64;
-    let log_tail = truncate_bytes(&result.log_tail, MAX_LOG_TAIL_BYTES);
-    let warnings: Vec<String> = result.warnings.iter().take(100).map(|w| w.chars().take(1000).collect()).collect();
+    let log_tail = text::tail(&result.log_tail, MAX_LOG_TAIL_BYTES);
+    let warnings: Vec<String> = result.warnings.iter().take(100).map(|w| text::head(w, 1000)).collect();
     let success = outcome == pb::TaskOutcome::Success;
     let default_class = match outcome {
-        pb::TaskOutcome::TemplateError => Some("template"),
-        pb::TaskOutcome::MachineError => Some("machine"),
-        pb::TaskOutcome::Timeout => Some("timeout"),
-        pb::TaskOutcome::Canceled => Some("canceled"),
+        pb::TaskOutcome::TemplateError => Some(ErrorClass::Template),
+        pb::TaskOutcome::MachineError => Some(ErrorClass::Machine),
+        pb::TaskOutcome::Timeout => Some(ErrorClass::Timeout),
+        pb::TaskOutcome::Canceled => Some(ErrorClass::Canceled),
         _ => None,
     };
     // The attempts' CHECK allows no quota class; success carries no error.
-    let class = if success { None } else { error_class.filter(|c| *c != "quota").or(default_class) };
-    let code = class.and(error_code.clone());
+    let class = if success { None } else { error_class.filter(|c| c.allowed_for_tasks()).or(default_class) };
+    let code = class.and(error_code);
     sqlx::query(
         "UPDATE render.frame_job_attempts
             SET outcome = $3, error_class = $4, error_code = $5, error_message = $6, exit_code = $7,
@@ -441,12 +429,12 @@ pub async fn task_result(
     .bind(fence.task_id)
     .bind(fence.lease_epoch)
     .bind(outcome_text)
-    .bind(class)
-    .bind(code.as_deref())
+    .bind(class.map(|c| c.as_db()))
+    .bind(code.map(|c| c.as_db()))
     .bind(class.map(|_| message.as_str()).filter(|m| !m.is_empty()))
     .bind(result.exit_code)
     .bind(render_ms)
-    .bind(Some(log_tail).filter(|t| !t.is_empty()))
+    .bind(Some(log_tail.as_str()).filter(|t| !t.is_empty()))
     .bind(&warnings)
     .execute(&mut *tx)
     .await?;
@@ -464,10 +452,10 @@ pub async fn task_result(
     )
     .bind(fence.task_id)
     .bind(result.exit_code)
-    .bind(class)
-    .bind(code.as_deref())
+    .bind(class.map(|c| c.as_db()))
+    .bind(code.map(|c| c.as_db()))
     .bind(class.map(|_| message.as_str()).filter(|m| !m.is_empty()))
-    .bind(Some(log_tail).filter(|t| !t.is_empty()))
+    .bind(Some(log_tail.as_str()).filter(|t| !t.is_empty()))
     .bind(render_ms)
     .execute(&mut *tx)
     .await?;
@@ -520,22 +508,25 @@ pub async fn task_result(
                 .bind(&message)
                 .execute(&mut *tx)
                 .await?;
-                let error = JobError { class: "machine", code: Some("frames_invalid".into()), message };
+                let error = ErrorInfo::new(ErrorCode::FramesInvalid, message);
                 machine_failure(&mut tx, settings, fence, &lease, "corrupt_output", &error).await?
             }
         }
         pb::TaskOutcome::TemplateError => {
             fail_task(&mut tx, fence.task_id).await?;
             if let Some(job) = lease.job_id {
-                let error = JobError { class: "template", code: error_code, message };
+                let error = ErrorInfo { class: ErrorClass::Template, code: error_code, message };
                 jobs::fail(&mut tx, job, &error).await?;
             }
             Ended::Failed
         }
         pb::TaskOutcome::MachineError | pb::TaskOutcome::Timeout => {
-            let (class, reason) =
-                if outcome == pb::TaskOutcome::Timeout { ("timeout", "timed_out") } else { ("machine", "failed") };
-            let error = JobError { class, code: error_code, message };
+            let (class, reason) = if outcome == pb::TaskOutcome::Timeout {
+                (ErrorClass::Timeout, "timed_out")
+            } else {
+                (ErrorClass::Machine, "failed")
+            };
+            let error = ErrorInfo { class, code: error_code, message };
             machine_failure(&mut tx, settings, fence, &lease, reason, &error).await?
         }
         // Handed back, or canceled by the agent itself while the lease stood (e.g. its drain
@@ -603,7 +594,7 @@ async fn machine_failure(
     fence: Fence,
     lease: &LeaseRow,
     reason: &str,
-    error: &JobError,
+    error: &ErrorInfo,
 ) -> Result<Ended> {
     sqlx::query(
         "INSERT INTO render.frame_job_excluded_nodes (frame_job_id, node_id, job_id, tenant_id, reason)
@@ -677,6 +668,5 @@ mod tests {
         assert_eq!(frames.keys().copied().collect::<Vec<_>>(), [4]);
         let bad = agent_pb::FrameOutput { sha256: "xyz".into(), ..ok };
         assert!(ok_frames("frames", &[bad]).unwrap_err().starts_with("frames[0].sha256"));
-        assert_eq!(truncate_bytes("héllo", 3), "llo");
     }
 }

@@ -7,10 +7,11 @@ use flatrender_proto::flatrender::events::v1 as ev;
 use sqlx::{PgPool, PgTransaction};
 use uuid::Uuid;
 
-use super::jobs::{self, JobError};
+use super::jobs;
 use super::report::holds_stream;
 use super::{QUEUE_CHANNEL, events, notify, notify_jobs, notify_nodes};
 use crate::error::Result;
+use crate::model::{ErrorCode, ErrorInfo};
 
 /// Puts a current lease back to `queued`. `uncount` gives the attempt back (refusals and
 /// hand-backs); `not_before_secs` delays the next claim (retry backoff). Returns whether the
@@ -95,11 +96,10 @@ pub(crate) async fn lose_in_tx(tx: &mut PgTransaction<'_>, node: Uuid, task: Uui
             (Some(s), Some(e)) => format!("frames {s}-{e}"),
             _ => "the assembly".to_owned(),
         };
-        let error = JobError {
-            class: "machine",
-            code: Some("lease_lost".into()),
-            message: format!("{frames}: the nodes working on them were lost {attempts} times"),
-        };
+        let error = ErrorInfo::new(
+            ErrorCode::LeaseLost,
+            format!("{frames}: the nodes working on them were lost {attempts} times"),
+        );
         jobs::fail(tx, job, &error).await?;
     }
     Ok(true)
@@ -143,7 +143,7 @@ pub async fn rejected(
     {
         return Ok(false);
     }
-    let message: String = reason.chars().take(1000).collect();
+    let message = crate::model::text::head(reason, 1000);
     sqlx::query(
         "UPDATE render.frame_job_attempts SET outcome = 'rejected', error_message = $3, finished_at = now()
           WHERE frame_job_id = $1 AND lease_epoch = $2 AND outcome IS NULL",

@@ -1,8 +1,7 @@
 //! What an AssignTask tells the agent, built from the leased row and its job.
 //!
-//! Scene data is not sent yet: the job's and segment's values are stored as JSON whose
-//! conversion to `SceneData` belongs to the domain model; until it lands the field stays unset
-//! and the agent renders the template as it is.
+//! Scene data goes out merged, as the protocol asks: a chunk's is the job-wide data followed by
+//! its segment's ([`SceneData::merge`]); a snapshot's is its own.
 
 use std::time::Duration;
 
@@ -13,8 +12,8 @@ use sqlx::postgres::PgRow;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::lane::Lane;
 use super::wire::{duration, id_text, timestamp};
+use crate::model::{Lane, SceneData};
 
 /// The no-output watchdog the agent applies (the protocol's default).
 const NO_OUTPUT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -54,6 +53,8 @@ pub struct TaskRow {
     pub format: Option<String>,
     /// `render_jobs.output_codec`.
     pub codec: Option<String>,
+    /// What the customer's data makes of the template (merged; empty for assemblies).
+    pub scene_data: SceneData,
 }
 
 impl TaskRow {
@@ -64,7 +65,9 @@ impl TaskRow {
                coalesce(j.template_file_id, s.template_file_id) AS template_file_id,
                seg.position AS segment_index,
                coalesce(s.width, j.output_width) AS width, coalesce(s.height, j.output_height) AS height,
-               j.output_fps AS fps, j.output_quality AS quality, j.output_format AS format, j.output_codec AS codec
+               j.output_fps AS fps, j.output_quality AS quality, j.output_format AS format, j.output_codec AS codec,
+               j.scene_data AS job_scene_data, seg.scene_data AS segment_scene_data,
+               s.scene_data AS snapshot_scene_data
           FROM render.frame_jobs f
           LEFT JOIN render.render_jobs j ON j.id = f.job_id
           LEFT JOIN render.render_job_segments seg ON seg.id = f.segment_id
@@ -79,6 +82,21 @@ impl TaskRow {
         let start: Option<i32> = row.try_get("frame_start")?;
         let end: Option<i32> = row.try_get("frame_end")?;
         let step: i32 = row.try_get("frame_step")?;
+        let scene = |column: &str| -> sqlx::Result<Option<SceneData>> {
+            let value: Option<serde_json::Value> = row.try_get(column)?;
+            value
+                .map(|value| SceneData::from_json(&value))
+                .transpose()
+                .map_err(|e| sqlx::Error::Decode(format!("{column}: {e}").into()))
+        };
+        let scene_data = match lane {
+            Lane::Assemble => SceneData::default(),
+            _ => match (scene("snapshot_scene_data")?, scene("job_scene_data")?, scene("segment_scene_data")?) {
+                (Some(snapshot), _, _) => snapshot,
+                (None, Some(job), Some(segment)) => SceneData::merge(&job, &segment),
+                (None, job, segment) => job.or(segment).unwrap_or_default(),
+            },
+        };
         Ok(Self {
             id: row.try_get("id")?,
             lane,
@@ -96,6 +114,7 @@ impl TaskRow {
             quality: row.try_get("quality")?,
             format: row.try_get("format")?,
             codec: row.try_get("codec")?,
+            scene_data,
         })
     }
 }
@@ -208,6 +227,7 @@ pub fn assign_task(row: &TaskRow, terms: LeaseTerms, segments: &[SegmentRow]) ->
             }),
             composition: row.composition_name.clone().unwrap_or_default(),
             frames,
+            scene_data: row.scene_data.to_pb_option(),
             segment_index: row.segment_index.unwrap_or(-1),
             output: Some(agent_pb::FrameOutputSpec {
                 format: pb::ImageFormat::Png as i32,
@@ -225,7 +245,7 @@ pub fn assign_task(row: &TaskRow, terms: LeaseTerms, segments: &[SegmentRow]) ->
         task_id: row.id.to_string(),
         lease_epoch: terms.lease_epoch.max(0) as u64,
         lease_expires_at: Some(timestamp(terms.expires_at)),
-        kind: row.lane.task_kind() as i32,
+        kind: row.lane.kind().to_pb_i32(),
         render_id: id_text(row.job_id),
         snapshot_id: id_text(row.snapshot_id),
         tenant_id: row.tenant_id.to_string(),
@@ -257,6 +277,7 @@ mod tests {
             quality: Some("draft".into()),
             format: Some("mp4".into()),
             codec: Some("h264".into()),
+            scene_data: SceneData::default(),
         }
     }
 

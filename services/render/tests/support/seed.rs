@@ -25,6 +25,10 @@ pub struct JobSeed {
     pub template_sha256: [u8; 32],
     /// Lowest After Effects version.
     pub min_ae_version: Option<String>,
+    /// The job-wide scene data (the `scene_data` column's JSON).
+    pub scene_data: serde_json::Value,
+    /// Every segment's scene data.
+    pub segment_scene_data: serde_json::Value,
 }
 
 impl Default for JobSeed {
@@ -38,6 +42,8 @@ impl Default for JobSeed {
             required_tags: Vec::new(),
             template_sha256: [0x5a; 32],
             min_ae_version: None,
+            scene_data: serde_json::json!({}),
+            segment_scene_data: serde_json::json!({}),
         }
     }
 }
@@ -61,8 +67,8 @@ pub async fn seed_job(pool: &PgPool, seed: JobSeed) -> SeededJob {
     let frames_total: i32 = seed.segments.iter().map(|(_, s, e)| e - s + 1).sum();
     let job_id: Uuid = sqlx::query_scalar(
         "INSERT INTO render.render_jobs (tenant_id, template_file_id, template_sha256, priority, plan_code,
-                output_width, output_height, output_fps, frames_total, chunk_size_frames, max_attempts)
-         VALUES ($1, gen_random_uuid(), $2, $3, 'pro', 1280, 720, 30, $4, $5, $6)
+                output_width, output_height, output_fps, frames_total, chunk_size_frames, max_attempts, scene_data)
+         VALUES ($1, gen_random_uuid(), $2, $3, 'pro', 1280, 720, 30, $4, $5, $6, $7)
       RETURNING id",
     )
     .bind(seed.tenant)
@@ -71,14 +77,16 @@ pub async fn seed_job(pool: &PgPool, seed: JobSeed) -> SeededJob {
     .bind(frames_total)
     .bind(seed.chunk_size)
     .bind(seed.max_attempts)
+    .bind(&seed.scene_data)
     .fetch_one(&mut *tx)
     .await
     .expect("a job");
     let mut chunks = Vec::new();
     for (position, (composition, start, end)) in seed.segments.iter().enumerate() {
         let segment: Uuid = sqlx::query_scalar(
-            "INSERT INTO render.render_job_segments (tenant_id, job_id, position, composition_name, frame_start, frame_end)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            "INSERT INTO render.render_job_segments (tenant_id, job_id, position, composition_name, frame_start, frame_end,
+                    scene_data)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(seed.tenant)
         .bind(job_id)
@@ -86,6 +94,7 @@ pub async fn seed_job(pool: &PgPool, seed: JobSeed) -> SeededJob {
         .bind(composition)
         .bind(start)
         .bind(end)
+        .bind(&seed.segment_scene_data)
         .fetch_one(&mut *tx)
         .await
         .expect("a segment");
