@@ -8,3 +8,4 @@ FLATRENDER_TEST_DATABASE_URL=$(scripts/postgres.sh server-url)
 export FLATRENDER_TEST_DATABASE_URL
 cargo bench --locked -p flatrender --bench startup
 cargo bench --locked -p flatrender --bench file_transfer
+cargo bench --locked -p flatrender-render --bench dispatch

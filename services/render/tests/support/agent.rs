@@ -277,6 +277,17 @@ impl SimAgent {
         spec: AgentSpec,
         authorization: &str,
     ) -> Self {
+        Self::connect_over(orchestrator.agent_client(), identity, spec, authorization).await
+    }
+
+    /// Connects through `client` (an orchestrator in another process, or many agents sharing
+    /// connections) with `authorization` as given.
+    pub async fn connect_over(
+        mut client: super::AgentClient,
+        identity: Identity,
+        spec: AgentSpec,
+        authorization: &str,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let outlet = Arc::new(Outlet::new(tx));
         let shared = Arc::new(Shared {
@@ -295,7 +306,7 @@ impl SimAgent {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
         request.metadata_mut().insert("authorization", authorization.parse().expect("an ASCII header"));
-        let driver = match orchestrator.agent_client().session(request).await {
+        let driver = match client.session(request).await {
             Ok(response) => {
                 let inbound = response.into_inner();
                 Some(tokio::spawn(drive(inbound, Arc::clone(&outlet), Arc::clone(&shared), events_tx)))
