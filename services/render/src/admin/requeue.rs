@@ -143,7 +143,7 @@ impl RenderApi {
 /// RenderJobQueued for `render` again, marked `requeued`.
 async fn queued_again(tx: &mut sqlx::PgTransaction<'_>, render: &pb::RenderJob) -> Result<()> {
     let tenant = Uuid::try_parse(&render.tenant_id).ok();
-    let output = render.output.clone().unwrap_or_default();
+    let output = render.output.unwrap_or_default();
     let event = ev::RenderJobQueued {
         tenant_id: render.tenant_id.clone(),
         occurred_at: Some(timestamp(time::OffsetDateTime::now_utc())),
