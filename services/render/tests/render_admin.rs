@@ -15,7 +15,7 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use prost::Message as _;
 use support::agent::{accepted, frame_report, frames_of, result};
 use support::seed::cancel_job;
-use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, SeededJob, seed_job};
+use support::{AgentEvent, AgentSpec, Behaviour, JobSeed, Orchestrator, SeededJob, seed_job};
 use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -388,17 +388,27 @@ async fn a_requeue_fences_the_running_lease() {
     let render = c.requeue_render(requeue(job.job_id, false)).await.unwrap().into_inner().render.unwrap();
     assert_eq!(render.state(), pb::JobState::Queued);
 
-    // The node is told its lease is gone; what it sends under the old epoch is refused.
-    let cancel = agent.cancel_of(&task.task_id).await;
+    // What the node sends under the old epoch is refused; it is told its lease is gone, and the
+    // chunk is leased again under a newer epoch. Events are collected in whatever order they come.
+    let stale_frames = agent.send(frame_report(&task, &[3]));
+    let stale_result = agent.send(result(&task, pb::TaskOutcome::Success));
+    let (mut cancel, mut rejects, mut again) = (None, Vec::new(), None);
+    agent
+        .expect("the cancel, two rejects and the new lease", |event| {
+            match event {
+                AgentEvent::Cancel(c) if c.task_id == task.task_id => cancel = Some(c.clone()),
+                AgentEvent::Reject(r) if [stale_frames, stale_result].contains(&r.seq) => rejects.push(r.reason()),
+                AgentEvent::Ack(seq) if [stale_frames, stale_result].contains(seq) => panic!("seq {seq} was accepted"),
+                AgentEvent::Assign(_, t) if t.task_id == task.task_id => again = Some(t.clone()),
+                _ => {}
+            }
+            (cancel.is_some() && rejects.len() == 2 && again.is_some()).then_some(())
+        })
+        .await;
+    let cancel = cancel.unwrap();
     assert_eq!((cancel.reason(), cancel.lease_epoch), (agent_pb::CancelReason::LeaseLost, task.lease_epoch));
-    let seq = agent.send(frame_report(&task, &[3]));
-    assert_eq!(agent.reject_of(seq).await.reason(), agent_pb::RejectReason::StaleEpoch);
-    let seq = agent.send(result(&task, pb::TaskOutcome::Success));
-    assert_eq!(agent.reject_of(seq).await.reason(), agent_pb::RejectReason::StaleEpoch);
-
-    // The chunk is leased again under a newer epoch and completes.
-    let again = agent.next_assign().await;
-    assert_eq!(again.task_id, task.task_id);
+    assert_eq!(rejects, [agent_pb::RejectReason::StaleEpoch; 2]);
+    let again = again.unwrap();
     assert_eq!((again.lease_epoch, again.attempt), (task.lease_epoch + 2, 2));
     agent.send(accepted(&again));
     agent.send(frame_report(&again, &frames_of(&again)));
