@@ -370,6 +370,31 @@ async fn a_requeued_failed_job_runs_again() {
 }
 
 #[tokio::test]
+async fn a_job_failed_in_assembly_is_requeued_to_assembly() {
+    let o = Orchestrator::start().await;
+    let (_renderer, job) = rendered_job(&o).await;
+    let mut c = admin(&o, Role::PlatformAdmin);
+    c.fail_render(fail(job.job_id, "the encoder is broken")).await.unwrap();
+    let assembly = c.list_chunks(chunks_of(job.job_id, 0, "")).await.unwrap().into_inner().chunks.pop().unwrap();
+    assert_eq!((assembly.kind(), assembly.state()), (pb::TaskKind::Assemble, pb::ChunkState::Canceled));
+
+    // Every frame is kept: only the assembly is left to do.
+    let render = c.requeue_render(requeue(job.job_id, false)).await.unwrap().into_inner().render.unwrap();
+    assert_eq!((render.state(), render.frames_done, render.error.is_none()), (pb::JobState::Assembling, 20, true));
+    let chunks = c.list_chunks(chunks_of(job.job_id, 0, "")).await.unwrap().into_inner().chunks;
+    let states: Vec<(pb::ChunkState, i32)> = chunks.iter().map(|c| (c.state(), c.attempts.len() as i32)).collect();
+    use pb::ChunkState::{Done, Queued};
+    assert_eq!(states, [(Done, 1), (Done, 1), (Done, 1), (Queued, 0)]);
+    assert_eq!(chunks[3].id, assembly.id, "the same assembly task, not a second one");
+
+    let assembler = o
+        .agent(AgentSpec { ffmpeg: true, ae_versions: vec![], behaviour: Behaviour::Hang, ..AgentSpec::default() })
+        .await;
+    let task = assembler.next_assign().await;
+    assert_eq!((task.kind(), task.task_id.as_str()), (pb::TaskKind::Assemble, assembly.id.as_str()));
+}
+
+#[tokio::test]
 async fn a_requeue_fences_the_running_lease() {
     let o = Orchestrator::start().await;
     let agent = o.agent(AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
