@@ -9,12 +9,14 @@
 //! - [`agents`]: enrolment, node credentials, the Session stream, the dispatcher, liveness.
 //! - [`notifications`]: the process's one `LISTEN` connection, fanned out to the dispatcher,
 //!   the node streams and the watchers.
-//! - [`api`]: the customer `RenderService`; [`plans`]: the plan limits it enforces; [`files`]:
+//! - [`api`]: the customer `RenderService`; [`admin`]: the operators' `RenderAdminService`;
+//!   [`plans`]: the plan limits it enforces; [`files`]:
 //!   the file service's client.
 //!
 //! Methods not implemented yet answer `UNIMPLEMENTED`, the gRPC standard, so clients see
 //! honestly what is not there yet.
 
+pub mod admin;
 pub mod agents;
 pub mod api;
 pub mod error;
@@ -101,7 +103,56 @@ impl pb::node_admin_service_server::NodeAdminService for RenderApi {
 }
 
 #[tonic::async_trait]
-impl pb::render_admin_service_server::RenderAdminService for RenderApi {}
+impl pb::render_admin_service_server::RenderAdminService for RenderApi {
+    async fn search_renders(
+        &self,
+        request: Request<pb::SearchRendersRequest>,
+    ) -> Result<Response<pb::SearchRendersResponse>, Status> {
+        platform_admin(&request)?;
+        Ok(Response::new(self.search_renders_as_admin(request.get_ref()).await?))
+    }
+
+    async fn inspect_render(
+        &self,
+        request: Request<pb::InspectRenderRequest>,
+    ) -> Result<Response<pb::InspectRenderResponse>, Status> {
+        platform_admin(&request)?;
+        Ok(Response::new(self.inspect_render_as_admin(request.get_ref()).await?))
+    }
+
+    async fn list_chunks(
+        &self,
+        request: Request<pb::ListChunksRequest>,
+    ) -> Result<Response<pb::ListChunksResponse>, Status> {
+        platform_admin(&request)?;
+        Ok(Response::new(self.list_chunks_as_admin(request.get_ref()).await?))
+    }
+
+    async fn get_chunk(&self, request: Request<pb::GetChunkRequest>) -> Result<Response<pb::GetChunkResponse>, Status> {
+        platform_admin(&request)?;
+        Ok(Response::new(pb::GetChunkResponse { chunk: Some(self.get_chunk_as_admin(request.get_ref()).await?) }))
+    }
+
+    async fn requeue_render(
+        &self,
+        request: Request<pb::RequeueRenderRequest>,
+    ) -> Result<Response<pb::RequeueRenderResponse>, Status> {
+        let admin = platform_admin(&request)?;
+        Ok(Response::new(pb::RequeueRenderResponse {
+            render: Some(self.requeue_render_as_admin(admin, request.get_ref()).await?),
+        }))
+    }
+
+    async fn fail_render(
+        &self,
+        request: Request<pb::FailRenderRequest>,
+    ) -> Result<Response<pb::FailRenderResponse>, Status> {
+        let admin = platform_admin(&request)?;
+        Ok(Response::new(pb::FailRenderResponse {
+            render: Some(self.fail_render_as_admin(admin, request.get_ref()).await?),
+        }))
+    }
+}
 
 #[tonic::async_trait]
 impl agent_pb::agent_service_server::AgentService for RenderApi {

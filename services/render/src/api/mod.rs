@@ -7,8 +7,8 @@ mod access;
 pub mod changes;
 mod exports;
 mod follow;
-mod page;
-mod records;
+pub(crate) mod page;
+pub(crate) mod records;
 mod renders;
 mod snapshots;
 

@@ -21,11 +21,13 @@ pub fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: at.unix_timestamp(), nanos: i32::try_from(at.nanosecond()).unwrap_or(0) }
 }
 
-fn optional_timestamp(at: Option<OffsetDateTime>) -> Option<prost_types::Timestamp> {
+/// A protobuf timestamp, or none.
+pub fn optional_timestamp(at: Option<OffsetDateTime>) -> Option<prost_types::Timestamp> {
     at.map(timestamp)
 }
 
-fn id_text(id: Option<Uuid>) -> String {
+/// An optional id as the API spells it (empty for none).
+pub fn id_text(id: Option<Uuid>) -> String {
     id.map(|id| id.to_string()).unwrap_or_default()
 }
 

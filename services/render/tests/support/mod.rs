@@ -140,13 +140,18 @@ impl Orchestrator {
 
     /// An access token for a person of `role` in a tenant of their own.
     pub fn token(&self, role: Role) -> String {
+        self.token_in(Uuid::new_v4(), role)
+    }
+
+    /// An access token for a new person of `role` in `tenant`.
+    pub fn token_in(&self, tenant: Uuid, role: Role) -> String {
         let now = jsonwebtoken::get_current_timestamp();
         self.signer
             .sign(&AccessClaims {
                 iss: ISSUER.into(),
                 aud: AUDIENCE.into(),
                 sub: Uuid::new_v4(),
-                tid: Uuid::new_v4(),
+                tid: tenant,
                 role,
                 sid: None,
                 svc: None,
