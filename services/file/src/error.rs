@@ -56,12 +56,6 @@ impl FileError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument { field: field.into(), reason: reason.into() }
     }
-
-    /// Whether `err` is PostgreSQL's unique violation of `constraint`.
-    pub fn is_unique_violation(err: &sqlx::Error, constraint: &str) -> bool {
-        matches!(err, sqlx::Error::Database(db)
-            if db.code().as_deref() == Some("23505") && db.constraint() == Some(constraint))
-    }
 }
 
 impl From<FileError> for Status {

@@ -143,6 +143,13 @@ pub async fn owner_pool(settings: &PoolSettings) -> Result<PgPool> {
         .map_err(|e| unreachable_database(&settings.url, &e))
 }
 
+/// Whether `err` is a unique violation (SQLSTATE 23505) of `constraint`, so a caller can turn
+/// exactly that race (a name taken, an idempotency key reused) into its own answer.
+pub fn is_unique_violation(err: &sqlx::Error, constraint: &str) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.code().as_deref() == Some("23505") && db.constraint() == Some(constraint))
+}
+
 /// Turns a connection failure into one line that says what is wrong and what to do.
 pub fn unreachable_database(url: &DatabaseUrl, err: &sqlx::Error) -> Error {
     let hint = match err {

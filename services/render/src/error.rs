@@ -79,12 +79,6 @@ impl RenderError {
         matches!(self, Self::Database(sqlx::Error::Database(db))
             if matches!(db.code().as_deref(), Some("40P01" | "40001")))
     }
-
-    /// Whether `err` is PostgreSQL's unique violation of `constraint`.
-    pub fn is_unique_violation(err: &sqlx::Error, constraint: &str) -> bool {
-        matches!(err, sqlx::Error::Database(db)
-            if db.code().as_deref() == Some("23505") && db.constraint() == Some(constraint))
-    }
 }
 
 impl From<RenderError> for Status {

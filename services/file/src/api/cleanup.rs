@@ -274,7 +274,7 @@ impl Timing {
 }
 
 fn name_taken(err: sqlx::Error, name: &str) -> FileError {
-    if FileError::is_unique_violation(&err, "cleanup_schedules_name_key") {
+    if flatrender_kit::db::is_unique_violation(&err, "cleanup_schedules_name_key") {
         FileError::AlreadyExists(format!("a cleanup schedule named {name:?} exists in this scope"))
     } else {
         err.into()

@@ -127,7 +127,7 @@ fn require_active(file: &FileRecord) -> Result<()> {
 /// The answer to a name taken in the target folder (or a folder gone meanwhile), or the error as
 /// it is.
 fn name_taken(err: sqlx::Error, name: &str) -> FileError {
-    if FileError::is_unique_violation(&err, "files_folder_name_key") {
+    if flatrender_kit::db::is_unique_violation(&err, "files_folder_name_key") {
         FileError::AlreadyExists(format!("a file named {name:?} already exists in that folder"))
     } else if tree::is_missing_reference(&err) {
         FileError::NotFound("folder")

@@ -74,7 +74,7 @@ fn too_deep() -> FileError {
 
 /// The answer to a name taken among the siblings, or the error as it is.
 fn name_taken(err: sqlx::Error, name: &str) -> FileError {
-    if FileError::is_unique_violation(&err, "folders_sibling_name_key") {
+    if flatrender_kit::db::is_unique_violation(&err, "folders_sibling_name_key") {
         FileError::AlreadyExists(format!("a folder named {name:?} already exists there"))
     } else if tree::is_missing_reference(&err) {
         FileError::NotFound("folder")

@@ -126,7 +126,9 @@ pub async fn enroll(pool: &PgPool, request: &agent_pb::EnrollRequest) -> Result<
         .execute(&mut *tx)
         .await;
         match inserted {
-            Err(e) if RenderError::is_unique_violation(&e, "nodes_name_key") && attempt < NAME_ATTEMPTS => continue,
+            Err(e) if flatrender_kit::db::is_unique_violation(&e, "nodes_name_key") && attempt < NAME_ATTEMPTS => {
+                continue;
+            }
             other => other?,
         };
         let redeemed: Option<(Uuid, Vec<String>)> = sqlx::query_as(

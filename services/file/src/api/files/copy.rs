@@ -236,7 +236,9 @@ async fn insert(
     .await;
     match inserted {
         Ok(row) => Ok(row.as_ref().map(FileRecord::from_row).transpose()?),
-        Err(err) if FileError::is_unique_violation(&err, "files_tenant_idempotency_key") => Err(Failure::KeyTaken),
+        Err(err) if flatrender_kit::db::is_unique_violation(&err, "files_tenant_idempotency_key") => {
+            Err(Failure::KeyTaken)
+        }
         Err(err) if tree::is_missing_reference(&err) => Err(FileError::NotFound("folder").into()),
         Err(err) => Err(err.into()),
     }

@@ -358,7 +358,7 @@ pub(super) async fn insert_file(tx: &mut PgTransaction<'_>, new: &NewFile<'_>) -
     .await;
     match inserted {
         Ok(row) => Ok(FileRecord::from_row(&row)?),
-        Err(err) if FileError::is_unique_violation(&err, "files_folder_name_key") => Err(name_taken(new.name)),
+        Err(err) if flatrender_kit::db::is_unique_violation(&err, "files_folder_name_key") => Err(name_taken(new.name)),
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23503") => Err(FileError::NotFound("folder")),
         Err(err) => Err(err.into()),
     }
@@ -367,7 +367,7 @@ pub(super) async fn insert_file(tx: &mut PgTransaction<'_>, new: &NewFile<'_>) -
 /// Whether `err` is the unique violation of a file's idempotency key (a concurrent request
 /// with the same key won).
 pub(super) fn is_key_clash(err: &FileError) -> bool {
-    matches!(err, FileError::Database(db) if FileError::is_unique_violation(db, "files_tenant_idempotency_key"))
+    matches!(err, FileError::Database(db) if flatrender_kit::db::is_unique_violation(db, "files_tenant_idempotency_key"))
 }
 
 /// The file of `tenant` created with idempotency `key`, with its request digest.

@@ -130,7 +130,7 @@ pub(super) async fn start(
     let session = match db::insert_session(&mut tx, &new).await {
         Ok(session) => session,
         // A concurrent start with the same key won: answer as its retry would.
-        Err(err) if FileError::is_unique_violation(&err, "upload_sessions_idempotency_key") => {
+        Err(err) if flatrender_kit::db::is_unique_violation(&err, "upload_sessions_idempotency_key") => {
             tx.rollback().await?;
             return replay(state, &target, idempotency).await?.ok_or_else(|| err.into());
         }

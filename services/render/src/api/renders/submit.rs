@@ -78,7 +78,7 @@ impl RenderApi {
                 tx.rollback().await?;
                 Ok(*response)
             }
-            Err(RenderError::Database(err)) if RenderError::is_unique_violation(&err, KEY_CONSTRAINT) => {
+            Err(RenderError::Database(err)) if flatrender_kit::db::is_unique_violation(&err, KEY_CONSTRAINT) => {
                 // A concurrent submit with the same key committed first: answer as a retry.
                 tx.rollback().await?;
                 let mut conn = self.state.pool.acquire().await?;
