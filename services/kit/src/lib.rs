@@ -18,6 +18,7 @@ pub mod health;
 pub mod metrics;
 pub mod migrate;
 pub mod outbox;
+pub mod page;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use flatrender_proto::flatrender::common::v1 as common_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
 use sqlx::postgres::PgRow;
@@ -14,6 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{credentials, facts};
+use crate::api::page::{self, NewestFirst};
 use crate::error::{RenderError, Result};
 use crate::queue::wire::{id_text, timestamp};
 
@@ -21,8 +20,6 @@ use crate::queue::wire::{id_text, timestamp};
 const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 const MIN_TTL: Duration = Duration::from_secs(60);
 const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 500;
 
 const COLUMNS: &str = "id, description, tags, expires_at, used_at, used_by_node_id, revoked_at, created_by_user_id, \
                        created_at, (CASE WHEN revoked_at IS NOT NULL THEN 4 WHEN used_at IS NOT NULL THEN 2 \
@@ -113,27 +110,12 @@ pub async fn revoke(pool: &PgPool, by: Uuid, token_id: &str) -> Result<pb::Revok
     }
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct PageKey {
-    /// Filter fingerprint.
-    f: Vec<i32>,
-    /// created_at of the last item, Unix nanoseconds.
-    t: i128,
-    /// Its id.
-    i: Uuid,
-}
-
 /// Tokens, newest first, optionally of some states.
 pub async fn list(
     pool: &PgPool,
     request: &pb::ListEnrollmentTokensRequest,
 ) -> Result<pb::ListEnrollmentTokensResponse> {
-    let page = request.page.clone().unwrap_or_default();
-    let size = match i64::from(page.page_size) {
-        0 => DEFAULT_PAGE,
-        n if n <= MAX_PAGE => n,
-        _ => return Err(RenderError::invalid("page.page_size", "must be 0..=500")),
-    };
+    let size = page::size(request.page.as_ref())?;
     let mut states: Vec<i32> = Vec::new();
     for (i, state) in request.states.iter().enumerate() {
         match pb::EnrollmentTokenState::try_from(*state) {
@@ -145,22 +127,9 @@ pub async fn list(
     }
     states.sort_unstable();
     states.dedup();
-    let after: Option<PageKey> = if page.page_token.is_empty() {
-        None
-    } else {
-        let invalid = || RenderError::invalid("page.page_token", "is not a page token of this listing");
-        let bytes = URL_SAFE_NO_PAD.decode(&page.page_token).map_err(|_| invalid())?;
-        let key: PageKey = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
-        if key.f != states {
-            return Err(RenderError::invalid("page.page_token", "was issued for other filters"));
-        }
-        Some(key)
-    };
-    let after_time = after
-        .as_ref()
-        .map(|k| OffsetDateTime::from_unix_timestamp_nanos(k.t))
-        .transpose()
-        .map_err(|_| RenderError::invalid("page.page_token", "is not a page token of this listing"))?;
+    let print = page::fingerprint(&[&states]);
+    let after: Option<NewestFirst> = page::decode(&print, page::token(request.page.as_ref()))?;
+    let after_time = after.as_ref().map(page::position_time).transpose()?;
     let sql = format!(
         "SELECT * FROM (SELECT {COLUMNS} FROM render.node_enrollment_tokens) t
           WHERE (cardinality($1::int[]) = 0 OR token_state = ANY($1))
@@ -171,23 +140,15 @@ pub async fn list(
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(&states)
         .bind(after_time)
-        .bind(after.as_ref().map(|k| k.i))
+        .bind(after.map(|key| key.1))
         .bind(size + 1)
         .fetch_all(pool)
         .await?;
-    let more = rows.len() as i64 > size;
-    let mut tokens = Vec::new();
-    let mut last: Option<(OffsetDateTime, Uuid)> = None;
-    for row in rows.iter().take(size as usize) {
-        tokens.push(token_of(row)?);
-        last = Some((row.try_get("created_at")?, row.try_get("id")?));
+    let mut listed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        listed.push((token_of(row)?, page::newest_first(row.try_get("created_at")?, row.try_get("id")?)));
     }
-    let next_page_token = match (more, last) {
-        (true, Some((t, i))) => {
-            let key = PageKey { f: states, t: t.unix_timestamp_nanos(), i };
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&key).unwrap_or_default())
-        }
-        _ => String::new(),
-    };
+    let next_page_token = page::next_token(&mut listed, size, |(_, key)| page::encode(&print, key));
+    let tokens = listed.into_iter().map(|(token, _)| token).collect();
     Ok(pb::ListEnrollmentTokensResponse { tokens, page: Some(common_pb::PageResponse { next_page_token }) })
 }

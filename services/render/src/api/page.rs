@@ -1,70 +1,25 @@
-//! Opaque page tokens for keyset pagination (the file service's approach).
-//!
-//! A token carries the sort key of the last item returned, a fingerprint of the filters it was
-//! issued for, and when it was issued. It is not secret and grants nothing: every query still
-//! applies the caller's tenant and owner scope; the key is only a bound.
+//! Paging of the render service's listings: the platform's page tokens
+//! ([`flatrender_kit::page`]) refused as `INVALID_ARGUMENT` on `page.page_token`, page sizes,
+//! the "newest first" keyset position and time-range filters.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use flatrender_proto::flatrender::common::v1 as common_pb;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use flatrender_kit::page::{encode, fingerprint, next_token};
+
 use crate::error::{RenderError, Result};
 
-/// How long a token stays valid (the API promises at least an hour).
-const LIFETIME_SECONDS: i64 = 24 * 3600;
 /// Page size when the request says 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 /// Largest page.
 pub const MAX_PAGE_SIZE: u32 = 500;
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Envelope<F, K> {
-    /// Filter fingerprint.
-    f: F,
-    /// Issued at, Unix seconds.
-    t: i64,
-    /// The last item's sort key.
-    k: K,
-}
-
-/// A fingerprint of the filters a listing was asked with; `parts` are their values.
-pub fn fingerprint(parts: &[&dyn std::fmt::Debug]) -> String {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(format!("{part:?}\u{1f}").as_bytes());
-    }
-    hex::encode(&hasher.finalize()[..12])
-}
-
-/// The token for the page after the item whose sort key is `key`.
-pub fn encode<K: Serialize>(fingerprint: &str, key: &K) -> String {
-    let envelope = Envelope { f: fingerprint, t: OffsetDateTime::now_utc().unix_timestamp(), k: key };
-    // Serializing plain keys (numbers, strings, UUIDs) cannot fail.
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&envelope).unwrap_or_default())
-}
-
 /// The sort key a token carries, or `None` for the first page. `INVALID_ARGUMENT` on
 /// `page.page_token` when the token is malformed, expired, or was issued for other filters.
 pub fn decode<K: DeserializeOwned>(fingerprint: &str, token: &str) -> Result<Option<K>> {
-    const FIELD: &str = "page.page_token";
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let invalid = || RenderError::invalid(FIELD, "is not a page token of this listing");
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
-    let envelope: Envelope<String, K> = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
-    if envelope.f != fingerprint {
-        return Err(RenderError::invalid(FIELD, "was issued for other filters"));
-    }
-    if OffsetDateTime::now_utc().unix_timestamp() - envelope.t > LIFETIME_SECONDS {
-        return Err(RenderError::invalid(FIELD, "has expired; start from the first page"));
-    }
-    Ok(Some(envelope.k))
+    flatrender_kit::page::decode(fingerprint, token).map_err(|e| RenderError::invalid("page.page_token", e.to_string()))
 }
 
 /// The page size of a request: 0 is the default, at most [`MAX_PAGE_SIZE`].
@@ -94,18 +49,6 @@ pub fn newest_first(at: OffsetDateTime, id: Uuid) -> NewestFirst {
 pub fn position_time(key: &NewestFirst) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(key.0) * 1000)
         .map_err(|_| RenderError::invalid("page.page_token", "is not a page token of this listing"))
-}
-
-/// Cuts `items`, fetched with one more than `limit` to tell whether another page follows, to
-/// `limit`, and returns the token for the next page made by `token` from the last item kept
-/// (empty when no page follows).
-pub fn next_token<T>(items: &mut Vec<T>, limit: i64, token: impl FnOnce(&T) -> String) -> String {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    if items.len() <= limit {
-        return String::new();
-    }
-    items.truncate(limit);
-    items.last().map(token).unwrap_or_default()
 }
 
 /// The bounds of a `TimeRange` filter (`field` named in errors); unset bounds are `None`.
@@ -160,13 +103,5 @@ mod tests {
         assert!(time_range("created", Some(&range)).is_err());
         let open = common_pb::TimeRange { start_time: ts(10), end_time: None };
         assert!(matches!(time_range("created", Some(&open)).unwrap(), (Some(_), None)));
-    }
-
-    #[test]
-    fn pages_are_cut_with_a_token() {
-        let mut items = vec![1, 2, 3];
-        assert_eq!(next_token(&mut items, 2, |last| last.to_string()), "2");
-        assert_eq!(items, vec![1, 2]);
-        assert_eq!(next_token(&mut items, 2, |last| last.to_string()), "");
     }
 }
