@@ -7,7 +7,7 @@ mod access;
 pub mod changes;
 mod exports;
 mod follow;
-mod page;
+pub(crate) mod page;
 mod records;
 mod renders;
 mod snapshots;
