@@ -24,7 +24,7 @@ use crate::agents::{Agents, nodes};
 use crate::error::{RenderError, Result};
 use crate::queue::requeue::{lose_in_tx, requeue_row};
 use crate::queue::wire::digest_from_hex;
-use crate::queue::{self, NODES_CHANNEL, notify};
+use crate::queue::{NODES_CHANNEL, notify};
 use crate::settings::Settings;
 
 /// The locked node row.
@@ -90,25 +90,26 @@ pub(super) async fn hand_back(tx: &mut PgTransaction<'_>, node: Uuid, why: &str)
     Ok(back)
 }
 
-/// Tells the agent, if this replica holds its stream, that `tasks` were taken away; a task the
-/// stream no longer holds was told already (by a resync).
-pub(super) fn cancel_on_stream(agents: &Agents, node: Uuid, tasks: &[(Uuid, i64)], reason: agent_pb::CancelReason) {
-    let Some(conn) = agents.registry.get(node) else { return };
-    let mut freed = false;
-    for (task, epoch) in tasks {
-        if conn.release(*task, *epoch) {
-            freed = true;
-            conn.send(agent_pb::session_response::Payload::CancelTask(agent_pb::CancelTask {
-                task_id: task.to_string(),
-                lease_epoch: u64::try_from(*epoch).unwrap_or(0),
-                reason: reason as i32,
-                message: "an operator took the task off this node".into(),
-            }));
-        }
+/// Takes `tasks` out of the stream's view if this replica holds the node's stream; call it
+/// before committing their requeue, so the resync the commit triggers finds nothing to cancel
+/// and the agent hears the right reason from [`tell_canceled`].
+pub(super) fn take_from_stream(agents: &Agents, node: Uuid, tasks: &[(Uuid, i64)]) -> Vec<(Uuid, i64)> {
+    let Some(conn) = agents.registry.get(node) else { return Vec::new() };
+    tasks.iter().filter(|(task, epoch)| conn.release(*task, *epoch)).copied().collect()
+}
+
+/// Sends CancelTask with `reason` for the tasks [`take_from_stream`] took (after the commit).
+pub(super) fn tell_canceled(agents: &Agents, node: Uuid, taken: &[(Uuid, i64)], reason: agent_pb::CancelReason) {
+    let Some(conn) = agents.registry.get(node).filter(|_| !taken.is_empty()) else { return };
+    for (task, epoch) in taken {
+        conn.send(agent_pb::session_response::Payload::CancelTask(agent_pb::CancelTask {
+            task_id: task.to_string(),
+            lease_epoch: u64::try_from(*epoch).unwrap_or(0),
+            reason: reason as i32,
+            message: "an operator took the task off this node".into(),
+        }));
     }
-    if freed {
-        agents.wake_dispatcher();
-    }
+    agents.wake_dispatcher();
 }
 
 fn deadline(value: Option<&prost_types::Duration>) -> Result<Option<Duration>> {
@@ -158,23 +159,19 @@ pub async fn drain(agents: &Arc<Agents>, by: Uuid, request: &pb::DrainNodeReques
 
 /// The drain deadline passed: requeues what the node still runs, if it still drains.
 async fn drain_deadline(agents: &Agents, node: Uuid) -> Result<()> {
-    let pool = &agents.state.pool;
-    let back = queue::retrying(|| async {
-        let mut tx = pool.begin().await?;
-        let locked = lock(&mut tx, node).await?;
-        if locked.state != "draining" || locked.deleted {
-            return Ok(Vec::new());
-        }
-        let back = hand_back(&mut tx, node, "the node's drain deadline passed").await?;
-        notify(&mut tx, NODES_CHANNEL, &node.to_string()).await?;
-        tx.commit().await?;
-        Ok(back)
-    })
-    .await?;
+    let mut tx = agents.state.pool.begin().await?;
+    let locked = lock(&mut tx, node).await?;
+    if locked.state != "draining" || locked.deleted {
+        return Ok(());
+    }
+    let back = hand_back(&mut tx, node, "the node's drain deadline passed").await?;
+    notify(&mut tx, NODES_CHANNEL, &node.to_string()).await?;
+    let taken = take_from_stream(agents, node, &back);
+    tx.commit().await?;
     if !back.is_empty() {
         tracing::info!(node = %node, tasks = back.len(), "drain deadline passed; tasks requeued");
-        cancel_on_stream(agents, node, &back, agent_pb::CancelReason::DrainDeadline);
     }
+    tell_canceled(agents, node, &taken, agent_pb::CancelReason::DrainDeadline);
     Ok(())
 }
 
@@ -219,9 +216,10 @@ pub async fn quarantine(
         }
     }
     notify(&mut tx, NODES_CHANNEL, &node.to_string()).await?;
+    let taken = take_from_stream(agents, node, &canceled);
     tx.commit().await?;
     tracing::info!(node = %node, name = %locked.name, %by, reason = %why, canceled = canceled.len(), "node quarantined by an operator");
-    cancel_on_stream(agents, node, &canceled, agent_pb::CancelReason::Operator);
+    tell_canceled(agents, node, &taken, agent_pb::CancelReason::Operator);
     Ok(pb::QuarantineNodeResponse { node: Some(reload(pool, settings, node).await?) })
 }
 

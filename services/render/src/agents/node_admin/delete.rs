@@ -13,7 +13,7 @@ use flatrender_proto::flatrender::events::v1 as ev;
 use flatrender_proto::flatrender::render::v1 as pb;
 use uuid::Uuid;
 
-use super::control::{cancel_on_stream, hand_back, lock};
+use super::control::{hand_back, lock, take_from_stream, tell_canceled};
 use super::parse_id;
 use crate::agents::Agents;
 use crate::error::{RenderError, Result};
@@ -56,8 +56,11 @@ pub async fn delete(agents: &Agents, by: Uuid, request: &pb::DeleteNodeRequest) 
         events::node_offline(&mut tx, node, &locked.name, ev::NodeOfflineReason::Deleted, back.len()).await?;
     }
     notify(&mut tx, NODES_CHANNEL, &node.to_string()).await?;
+    // Told before the commit: the commit's resync ends the stream, after which nothing more
+    // reaches the agent. Should the commit fail, the canceled leases lapse and are requeued.
+    let taken = take_from_stream(agents, node, &back);
+    tell_canceled(agents, node, &taken, agent_pb::CancelReason::Operator);
     tx.commit().await?;
     tracing::info!(node = %node, name = %locked.name, %by, requeued = back.len(), "node deleted by an operator");
-    cancel_on_stream(agents, node, &back, agent_pb::CancelReason::Operator);
     Ok(pb::DeleteNodeResponse {})
 }
