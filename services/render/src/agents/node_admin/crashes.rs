@@ -48,7 +48,7 @@ pub async fn recent<'e>(db: impl PgExecutor<'e>, settings: &Settings, node: Uuid
 fn crash_reason(count: i64, settings: &Settings) -> String {
     let secs = settings.quarantine_window.as_secs();
     let window =
-        if secs >= 60 && secs % 60 == 0 { format!("{} minutes", secs / 60) } else { format!("{secs} seconds") };
+        if secs >= 60 && secs.is_multiple_of(60) { format!("{} minutes", secs / 60) } else { format!("{secs} seconds") };
     format!("{count} crashes in {window}")
 }
 

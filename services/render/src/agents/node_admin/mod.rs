@@ -6,7 +6,7 @@
 //! - [`listing`]: ListNodes, GetNode, ListNodeTemplateCache.
 //! - [`health`]: ListNodeHealth, and the bounded-rate writer of `render.node_health_logs`.
 //! - [`control`]: DrainNode, QuarantineNode, ReleaseNode, EvictNodeTemplate.
-//! - [`delete`]: DeleteNode.
+//! - [`delete`](delete): DeleteNode.
 //! - [`crashes`]: ListCrashes, GetCrash, and auto-quarantine after repeated crashes.
 //! - [`events`]: NodeQuarantined, NodeReleased.
 //!
