@@ -380,7 +380,8 @@ async fn a_drained_node_finishes_its_chunk_and_gets_no_new_work() {
     .await;
     let b = o.agent(AgentSpec { behaviour: Behaviour::Manual, ..named("other") }).await;
     let next = b.next_assign().await;
-    assert_eq!(next.task_id, job.chunks[1].to_string());
+    assert_ne!(next.task_id, task.task_id);
+    assert!(job.chunks.iter().any(|c| c.to_string() == next.task_id), "the job's other chunk");
     assert_eq!(a.assigns().len(), 1, "the drained node got nothing new");
 
     // Release: the agent is told, and it takes work again.
