@@ -308,6 +308,16 @@ async fn get_node_shows_tasks_and_health_and_history_is_downsampled() {
         ..Default::default()
     };
     assert_eq!(admin.list_node_health(too_fine).await.unwrap_err().code(), Code::InvalidArgument);
+
+    // Once the node is gone, its latest health is the newest stored sample.
+    let mut agent = agent;
+    agent.disconnect();
+    o.until("the node is offline", &format!("SELECT orchestrator_id IS NULL FROM render.nodes WHERE id = '{id}'"))
+        .await;
+    let node = get(&mut admin, id).await;
+    assert_eq!(node.state(), pb::NodeState::Offline);
+    assert!(node.tasks.is_empty(), "its task went back to the queue");
+    assert_eq!(node.latest_health.map(|h| (h.cpu_percent, h.running_tasks)), Some((10.0, 1)));
 }
 
 #[tokio::test]

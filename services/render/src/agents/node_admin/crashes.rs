@@ -47,8 +47,11 @@ pub async fn recent<'e>(db: impl PgExecutor<'e>, settings: &Settings, node: Uuid
 /// "3 crashes in 10 minutes".
 fn crash_reason(count: i64, settings: &Settings) -> String {
     let secs = settings.quarantine_window.as_secs();
-    let window =
-        if secs >= 60 && secs.is_multiple_of(60) { format!("{} minutes", secs / 60) } else { format!("{secs} seconds") };
+    let window = if secs >= 60 && secs.is_multiple_of(60) {
+        format!("{} minutes", secs / 60)
+    } else {
+        format!("{secs} seconds")
+    };
     format!("{count} crashes in {window}")
 }
 
