@@ -568,3 +568,24 @@ async fn deleting_a_busy_node_needs_force_and_ends_its_stream() {
     let b = o.agent(AgentSpec { behaviour: Behaviour::Hang, ..AgentSpec::default() }).await;
     assert_eq!(b.next_assign().await.task_id, task.task_id);
 }
+
+#[tokio::test]
+async fn commands_reach_an_agent_held_by_another_replica() {
+    let o = Orchestrator::start().await;
+    let other = o.replica(|_| {}).await;
+    let mut admin = other.node_admin(Role::PlatformAdmin);
+    let agent = o.agent(AgentSpec { cache: vec![[0x33; 32]], ..AgentSpec::default() }).await;
+    agent.welcome().await;
+    let id = agent.identity.node_id;
+
+    let node = drain(&mut admin, id, "rack move").await.unwrap();
+    assert_eq!(node.orchestrator_id, o.settings.orchestrator_id);
+    agent.expect("Drain", |e| matches!(e, AgentEvent::Drain(d) if d.enabled).then_some(())).await;
+    let evict = pb::EvictNodeTemplateRequest { node_id: id.to_string(), sha256: hex(&[0x33; 32]) };
+    admin.evict_node_template(evict).await.unwrap();
+    agent.expect("EvictTemplate", |e| matches!(e, AgentEvent::Evict(_)).then_some(())).await;
+    release(&mut admin, id).await;
+    agent.expect("Drain off", |e| matches!(e, AgentEvent::Drain(d) if !d.enabled).then_some(())).await;
+    admin.delete_node(pb::DeleteNodeRequest { node_id: id.to_string(), force: false }).await.unwrap();
+    assert_eq!(agent.ended().await.0, Some(Code::Unauthenticated));
+}
