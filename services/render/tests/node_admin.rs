@@ -468,7 +468,16 @@ async fn quarantine_with_cancel_takes_the_running_tasks_away() {
     quarantine(&mut admin, a.identity.node_id, true).await;
     assert_eq!(a.cancel_of(&task.task_id).await.reason(), agent_pb::CancelReason::Operator);
     let b = o.agent(AgentSpec { behaviour: Behaviour::Hang, ..AgentSpec::default() }).await;
-    assert_eq!(b.next_assign().await.task_id, task.task_id);
+    let again = b.next_assign().await;
+    assert_eq!((again.task_id.as_str(), again.attempt), (task.task_id.as_str(), 2), "an attempt was used");
+    let (outcome, message): (String, String) = sqlx::query_as(
+        "SELECT outcome, error_message FROM render.frame_job_attempts WHERE frame_job_id = $1::uuid AND attempt = 1",
+    )
+    .bind(&task.task_id)
+    .fetch_one(o.pool())
+    .await
+    .unwrap();
+    assert_eq!((outcome.as_str(), message.as_str()), ("machine_error", "canceled: an operator quarantined the node"));
 }
 
 #[tokio::test]

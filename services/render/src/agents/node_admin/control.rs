@@ -27,6 +27,9 @@ use crate::queue::wire::digest_from_hex;
 use crate::queue::{NODES_CHANNEL, notify};
 use crate::settings::Settings;
 
+/// The attempt message of a task canceled by QuarantineNode with `cancel_running`.
+const QUARANTINE_CANCEL: &str = "canceled: an operator quarantined the node";
+
 /// The locked node row.
 pub(super) struct Locked {
     pub name: String,
@@ -209,8 +212,19 @@ pub async fn quarantine(
         .fetch_all(&mut *tx)
         .await?;
         for (task, epoch) in leases {
-            // Counts against the task like a machine failure: one attempt used.
+            // Counts against the task like a machine failure: one attempt used (the last one
+            // fails the task and its job, as a lost lease would).
             if lose_in_tx(&mut tx, node, task, epoch).await? {
+                sqlx::query(
+                    "UPDATE render.frame_job_attempts
+                        SET outcome = 'machine_error', error_class = 'machine', error_code = NULL, error_message = $3
+                      WHERE frame_job_id = $1 AND lease_epoch = $2",
+                )
+                .bind(task)
+                .bind(epoch)
+                .bind(QUARANTINE_CANCEL)
+                .execute(&mut *tx)
+                .await?;
                 canceled.push((task, epoch));
             }
         }
