@@ -598,3 +598,28 @@ async fn commands_reach_an_agent_held_by_another_replica() {
     admin.delete_node(pb::DeleteNodeRequest { node_id: id.to_string(), force: false }).await.unwrap();
     assert_eq!(agent.ended().await.0, Some(Code::Unauthenticated));
 }
+
+#[tokio::test]
+async fn a_silent_node_is_listed_as_lost_until_it_speaks_again() {
+    let o = Orchestrator::start().await;
+    let mut admin = o.node_admin(Role::PlatformAdmin);
+    let agent = o.agent(AgentSpec::default()).await;
+    agent.welcome().await;
+    let id = agent.identity.node_id;
+    agent.set_heartbeats(false);
+    let lost = pb::ListNodesRequest { states: vec![pb::NodeState::Lost as i32], ..Default::default() };
+    let deadline = tokio::time::Instant::now() + support::PATIENCE;
+    while admin.list_nodes(lost.clone()).await.unwrap().into_inner().nodes.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for the node to be LOST");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&mut admin, id).await.state(), pb::NodeState::Lost);
+    agent.set_heartbeats(true);
+    agent.heartbeat();
+    o.until(
+        "last_seen_at is written again",
+        &format!("SELECT last_seen_at > now() - interval '2 seconds' FROM render.nodes WHERE id = '{id}'"),
+    )
+    .await;
+    assert_eq!(get(&mut admin, id).await.state(), pb::NodeState::Online);
+}

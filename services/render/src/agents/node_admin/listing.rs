@@ -1,4 +1,5 @@
-//! ListNodes, GetNode and ListNodeTemplateCache.
+//! ListNodes, GetNode and ListNodeTemplateCache. Running tasks are shown by GetNode only (a
+//! listing stays one query per page, plus one for the latest health when asked).
 
 use flatrender_proto::flatrender::common::v1 as common_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
