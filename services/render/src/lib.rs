@@ -41,6 +41,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 pub use agents::Agents;
+use agents::node_admin;
 pub use error::{RenderError, Result};
 pub use settings::Settings;
 pub use state::State;
@@ -77,6 +78,88 @@ fn platform_admin<T>(request: &Request<T>) -> Result<Uuid, Status> {
 
 #[tonic::async_trait]
 impl pb::node_admin_service_server::NodeAdminService for RenderApi {
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        platform_admin(&request)?;
+        Ok(Response::new(node_admin::listing::list(&self.agents, request.get_ref()).await?))
+    }
+
+    async fn get_node(&self, request: Request<pb::GetNodeRequest>) -> Result<Response<pb::GetNodeResponse>, Status> {
+        platform_admin(&request)?;
+        Ok(Response::new(node_admin::listing::get(&self.agents, &request.get_ref().node_id).await?))
+    }
+
+    async fn list_node_health(
+        &self,
+        request: Request<pb::ListNodeHealthRequest>,
+    ) -> Result<Response<pb::ListNodeHealthResponse>, Status> {
+        platform_admin(&request)?;
+        Ok(Response::new(node_admin::health::list(&self.agents, request.get_ref()).await?))
+    }
+
+    async fn list_node_template_cache(
+        &self,
+        request: Request<pb::ListNodeTemplateCacheRequest>,
+    ) -> Result<Response<pb::ListNodeTemplateCacheResponse>, Status> {
+        platform_admin(&request)?;
+        Ok(Response::new(node_admin::listing::cache(&self.agents, request.get_ref()).await?))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        let admin = platform_admin(&request)?;
+        Ok(Response::new(node_admin::control::drain(&self.agents, admin, request.get_ref()).await?))
+    }
+
+    async fn quarantine_node(
+        &self,
+        request: Request<pb::QuarantineNodeRequest>,
+    ) -> Result<Response<pb::QuarantineNodeResponse>, Status> {
+        let admin = platform_admin(&request)?;
+        Ok(Response::new(node_admin::control::quarantine(&self.agents, admin, request.get_ref()).await?))
+    }
+
+    async fn release_node(
+        &self,
+        request: Request<pb::ReleaseNodeRequest>,
+    ) -> Result<Response<pb::ReleaseNodeResponse>, Status> {
+        let admin = platform_admin(&request)?;
+        Ok(Response::new(node_admin::control::release(&self.agents, admin, request.get_ref()).await?))
+    }
+
+    async fn evict_node_template(
+        &self,
+        request: Request<pb::EvictNodeTemplateRequest>,
+    ) -> Result<Response<pb::EvictNodeTemplateResponse>, Status> {
+        let admin = platform_admin(&request)?;
+        Ok(Response::new(node_admin::control::evict(&self.agents, admin, request.get_ref()).await?))
+    }
+
+    async fn delete_node(
+        &self,
+        request: Request<pb::DeleteNodeRequest>,
+    ) -> Result<Response<pb::DeleteNodeResponse>, Status> {
+        let admin = platform_admin(&request)?;
+        Ok(Response::new(node_admin::delete::delete(&self.agents, admin, request.get_ref()).await?))
+    }
+
+    async fn list_crashes(
+        &self,
+        request: Request<pb::ListCrashesRequest>,
+    ) -> Result<Response<pb::ListCrashesResponse>, Status> {
+        platform_admin(&request)?;
+        Ok(Response::new(node_admin::crashes::list(&self.state.pool, request.get_ref()).await?))
+    }
+
+    async fn get_crash(&self, request: Request<pb::GetCrashRequest>) -> Result<Response<pb::GetCrashResponse>, Status> {
+        platform_admin(&request)?;
+        Ok(Response::new(node_admin::crashes::get(&self.state.pool, &request.get_ref().crash_id).await?))
+    }
+
     async fn create_enrollment_token(
         &self,
         request: Request<pb::CreateEnrollmentTokenRequest>,

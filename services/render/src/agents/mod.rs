@@ -8,6 +8,7 @@
 //! - [`dispatcher`]: claims queued tasks for the nodes with free slots.
 //! - [`signals`]: what a node notification does (resync the node's stream).
 //! - [`liveness`]: this replica's heartbeat row, dead replicas, lapsed leases, `last_seen_at`.
+//! - [`node_admin`]: the node operations of `NodeAdminService` (drain, quarantine, health, crashes).
 //!
 //! Timers live in memory; every write they cause is fenced in the database (lease epoch,
 //! connection epoch), so two replicas never act for one node at once.
@@ -18,6 +19,7 @@ pub mod dispatcher;
 pub mod enroll;
 pub mod facts;
 pub mod liveness;
+pub mod node_admin;
 pub mod nodes;
 pub mod registry;
 pub mod session;

@@ -68,6 +68,10 @@ pub struct NodeView {
     pub last_health: Instant,
     /// Whether a message arrived since `last_seen_at` was last written.
     pub seen: bool,
+    /// The latest health sample (GetNode, ListNodes).
+    pub health: Option<flatrender_proto::flatrender::render::v1::NodeHealthSample>,
+    /// When a sample was last stored in `node_health_logs` (bounded rate).
+    pub health_logged: Option<Instant>,
 }
 
 /// One agent stream held by this replica.
@@ -244,6 +248,8 @@ mod tests {
             tasks: HashMap::new(),
             last_health: Instant::now(),
             seen: false,
+            health: None,
+            health_logged: None,
         }
     }
 

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::nodes::{self, HelloFacts};
 use super::registry::{Connection, HeldTask, NodeView, Outbound};
-use super::{Agents, auth, facts, liveness, signals};
+use super::{Agents, auth, facts, liveness, node_admin, signals};
 use crate::error::RenderError;
 use crate::queue::report::{self, Fence, Verdict};
 use crate::queue::wire::{digest_from_hex, duration, now, parse_id, timestamp};
@@ -269,6 +269,8 @@ impl Session {
             tasks: Default::default(),
             last_health: Instant::now(),
             seen: false,
+            health: None,
+            health_logged: None,
         };
         let conn = Arc::new(Connection::new(
             self.node,
@@ -453,12 +455,14 @@ impl Session {
     }
 
     /// Rule 5: Health is the heartbeat; renew the leases it lists that this node holds, cancel
-    /// the rest. In memory only.
+    /// the rest. In memory, except that a sample is stored at most once per
+    /// `health_log_interval` (in the background; the stream does not wait for it).
     fn on_health(&mut self, health: &agent_pb::Health) {
         let Some(conn) = self.conn.clone() else { return };
         let ttl = self.agents.state.settings.lease_ttl;
         let expires_at = timestamp(OffsetDateTime::now_utc() + ttl);
         let mut wake = false;
+        let mut log = None;
         {
             let mut renewed = Vec::new();
             let mut cancels = Vec::new();
@@ -467,6 +471,14 @@ impl Session {
             let mut view = conn.view();
             let now = Instant::now();
             view.last_health = now;
+            if health.sample.is_some() {
+                view.health = health.sample.clone();
+                let interval = self.agents.state.settings.health_log_interval;
+                if view.health_logged.is_none_or(|at| now.duration_since(at) >= interval) {
+                    view.health_logged = Some(now);
+                    log = Some(node_admin::health::HealthRow::of(health, OffsetDateTime::now_utc()));
+                }
+            }
             if !view.responsive {
                 view.responsive = true;
                 wake = true;
@@ -502,6 +514,14 @@ impl Session {
         }
         if wake {
             self.agents.wake_dispatcher();
+        }
+        if let Some(row) = log {
+            let (pool, node) = (self.agents.state.pool.clone(), self.node);
+            tokio::spawn(async move {
+                if let Err(e) = node_admin::health::record(&pool, node, &row).await {
+                    tracing::warn!(node = %node, error = %e, "cannot store a health sample");
+                }
+            });
         }
     }
 
@@ -687,8 +707,14 @@ impl Session {
             );
             return;
         }
-        let recorded = nodes::record_crash(&self.agents.state.pool, self.node, crash_id, crash).await;
-        self.answer(seq, &crash.task_id, recorded.map(|()| Verdict::Accepted), true);
+        let (pool, settings) = (&self.agents.state.pool, &self.agents.state.settings);
+        let recorded = nodes::record_crash(pool, self.node, crash_id, crash).await;
+        let accepted = self.answer(seq, &crash.task_id, recorded.map(|()| Verdict::Accepted), true);
+        // Counted after the Ack: the crash is stored either way, and a failed count is retried
+        // with the next crash.
+        if accepted && let Err(e) = node_admin::crashes::quarantine_if_crashing(pool, settings, self.node).await {
+            tracing::error!(node = %self.node, error = %e, "cannot check the node's crashes for quarantine");
+        }
     }
 
     /// The agent refused something; a refused AssignTask goes back to the queue at once.

@@ -1,8 +1,9 @@
 //! Claiming queued tasks for this replica's nodes, in one transaction:
 //!
-//! 1. The nodes are locked (`FOR SHARE`) at the connection epoch this replica holds; a node
-//!    whose stream moved on is left out, and a newer stream's epoch increment waits for the
-//!    claim to commit, so its Hello sees every lease made here.
+//! 1. The nodes are locked (`FOR SHARE`) at the connection epoch this replica holds, with their
+//!    admin state as stored (DRAINING left out); a node whose stream moved on is left out, and
+//!    a newer stream's epoch increment waits for the claim to commit, so its Hello sees every
+//!    lease made here.
 //! 2. Candidates in dispatch order — lane, plan priority, fair share between tenants, submit
 //!    time — filtered coarsely by what the nodes together can do, and locked with
 //!    `FOR UPDATE SKIP LOCKED` (another replica's claim skips them). Fair share: each tenant's
@@ -23,7 +24,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::jobs;
-use super::placement::{self, Candidate, NodeOffer};
+use super::placement::{self, AdminState, Candidate, NodeOffer};
 use super::spec::{self, LeaseTerms, SegmentRow, TaskRow};
 use crate::error::Result;
 use crate::model::Lane;
@@ -114,8 +115,10 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
     // 1. Fence: only nodes whose current stream this replica holds.
     let ids: Vec<Uuid> = request.nodes.iter().map(|n| n.node_id).collect();
     let epochs: Vec<i64> = request.nodes.iter().map(|n| n.connection_epoch).collect();
-    let held: HashSet<Uuid> = sqlx::query_scalar(
-        "SELECT n.id FROM render.nodes n
+    // The admin state is read here too: an operator's drain or quarantine (which locks the row)
+    // counts from its commit, not from when this replica's resync learns of it.
+    let held: HashMap<Uuid, String> = sqlx::query_as::<_, (Uuid, String)>(
+        "SELECT n.id, n.state FROM render.nodes n
            JOIN unnest($1::uuid[], $2::bigint[]) AS x(id, epoch) ON n.id = x.id
           WHERE n.connection_epoch = x.epoch AND n.orchestrator_id = $3 AND n.deleted_at IS NULL
             FOR SHARE OF n",
@@ -127,8 +130,19 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
     .await?
     .into_iter()
     .collect();
-    let nodes: Vec<NodeOffer> =
-        request.nodes.iter().filter(|n| held.contains(&n.node_id) && n.free_slots > 0).cloned().collect();
+    let nodes: Vec<NodeOffer> = request
+        .nodes
+        .iter()
+        .filter(|n| n.free_slots > 0)
+        .filter_map(|n| {
+            let admin = match held.get(&n.node_id)?.as_str() {
+                "draining" => return None,
+                "quarantined" => AdminState::Quarantined,
+                _ => AdminState::Active,
+            };
+            Some(NodeOffer { admin, ..n.clone() })
+        })
+        .collect();
     if nodes.is_empty() {
         return Ok(Vec::new());
     }
