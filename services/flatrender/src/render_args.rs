@@ -38,6 +38,18 @@ pub struct RenderArgs {
     /// Enrol attempts per client address per minute.
     #[arg(long = "render-enroll-rate", env = "FLATRENDER_RENDER_ENROLL_RATE", default_value_t = 10)]
     pub enroll_attempts_per_minute: u32,
+
+    /// Crashes within --render-quarantine-window that quarantine a node automatically (0: never).
+    #[arg(long = "render-quarantine-crashes", env = "FLATRENDER_RENDER_QUARANTINE_CRASHES", default_value_t = 3)]
+    pub quarantine_crashes: u32,
+
+    /// The window crashes are counted in.
+    #[arg(long = "render-quarantine-window", env = "FLATRENDER_RENDER_QUARANTINE_WINDOW", value_parser = parse_duration, default_value = "10m")]
+    pub quarantine_window: Duration,
+
+    /// At most one stored health sample per node per this interval (the rest stay in memory).
+    #[arg(long = "render-health-log-interval", env = "FLATRENDER_RENDER_HEALTH_LOG_INTERVAL", value_parser = parse_duration, default_value = "60s")]
+    pub health_log_interval: Duration,
 }
 
 impl RenderArgs {
@@ -73,7 +85,16 @@ impl RenderArgs {
         settings.reconnect_grace = self.reconnect_grace;
         settings.hello_timeout = self.hello_timeout;
         settings.max_attempts = self.max_attempts;
+        if self.quarantine_window.is_zero() {
+            return Err(Error::Config("--render-quarantine-window must be positive".into()));
+        }
+        if self.health_log_interval < Duration::from_secs(1) {
+            return Err(Error::Config("--render-health-log-interval must be at least 1s".into()));
+        }
         settings.enroll_attempts_per_minute = self.enroll_attempts_per_minute;
+        settings.quarantine_crashes = self.quarantine_crashes;
+        settings.quarantine_window = self.quarantine_window;
+        settings.health_log_interval = self.health_log_interval;
         Ok(settings)
     }
 }
@@ -118,6 +139,12 @@ mod tests {
             "4s",
             "--render-max-attempts",
             "5",
+            "--render-quarantine-crashes",
+            "5",
+            "--render-quarantine-window",
+            "30m",
+            "--render-health-log-interval",
+            "5m",
         ])
         .unwrap();
         assert_eq!(settings.orchestrator_id, "render-0");
@@ -125,6 +152,8 @@ mod tests {
         assert_eq!(settings.lease_ttl, Duration::from_secs(6));
         assert_eq!(settings.reconnect_grace, Duration::from_secs(4));
         assert_eq!(settings.max_attempts, 5);
+        assert_eq!((settings.quarantine_crashes, settings.quarantine_window), (5, Duration::from_secs(1800)));
+        assert_eq!(settings.health_log_interval, Duration::from_secs(300));
     }
 
     #[test]
@@ -133,5 +162,7 @@ mod tests {
         assert!(parse(&["--render-lease-ttl", "1s"]).is_err());
         assert!(parse(&["--render-max-attempts", "0"]).is_err());
         assert!(parse(&["--render-orchestrator-id", " "]).is_err());
+        assert!(parse(&["--render-quarantine-window", "0s"]).is_err());
+        assert!(parse(&["--render-health-log-interval", "0s"]).is_err());
     }
 }
