@@ -7,6 +7,7 @@ mod access;
 pub mod changes;
 mod exports;
 mod follow;
+pub(crate) mod job_pages;
 pub(crate) mod page;
 pub(crate) mod records;
 mod renders;
