@@ -32,6 +32,8 @@ pub struct Settings {
     pub quarantine_window: Duration,
     /// At most one `node_health_logs` row per node per this interval (downsampling).
     pub health_log_interval: Duration,
+    /// How often the samples due are written, all nodes of the replica in one statement.
+    pub health_flush_interval: Duration,
     /// At most one `nodes.last_seen_at` write per node per this interval.
     pub last_seen_interval: Duration,
     /// How often this replica refreshes its `render.orchestrators` row (and looks for dead
@@ -99,6 +101,7 @@ impl Default for Settings {
             quarantine_crashes: 3,
             quarantine_window: Duration::from_secs(600),
             health_log_interval: Duration::from_secs(60),
+            health_flush_interval: Duration::from_secs(5),
             last_seen_interval: Duration::from_secs(30),
             replica_heartbeat_interval: Duration::from_secs(2),
             dispatch_poll_interval: Duration::from_secs(1),

@@ -47,13 +47,21 @@ pub struct Agents {
     pub wake: Notify,
     /// Enrol attempts per client address.
     pub enroll_limiter: enroll::RateLimiter,
+    /// Health samples waiting for their batched write.
+    pub health_log: node_admin::health::HealthLog,
 }
 
 impl Agents {
     /// The agent side over `state`.
     pub fn new(state: State) -> Arc<Self> {
         let enroll_limiter = enroll::RateLimiter::per_minute(state.settings.enroll_attempts_per_minute);
-        Arc::new(Self { state, registry: Registry::default(), wake: Notify::new(), enroll_limiter })
+        Arc::new(Self {
+            state,
+            registry: Registry::default(),
+            wake: Notify::new(),
+            enroll_limiter,
+            health_log: node_admin::health::HealthLog::default(),
+        })
     }
 
     /// Asks the dispatcher to look for work now.
@@ -66,6 +74,7 @@ impl Agents {
         vec![
             ("render-dispatcher", Box::pin(dispatcher::run(Arc::clone(self), shutdown.clone()))),
             ("render-liveness", Box::pin(liveness::run(Arc::clone(self), shutdown.clone()))),
+            ("render-health-log", Box::pin(node_admin::health::run_writer(Arc::clone(self), shutdown.clone()))),
         ]
     }
 }

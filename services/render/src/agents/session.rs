@@ -456,7 +456,7 @@ impl Session {
 
     /// Rule 5: Health is the heartbeat; renew the leases it lists that this node holds, cancel
     /// the rest. In memory, except that a sample is stored at most once per
-    /// `health_log_interval` (in the background; the stream does not wait for it).
+    /// `health_log_interval` (queued for the replica's batched writer).
     fn on_health(&mut self, health: &agent_pb::Health) {
         let Some(conn) = self.conn.clone() else { return };
         let ttl = self.agents.state.settings.lease_ttl;
@@ -516,12 +516,7 @@ impl Session {
             self.agents.wake_dispatcher();
         }
         if let Some(row) = log {
-            let (pool, node) = (self.agents.state.pool.clone(), self.node);
-            tokio::spawn(async move {
-                if let Err(e) = node_admin::health::record(&pool, node, &row).await {
-                    tracing::warn!(node = %node, error = %e, "cannot store a health sample");
-                }
-            });
+            self.agents.health_log.push(self.node, row);
         }
     }
 

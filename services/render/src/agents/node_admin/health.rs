@@ -4,8 +4,10 @@
 //! once), not every heartbeat.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use flatrender_kit::shutdown::ShutdownSignal;
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::common::v1 as common_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
@@ -268,26 +270,96 @@ impl HealthRow {
     }
 }
 
-/// Stores one sample of `node`.
-pub async fn record(pool: &PgPool, node: Uuid, row: &HealthRow) -> Result<()> {
+/// Samples due for `node_health_logs`, written together by [`run_writer`]: one INSERT per flush
+/// for every node of this replica, so thousands of agents cost one statement every few
+/// seconds, not one per node.
+#[derive(Debug, Default)]
+pub struct HealthLog {
+    pending: Mutex<Vec<(Uuid, HealthRow)>>,
+}
+
+/// Samples kept while the database cannot take them; older ones are dropped beyond this.
+const MAX_PENDING: usize = 100_000;
+
+impl HealthLog {
+    fn pending(&self) -> MutexGuard<'_, Vec<(Uuid, HealthRow)>> {
+        // Every update is one push or one take: a panic elsewhere cannot leave it half-done.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a sample of `node` for the next flush.
+    pub fn push(&self, node: Uuid, row: HealthRow) {
+        let mut pending = self.pending();
+        if pending.len() >= MAX_PENDING {
+            pending.remove(0);
+        }
+        pending.push((node, row));
+    }
+
+    fn take(&self) -> Vec<(Uuid, HealthRow)> {
+        std::mem::take(&mut *self.pending())
+    }
+
+    /// Puts back samples a failed flush could not store (newest kept when over the bound).
+    fn restore(&self, mut rows: Vec<(Uuid, HealthRow)>) {
+        let mut pending = self.pending();
+        rows.append(&mut pending);
+        let excess = rows.len().saturating_sub(MAX_PENDING);
+        rows.drain(..excess);
+        *pending = rows;
+    }
+
+    /// Stores what is queued; on failure keeps it for the next flush.
+    pub async fn flush(&self, pool: &PgPool) {
+        let rows = self.take();
+        if rows.is_empty() {
+            return;
+        }
+        if let Err(e) = record_many(pool, &rows).await {
+            tracing::warn!(samples = rows.len(), error = %e, "cannot store health samples; retrying at the next flush");
+            self.restore(rows);
+        }
+    }
+}
+
+/// Flushes `agents`' health log every `health_flush_interval` until `shutdown`, and once more
+/// then.
+pub async fn run_writer(agents: Arc<Agents>, shutdown: ShutdownSignal) {
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    let mut every = tokio::time::interval(agents.state.settings.health_flush_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = every.tick() => agents.health_log.flush(&agents.state.pool).await,
+        }
+    }
+    agents.health_log.flush(&agents.state.pool).await;
+}
+
+/// Stores samples in one statement.
+async fn record_many(pool: &PgPool, rows: &[(Uuid, HealthRow)]) -> Result<()> {
+    let column = |f: fn(&(Uuid, HealthRow)) -> i64| rows.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO render.node_health_logs
                 (recorded_at, node_id, cpu_percent, load_1m, memory_used_bytes, memory_total_bytes,
                  work_disk_free_bytes, cache_disk_free_bytes, gpus, ae_process_count, ae_memory_bytes, running_tasks)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+         SELECT * FROM unnest($1::timestamptz[], $2::uuid[], $3::real[], $4::real[], $5::bigint[], $6::bigint[],
+                              $7::bigint[], $8::bigint[], $9::jsonb[], $10::int[], $11::bigint[], $12::int[])",
     )
-    .bind(row.recorded_at)
-    .bind(node)
-    .bind(row.cpu_percent)
-    .bind(row.load_1m)
-    .bind(row.memory_used_bytes)
-    .bind(row.memory_total_bytes)
-    .bind(row.work_disk_free_bytes)
-    .bind(row.cache_disk_free_bytes)
-    .bind(&row.gpus)
-    .bind(row.ae_process_count)
-    .bind(row.ae_memory_bytes)
-    .bind(row.running_tasks)
+    .bind(rows.iter().map(|(_, r)| r.recorded_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(node, _)| *node).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.cpu_percent).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.load_1m).collect::<Vec<_>>())
+    .bind(column(|(_, r)| r.memory_used_bytes))
+    .bind(column(|(_, r)| r.memory_total_bytes))
+    .bind(rows.iter().map(|(_, r)| r.work_disk_free_bytes).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.cache_disk_free_bytes).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.gpus.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|(_, r)| r.ae_process_count).collect::<Vec<_>>())
+    .bind(column(|(_, r)| r.ae_memory_bytes))
+    .bind(rows.iter().map(|(_, r)| r.running_tasks).collect::<Vec<_>>())
     .execute(pool)
     .await?;
     Ok(())
@@ -296,6 +368,21 @@ pub async fn record(pool: &PgPool, node: Uuid, row: &HealthRow) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_flush_keeps_its_samples_before_newer_ones() {
+        let log = HealthLog::default();
+        let row = HealthRow::of(&agent_pb::Health::default(), OffsetDateTime::now_utc());
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        log.push(a, row.clone());
+        log.push(b, row.clone());
+        let taken = log.take();
+        log.push(c, row);
+        log.restore(taken);
+        let order: Vec<Uuid> = log.take().into_iter().map(|(node, _)| node).collect();
+        assert_eq!(order, [a, b, c]);
+        assert!(log.take().is_empty());
+    }
 
     #[test]
     fn rows_keep_the_tables_checks() {
