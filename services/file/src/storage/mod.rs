@@ -27,6 +27,7 @@
 mod config;
 mod digest;
 mod error;
+mod hashing;
 mod key;
 mod objects;
 mod parts;

@@ -2,13 +2,18 @@
 //! destination, written one part at a time on a blocking thread and flushed to disk as it goes,
 //! then renamed onto the destination.
 //!
+//! The thread that writes a part also hashes it, chunk by chunk just before writing it (while
+//! the chunk is still in the CPU's cache): the task receiving the upload only counts bytes and
+//! hands over parts, so receiving one part overlaps hashing and writing the one before. At most
+//! two parts are held: the one being written and the one being received.
+//!
 //! Why not `object_store`'s own multipart upload for local files: it writes into the same kind of
 //! staging file but flushes nothing before it completes, so with fsync on, a large upload sat in
 //! the page cache until the end and the disk only began writing once the transfer was over; the
 //! two took turns. Here the parts written so far are flushed while the next ones arrive and are
 //! written, and completing has about a part left to flush.
 //!
-//! Nothing appears under the destination before [`StagedWrite::finish`]: `LocalFileSystem` lists
+//! Nothing appears under the destination before [`StagedWrite::publish`]: `LocalFileSystem` lists
 //! no `name#digits` file and the key rules forbid `#`, so a staging file is never taken for an
 //! object. Aborting removes it, and so does dropping the writer (a client that went away).
 
@@ -20,9 +25,11 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use object_store::local::LocalFileSystem;
+use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::digest::Sha256Digest;
 use super::error::{Result, StorageError};
 use super::key::ObjectKey;
 
@@ -75,10 +82,10 @@ impl StagedWrite {
         })
     }
 
-    /// Appends `chunks` on a blocking thread once the part before is written, and returns without
-    /// waiting for it: the next part can arrive meanwhile. With fsync, the parts written so far
-    /// are flushed to disk beside it (see [`flush_behind`](Self::flush_behind)). A failure shows
-    /// on the next call.
+    /// Hashes and appends `chunks` on a blocking thread once the part before is written, and
+    /// returns without waiting for it: the next part can arrive meanwhile. With fsync, the parts
+    /// written so far are flushed to disk beside it (see [`flush_behind`](Self::flush_behind)).
+    /// A failure shows on the next call.
     pub(crate) async fn write_part(&mut self, chunks: Vec<Bytes>) -> Result<()> {
         self.wait_written().await?;
         if self.fsync {
@@ -94,22 +101,29 @@ impl StagedWrite {
         Ok(())
     }
 
-    /// Appends `last`, flushes, and renames the staging file onto the destination; returns the
-    /// entity tag `LocalFileSystem` gives the file.
-    pub(crate) async fn finish(mut self, last: Vec<Bytes>) -> Result<String> {
+    /// Hashes and appends `last`, the end of the data, and returns the digest of all of it;
+    /// nothing is visible yet: [`publish`](Self::publish) or [`abort`](Self::abort) next.
+    pub(crate) async fn finish_writing(&mut self, last: Vec<Bytes>) -> Result<Sha256Digest> {
+        self.write_part(last).await?;
+        self.wait_written().await?;
+        match &self.staging {
+            Some(staging) => Ok(Sha256Digest::from_hasher(staging.hasher.clone())),
+            None => Err(self.failed("write", io::Error::other("the staging file is gone"))),
+        }
+    }
+
+    /// Flushes the staging file and renames it onto the destination; returns the entity tag
+    /// `LocalFileSystem` gives the file.
+    pub(crate) async fn publish(mut self) -> Result<String> {
         self.wait_written().await?;
         // Its error, if any, would not show again on the final flush (the descriptor is shared).
         self.wait_flushed().await?;
         let staging = self.staging.take();
         let (dest, fsync) = (self.dest.clone(), self.fsync);
-        tokio::task::spawn_blocking(move || {
-            let mut staging = open(staging, &dest, fsync)?;
-            staging.append(&last)?;
-            staging.publish(&dest, fsync)
-        })
-        .await
-        .map_err(|e| self.joined(e))?
-        .map_err(|e| self.failed("store", e))
+        tokio::task::spawn_blocking(move || open(staging, &dest, fsync)?.publish(&dest, fsync))
+            .await
+            .map_err(|e| self.joined(e))?
+            .map_err(|e| self.failed("store", e))
     }
 
     /// Removes the staging file, once the part being written is done.
@@ -194,10 +208,11 @@ fn open(staging: Option<Staging>, dest: &FsPath, fsync: bool) -> io::Result<Stag
     }
 }
 
-/// An open staging file; removed when dropped unless published.
+/// An open staging file, and the hash of what it holds; removed when dropped unless published.
 struct Staging {
     path: PathBuf,
     file: File,
+    hasher: Sha256,
     published: bool,
 }
 
@@ -209,7 +224,7 @@ impl Staging {
         loop {
             let path = staging_path(dest);
             match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => return Ok(Self { path, file, published: false }),
+                Ok(file) => return Ok(Self { path, file, hasher: Sha256::new(), published: false }),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists && attempts < NAME_ATTEMPTS => attempts += 1,
                 Err(e) if e.kind() == ErrorKind::NotFound && !created_dirs => {
                     create_parent_dirs(dest, fsync)?;
@@ -220,8 +235,12 @@ impl Staging {
         }
     }
 
+    /// Hashes and writes `chunks`, each hashed just before it is written.
     fn append(&mut self, chunks: &[Bytes]) -> io::Result<()> {
-        chunks.iter().try_for_each(|chunk| self.file.write_all(chunk))
+        chunks.iter().try_for_each(|chunk| {
+            self.hasher.update(chunk);
+            self.file.write_all(chunk)
+        })
     }
 
     /// Flushes (with fsync), renames onto `dest` and flushes the directory entry; returns the
@@ -340,7 +359,11 @@ mod tests {
         let mut write = StagedWrite::new(&target(dir.path()), &key()).unwrap();
         write.write_part(vec![Bytes::from_static(b"one "), Bytes::from_static(b"two ")]).await.unwrap();
         write.write_part(vec![Bytes::from_static(b"three ")]).await.unwrap();
-        let e_tag = write.finish(vec![Bytes::from_static(b"four")]).await.unwrap();
+        let digest = write.finish_writing(vec![Bytes::from_static(b"four")]).await.unwrap();
+        assert_eq!(digest, Sha256Digest::of(b"one two three four"));
+        // Nothing under the destination before publishing.
+        assert!(!dir.path().join("a/b/object").exists());
+        let e_tag = write.publish().await.unwrap();
         assert_eq!(files(dir.path()), ["object"]);
         let path = dir.path().join("a/b/object");
         assert_eq!(std::fs::read(&path).unwrap(), b"one two three four");
@@ -403,7 +426,7 @@ mod tests {
         std::fs::write(dir.path().join("a/b"), b"a file, not a directory").unwrap();
         let mut write = StagedWrite::new(&target(dir.path()), &key()).unwrap();
         write.write_part(vec![Bytes::from_static(b"data")]).await.unwrap();
-        let err = write.finish(Vec::new()).await.unwrap_err();
+        let err = write.finish_writing(Vec::new()).await.unwrap_err();
         assert!(matches!(err, StorageError::Backend { .. }), "{err}");
         assert_eq!(std::fs::read(dir.path().join("a/b")).unwrap(), b"a file, not a directory");
     }

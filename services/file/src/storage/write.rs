@@ -6,11 +6,11 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
-use sha2::{Digest, Sha256};
 
 use super::Storage;
 use super::digest::Sha256Digest;
 use super::error::{BoxError, Result, StorageError};
+use super::hashing::BackgroundHasher;
 use super::key::ObjectKey;
 use super::staged::{LocalTarget, StagedWrite};
 
@@ -77,6 +77,11 @@ impl Storage {
 
 /// Writes one object from chunks: buffers up to one part, then switches to a multipart upload,
 /// or on the local backend to a staging file flushed part by part (see [`StagedWrite`]).
+///
+/// The caller's task only counts the bytes and passes them on; they are hashed elsewhere, beside
+/// what else happens to them: by the thread that writes the staging file, on a blocking thread
+/// while an S3 upload sends them, or (one request's worth) on a blocking thread before that
+/// request (see [`BackgroundHasher`]).
 pub(crate) struct ObjectWriter {
     store: Arc<dyn ObjectStore>,
     local: Option<LocalTarget>,
@@ -84,18 +89,19 @@ pub(crate) struct ObjectWriter {
     path: Path,
     part_size: usize,
     upload_concurrency: usize,
-    hasher: Sha256,
     size: u64,
     size_limit: Option<u64>,
     state: WriteState,
 }
 
 enum WriteState {
-    /// Nothing sent yet; the chunks so far (at most about one part).
+    /// Nothing sent or hashed yet; the chunks so far (at most about one part).
     Buffering { chunks: Vec<Bytes>, len: usize },
-    /// A multipart upload in progress.
-    Uploading(WriteMultipart),
-    /// A local staging file in progress, and the chunks of the next part.
+    /// A multipart upload in progress, its hash, and the chunks sent since the last batch was
+    /// handed to the hasher.
+    Uploading { upload: WriteMultipart, hasher: BackgroundHasher, unhashed: Vec<Bytes>, len: usize },
+    /// A local staging file in progress (which hashes what it writes), and the chunks of the
+    /// next part.
     Staging { file: StagedWrite, chunks: Vec<Bytes>, len: usize },
 }
 
@@ -109,15 +115,14 @@ impl ObjectWriter {
             path: key.to_path(),
             part_size: storage.part_size,
             upload_concurrency: storage.upload_concurrency,
-            hasher: Sha256::new(),
             size: 0,
             size_limit,
             state: WriteState::Buffering { chunks: Vec::new(), len: 0 },
         }
     }
 
-    /// Hashes `chunk` and sends it on (or buffers it), waiting while the parts in flight are
-    /// at the limit.
+    /// Counts `chunk` and sends it on (or buffers it), waiting while the parts in flight are at
+    /// the limit.
     pub(crate) async fn write(&mut self, chunk: Bytes) -> Result<()> {
         if chunk.is_empty() {
             return Ok(());
@@ -128,7 +133,6 @@ impl ObjectWriter {
         {
             return Err(StorageError::SizeMismatch { expected: limit, actual: self.size });
         }
-        self.hasher.update(&chunk);
         match &mut self.state {
             WriteState::Buffering { chunks, len } => {
                 *len += chunk.len();
@@ -148,18 +152,30 @@ impl ObjectWriter {
                         .await
                         .map_err(|e| StorageError::backend("start an upload to", &self.key, e))?;
                     let mut upload = WriteMultipart::new_with_chunk_size(upload, self.part_size);
-                    for chunk in chunks {
-                        upload.put(chunk);
+                    for chunk in &chunks {
+                        upload.put(chunk.clone());
                     }
-                    self.state = WriteState::Uploading(upload);
+                    // Kept before hashing can fail, so that the abort finds the upload.
+                    let mut hasher = BackgroundHasher::default();
+                    let hashing = hasher.add(chunks).await;
+                    self.state = WriteState::Uploading { upload, hasher, unhashed: Vec::new(), len: 0 };
+                    hashing.map_err(|e| hash_failed(&self.key, e))?;
                 }
             }
-            WriteState::Uploading(upload) => {
+            WriteState::Uploading { upload, hasher, unhashed, len } => {
                 upload
                     .wait_for_capacity(self.upload_concurrency)
                     .await
                     .map_err(|e| StorageError::backend("write", &self.key, e))?;
-                upload.put(chunk);
+                // The same bytes, shared: hashing holds them at most a part longer than the upload.
+                upload.put(chunk.clone());
+                *len += chunk.len();
+                unhashed.push(chunk);
+                if *len >= self.part_size {
+                    *len = 0;
+                    let batch = std::mem::take(unhashed);
+                    hasher.add(batch).await.map_err(|e| hash_failed(&self.key, e))?;
+                }
             }
             WriteState::Staging { file, chunks, len } => {
                 *len += chunk.len();
@@ -173,54 +189,88 @@ impl ObjectWriter {
         Ok(())
     }
 
-    /// The size and digest so far.
-    fn summary(&self) -> (u64, Sha256Digest) {
-        (self.size, Sha256Digest::from_hasher(self.hasher.clone()))
-    }
-
     /// Checks the data against `expected`, then makes the object visible; or aborts.
     pub(crate) async fn finish(self, expected: Expected) -> Result<StoredObject> {
-        let (size, sha256) = self.summary();
-        let mismatch = if let Some(want) = expected.size
+        let size = self.size;
+        // Known without the digest, so checked before waiting for it.
+        if let Some(want) = expected.size
             && want != size
         {
-            Some(StorageError::SizeMismatch { expected: want, actual: size })
-        } else if let Some(want) = expected.sha256
-            && want != sha256
-        {
-            Some(StorageError::ChecksumMismatch { expected: want, actual: sha256 })
-        } else {
-            None
-        };
-        if let Some(err) = mismatch {
             self.abort().await;
-            return Err(err);
+            return Err(StorageError::SizeMismatch { expected: want, actual: size });
         }
-        let stored = match self.state {
-            WriteState::Buffering { chunks, .. } => self.store.put(&self.path, PutPayload::from_iter(chunks)).await,
-            // Aborts the upload itself when completing fails.
-            WriteState::Uploading(upload) => upload.finish().await,
-            WriteState::Staging { file, chunks, .. } => {
-                let e_tag = file.finish(chunks).await?;
-                return Ok(StoredObject { size, sha256, e_tag: Some(e_tag) });
+        let Self { store, key, path, state, .. } = self;
+        match state {
+            WriteState::Buffering { chunks, .. } => {
+                let sha256 =
+                    BackgroundHasher::default().finish(chunks.clone()).await.map_err(|e| hash_failed(&key, e))?;
+                check_sha256(expected, sha256)?;
+                let stored = store
+                    .put(&path, PutPayload::from_iter(chunks))
+                    .await
+                    .map_err(|e| StorageError::backend("store", &key, e))?;
+                Ok(StoredObject { size, sha256, e_tag: stored.e_tag })
+            }
+            WriteState::Uploading { upload, hasher, unhashed, .. } => {
+                let checked = match hasher.finish(unhashed).await {
+                    Ok(sha256) => check_sha256(expected, sha256).map(|()| sha256),
+                    Err(e) => Err(hash_failed(&key, e)),
+                };
+                let sha256 = match checked {
+                    Ok(sha256) => sha256,
+                    Err(err) => {
+                        abort_upload(upload, &key).await;
+                        return Err(err);
+                    }
+                };
+                // Aborts the upload itself when completing fails.
+                let stored = upload.finish().await.map_err(|e| StorageError::backend("store", &key, e))?;
+                Ok(StoredObject { size, sha256, e_tag: stored.e_tag })
+            }
+            WriteState::Staging { mut file, chunks, .. } => {
+                let checked = match file.finish_writing(chunks).await {
+                    Ok(sha256) => check_sha256(expected, sha256).map(|()| sha256),
+                    Err(err) => Err(err),
+                };
+                match checked {
+                    Ok(sha256) => Ok(StoredObject { size, sha256, e_tag: Some(file.publish().await?) }),
+                    Err(err) => {
+                        file.abort().await;
+                        Err(err)
+                    }
+                }
             }
         }
-        .map_err(|e| StorageError::backend("store", &self.key, e))?;
-        Ok(StoredObject { size, sha256, e_tag: stored.e_tag })
     }
 
     /// Drops what was written: nothing to do before the first part, else abort the upload or
-    /// remove the staging file.
+    /// remove the staging file. A batch still being hashed is left to end on its own.
     pub(crate) async fn abort(self) {
         match self.state {
             WriteState::Buffering { .. } => {}
-            WriteState::Uploading(upload) => {
-                if let Err(error) = upload.abort().await {
-                    // Invisible either way: an S3 upload the bucket's lifecycle rule expires.
-                    tracing::warn!(key = %self.key, %error, "could not abort a multipart upload");
-                }
-            }
+            WriteState::Uploading { upload, .. } => abort_upload(upload, &self.key).await,
             WriteState::Staging { file, .. } => file.abort().await,
         }
+    }
+}
+
+/// `ChecksumMismatch` unless `sha256` is the expected digest (or none is expected).
+fn check_sha256(expected: Expected, sha256: Sha256Digest) -> Result<()> {
+    match expected.sha256 {
+        Some(want) if want != sha256 => Err(StorageError::ChecksumMismatch { expected: want, actual: sha256 }),
+        _ => Ok(()),
+    }
+}
+
+/// A hashing task that did not finish (it panicked, or the runtime is shutting down).
+fn hash_failed(key: &ObjectKey, source: tokio::task::JoinError) -> StorageError {
+    StorageError::backend("hash", key, object_store::Error::JoinError { source })
+}
+
+/// Aborts a multipart upload; a failure is only logged.
+async fn abort_upload(upload: WriteMultipart, key: &ObjectKey) {
+    if let Err(error) = upload.abort().await {
+        // Invisible either way: an S3 upload the bucket's lifecycle rule expires.
+        tracing::warn!(%key, %error, "could not abort a multipart upload");
     }
 }
