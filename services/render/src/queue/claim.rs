@@ -110,7 +110,7 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
     if free == 0 {
         return Ok(Vec::new());
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin_hot(pool).await?;
 
     // 1. Fence: only nodes whose current stream this replica holds.
     let ids: Vec<Uuid> = request.nodes.iter().map(|n| n.node_id).collect();

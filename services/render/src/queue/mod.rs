@@ -38,6 +38,23 @@ pub const NODES_CHANNEL: &str = "render_nodes";
 /// Notification channel: a job changed (payload: job id).
 pub const JOBS_CHANNEL: &str = "render_jobs";
 
+/// A transaction for the agents' hot path (claims, task updates, frame reports, results) that
+/// commits without waiting for its WAL flush (`synchronous_commit = off`).
+///
+/// Why: these transactions NOTIFY, and PostgreSQL serializes notifying commits database-wide,
+/// so with a synchronous flush the whole farm's reports would queue behind one fsync each. What
+/// it risks: a database crash (not a process crash) can forget the last few hundred
+/// milliseconds of them although the agent was answered. Every such loss is repaired by the
+/// protocol: a forgotten claim is a lease nobody holds in the database (the agent's reports are
+/// refused and it drops the task, which is claimed again); a forgotten result leaves the lease
+/// open until it lapses and the chunk is rendered again. Job state changes made by people
+/// (submit, cancel, requeue) keep synchronous commits.
+pub async fn begin_hot(pool: &sqlx::PgPool) -> sqlx::Result<PgTransaction<'static>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
+    Ok(tx)
+}
+
 /// Sends `payload` on `channel` when the surrounding transaction commits.
 pub async fn notify(tx: &mut PgTransaction<'_>, channel: &str, payload: &str) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&mut **tx).await?;

@@ -103,7 +103,7 @@ pub async fn task_update(pool: &PgPool, fence: Fence, update: &agent_pb::TaskUpd
     let phase = TaskPhase::from_pb(update.phase()).unwrap_or(TaskPhase::Accepted).as_db();
     let percent = update.percent.clamp(0.0, 100.0);
     let percent = if percent.is_finite() { percent as f32 } else { 0.0 };
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin_hot(pool).await?;
     if !holds_stream(&mut tx, fence.node_id, fence.connection_epoch).await? {
         return Ok(Verdict::Superseded);
     }
@@ -318,7 +318,7 @@ pub async fn frame_report(pool: &PgPool, fence: Fence, report: &agent_pb::FrameR
         Ok(frames) => frames,
         Err(reason) => return Ok(Verdict::Malformed(reason)),
     };
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin_hot(pool).await?;
     if !holds_stream(&mut tx, fence.node_id, fence.connection_epoch).await? {
         return Ok(Verdict::Superseded);
     }
@@ -373,7 +373,7 @@ pub async fn task_result(
         Ok(frames) => frames,
         Err(reason) => return Ok((Verdict::Malformed(reason), None)),
     };
-    let mut tx = pool.begin().await?;
+    let mut tx = super::begin_hot(pool).await?;
     if !holds_stream(&mut tx, fence.node_id, fence.connection_epoch).await? {
         return Ok((Verdict::Superseded, None));
     }
