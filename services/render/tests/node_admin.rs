@@ -205,7 +205,10 @@ async fn nodes_are_listed_by_name_with_filters_and_pages() {
         ..Default::default()
     };
     let err = admin.list_nodes(other_filters).await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "page.page_token: was issued for other filters or another sort"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "page.page_token: was issued for other filters or another sort")
+    );
 
     let lister = admin.clone();
     let list = |request: pb::ListNodesRequest| {
