@@ -124,7 +124,7 @@ async fn an_assembled_video_becomes_the_export_that_completes_the_job() {
     let _renderer = agent(&stack, AgentSpec::default()).await;
     eventually("the job to reach assembly", || async { job_state(&stack, &job.id).await == "assembling" }).await;
 
-    let wanted = job.output.clone().unwrap();
+    let wanted = job.output.unwrap();
     let size = wanted.resolution.unwrap();
     let media = |frames: i32| agent_pb::MediaInfo {
         resolution: Some(size),

@@ -14,6 +14,9 @@ use crate::api::changes::SNAPSHOTS_CHANNEL;
 use crate::error::Result;
 use crate::model::ErrorInfo;
 
+/// tenant_id, user_id, cache_key, expires_at of a snapshot made ready.
+type ReadyRow = (Uuid, Option<Uuid>, Vec<u8>, Option<OffsetDateTime>);
+
 /// Snapshot `id` is READY with image `file`, kept for `retention` from now. Returns when the
 /// image expires, or `None` when the snapshot was no longer waiting for an image (requeued
 /// rows are waiting again; nothing else changes a rendering snapshot).
@@ -24,7 +27,7 @@ pub async fn ready(
     retention: Duration,
     render_ms: i64,
 ) -> Result<Option<OffsetDateTime>> {
-    let row: Option<(Uuid, Option<Uuid>, Vec<u8>, Option<OffsetDateTime>)> = sqlx::query_as(
+    let row: Option<ReadyRow> = sqlx::query_as(
         "UPDATE render.snapshots
             SET state = 'ready', file_id = $2, rendered_at = now(), last_accessed_at = now(),
                 expires_at = now() + make_interval(secs => $3),
