@@ -308,3 +308,75 @@ async fn a_snapshot_image_makes_the_snapshot_ready_and_wakes_its_watchers() {
     let event = ev::SnapshotReady::decode(events[0].as_slice()).unwrap();
     assert_eq!((event.snapshot_id.as_str(), event.file_id.as_str()), (snapshot.id.as_str(), image.id.as_str()));
 }
+
+#[tokio::test]
+async fn a_snapshot_whose_task_fails_for_good_is_failed() {
+    let stack = Stack::start_with(|settings| settings.max_attempts = 1).await;
+    let alice = Principal::user(TENANT_A);
+    let files = stack.assets(&alice).await;
+    let request = pb::RequestSnapshotRequest {
+        template_file_id: files.template.id.clone(),
+        template_sha256: files.template.sha256.clone(),
+        composition: "Main".into(),
+        frame: 3,
+        ..Default::default()
+    };
+    let snapshot = stack.renders(&alice).request_snapshot(request).await.unwrap().into_inner().snapshot.unwrap();
+    let watch = pb::WatchSnapshotRequest { snapshot_id: snapshot.id.clone() };
+    let mut stream = stack.renders(&alice).watch_snapshot(watch).await.unwrap().into_inner();
+    assert_eq!(stream.next().await.unwrap().unwrap().snapshot.unwrap().state, pb::SnapshotState::Queued as i32);
+
+    // Its one attempt claims success without an image.
+    let node = agent(&stack, AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
+    let task = node.next_assign().await;
+    succeed(&node, &task, Vec::new()).await;
+
+    let mut last = None;
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap() {
+        last = Some(message.unwrap().snapshot.unwrap());
+    }
+    let failed = last.unwrap();
+    assert_eq!(failed.state, pb::SnapshotState::Failed as i32);
+    assert!(failed.file_id.is_empty());
+    let error = failed.error.unwrap();
+    assert_eq!((error.error_class(), error.code()), (pb::ErrorClass::Machine, pb::ErrorCode::FramesInvalid));
+    assert!(error.message.contains("exactly one SNAPSHOT_IMAGE"));
+    let events = stack.events("flatrender.events.v1.SnapshotFailed").await;
+    assert_eq!(events.len(), 1);
+    let event = ev::SnapshotFailed::decode(events[0].as_slice()).unwrap();
+    assert_eq!(event.snapshot_id, snapshot.id);
+    let task_state: String = sqlx::query_scalar("SELECT state FROM render.frame_jobs WHERE id = $1::uuid")
+        .bind(&task.task_id)
+        .fetch_one(stack.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(task_state, "failed");
+}
+
+#[tokio::test]
+async fn an_assembly_without_its_video_fails_the_job_once_out_of_attempts() {
+    let stack = Stack::start_with(|settings| settings.max_attempts = 1).await;
+    let alice = Principal::user(TENANT_A);
+    let files = stack.assets(&alice).await;
+    let job = stack
+        .renders(&alice)
+        .submit_render(request(&files.template, "no video"))
+        .await
+        .unwrap()
+        .into_inner()
+        .render
+        .unwrap();
+    let _renderer = agent(&stack, AgentSpec::default()).await;
+    eventually("the job to reach assembly", || async { job_state(&stack, &job.id).await == "assembling" }).await;
+    let node = agent(&stack, assembler()).await;
+    let task = node.next_assign().await;
+    succeed(&node, &task, Vec::new()).await;
+
+    assert_eq!(job_state(&stack, &job.id).await, "failed");
+    let failed = stack.renders(&alice).get_render(pb::GetRenderRequest { render_id: job.id.clone() }).await;
+    let error = failed.unwrap().into_inner().render.unwrap().error.unwrap();
+    assert_eq!((error.error_class(), error.code()), (pb::ErrorClass::Machine, pb::ErrorCode::OutputMismatch));
+    assert_eq!(stack.count("SELECT count(*) FROM render.exports").await, 0);
+    assert!(stack.events("flatrender.events.v1.RenderJobCompleted").await.is_empty());
+    assert_eq!(stack.events("flatrender.events.v1.RenderJobFailed").await.len(), 1);
+}
