@@ -211,14 +211,17 @@ async fn an_assembled_video_becomes_the_export_that_completes_the_job() {
     assert_eq!((event.render_id.as_str(), event.export_id.as_str()), (job.id.as_str(), export.id.as_str()));
     assert_eq!((event.export_file_id.as_str(), event.frames_total), (video.id.as_str(), 30));
 
-    // The file service keeps the video for as long as the export lasts.
-    let retained: Option<time::OffsetDateTime> =
-        sqlx::query_scalar("SELECT retained_until FROM file_mgr.files WHERE id = $1::uuid")
-            .bind(&video.id)
-            .fetch_one(stack.db.pool())
-            .await
-            .unwrap();
-    assert!(retained.is_some(), "the export's file is retained");
+    // The file service keeps the video for as long as the export lasts (set right after).
+    eventually("the export's file to be retained", || async {
+        let retained: Option<time::OffsetDateTime> =
+            sqlx::query_scalar("SELECT retained_until FROM file_mgr.files WHERE id = $1::uuid")
+                .bind(&video.id)
+                .fetch_one(stack.db.pool())
+                .await
+                .unwrap();
+        retained.is_some()
+    })
+    .await;
 
     // The watcher's last message is COMPLETED, then the stream ends.
     let mut last = None;
@@ -305,6 +308,16 @@ async fn a_snapshot_image_makes_the_snapshot_ready_and_wakes_its_watchers() {
     assert!(read.rendered_at.is_some() && read.expires_at.is_some());
     let events = stack.events("flatrender.events.v1.SnapshotReady").await;
     assert_eq!(events.len(), 1);
+    eventually("the image to be retained", || async {
+        let retained: Option<time::OffsetDateTime> =
+            sqlx::query_scalar("SELECT retained_until FROM file_mgr.files WHERE id = $1::uuid")
+                .bind(&image.id)
+                .fetch_one(stack.db.pool())
+                .await
+                .unwrap();
+        retained.is_some()
+    })
+    .await;
     let event = ev::SnapshotReady::decode(events[0].as_slice()).unwrap();
     assert_eq!((event.snapshot_id.as_str(), event.file_id.as_str()), (snapshot.id.as_str(), image.id.as_str()));
 }

@@ -499,8 +499,8 @@ pub async fn task_result(
                 }
                 (Delivery::Bad(error), ..) => bad_output(&mut tx, settings, fence, &lease, error).await?,
                 _ => {
-                    // The lease was not current when the outputs were checked, yet is now: a
-                    // result raced its own lease; the node sends it again after the retry.
+                    // The outputs were checked while the lease was not (yet) current, which a
+                    // lease's fencing rules out; never trust unchecked outputs.
                     let error = ErrorInfo::new(ErrorCode::UploadFailed, "the task's outputs could not be checked");
                     bad_output(&mut tx, settings, fence, &lease, &error).await?
                 }
@@ -557,12 +557,15 @@ pub async fn task_result(
         }
     };
     tx.commit().await?;
-    if let (Some((file, until)), Some(files)) = (retain, files) {
-        // Best effort: the file service's cleanup rules keep snapshots and exports by kind
-        // anyway; the retention only makes sure they last as long as render serves them.
-        if let Err(error) = files.retain(file, until).await {
-            tracing::warn!(%file, %error, "could not set the retention of a delivered file");
-        }
+    if let (Some((file, until)), Some(files)) = (retain, files.cloned()) {
+        // Best effort, off the agent's stream: the file service's cleanup rules keep snapshots
+        // and exports by kind anyway; the retention makes sure they last as long as render
+        // serves them.
+        tokio::spawn(async move {
+            if let Err(error) = files.retain(file, until).await {
+                tracing::warn!(%file, %error, "could not set the retention of a delivered file");
+            }
+        });
     }
     Ok((Verdict::Accepted, Some(ended)))
 }
