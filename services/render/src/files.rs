@@ -51,6 +51,8 @@ pub struct FileFacts {
     pub sha256: Sha256Digest,
     /// Its size in bytes.
     pub size_bytes: u64,
+    /// What it is for (the file service's kind).
+    pub kind: file_pb::FileKind,
 }
 
 /// A client of the file service.
@@ -176,7 +178,7 @@ fn facts(file: &file_pb::File) -> Option<FileFacts> {
     let id = Uuid::try_parse(&file.id).ok()?;
     let bytes = hex::decode(&file.sha256).ok()?;
     let sha256 = Sha256Digest::from_slice(&bytes)?;
-    Some(FileFacts { id, sha256, size_bytes: file.size_bytes })
+    Some(FileFacts { id, sha256, size_bytes: file.size_bytes, kind: file.kind() })
 }
 
 /// A failed call: retryable statuses are `UNAVAILABLE` for our caller, the rest our bug.

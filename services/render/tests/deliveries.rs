@@ -161,6 +161,16 @@ async fn an_assembled_video_becomes_the_export_that_completes_the_job() {
     assert_eq!((outcome.as_str(), code.as_deref()), ("machine_error", Some("upload_failed")));
     nothing_written().await;
 
+    // A file of the tenant's that is no export (its template bundle).
+    let third = agent(&stack, assembler()).await;
+    let task = third.next_assign().await;
+    let bundle = file_pb::File { content_type: String::new(), ..files.template.clone() };
+    succeed(&third, &task, vec![output(agent_pb::ObjectKind::Video, &bundle, media(30))]).await;
+    let (outcome, code, message) = last_attempt(&stack, &task.task_id).await;
+    assert_eq!((outcome.as_str(), code.as_deref()), ("machine_error", Some("upload_failed")));
+    assert!(message.unwrap().contains("FILE_KIND_TEMPLATE_BUNDLE"));
+    nothing_written().await;
+
     // The video as stored, with the log beside it: the job completes.
     let third = agent(&stack, assembler()).await;
     let task = third.next_assign().await;

@@ -3,8 +3,8 @@
 //!
 //! A successful snapshot must deliver exactly one SNAPSHOT_IMAGE of the snapshot's size, and a
 //! successful assembly exactly one VIDEO whose probed facts fit the job ([`check_video`]); each
-//! file must exist in the file service, belong to the task's tenant and have the digest and size
-//! the agent reported. All of this is checked before the result's transaction (the file service
+//! file must exist in the file service as a file of its kind (SNAPSHOT, EXPORT), belong to the
+//! task's tenant and have the digest and size the agent reported. All of this is checked before the result's transaction (the file service
 //! is another process), so that transaction either records the delivery whole or records the
 //! attempt as a machine error — never half of it.
 //!
@@ -13,6 +13,7 @@
 //! attempt a machine error (retried on another node, then the task fails).
 
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
+use flatrender_proto::flatrender::file::v1 as file_pb;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -187,9 +188,15 @@ pub fn check_video(outputs: &Outputs, wanted: VideoWanted) -> Result<Output, Err
     Ok(video.clone())
 }
 
-/// Whether `output`'s file exists for `tenant` with the digest and size the agent reported;
-/// why not as a machine error (UPLOAD_FAILED: the node did not store what it claims).
-pub async fn check_file(files: Option<&FileClient>, tenant: Uuid, output: &Output) -> Result<(), ErrorInfo> {
+/// Whether `output`'s file exists for `tenant` as a file of `kind` with the digest and size the
+/// agent reported; why not as a machine error (UPLOAD_FAILED: the node did not store what it
+/// claims).
+pub async fn check_file(
+    files: Option<&FileClient>,
+    tenant: Uuid,
+    output: &Output,
+    kind: file_pb::FileKind,
+) -> Result<(), ErrorInfo> {
     let bad = |message: String| ErrorInfo::new(ErrorCode::UploadFailed, message);
     let at = format!("outputs[{}]", output.index);
     let Some(files) = files else {
@@ -206,6 +213,14 @@ pub async fn check_file(files: Option<&FileClient>, tenant: Uuid, output: &Outpu
     let Some(facts) = facts else {
         return Err(bad(format!("{at}: file {} does not exist for the task's tenant", output.file_id)));
     };
+    if facts.kind != kind {
+        return Err(bad(format!(
+            "{at}: file {} is a {}, not a {} file",
+            output.file_id,
+            facts.kind.as_str_name(),
+            kind.as_str_name()
+        )));
+    }
     if facts.sha256.as_bytes() != &output.sha256 {
         return Err(bad(format!("{at}: the stored file's SHA-256 differs from the reported one")));
     }
@@ -274,7 +289,8 @@ pub async fn delivery(pool: &PgPool, files: Option<&FileClient>, fence: Fence, o
         Ok(checked) => checked,
         Err(error) => return Ok(Delivery::Bad(error)),
     };
-    if let Err(error) = check_file(files, tenant, &output).await {
+    let kind = if video.is_some() { file_pb::FileKind::Export } else { file_pb::FileKind::Snapshot };
+    if let Err(error) = check_file(files, tenant, &output, kind).await {
         return Ok(Delivery::Bad(error));
     }
     Ok(match video {
