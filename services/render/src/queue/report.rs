@@ -6,6 +6,10 @@
 //! epoch (a node back from the dead), UNKNOWN_TASK when it never did. Results are deduplicated
 //! by (task, epoch) through the attempt row's outcome, frames by (task, epoch, frame): a resend
 //! of something recorded is acknowledged again and changes nothing.
+//!
+//! A SUCCESS of a snapshot or an assembly delivers a file ([`super::outputs`], checked first):
+//! its transaction makes the snapshot READY, or stores the export and completes the job; bad
+//! outputs make the attempt a machine error instead, retried like any other.
 
 use std::collections::BTreeMap;
 
