@@ -403,3 +403,39 @@ async fn an_assembly_without_its_video_fails_the_job_once_out_of_attempts() {
     assert!(stack.events("flatrender.events.v1.RenderJobCompleted").await.is_empty());
     assert_eq!(stack.events("flatrender.events.v1.RenderJobFailed").await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_snapshot_whose_node_is_lost_on_its_last_attempt_is_failed() {
+    let stack = Stack::start_with(|settings| {
+        settings.max_attempts = 1;
+        settings.reconnect_grace = Duration::from_millis(500);
+    })
+    .await;
+    let alice = Principal::user(TENANT_A);
+    let files = stack.assets(&alice).await;
+    let request = pb::RequestSnapshotRequest {
+        template_file_id: files.template.id.clone(),
+        template_sha256: files.template.sha256.clone(),
+        composition: "Main".into(),
+        frame: 5,
+        ..Default::default()
+    };
+    let snapshot = stack.renders(&alice).request_snapshot(request).await.unwrap().into_inner().snapshot.unwrap();
+    let watch = pb::WatchSnapshotRequest { snapshot_id: snapshot.id.clone() };
+    let mut stream = stack.renders(&alice).watch_snapshot(watch).await.unwrap().into_inner();
+    assert_eq!(stream.next().await.unwrap().unwrap().snapshot.unwrap().state, pb::SnapshotState::Queued as i32);
+
+    let mut node = agent(&stack, AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
+    node.next_assign().await;
+    node.disconnect();
+
+    let mut last = None;
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap() {
+        last = Some(message.unwrap().snapshot.unwrap());
+    }
+    let failed = last.unwrap();
+    assert_eq!(failed.state, pb::SnapshotState::Failed as i32);
+    let error = failed.error.unwrap();
+    assert_eq!((error.error_class(), error.code()), (pb::ErrorClass::Internal, pb::ErrorCode::LeaseLost));
+    assert_eq!(stack.events("flatrender.events.v1.SnapshotFailed").await.len(), 1);
+}
