@@ -51,6 +51,8 @@ pub struct FileFacts {
     pub sha256: Sha256Digest,
     /// Its size in bytes.
     pub size_bytes: u64,
+    /// What it is for (the file service's kind).
+    pub kind: file_pb::FileKind,
 }
 
 /// A client of the file service.
@@ -95,6 +97,34 @@ impl FileClient {
         Ok(self.settings.signer.sign(&claims)?)
     }
 
+    /// `message` with render's credential and the call timeout.
+    fn request<T>(&self, message: T) -> Result<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
+        let token = self.credential()?;
+        let header = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| RenderError::Upstream { service: "file", status: "unsendable credential".into() })?;
+        request.metadata_mut().insert("authorization", header);
+        request.set_timeout(CALL_TIMEOUT);
+        Ok(request)
+    }
+
+    /// Protects `file` from cleanup and deletion until `until` (SetFileRetention, recorded as
+    /// retained by render): snapshot images and exports outlive the file service's own rules
+    /// for as long as render serves them.
+    pub async fn retain(&self, file: Uuid, until: time::OffsetDateTime) -> Result<()> {
+        let request = self.request(file_pb::SetFileRetentionRequest {
+            file_id: file.to_string(),
+            pinned: false,
+            retained_until: Some(prost_types::Timestamp {
+                seconds: until.unix_timestamp(),
+                nanos: i32::try_from(until.nanosecond()).unwrap_or(0),
+            }),
+        })?;
+        self.client().set_file_retention(request).await.map_err(upstream)?;
+        Ok(())
+    }
+
     /// The facts of every file of `refs`, keyed by id, when each exists and is visible to
     /// `tenant`; otherwise `NOT_FOUND` naming the first (in `refs` order) that is not.
     pub async fn visible(&self, tenant: Uuid, refs: &[FileRef]) -> Result<HashMap<Uuid, FileFacts>> {
@@ -106,15 +136,8 @@ impl FileClient {
         }
         let mut found: HashMap<Uuid, (file_pb::File, FileFacts)> = HashMap::with_capacity(ids.len());
         for batch in ids.chunks(BATCH) {
-            let mut request = tonic::Request::new(file_pb::BatchGetFilesRequest {
-                file_ids: batch.iter().map(Uuid::to_string).collect(),
-            });
-            let token = self.credential()?;
-            let header = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| RenderError::Upstream { service: "file", status: "unsendable credential".into() })?;
-            request.metadata_mut().insert("authorization", header);
-            request.set_timeout(CALL_TIMEOUT);
+            let request =
+                self.request(file_pb::BatchGetFilesRequest { file_ids: batch.iter().map(Uuid::to_string).collect() })?;
             let response = self.client().batch_get_files(request).await.map_err(upstream)?.into_inner();
             for file in response.files {
                 if let Some(facts) = facts(&file) {
@@ -155,7 +178,7 @@ fn facts(file: &file_pb::File) -> Option<FileFacts> {
     let id = Uuid::try_parse(&file.id).ok()?;
     let bytes = hex::decode(&file.sha256).ok()?;
     let sha256 = Sha256Digest::from_slice(&bytes)?;
-    Some(FileFacts { id, sha256, size_bytes: file.size_bytes })
+    Some(FileFacts { id, sha256, size_bytes: file.size_bytes, kind: file.kind() })
 }
 
 /// A failed call: retryable statuses are `UNAVAILABLE` for our caller, the rest our bug.

@@ -51,8 +51,9 @@ pub struct Settings {
 /// What the customer API (`RenderService`) needs beside the protocol timings.
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
-    /// Where the file service is (file checks at submit); without it, calls that need it answer
-    /// `UNAVAILABLE`.
+    /// Where the file service is (file checks at submit, and of the images and videos agents
+    /// deliver); without it, calls that need it answer `UNAVAILABLE` and deliveries are machine
+    /// errors.
     pub file_service: Option<FileServiceSettings>,
     /// The limits of a caller with neither a plan of their own nor one of their tenant: the
     /// seeded `free` plan.

@@ -617,8 +617,9 @@ impl Session {
     async fn on_result(&mut self, seq: u64, result: &agent_pb::TaskResult) {
         let Some(conn) = self.conn.clone() else { return };
         let Some(fence) = self.fence(seq, &result.task_id, result.lease_epoch) else { return };
-        let (pool, settings) = (&self.agents.state.pool, &self.agents.state.settings);
-        let outcome = queue::retrying(|| report::task_result(pool, settings, fence, result)).await;
+        let state = &self.agents.state;
+        let (pool, settings, files) = (&state.pool, &state.settings, state.files.as_ref());
+        let outcome = queue::retrying(|| report::task_result(pool, settings, files, fence, result)).await;
         let verdict = outcome.map(|(verdict, ended)| {
             if let Some(ended) = ended {
                 tracing::info!(node = %self.node, task = %fence.task_id, epoch = fence.lease_epoch, outcome = result.outcome().as_str_name(), ?ended, "task ended");

@@ -121,6 +121,122 @@ pub async fn job_failed(tx: &mut PgTransaction<'_>, job: &JobRow, error: pb::Ren
     Ok(())
 }
 
+/// The export of a completed job and the job's facts its event carries beyond [`JobRow`].
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// The export.
+    pub export_id: Uuid,
+    /// The video.
+    pub file_id: Uuid,
+    /// Its size.
+    pub size_bytes: u64,
+    /// Its duration.
+    pub duration_ms: i64,
+    /// Its pixel size.
+    pub width: u32,
+    /// Its pixel size.
+    pub height: u32,
+    /// Its frame rate.
+    pub fps: f64,
+    /// Its container.
+    pub format: pb::OutputFormat,
+    /// Whether the plan's watermark is burnt in.
+    pub watermarked: bool,
+    /// Whether the job has a voiceover.
+    pub has_voiceover: bool,
+    /// Catalogue template.
+    pub template_id: Option<Uuid>,
+    /// Studio project.
+    pub saved_project_id: Option<Uuid>,
+}
+
+/// A job's export was stored: the job completed.
+pub async fn job_completed(tx: &mut PgTransaction<'_>, job: &JobRow, done: &Completion) -> Result<()> {
+    let event = ev::RenderJobCompleted {
+        tenant_id: job.tenant_id.to_string(),
+        occurred_at: Some(now()),
+        render_id: job.id.to_string(),
+        user_id: id_text(job.user_id),
+        api_key_id: id_text(job.api_key_id),
+        export_id: done.export_id.to_string(),
+        export_file_id: done.file_id.to_string(),
+        export_size_bytes: done.size_bytes,
+        video_duration_ms: done.duration_ms,
+        render_ms: job.render_ms,
+        frames_total: job.frames_total,
+        resolution: Some(flatrender_proto::flatrender::common::v1::Resolution {
+            width: done.width,
+            height: done.height,
+        }),
+        fps: done.fps,
+        format: done.format as i32,
+        watermarked: done.watermarked,
+        has_voiceover: done.has_voiceover,
+        template_id: id_text(done.template_id),
+        saved_project_id: id_text(done.saved_project_id),
+        submitted_at: Some(super::wire::timestamp(job.created_at)),
+        labels: labels(&job.labels),
+    };
+    outbox::publish(tx, job.meta(), &event).await?;
+    Ok(())
+}
+
+/// The snapshot columns its events need.
+#[derive(Clone, Debug)]
+pub struct SnapshotRow {
+    /// Snapshot id.
+    pub id: Uuid,
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// Requesting user.
+    pub user_id: Option<Uuid>,
+}
+
+impl SnapshotRow {
+    fn meta(&self) -> EventMeta<'static> {
+        EventMeta {
+            source: SOURCE,
+            aggregate_type: "snapshot",
+            aggregate_id: self.id.to_string(),
+            tenant_id: Some(self.tenant_id),
+        }
+    }
+}
+
+/// A snapshot's image was stored.
+pub async fn snapshot_ready(
+    tx: &mut PgTransaction<'_>,
+    snapshot: &SnapshotRow,
+    file: Uuid,
+    cache_key: &[u8],
+    render_ms: i64,
+) -> Result<()> {
+    let event = ev::SnapshotReady {
+        tenant_id: snapshot.tenant_id.to_string(),
+        occurred_at: Some(now()),
+        snapshot_id: snapshot.id.to_string(),
+        user_id: id_text(snapshot.user_id),
+        file_id: file.to_string(),
+        cache_key: hex::encode(cache_key),
+        render_ms,
+    };
+    outbox::publish(tx, snapshot.meta(), &event).await?;
+    Ok(())
+}
+
+/// A snapshot's task failed for good.
+pub async fn snapshot_failed(tx: &mut PgTransaction<'_>, snapshot: &SnapshotRow, error: pb::RenderError) -> Result<()> {
+    let event = ev::SnapshotFailed {
+        tenant_id: snapshot.tenant_id.to_string(),
+        occurred_at: Some(now()),
+        snapshot_id: snapshot.id.to_string(),
+        user_id: id_text(snapshot.user_id),
+        error: Some(error),
+    };
+    outbox::publish(tx, snapshot.meta(), &event).await?;
+    Ok(())
+}
+
 fn node_meta(node: Uuid) -> EventMeta<'static> {
     // Nodes are platform infrastructure: platform-wide events without a tenant.
     EventMeta { source: SOURCE, aggregate_type: "node", aggregate_id: node.to_string(), tenant_id: None }

@@ -165,3 +165,96 @@ pub async fn fail(tx: &mut PgTransaction<'_>, job: Uuid, error: &ErrorInfo) -> R
     notify_jobs(tx, &[job]).await?;
     Ok(true)
 }
+
+/// The verified video of an assembly, as the export stores it.
+#[derive(Clone, Debug)]
+pub struct Video {
+    /// The file.
+    pub file_id: Uuid,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+    /// Its size.
+    pub size_bytes: u64,
+    /// Probed pixel size.
+    pub width: u32,
+    /// Probed pixel size.
+    pub height: u32,
+    /// Probed frame rate.
+    pub fps: f64,
+    /// Probed frame count.
+    pub frame_count: i32,
+    /// Probed duration.
+    pub duration_ms: i64,
+    /// Whether it has an audio stream.
+    pub has_audio: bool,
+}
+
+/// Stores `video` as the export of assembling `job` (kept for the plan's export retention) and
+/// completes the job (RenderJobCompleted). Returns the export's expiry, or `None` when the job
+/// was not assembling any more (canceled or failed meanwhile: nothing is stored).
+pub async fn complete(
+    tx: &mut PgTransaction<'_>,
+    job: Uuid,
+    video: &Video,
+    default_plan: &crate::plans::PlanLimits,
+) -> Result<Option<time::OffsetDateTime>> {
+    let locked: Option<(String, Uuid, Option<Uuid>)> =
+        sqlx::query_as("SELECT state, tenant_id, user_id FROM render.render_jobs WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(job)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let Some(("assembling", tenant, user)) = locked.as_ref().map(|(s, t, u)| (s.as_str(), *t, *u)) else {
+        return Ok(None);
+    };
+    let plan = crate::plans::effective(&mut **tx, tenant, user, default_plan).await?;
+    let (export_id, expires_at): (Uuid, Option<time::OffsetDateTime>) = sqlx::query_as(
+        "INSERT INTO render.exports (tenant_id, user_id, job_id, file_id, format, width, height, fps, frame_count,
+             duration_ms, size_bytes, sha256, has_audio, watermarked, expires_at)
+         SELECT tenant_id, user_id, id, $2, output_format, $3, $4, $5, $6, $7, $8, $9, $10, watermark,
+                now() + make_interval(days => $11)
+           FROM render.render_jobs WHERE id = $1
+      RETURNING id, expires_at",
+    )
+    .bind(job)
+    .bind(video.file_id)
+    .bind(i32::try_from(video.width).unwrap_or(i32::MAX))
+    .bind(i32::try_from(video.height).unwrap_or(i32::MAX))
+    .bind(video.fps)
+    .bind(video.frame_count)
+    .bind(video.duration_ms)
+    .bind(i64::try_from(video.size_bytes).unwrap_or(i64::MAX))
+    .bind(video.sha256.as_slice())
+    .bind(video.has_audio)
+    .bind(i32::try_from(plan.limits.export_retention_days).unwrap_or(i32::MAX))
+    .fetch_one(&mut **tx)
+    .await?;
+    let sql = format!(
+        "UPDATE render.render_jobs
+            SET state = 'completed', finished_at = now(), progress = 1, frames_done = frames_total,
+                error_class = NULL, error_code = NULL, error_message = NULL
+          WHERE id = $1
+      RETURNING output_format, watermark, has_voiceover, template_id, saved_project_id, {}",
+        JobRow::COLUMNS
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(job).fetch_one(&mut **tx).await?;
+    let job_row = JobRow::from_row(&row)?;
+    let format: String = sqlx::Row::try_get(&row, "output_format")?;
+    let completion = events::Completion {
+        export_id,
+        file_id: video.file_id,
+        size_bytes: video.size_bytes,
+        duration_ms: video.duration_ms,
+        width: video.width,
+        height: video.height,
+        fps: video.fps,
+        format: crate::model::OutputFormat::from_db(&format)
+            .map_or(pb::OutputFormat::Unspecified, |f| pb::OutputFormat::try_from(f.to_pb_i32()).unwrap_or_default()),
+        watermarked: sqlx::Row::try_get(&row, "watermark")?,
+        has_voiceover: sqlx::Row::try_get(&row, "has_voiceover")?,
+        template_id: sqlx::Row::try_get(&row, "template_id")?,
+        saved_project_id: sqlx::Row::try_get(&row, "saved_project_id")?,
+    };
+    events::job_completed(tx, &job_row, &completion).await?;
+    notify_jobs(tx, &[job]).await?;
+    Ok(expires_at)
+}

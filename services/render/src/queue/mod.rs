@@ -7,8 +7,11 @@
 //! - [`report`]: what agents report about a task (progress, frames, results), accepted only for
 //!   the current lease (task, epoch, node): the fence.
 //! - [`requeue`]: tasks back to the queue (lost node, lapsed lease, refused assignment).
-//! - [`jobs`]: job transitions the tasks drive (rendering, assembling, failed), with their outbox
-//!   events ([`events`]) and notifications in the same transaction.
+//! - [`jobs`]: job transitions the tasks drive (rendering, assembling, completed, failed), with
+//!   their outbox events ([`events`]) and notifications in the same transaction; [`snapshots`]:
+//!   the same for snapshots (ready, failed).
+//! - [`outputs`]: what a snapshot or an assembly delivers (image, video, log), checked against
+//!   the task and through the file service before its result is recorded.
 //!
 //! Every state change notifies (`pg_notify` inside the transaction): `render_queue` when tasks
 //! became queued, `render_nodes` with a node id when a task that node holds changed outside its
@@ -17,9 +20,11 @@
 pub mod claim;
 pub mod events;
 pub mod jobs;
+pub mod outputs;
 pub mod placement;
 pub mod report;
 pub mod requeue;
+pub mod snapshots;
 pub mod spec;
 pub mod wire;
 

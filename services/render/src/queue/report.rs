@@ -6,6 +6,10 @@
 //! epoch (a node back from the dead), UNKNOWN_TASK when it never did. Results are deduplicated
 //! by (task, epoch) through the attempt row's outcome, frames by (task, epoch, frame): a resend
 //! of something recorded is acknowledged again and changes nothing.
+//!
+//! A SUCCESS of a snapshot or an assembly delivers a file ([`super::outputs`], checked first):
+//! its transaction makes the snapshot READY, or stores the export and completes the job; bad
+//! outputs make the attempt a machine error instead, retried like any other.
 
 use std::collections::BTreeMap;
 
@@ -14,11 +18,13 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use sqlx::{PgPool, PgTransaction};
 use uuid::Uuid;
 
-use super::jobs;
+use super::outputs::{self, Delivery, Output};
 use super::requeue::requeue_row;
 use super::wire::{digest_from_hex, parse_id};
 use super::{QUEUE_CHANNEL, notify, notify_jobs};
+use super::{jobs, snapshots};
 use crate::error::Result;
+use crate::files::FileClient;
 use crate::model::{ErrorClass, ErrorCode, ErrorInfo, Lane, TaskOutcome, TaskPhase, text};
 use crate::settings::Settings;
 
@@ -197,17 +203,18 @@ fn ok_frames(field: &str, frames: &[agent_pb::FrameOutput]) -> Result<BTreeMap<i
 struct LeaseRow {
     lane: Lane,
     job_id: Option<Uuid>,
+    snapshot_id: Option<Uuid>,
     range: Option<(i32, i32, i32)>,
     attempts: i32,
     max_attempts: i32,
 }
 
-/// lane, job_id, frame_start, frame_end, frame_step, attempts, max_attempts.
-type LeaseColumns = (String, Option<Uuid>, Option<i32>, Option<i32>, i32, i32, i32);
+/// lane, job_id, snapshot_id, frame_start, frame_end, frame_step, attempts, max_attempts.
+type LeaseColumns = (String, Option<Uuid>, Option<Uuid>, Option<i32>, Option<i32>, i32, i32, i32);
 
 async fn lock_lease(tx: &mut PgTransaction<'_>, fence: Fence) -> Result<Option<LeaseRow>> {
     let row: Option<LeaseColumns> = sqlx::query_as(
-        "SELECT lane, job_id, frame_start, frame_end, frame_step, attempts, max_attempts FROM render.frame_jobs
+        "SELECT lane, job_id, snapshot_id, frame_start, frame_end, frame_step, attempts, max_attempts FROM render.frame_jobs
           WHERE id = $1 AND lease_epoch = $2 AND node_id = $3 AND state IN ('leased', 'running')
             FOR NO KEY UPDATE",
     )
@@ -216,10 +223,11 @@ async fn lock_lease(tx: &mut PgTransaction<'_>, fence: Fence) -> Result<Option<L
     .bind(fence.node_id)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.and_then(|(lane, job_id, start, end, step, attempts, max_attempts)| {
+    Ok(row.and_then(|(lane, job_id, snapshot_id, start, end, step, attempts, max_attempts)| {
         Some(LeaseRow {
             lane: Lane::from_db(&lane)?,
             job_id,
+            snapshot_id,
             range: start.zip(end).map(|(s, e)| (s, e, step.max(1))),
             attempts,
             max_attempts,
@@ -355,10 +363,12 @@ pub enum Ended {
 }
 
 /// How a task ended, per its agent. Returns the verdict and, when accepted now, what happened
-/// to the task (`None` for a duplicate).
+/// to the task (`None` for a duplicate). A successful snapshot or assembly delivers its image or
+/// video ([`outputs`]), checked through `files` before the transaction that records it.
 pub async fn task_result(
     pool: &PgPool,
     settings: &Settings,
+    files: Option<&FileClient>,
     fence: Fence,
     result: &agent_pb::TaskResult,
 ) -> Result<(Verdict, Option<Ended>)> {
@@ -372,6 +382,15 @@ pub async fn task_result(
     let frames = match ok_frames("frames", &result.frames) {
         Ok(frames) => frames,
         Err(reason) => return Ok((Verdict::Malformed(reason), None)),
+    };
+    let outputs = match outputs::parse(&result.outputs) {
+        Ok(outputs) => outputs,
+        Err(reason) => return Ok((Verdict::Malformed(reason), None)),
+    };
+    let delivery = if outcome == pb::TaskOutcome::Success {
+        outputs::delivery(pool, files, fence, &outputs).await?
+    } else {
+        Delivery::Nothing
     };
     let mut tx = super::begin_hot(pool).await?;
     if !holds_stream(&mut tx, fence.node_id, fence.connection_epoch).await? {
@@ -422,7 +441,7 @@ pub async fn task_result(
     sqlx::query(
         "UPDATE render.frame_job_attempts
             SET outcome = $3, error_class = $4, error_code = $5, error_message = $6, exit_code = $7,
-                render_ms = $8, log_tail = $9, warnings = $10, finished_at = now(),
+                render_ms = $8, log_tail = $9, warnings = $10, log_file_id = $11, finished_at = now(),
                 started_at = coalesce(started_at, now())
           WHERE frame_job_id = $1 AND lease_epoch = $2",
     )
@@ -436,6 +455,7 @@ pub async fn task_result(
     .bind(render_ms)
     .bind(Some(log_tail.as_str()).filter(|t| !t.is_empty()))
     .bind(&warnings)
+    .bind(outputs.log_file_id)
     .execute(&mut *tx)
     .await?;
 
@@ -460,7 +480,36 @@ pub async fn task_result(
     .execute(&mut *tx)
     .await?;
 
+    // The file to protect once committed, and until when.
+    let mut retain: Option<(Uuid, time::OffsetDateTime)> = None;
     let ended = match outcome {
+        pb::TaskOutcome::Success if matches!(lease.lane, Lane::Snapshot | Lane::Assemble) => {
+            if let Some(job) = lease.job_id {
+                jobs::add_work(&mut tx, job, 0, render_ms).await?;
+            }
+            match (&delivery, lease.lane, lease.snapshot_id, lease.job_id) {
+                (Delivery::Image(image), Lane::Snapshot, Some(snapshot), _) => {
+                    mark_done(&mut tx, fence.task_id).await?;
+                    let retention = settings.api.snapshot_retention;
+                    let until = snapshots::ready(&mut tx, snapshot, image.file_id, retention, render_ms).await?;
+                    retain = until.map(|until| (image.file_id, until));
+                    Ended::Done
+                }
+                (Delivery::Video(video, _), Lane::Assemble, _, Some(job)) => {
+                    mark_done(&mut tx, fence.task_id).await?;
+                    let until = jobs::complete(&mut tx, job, &video_of(video), &settings.api.default_plan).await?;
+                    retain = until.map(|until| (video.file_id, until));
+                    Ended::Done
+                }
+                (Delivery::Bad(error), ..) => bad_output(&mut tx, settings, fence, &lease, error).await?,
+                _ => {
+                    // The outputs were checked while the lease was not (yet) current, which a
+                    // lease's fencing rules out; never trust unchecked outputs.
+                    let error = ErrorInfo::new(ErrorCode::UploadFailed, "the task's outputs could not be checked");
+                    bad_output(&mut tx, settings, fence, &lease, &error).await?
+                }
+            }
+        }
         pb::TaskOutcome::Success => {
             let list: Vec<Frame> = frames.values().filter(|f| in_range(lease.range, f.number)).cloned().collect();
             let new = insert_frames(&mut tx, fence, &list).await?;
@@ -471,15 +520,7 @@ pub async fn task_result(
                 jobs::add_work(&mut tx, job, 0, render_ms).await?;
             }
             if missing.is_empty() {
-                sqlx::query(
-                    "UPDATE render.frame_jobs
-                        SET state = 'done', finished_at = now(), error_class = NULL, error_code = NULL,
-                            error_message = NULL, phase = NULL, percent = 100
-                      WHERE id = $1",
-                )
-                .bind(fence.task_id)
-                .execute(&mut *tx)
-                .await?;
+                mark_done(&mut tx, fence.task_id).await?;
                 if let (Some(job), Lane::Render) = (lease.job_id, lease.lane) {
                     jobs::after_chunk_done(&mut tx, job).await?;
                 }
@@ -488,35 +529,18 @@ pub async fn task_result(
                 // Frame repair is a later step: until then a chunk with bad frames is rendered
                 // again whole, like a machine error (the node made the bad frames).
                 let message = format!("frames not delivered or not valid: {}", describe_frames(&missing));
-                sqlx::query(
-                    "UPDATE render.frame_job_attempts
-                        SET outcome = 'machine_error', error_class = 'machine', error_code = 'frames_invalid',
-                            error_message = $3
-                      WHERE frame_job_id = $1 AND lease_epoch = $2",
-                )
-                .bind(fence.task_id)
-                .bind(fence.lease_epoch)
-                .bind(&message)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE render.frame_jobs
-                        SET error_class = 'machine', error_code = 'frames_invalid', error_message = $2
-                      WHERE id = $1",
-                )
-                .bind(fence.task_id)
-                .bind(&message)
-                .execute(&mut *tx)
-                .await?;
                 let error = ErrorInfo::new(ErrorCode::FramesInvalid, message);
-                machine_failure(&mut tx, settings, fence, &lease, "corrupt_output", &error).await?
+                bad_output(&mut tx, settings, fence, &lease, &error).await?
             }
         }
         pb::TaskOutcome::TemplateError => {
             fail_task(&mut tx, fence.task_id).await?;
+            let error = ErrorInfo { class: ErrorClass::Template, code: error_code, message };
             if let Some(job) = lease.job_id {
-                let error = ErrorInfo { class: ErrorClass::Template, code: error_code, message };
                 jobs::fail(&mut tx, job, &error).await?;
+            }
+            if let Some(snapshot) = lease.snapshot_id {
+                snapshots::fail(&mut tx, snapshot, &error).await?;
             }
             Ended::Failed
         }
@@ -537,7 +561,79 @@ pub async fn task_result(
         }
     };
     tx.commit().await?;
+    if let (Some((file, until)), Some(files)) = (retain, files.cloned()) {
+        // Best effort, off the agent's stream: the file service's cleanup rules keep snapshots
+        // and exports by kind anyway; the retention makes sure they last as long as render
+        // serves them.
+        tokio::spawn(async move {
+            if let Err(error) = files.retain(file, until).await {
+                tracing::warn!(%file, %error, "could not set the retention of a delivered file");
+            }
+        });
+    }
     Ok((Verdict::Accepted, Some(ended)))
+}
+
+async fn mark_done(tx: &mut PgTransaction<'_>, task: Uuid) -> Result<()> {
+    sqlx::query(
+        "UPDATE render.frame_jobs
+            SET state = 'done', finished_at = now(), error_class = NULL, error_code = NULL,
+                error_message = NULL, phase = NULL, percent = 100
+          WHERE id = $1",
+    )
+    .bind(task)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A SUCCESS whose outputs are not what the task had to deliver: the attempt and the task
+/// record `error` (a machine error: the node made the bad output) and the task is retried
+/// elsewhere, or fails with its job or snapshot once its attempts are used up.
+async fn bad_output(
+    tx: &mut PgTransaction<'_>,
+    settings: &Settings,
+    fence: Fence,
+    lease: &LeaseRow,
+    error: &ErrorInfo,
+) -> Result<Ended> {
+    let code = error.code.map(|code| code.as_db());
+    sqlx::query(
+        "UPDATE render.frame_job_attempts
+            SET outcome = 'machine_error', error_class = $3, error_code = $4, error_message = $5
+          WHERE frame_job_id = $1 AND lease_epoch = $2",
+    )
+    .bind(fence.task_id)
+    .bind(fence.lease_epoch)
+    .bind(error.class.as_db())
+    .bind(code)
+    .bind(&error.message)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE render.frame_jobs SET error_class = $2, error_code = $3, error_message = $4 WHERE id = $1")
+        .bind(fence.task_id)
+        .bind(error.class.as_db())
+        .bind(code)
+        .bind(&error.message)
+        .execute(&mut **tx)
+        .await?;
+    machine_failure(tx, settings, fence, lease, "corrupt_output", error).await
+}
+
+/// The export facts of a verified video output.
+fn video_of(output: &Output) -> jobs::Video {
+    let size = output.media.resolution.unwrap_or_default();
+    jobs::Video {
+        file_id: output.file_id,
+        sha256: output.sha256,
+        size_bytes: output.size_bytes,
+        width: size.width,
+        height: size.height,
+        fps: output.media.fps,
+        frame_count: output.media.frame_count,
+        duration_ms: output.media.duration_ms,
+        has_audio: output.media.has_audio,
+    }
 }
 
 /// The frames of the lease's range not accepted under its epoch (render and repair lanes).
@@ -616,6 +712,9 @@ async fn machine_failure(
     fail_task(tx, fence.task_id).await?;
     if let Some(job) = lease.job_id {
         jobs::fail(tx, job, error).await?;
+    }
+    if let Some(snapshot) = lease.snapshot_id {
+        snapshots::fail(tx, snapshot, error).await?;
     }
     Ok(Ended::Failed)
 }

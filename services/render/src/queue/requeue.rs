@@ -7,9 +7,9 @@ use flatrender_proto::flatrender::events::v1 as ev;
 use sqlx::{PgPool, PgTransaction};
 use uuid::Uuid;
 
-use super::jobs;
 use super::report::holds_stream;
 use super::{QUEUE_CHANNEL, events, notify, notify_jobs, notify_nodes};
+use super::{jobs, snapshots};
 use crate::error::Result;
 use crate::model::{ErrorCode, ErrorInfo};
 
@@ -49,13 +49,13 @@ pub(crate) async fn requeue_row(
 }
 
 /// Ends the lease (task, epoch, node) as lost: the attempt is recorded `lease_lost`; the task
-/// is requeued, or fails with its job when that was its last attempt. Returns whether the
-/// lease was current.
+/// is requeued, or fails with its job (or snapshot) when that was its last attempt. Returns
+/// whether the lease was current.
 pub(crate) async fn lose_in_tx(tx: &mut PgTransaction<'_>, node: Uuid, task: Uuid, epoch: i64) -> Result<bool> {
-    /// attempts, max_attempts, job_id, frame_start, frame_end.
-    type Columns = (i32, i32, Option<Uuid>, Option<i32>, Option<i32>);
+    /// attempts, max_attempts, job_id, snapshot_id, frame_start, frame_end.
+    type Columns = (i32, i32, Option<Uuid>, Option<Uuid>, Option<i32>, Option<i32>);
     let row: Option<Columns> = sqlx::query_as(
-        "SELECT attempts, max_attempts, job_id, frame_start, frame_end FROM render.frame_jobs
+        "SELECT attempts, max_attempts, job_id, snapshot_id, frame_start, frame_end FROM render.frame_jobs
           WHERE id = $1 AND lease_epoch = $2 AND node_id = $3 AND state IN ('leased', 'running')
             FOR NO KEY UPDATE",
     )
@@ -64,7 +64,7 @@ pub(crate) async fn lose_in_tx(tx: &mut PgTransaction<'_>, node: Uuid, task: Uui
     .bind(node)
     .fetch_optional(&mut **tx)
     .await?;
-    let Some((attempts, max_attempts, job, start, end)) = row else { return Ok(false) };
+    let Some((attempts, max_attempts, job, snapshot, start, end)) = row else { return Ok(false) };
     const MESSAGE: &str = "the node's lease lapsed (stream lost or heartbeats missed)";
     sqlx::query(
         "UPDATE render.frame_job_attempts
@@ -101,6 +101,13 @@ pub(crate) async fn lose_in_tx(tx: &mut PgTransaction<'_>, node: Uuid, task: Uui
             format!("{frames}: the nodes working on them were lost {attempts} times"),
         );
         jobs::fail(tx, job, &error).await?;
+    }
+    if let Some(snapshot) = snapshot {
+        let error = ErrorInfo::new(
+            ErrorCode::LeaseLost,
+            format!("the nodes rendering the snapshot were lost {attempts} times"),
+        );
+        snapshots::fail(tx, snapshot, &error).await?;
     }
     Ok(true)
 }

@@ -60,7 +60,7 @@ impl Principal {
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
+pub struct Bearer(pub MetadataValue<Ascii>);
 
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -142,6 +142,11 @@ impl Stack {
             .await
             .expect("the services answer");
         Self { db, addr, metrics, channel, signer, shutdown, server: Some(server), _dir: dir }
+    }
+
+    /// A channel to both services (for clients this module does not wrap, such as agents).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// An access token for `who`.
