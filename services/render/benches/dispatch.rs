@@ -13,7 +13,8 @@
 //!   process's CPU, resident memory and the database's row writes and commits per second.
 //!
 //! Sizes: `FLATRENDER_BENCH_AGENTS` (1000), `FLATRENDER_BENCH_TASKS` (20000),
-//! `FLATRENDER_BENCH_SCALE_AGENTS` (5000, 0 skips), `FLATRENDER_BENCH_ROUNDS` (3).
+//! `FLATRENDER_BENCH_SCALE_AGENTS` (5000, 0 skips), `FLATRENDER_BENCH_ROUNDS` (3);
+//! `FLATRENDER_BENCH_SECTIONS` picks some of throughput, latency, dead-node, scale (default all).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, missing_docs)]
 
@@ -46,12 +47,22 @@ fn main() {
         runtime.block_on(child_agents(&address));
         return;
     }
-    let rounds = env_usize("FLATRENDER_BENCH_ROUNDS", 3);
+    let rounds = env_usize("FLATRENDER_BENCH_ROUNDS", 3).max(1);
+    let sections = std::env::var("FLATRENDER_BENCH_SECTIONS").unwrap_or_default();
+    let run = |name: &str| sections.is_empty() || sections.split(',').any(|s| s.trim() == name);
     runtime.block_on(async {
-        throughput_section(rounds).await;
-        latency_section().await;
-        dead_node_section(rounds).await;
-        scale_section().await;
+        if run("throughput") {
+            throughput_section(rounds).await;
+        }
+        if run("latency") {
+            latency_section().await;
+        }
+        if run("dead-node") {
+            dead_node_section(rounds).await;
+        }
+        if run("scale") {
+            scale_section().await;
+        }
     });
 }
 
