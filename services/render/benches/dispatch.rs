@@ -407,10 +407,12 @@ async fn scale_section() {
     tokio::time::sleep(Settings::default().heartbeat_interval * 2).await;
 
     let (cpu_before, writes_before, commits_before) = (cpu_seconds(), writes(&o).await, commits(&o).await);
+    let tables_before = table_writes(&o).await;
     let started = Instant::now();
     tokio::time::sleep(window).await;
     let elapsed = started.elapsed().as_secs_f64();
     let (cpu_after, writes_after, commits_after) = (cpu_seconds(), writes(&o).await, commits(&o).await);
+    let tables_after = table_writes(&o).await;
     let rss = resident_mb();
     child.kill().expect("SIGKILL");
     child.wait().unwrap();
@@ -429,7 +431,28 @@ async fn scale_section() {
         (writes_after - writes_before) / elapsed
     );
     println!("| database commits | {:.1}/s | |", (commits_after - commits_before) / elapsed);
+    let mut by_table: Vec<(String, f64)> = tables_after
+        .iter()
+        .map(|(table, after)| (table.clone(), (after - tables_before.get(table).copied().unwrap_or(0.0)) / elapsed))
+        .filter(|(_, rate)| *rate > 0.0)
+        .collect();
+    by_table.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (table, rate) in by_table.iter().take(5) {
+        println!("| row writes to {table} | {rate:.1}/s | |");
+    }
     println!();
+}
+
+/// Row writes per table (`pg_stat_user_tables`), after the statistics are flushed.
+async fn table_writes(o: &Orchestrator) -> std::collections::HashMap<String, f64> {
+    stat(o, "0").await;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT schemaname || '.' || relname, (n_tup_ins + n_tup_upd + n_tup_del)::bigint FROM pg_stat_user_tables",
+    )
+    .fetch_all(o.pool())
+    .await
+    .unwrap();
+    rows.into_iter().map(|(table, writes)| (table, writes as f64)).collect()
 }
 
 /// This process's user + system CPU time, seconds (`/proc/self/stat`, clock ticks of 1/100 s).
