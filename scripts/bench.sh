@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 FLATRENDER_TEST_DATABASE_URL=$(scripts/postgres.sh server-url)
 export FLATRENDER_TEST_DATABASE_URL
+# The dispatch benchmark runs pgbench beside itself as its reference.
+FLATRENDER_PGBENCH=$(scripts/postgres.sh pgbench)
+export FLATRENDER_PGBENCH
 cargo bench --locked -p flatrender --bench startup
 cargo bench --locked -p flatrender --bench file_transfer
 cargo bench --locked -p flatrender-render --bench dispatch

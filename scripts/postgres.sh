@@ -9,6 +9,7 @@
 #   postgres.sh database-url NAME     server-url's server, database NAME (created if missing)
 #   postgres.sh cluster-start DIR PORT   create (first time) and start a private cluster
 #   postgres.sh cluster-stop DIR         stop it (fast shutdown)
+#   postgres.sh pgbench                  path of pgbench (the server package is installed if missing)
 set -euo pipefail
 
 log() { echo "postgres.sh: $*" >&2; }
@@ -109,5 +110,6 @@ case "${1:-}" in
   database-url) database_url "${2:?database name}" ;;
   cluster-start) cluster_start "${2:?directory}" "${3:?port}" ;;
   cluster-stop) cluster_stop "${2:?directory}" ;;
-  *) sed -n '2,13p' "$0" >&2; exit 2 ;;
+  pgbench) echo "$(bindir)/pgbench" ;;
+  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
 esac

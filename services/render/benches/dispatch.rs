@@ -201,12 +201,12 @@ async fn pgbench_rate(o: &Orchestrator) -> f64 {
     let url = o.db.url().expose().to_owned();
     let path = script.path().to_owned();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("pgbench")
+        Command::new(std::env::var("FLATRENDER_PGBENCH").unwrap_or_else(|_| "pgbench".into()))
             .args(["-n", "-c", "2", "-j", "2", "-T", "5", "-f"])
             .arg(&path)
             .arg(&url)
             .output()
-            .expect("pgbench runs (postgresql-client)")
+            .expect("pgbench runs (scripts/postgres.sh pgbench finds or installs it)")
     })
     .await
     .unwrap();
