@@ -68,23 +68,22 @@ pub async fn notify(tx: &mut PgTransaction<'_>, channel: &str, payload: &str) ->
 
 /// Notifies `render_nodes` once for each of `nodes` (duplicates dropped).
 pub async fn notify_nodes(tx: &mut PgTransaction<'_>, nodes: &[Uuid]) -> sqlx::Result<()> {
-    if nodes.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("SELECT pg_notify('render_nodes', n::text) FROM (SELECT DISTINCT unnest($1::uuid[]) AS n) d")
-        .bind(nodes)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    notify_each(tx, NODES_CHANNEL, nodes).await
 }
 
 /// Notifies `render_jobs` once for each of `jobs` (duplicates dropped).
 pub async fn notify_jobs(tx: &mut PgTransaction<'_>, jobs: &[Uuid]) -> sqlx::Result<()> {
-    if jobs.is_empty() {
+    notify_each(tx, JOBS_CHANNEL, jobs).await
+}
+
+/// One notification on `channel` per distinct id, the id as its payload.
+async fn notify_each(tx: &mut PgTransaction<'_>, channel: &str, ids: &[Uuid]) -> sqlx::Result<()> {
+    if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query("SELECT pg_notify('render_jobs', j::text) FROM (SELECT DISTINCT unnest($1::uuid[]) AS j) d")
-        .bind(jobs)
+    sqlx::query("SELECT pg_notify($1, id::text) FROM (SELECT DISTINCT unnest($2::uuid[]) AS id) d")
+        .bind(channel)
+        .bind(ids)
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -3,7 +3,7 @@
 //! stores at most one sample per node per `health_log_interval` (the first one of a stream at
 //! once), not every heartbeat.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -275,14 +275,14 @@ impl HealthRow {
 /// seconds, not one per node.
 #[derive(Debug, Default)]
 pub struct HealthLog {
-    pending: Mutex<Vec<(Uuid, HealthRow)>>,
+    pending: Mutex<VecDeque<(Uuid, HealthRow)>>,
 }
 
 /// Samples kept while the database cannot take them; older ones are dropped beyond this.
 const MAX_PENDING: usize = 100_000;
 
 impl HealthLog {
-    fn pending(&self) -> MutexGuard<'_, Vec<(Uuid, HealthRow)>> {
+    fn pending(&self) -> MutexGuard<'_, VecDeque<(Uuid, HealthRow)>> {
         // Every update is one push or one take: a panic elsewhere cannot leave it half-done.
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -291,22 +291,23 @@ impl HealthLog {
     pub fn push(&self, node: Uuid, row: HealthRow) {
         let mut pending = self.pending();
         if pending.len() >= MAX_PENDING {
-            pending.remove(0);
+            pending.pop_front();
         }
-        pending.push((node, row));
+        pending.push_back((node, row));
     }
 
     fn take(&self) -> Vec<(Uuid, HealthRow)> {
-        std::mem::take(&mut *self.pending())
+        std::mem::take(&mut *self.pending()).into()
     }
 
     /// Puts back samples a failed flush could not store (newest kept when over the bound).
-    fn restore(&self, mut rows: Vec<(Uuid, HealthRow)>) {
+    fn restore(&self, rows: Vec<(Uuid, HealthRow)>) {
         let mut pending = self.pending();
-        rows.append(&mut pending);
-        let excess = rows.len().saturating_sub(MAX_PENDING);
-        rows.drain(..excess);
-        *pending = rows;
+        let mut restored: VecDeque<_> = rows.into();
+        restored.append(&mut pending);
+        let excess = restored.len().saturating_sub(MAX_PENDING);
+        restored.drain(..excess);
+        *pending = restored;
     }
 
     /// Stores what is queued; on failure keeps it for the next flush.
