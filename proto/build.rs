@@ -22,6 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `prost::Name` on every message: the outbox records an event's full proto name.
     let mut config = prost_build::Config::new();
     config.enable_type_names();
+    // Every `bytes` field is file or object data (upload parts, download chunks): as `Bytes` it
+    // is decoded as a view into the received buffer and sent without copying.
+    config.bytes(["."]);
     tonic_prost_build::configure()
         // A method whose issue has not landed answers UNIMPLEMENTED, the gRPC standard.
         .generate_default_stubs(true)

@@ -51,8 +51,12 @@ async fn send_part(
     number: u32,
     data: Vec<u8>,
 ) -> Result<pb::UploadPartResponse, Status> {
-    let request =
-        pb::UploadPartRequest { session_id: session.into(), part_number: number, data, sha256: String::new() };
+    let request = pb::UploadPartRequest {
+        session_id: session.into(),
+        part_number: number,
+        data: data.into(),
+        sha256: String::new(),
+    };
     Ok(client.upload_part(request).await?.into_inner())
 }
 
@@ -185,7 +189,7 @@ async fn bad_parts_are_refused_and_leave_nothing_behind() {
     let mut wrong_sha = pb::UploadPartRequest {
         session_id: id.clone(),
         part_number: 2,
-        data: data[5 * MIB..].to_vec(),
+        data: data[5 * MIB..].to_vec().into(),
         sha256: sha256_hex(b"other"),
     };
     let (code, message) = failure(client.upload_part(wrong_sha.clone()).await);

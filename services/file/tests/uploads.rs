@@ -164,7 +164,7 @@ async fn failed_uploads_leave_nothing_behind() {
     let before = service.footprint().await;
     let sessions_before = service.rows("upload_sessions").await;
 
-    let chunk = |bytes: Vec<u8>| pb::UploadFileRequest { payload: Some(Payload::Chunk(bytes)) };
+    let chunk = |bytes: Vec<u8>| pb::UploadFileRequest { payload: Some(Payload::Chunk(bytes.into())) };
     let meta_message = |meta: pb::UploadFileMetadata| pb::UploadFileRequest { payload: Some(Payload::Metadata(meta)) };
     let with_target = |change: &dyn Fn(&mut pb::UploadTarget)| {
         let mut meta = metadata("new.bin", &data);

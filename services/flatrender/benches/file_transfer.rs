@@ -237,11 +237,13 @@ async fn upload(channel: &Channel, token: &str, name: &str, chunk: &[u8], size: 
         sha256: sha256.to_owned(),
         idempotency_key: String::new(),
     };
-    let chunk = chunk.to_vec();
+    // One shared buffer, sent as slices: the client copies nothing, like one that streams from
+    // a reused read buffer.
+    let chunk = prost::bytes::Bytes::copy_from_slice(chunk);
     let first = pb::UploadFileRequest { payload: Some(pb::upload_file_request::Payload::Metadata(metadata)) };
     let chunks = (0..size.div_ceil(CHUNK as u64)).map(move |i| {
         let n = (size - i * CHUNK as u64).min(CHUNK as u64) as usize;
-        pb::UploadFileRequest { payload: Some(pb::upload_file_request::Payload::Chunk(chunk[..n].to_vec())) }
+        pb::UploadFileRequest { payload: Some(pb::upload_file_request::Payload::Chunk(chunk.slice(..n))) }
     });
     let requests = tokio_stream::iter(std::iter::once(first).chain(chunks));
     let mut client = pb::upload_service_client::UploadServiceClient::new(channel.clone());

@@ -63,7 +63,7 @@ async fn a_submit_is_checked_by_the_file_service_of_the_same_process() {
     use file_pb::upload_file_request::Payload;
     let messages = vec![
         file_pb::UploadFileRequest { payload: Some(Payload::Metadata(metadata)) },
-        file_pb::UploadFileRequest { payload: Some(Payload::Chunk(bundle)) },
+        file_pb::UploadFileRequest { payload: Some(Payload::Chunk(bundle.into())) },
     ];
     let mut uploads = file_pb::upload_service_client::UploadServiceClient::new(channel.clone());
     let file = uploads.upload_file(authorized(tokio_stream::iter(messages), &token)).await.unwrap();

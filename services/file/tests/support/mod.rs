@@ -472,7 +472,7 @@ pub fn metadata(name: &str, data: &[u8]) -> pb::UploadFileMetadata {
 pub fn messages(metadata: pb::UploadFileMetadata, data: &[u8], chunk: usize) -> Vec<pb::UploadFileRequest> {
     use pb::upload_file_request::Payload;
     let mut all = vec![pb::UploadFileRequest { payload: Some(Payload::Metadata(metadata)) }];
-    all.extend(data.chunks(chunk).map(|c| pb::UploadFileRequest { payload: Some(Payload::Chunk(c.to_vec())) }));
+    all.extend(data.chunks(chunk).map(|c| pb::UploadFileRequest { payload: Some(Payload::Chunk(c.to_vec().into())) }));
     all
 }
 

@@ -205,7 +205,7 @@ impl Stack {
         };
         let messages = vec![
             file_pb::UploadFileRequest { payload: Some(Payload::Metadata(metadata)) },
-            file_pb::UploadFileRequest { payload: Some(Payload::Chunk(data.to_vec())) },
+            file_pb::UploadFileRequest { payload: Some(Payload::Chunk(data.to_vec().into())) },
         ];
         let response = uploads.upload_file(futures_util::stream::iter(messages)).await.expect("an upload");
         response.into_inner().file.expect("a file")

@@ -91,7 +91,7 @@ impl Transfer {
                     Ok(chunk) if chunk.is_empty() => {}
                     Ok(chunk) => {
                         let len = chunk.len() as u64;
-                        let message = pb::DownloadFileResponse { payload: Some(Payload::Chunk(Vec::from(chunk))) };
+                        let message = pb::DownloadFileResponse { payload: Some(Payload::Chunk(chunk)) };
                         if sender.send(Ok(message)).await.is_err() {
                             break;
                         }

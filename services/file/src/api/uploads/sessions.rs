@@ -189,7 +189,7 @@ pub(super) async fn upload_part(
         return Err(FileError::invalid("data", format!("part {number} must be {expected} bytes, not {size}")));
     }
     let claimed = validate::optional_sha256("sha256", &request.sha256)?;
-    let data = Bytes::from(request.data);
+    let data = request.data;
     let sha256 = digest(data.clone()).await?;
     if claimed.is_some_and(|claimed| claimed != sha256) {
         return Err(FileError::invalid("sha256", "mismatch"));

@@ -253,7 +253,7 @@ fn chunks<'a>(
 /// The bytes of one chunk message.
 fn chunk(message: pb::UploadFileRequest) -> Result<Bytes, Status> {
     match message.payload {
-        Some(Payload::Chunk(data)) if (1..=MAX_CHUNK_BYTES).contains(&data.len()) => Ok(Bytes::from(data)),
+        Some(Payload::Chunk(data)) if (1..=MAX_CHUNK_BYTES).contains(&data.len()) => Ok(data),
         Some(Payload::Chunk(_)) => Err(Status::invalid_argument(format!("chunk: must be 1..={MAX_CHUNK_BYTES} bytes"))),
         Some(Payload::Metadata(_)) => Err(Status::invalid_argument("metadata: only the first message may carry it")),
         None => Err(Status::invalid_argument("payload: each message must carry metadata or a chunk")),
