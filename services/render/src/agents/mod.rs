@@ -5,6 +5,7 @@
 //! - [`credentials`], [`tokens`], [`enroll`], [`auth`]: join tokens, node credentials.
 //! - [`session`]: one agent stream (the protocol of `agent_service.proto`).
 //! - [`registry`]: the streams this replica holds and what their nodes hold.
+//! - [`reports`]: the streams' progress, frames and results written in batches (group commit).
 //! - [`dispatcher`]: claims queued tasks for the nodes with free slots.
 //! - [`signals`]: what a node notification does (resync the node's stream).
 //! - [`liveness`]: this replica's heartbeat row, dead replicas, lapsed leases, `last_seen_at`.
@@ -22,6 +23,7 @@ pub mod liveness;
 pub mod node_admin;
 pub mod nodes;
 pub mod registry;
+pub mod reports;
 pub mod session;
 pub mod signals;
 pub mod tokens;
@@ -49,6 +51,8 @@ pub struct Agents {
     pub enroll_limiter: enroll::RateLimiter,
     /// Health samples waiting for their batched write.
     pub health_log: node_admin::health::HealthLog,
+    /// Task reports waiting for their batched write.
+    pub reports: reports::Reports,
 }
 
 impl Agents {
@@ -61,6 +65,7 @@ impl Agents {
             wake: Notify::new(),
             enroll_limiter,
             health_log: node_admin::health::HealthLog::default(),
+            reports: reports::Reports::default(),
         })
     }
 

@@ -27,6 +27,7 @@ use super::nodes::{self, HelloFacts};
 use super::registry::{Connection, HeldTask, NodeView, Outbound};
 use super::{Agents, auth, facts, liveness, node_admin, signals};
 use crate::error::RenderError;
+use crate::queue::batch::{Frames, Outcome, Update};
 use crate::queue::report::{self, Fence, Verdict};
 use crate::queue::wire::{digest_from_hex, duration, now, parse_id, timestamp};
 use crate::queue::{self, requeue};
@@ -585,7 +586,11 @@ impl Session {
             return;
         }
         let pool = &self.agents.state.pool;
-        let verdict = queue::retrying(|| report::task_update(pool, fence, update)).await;
+        let batched = Update { fence, update: update.clone() };
+        let verdict = match self.agents.reports.updates.submit(pool, batched).await {
+            Some(verdict) => Ok(verdict),
+            None => queue::retrying(|| report::task_update(pool, fence, update)).await,
+        };
         if matches!(verdict, Ok(Verdict::Accepted)) {
             let mut view = conn.view();
             let ttl = self.agents.state.settings.lease_ttl;
@@ -610,7 +615,11 @@ impl Session {
     async fn on_frames(&mut self, seq: u64, frames: &agent_pb::FrameReport) {
         let Some(fence) = self.fence(seq, &frames.task_id, frames.lease_epoch) else { return };
         let pool = &self.agents.state.pool;
-        let verdict = queue::retrying(|| report::frame_report(pool, fence, frames)).await;
+        let batched = Frames { fence, report: frames.clone() };
+        let verdict = match self.agents.reports.frames.submit(pool, batched).await {
+            Some(verdict) => Ok(verdict),
+            None => queue::retrying(|| report::frame_report(pool, fence, frames)).await,
+        };
         self.answer(seq, &frames.task_id, verdict, true);
     }
 
@@ -619,7 +628,11 @@ impl Session {
         let Some(fence) = self.fence(seq, &result.task_id, result.lease_epoch) else { return };
         let state = &self.agents.state;
         let (pool, settings, files) = (&state.pool, &state.settings, state.files.as_ref());
-        let outcome = queue::retrying(|| report::task_result(pool, settings, files, fence, result)).await;
+        let batched = Outcome { fence, result: result.clone() };
+        let outcome = match self.agents.reports.results.submit(pool, batched).await {
+            Some(outcome) => Ok(outcome),
+            None => queue::retrying(|| report::task_result(pool, settings, files, fence, result)).await,
+        };
         let verdict = outcome.map(|(verdict, ended)| {
             if let Some(ended) = ended {
                 tracing::info!(node = %self.node, task = %fence.task_id, epoch = fence.lease_epoch, outcome = result.outcome().as_str_name(), ?ended, "task ended");

@@ -5,7 +5,8 @@
 //!   submit time) claimed with `FOR UPDATE SKIP LOCKED`, placed on this replica's nodes in
 //!   memory ([`placement`]), leased with a new epoch, one attempt row each.
 //! - [`report`]: what agents report about a task (progress, frames, results), accepted only for
-//!   the current lease (task, epoch, node): the fence.
+//!   the current lease (task, epoch, node): the fence. [`batch`]: the common reports of many
+//!   agents written together, with the same fence.
 //! - [`requeue`]: tasks back to the queue (lost node, lapsed lease, refused assignment).
 //! - [`jobs`]: job transitions the tasks drive (rendering, assembling, completed, failed), with
 //!   their outbox events ([`events`]) and notifications in the same transaction; [`snapshots`]:
@@ -17,6 +18,7 @@
 //! became queued, `render_nodes` with a node id when a task that node holds changed outside its
 //! own report, `render_jobs` with a job id when a job or its tasks changed.
 
+pub mod batch;
 pub mod claim;
 pub mod events;
 pub mod jobs;

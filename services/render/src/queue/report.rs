@@ -33,7 +33,7 @@ pub const MAX_FRAMES_PER_REPORT: usize = 1000;
 /// Most frames in one TaskResult.
 pub const MAX_FRAMES_PER_RESULT: usize = 10_000;
 /// Longest log tail kept, bytes.
-const MAX_LOG_TAIL_BYTES: usize = 65_536;
+pub(super) const MAX_LOG_TAIL_BYTES: usize = 65_536;
 /// Longest attempt error message kept, characters.
 const MAX_ERROR_CHARS: usize = 4096;
 
@@ -106,9 +106,7 @@ async fn classify_on(conn: &mut sqlx::PgConnection, fence: Fence) -> Result<Verd
 /// Progress of a current lease, written to the task (the caller bounds how often). The first
 /// update turns a leased task into a running one.
 pub async fn task_update(pool: &PgPool, fence: Fence, update: &agent_pb::TaskUpdate) -> Result<Verdict> {
-    let phase = TaskPhase::from_pb(update.phase()).unwrap_or(TaskPhase::Accepted).as_db();
-    let percent = update.percent.clamp(0.0, 100.0);
-    let percent = if percent.is_finite() { percent as f32 } else { 0.0 };
+    let (phase, percent) = progress_of(update);
     let mut tx = super::begin_hot(pool).await?;
     if !holds_stream(&mut tx, fence.node_id, fence.connection_epoch).await? {
         return Ok(Verdict::Superseded);
@@ -151,21 +149,36 @@ pub async fn task_update(pool: &PgPool, fence: Fence, update: &agent_pb::TaskUpd
     Ok(Verdict::Accepted)
 }
 
+/// The phase and percent of a TaskUpdate as stored (`frame_jobs.phase`, `percent`).
+pub(super) fn progress_of(update: &agent_pb::TaskUpdate) -> (&'static str, f32) {
+    let phase = TaskPhase::from_pb(update.phase()).unwrap_or(TaskPhase::Accepted).as_db();
+    let percent = update.percent.clamp(0.0, 100.0);
+    (phase, if percent.is_finite() { percent as f32 } else { 0.0 })
+}
+
 /// A frame checked at the edge.
 #[derive(Clone, Debug)]
-struct Frame {
-    number: i32,
-    file_id: Option<Uuid>,
-    sha256: [u8; 32],
-    size_bytes: i64,
-    width: Option<i32>,
-    height: Option<i32>,
-    render_ms: Option<i32>,
+pub(super) struct Frame {
+    pub(super) number: i32,
+    pub(super) file_id: Option<Uuid>,
+    pub(super) sha256: [u8; 32],
+    pub(super) size_bytes: i64,
+    pub(super) width: Option<i32>,
+    pub(super) height: Option<i32>,
+    pub(super) render_ms: Option<i32>,
+}
+
+/// The frames of a FrameReport, or why it is malformed.
+pub(super) fn reported_frames(report: &agent_pb::FrameReport) -> Result<BTreeMap<i32, Frame>, String> {
+    if report.frames.is_empty() || report.frames.len() > MAX_FRAMES_PER_REPORT {
+        return Err(format!("frames: 1..={MAX_FRAMES_PER_REPORT} per report"));
+    }
+    ok_frames("frames", &report.frames)
 }
 
 /// The OK frames of `frames` (later entries for the same frame win), or the reason they are
 /// malformed.
-fn ok_frames(field: &str, frames: &[agent_pb::FrameOutput]) -> Result<BTreeMap<i32, Frame>, String> {
+pub(super) fn ok_frames(field: &str, frames: &[agent_pb::FrameOutput]) -> Result<BTreeMap<i32, Frame>, String> {
     let mut out = BTreeMap::new();
     for (i, frame) in frames.iter().enumerate() {
         if frame.status() != agent_pb::FrameStatus::Ok {
@@ -235,7 +248,7 @@ async fn lock_lease(tx: &mut PgTransaction<'_>, fence: Fence) -> Result<Option<L
     }))
 }
 
-fn in_range(range: Option<(i32, i32, i32)>, frame: i32) -> bool {
+pub(super) fn in_range(range: Option<(i32, i32, i32)>, frame: i32) -> bool {
     range.is_some_and(|(start, end, step)| frame >= start && frame <= end && (frame - start) % step == 0)
 }
 
@@ -319,10 +332,7 @@ async fn insert_frames(tx: &mut PgTransaction<'_>, fence: Fence, frames: &[Frame
 /// Frames uploaded and verified under a lease: recorded in `render.frame_results` with the
 /// epoch, the job's progress moved. Acknowledge once this returns `Accepted` (committed).
 pub async fn frame_report(pool: &PgPool, fence: Fence, report: &agent_pb::FrameReport) -> Result<Verdict> {
-    if report.frames.is_empty() || report.frames.len() > MAX_FRAMES_PER_REPORT {
-        return Ok(Verdict::Malformed(format!("frames: 1..={MAX_FRAMES_PER_REPORT} per report")));
-    }
-    let frames = match ok_frames("frames", &report.frames) {
+    let frames = match reported_frames(report) {
         Ok(frames) => frames,
         Err(reason) => return Ok(Verdict::Malformed(reason)),
     };
@@ -426,7 +436,7 @@ pub async fn task_result(
     let message = text::head(&error.message, MAX_ERROR_CHARS);
     let render_ms = result.timings.as_ref().map(|t| t.total_ms).unwrap_or(0).min(i64::MAX as u64) as i64;
     let log_tail = text::tail(&result.log_tail, MAX_LOG_TAIL_BYTES);
-    let warnings: Vec<String> = result.warnings.iter().take(100).map(|w| text::head(w, 1000)).collect();
+    let warnings = warnings_of(result);
     let success = outcome == pb::TaskOutcome::Success;
     let default_class = match outcome {
         pb::TaskOutcome::TemplateError => Some(ErrorClass::Template),
@@ -572,6 +582,11 @@ pub async fn task_result(
         });
     }
     Ok((Verdict::Accepted, Some(ended)))
+}
+
+/// The warnings of a result as kept: at most 100, each at most 1,000 characters.
+pub(super) fn warnings_of(result: &agent_pb::TaskResult) -> Vec<String> {
+    result.warnings.iter().take(100).map(|w| text::head(w, 1000)).collect()
 }
 
 async fn mark_done(tx: &mut PgTransaction<'_>, task: Uuid) -> Result<()> {

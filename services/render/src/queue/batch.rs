@@ -1,0 +1,489 @@
+//! Many agents' reports in one transaction: the set-based form of the hot reports.
+//!
+//! One report at a time, every agent message about a task is a handful of statements and a
+//! commit, and the farm's reports queue behind each other's commits (NOTIFY takes a
+//! database-wide lock at commit). The replica gathers the reports that arrive while a batch is
+//! being written ([`crate::agents::reports`]) and writes them together here: the same fence
+//! and the same rows as [`super::report`], in a fixed number of statements per batch.
+//!
+//! Only the common shapes are taken: progress updates, frame reports of render chunks, and
+//! SUCCESS results of render chunks that deliver every frame of the chunk. Everything else
+//! (other lanes, missing or bad frames, outputs, a report that does not match its current
+//! lease and so needs its reason worked out, a second report about one task in the same batch)
+//! is answered `None`: the caller runs the one-report function of [`super::report`] for it
+//! after the batch committed. Rows are locked in id order, so batches do not deadlock with each
+//! other.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use flatrender_proto::flatrender::agent::v1 as agent_pb;
+use flatrender_proto::flatrender::render::v1 as pb;
+use sqlx::{PgPool, PgTransaction};
+use uuid::Uuid;
+
+use super::report::{self, Ended, Fence, Frame, MAX_LOG_TAIL_BYTES, Verdict};
+use super::{jobs, notify_jobs};
+use crate::error::Result;
+use crate::model::{Lane, text};
+
+/// A TaskUpdate with its fence.
+#[derive(Clone, Debug)]
+pub struct Update {
+    /// The lease it claims.
+    pub fence: Fence,
+    /// What it says.
+    pub update: agent_pb::TaskUpdate,
+}
+
+/// A FrameReport with its fence.
+#[derive(Clone, Debug)]
+pub struct Frames {
+    /// The lease it claims.
+    pub fence: Fence,
+    /// What it says.
+    pub report: agent_pb::FrameReport,
+}
+
+/// A TaskResult with its fence.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The lease it claims.
+    pub fence: Fence,
+    /// What it says.
+    pub result: agent_pb::TaskResult,
+}
+
+/// The (node, connection epoch) pairs of `fences` whose streams are still their nodes' current
+/// ones, share-locked like [`report::holds_stream`] does for one.
+async fn held_streams(tx: &mut PgTransaction<'_>, fences: &[Fence]) -> Result<HashSet<(Uuid, i64)>> {
+    let pairs: BTreeSet<(Uuid, i64)> = fences.iter().map(|f| (f.node_id, f.connection_epoch)).collect();
+    let (ids, epochs): (Vec<Uuid>, Vec<i64>) = pairs.into_iter().unzip();
+    let held: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT n.id, n.connection_epoch FROM render.nodes n
+           JOIN unnest($1::uuid[], $2::bigint[]) AS x(id, epoch) ON n.id = x.id AND n.connection_epoch = x.epoch
+          ORDER BY n.id
+            FOR SHARE OF n",
+    )
+    .bind(&ids)
+    .bind(&epochs)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(held.into_iter().collect())
+}
+
+/// A current lease, locked.
+struct Current {
+    lane: Lane,
+    job_id: Option<Uuid>,
+    range: Option<(i32, i32, i32)>,
+}
+
+/// The leases among `fences` that are current (task, epoch, node, leased or running), locked
+/// in id order.
+async fn lock_current(tx: &mut PgTransaction<'_>, fences: &[Fence]) -> Result<HashMap<Uuid, Current>> {
+    let tasks: Vec<Uuid> = fences.iter().map(|f| f.task_id).collect();
+    let epochs: Vec<i64> = fences.iter().map(|f| f.lease_epoch).collect();
+    let nodes: Vec<Uuid> = fences.iter().map(|f| f.node_id).collect();
+    type Row = (Uuid, String, Option<Uuid>, Option<i32>, Option<i32>, i32);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT f.id, f.lane, f.job_id, f.frame_start, f.frame_end, f.frame_step FROM render.frame_jobs f
+           JOIN unnest($1::uuid[], $2::bigint[], $3::uuid[]) AS x(id, epoch, node)
+             ON f.id = x.id AND f.lease_epoch = x.epoch AND f.node_id = x.node
+          WHERE f.state IN ('leased', 'running')
+          ORDER BY f.id
+            FOR NO KEY UPDATE OF f",
+    )
+    .bind(&tasks)
+    .bind(&epochs)
+    .bind(&nodes)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, lane, job_id, start, end, step)| {
+            let lane = Lane::from_db(&lane)?;
+            Some((id, Current { lane, job_id, range: start.zip(end).map(|(s, e)| (s, e, step.max(1))) }))
+        })
+        .collect())
+}
+
+/// The indexes of `fences` worth writing: not answered yet, on a held stream (others are
+/// answered Superseded in `answers`) and the first report about their task in the batch (later
+/// ones stay `None`).
+fn admissible<A>(
+    fences: &[Fence],
+    held: &HashSet<(Uuid, i64)>,
+    answers: &mut [Option<A>],
+    superseded: impl Fn() -> A,
+) -> Vec<usize> {
+    let mut seen = HashSet::new();
+    let mut live = Vec::new();
+    for (i, fence) in fences.iter().enumerate() {
+        if answers[i].is_some() {
+            continue;
+        }
+        if !held.contains(&(fence.node_id, fence.connection_epoch)) {
+            answers[i] = Some(superseded());
+        } else if seen.insert(fence.task_id) {
+            live.push(i);
+        }
+    }
+    live
+}
+
+/// Progress of current leases; the first update of a lease makes its task running.
+pub async fn task_updates(pool: &PgPool, items: &[Update]) -> Result<Vec<Option<Verdict>>> {
+    let mut answers = vec![None; items.len()];
+    let fences: Vec<Fence> = items.iter().map(|i| i.fence).collect();
+    let mut tx = super::begin_hot(pool).await?;
+    let held = held_streams(&mut tx, &fences).await?;
+    let live = admissible(&fences, &held, &mut answers, || Verdict::Superseded);
+    let candidates: Vec<Fence> = live.iter().map(|i| fences[*i]).collect();
+    let current = lock_current(&mut tx, &candidates).await?;
+    let live: Vec<usize> = live.into_iter().filter(|i| current.contains_key(&fences[*i].task_id)).collect();
+    if live.is_empty() {
+        return Ok(answers);
+    }
+    let mut ids = Vec::new();
+    let mut epochs = Vec::new();
+    let mut phases = Vec::new();
+    let mut percents = Vec::new();
+    let mut frames = Vec::new();
+    for i in &live {
+        let (phase, percent) = report::progress_of(&items[*i].update);
+        ids.push(fences[*i].task_id);
+        epochs.push(fences[*i].lease_epoch);
+        phases.push(phase);
+        percents.push(percent);
+        frames.push(items[*i].update.current_frame);
+    }
+    sqlx::query(
+        "UPDATE render.frame_jobs f
+            SET state = 'running', started_at = coalesce(f.started_at, now()), phase = x.phase, percent = x.percent,
+                current_frame = CASE WHEN x.frame >= 0 THEN x.frame ELSE f.current_frame END, last_progress_at = now()
+           FROM unnest($1::uuid[], $2::text[], $3::real[], $4::int[]) AS x(id, phase, percent, frame)
+          WHERE f.id = x.id",
+    )
+    .bind(&ids)
+    .bind(&phases)
+    .bind(&percents)
+    .bind(&frames)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE render.frame_job_attempts a SET started_at = now()
+           FROM unnest($1::uuid[], $2::bigint[]) AS x(id, epoch)
+          WHERE a.frame_job_id = x.id AND a.lease_epoch = x.epoch AND a.started_at IS NULL",
+    )
+    .bind(&ids)
+    .bind(&epochs)
+    .execute(&mut *tx)
+    .await?;
+    let jobs: Vec<Uuid> = ids.iter().filter_map(|id| current.get(id).and_then(|c| c.job_id)).collect();
+    notify_jobs(&mut tx, &jobs).await?;
+    tx.commit().await?;
+    for i in live {
+        answers[i] = Some(Verdict::Accepted);
+    }
+    Ok(answers)
+}
+
+/// Frames of render chunks under their current leases.
+pub async fn frame_reports(pool: &PgPool, items: &[Frames]) -> Result<Vec<Option<Verdict>>> {
+    let mut answers = vec![None; items.len()];
+    // Malformed reports are answered without the database.
+    let mut parsed: Vec<Option<BTreeMap<i32, Frame>>> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match report::reported_frames(&item.report) {
+            Ok(frames) => parsed.push(Some(frames)),
+            Err(reason) => {
+                answers[i] = Some(Verdict::Malformed(reason));
+                parsed.push(None);
+            }
+        }
+    }
+    let fences: Vec<Fence> = items.iter().map(|i| i.fence).collect();
+    let mut tx = super::begin_hot(pool).await?;
+    let held = held_streams(&mut tx, &fences).await?;
+    let live = admissible(&fences, &held, &mut answers, || Verdict::Superseded);
+    let live: Vec<usize> = live.into_iter().filter(|i| parsed[*i].is_some()).collect();
+    let candidates: Vec<Fence> = live.iter().map(|i| fences[*i]).collect();
+    let current = lock_current(&mut tx, &candidates).await?;
+    let mut accepted = Vec::new();
+    for i in live {
+        let Some(lease) = current.get(&fences[i].task_id).filter(|c| c.lane == Lane::Render) else { continue };
+        let frames = parsed[i].as_ref().map(|f| f.values().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        if let Some(bad) = frames.iter().find(|f| !report::in_range(lease.range, f.number)) {
+            answers[i] = Some(Verdict::Malformed(format!("frames: frame {} is not in the task's range", bad.number)));
+            continue;
+        }
+        accepted.push((i, frames));
+    }
+    if accepted.is_empty() {
+        return Ok(answers);
+    }
+    let written: Vec<(Fence, &[Frame])> = accepted.iter().map(|(i, f)| (fences[*i], f.as_slice())).collect();
+    let new = insert_frames(&mut tx, &written).await?;
+    let mut work: BTreeMap<Uuid, i64> = BTreeMap::new();
+    for (fence, _) in &written {
+        if let Some(job) = current.get(&fence.task_id).and_then(|c| c.job_id) {
+            *work.entry(job).or_default() += new.get(&fence.task_id).copied().unwrap_or(0);
+        }
+    }
+    for (job, frames) in work {
+        jobs::add_work(&mut tx, job, frames, 0).await?;
+    }
+    tx.commit().await?;
+    for (i, _) in accepted {
+        answers[i] = Some(Verdict::Accepted);
+    }
+    Ok(answers)
+}
+
+/// SUCCESS of render chunks whose every frame is accepted once the result's frames are: the
+/// attempts and tasks end done, the frames are stored, the jobs move on (to assembling after
+/// their last chunk).
+pub async fn task_results(pool: &PgPool, items: &[Outcome]) -> Result<Vec<Option<(Verdict, Option<Ended>)>>> {
+    let mut answers = vec![None; items.len()];
+    // The shapes taken here; anything else is the one-report path's.
+    let parsed: Vec<Option<BTreeMap<i32, Frame>>> = items
+        .iter()
+        .map(|item| {
+            let result = &item.result;
+            let plain = result.outcome() == pb::TaskOutcome::Success
+                && result.outputs.is_empty()
+                && result.frames.len() <= report::MAX_FRAMES_PER_RESULT
+                && result.frames.iter().all(|f| f.status() == agent_pb::FrameStatus::Ok);
+            if plain { report::ok_frames("frames", &result.frames).ok() } else { None }
+        })
+        .collect();
+    if parsed.iter().all(Option::is_none) {
+        return Ok(answers);
+    }
+    let fences: Vec<Fence> = items.iter().map(|i| i.fence).collect();
+    let mut tx = super::begin_hot(pool).await?;
+    let held = held_streams(&mut tx, &fences).await?;
+    let live = admissible(&fences, &held, &mut answers, || (Verdict::Superseded, None));
+    let live: Vec<usize> = live.into_iter().filter(|i| parsed[*i].is_some()).collect();
+    let candidates: Vec<Fence> = live.iter().map(|i| fences[*i]).collect();
+    let current = lock_current(&mut tx, &candidates).await?;
+    let live: Vec<usize> = live
+        .into_iter()
+        .filter(|i| current.get(&fences[*i].task_id).is_some_and(|c| c.lane == Lane::Render && c.range.is_some()))
+        .collect();
+    let open = open_attempts(&mut tx, &live.iter().map(|i| fences[*i]).collect::<Vec<_>>()).await?;
+    let live: Vec<usize> = live.into_iter().filter(|i| open.contains(&fences[*i].task_id)).collect();
+
+    // Complete chunks only: every frame of the range accepted before or in this result.
+    let before = accepted_frames(&mut tx, &live.iter().map(|i| fences[*i]).collect::<Vec<_>>()).await?;
+    let mut complete = Vec::new();
+    for i in live {
+        let fence = fences[i];
+        let Some((start, end, step)) = current.get(&fence.task_id).and_then(|c| c.range) else { continue };
+        let Some(frames) = parsed[i].as_ref() else { continue };
+        let had = before.get(&fence.task_id);
+        let mut range = (start..=end).step_by(usize::try_from(step).unwrap_or(1).max(1));
+        if range.all(|n| frames.contains_key(&n) || had.is_some_and(|h| h.contains(&n))) {
+            let kept: Vec<Frame> =
+                frames.values().filter(|f| report::in_range(Some((start, end, step)), f.number)).cloned().collect();
+            complete.push((i, kept));
+        }
+    }
+    if complete.is_empty() {
+        return Ok(answers);
+    }
+
+    let mut ids = Vec::new();
+    let mut epochs = Vec::new();
+    let mut exit_codes = Vec::new();
+    let mut render_ms = Vec::new();
+    let mut tails = Vec::new();
+    let mut warnings = Vec::new();
+    for (i, _) in &complete {
+        let result = &items[*i].result;
+        ids.push(fences[*i].task_id);
+        epochs.push(fences[*i].lease_epoch);
+        exit_codes.push(result.exit_code);
+        render_ms.push(result.timings.as_ref().map(|t| t.total_ms).unwrap_or(0).min(i64::MAX as u64) as i64);
+        tails.push(Some(text::tail(&result.log_tail, MAX_LOG_TAIL_BYTES)).filter(|t| !t.is_empty()));
+        warnings.push(serde_json::Value::from(report::warnings_of(result)).to_string());
+    }
+    sqlx::query(
+        "UPDATE render.frame_job_attempts a
+            SET outcome = 'success', error_class = NULL, error_code = NULL, error_message = NULL, exit_code = x.exit_code,
+                render_ms = x.ms, log_tail = x.tail,
+                warnings = ARRAY(SELECT jsonb_array_elements_text(x.warnings::jsonb)),
+                log_file_id = NULL, finished_at = now(), started_at = coalesce(a.started_at, now())
+           FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::bigint[], $5::text[], $6::text[])
+                AS x(id, epoch, exit_code, ms, tail, warnings)
+          WHERE a.frame_job_id = x.id AND a.lease_epoch = x.epoch",
+    )
+    .bind(&ids)
+    .bind(&epochs)
+    .bind(&exit_codes)
+    .bind(&render_ms)
+    .bind(&tails)
+    .bind(&warnings)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE render.frame_jobs f
+            SET state = 'done', finished_at = now(), exit_code = x.exit_code, error_class = NULL, error_code = NULL,
+                error_message = NULL, log_tail = x.tail, render_ms = f.render_ms + x.ms, phase = NULL, percent = 100
+           FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::text[]) AS x(id, exit_code, ms, tail)
+          WHERE f.id = x.id",
+    )
+    .bind(&ids)
+    .bind(&exit_codes)
+    .bind(&render_ms)
+    .bind(&tails)
+    .execute(&mut *tx)
+    .await?;
+    let written: Vec<(Fence, &[Frame])> = complete.iter().map(|(i, f)| (fences[*i], f.as_slice())).collect();
+    let new = insert_frames(&mut tx, &written).await?;
+    let mut work: BTreeMap<Uuid, (i64, i64)> = BTreeMap::new();
+    for (k, (fence, _)) in written.iter().enumerate() {
+        if let Some(job) = current.get(&fence.task_id).and_then(|c| c.job_id) {
+            let entry = work.entry(job).or_default();
+            entry.0 += new.get(&fence.task_id).copied().unwrap_or(0);
+            entry.1 += render_ms[k];
+        }
+    }
+    for (job, (frames, ms)) in &work {
+        jobs::add_work(&mut tx, *job, *frames, *ms).await?;
+    }
+    for job in work.keys() {
+        jobs::after_chunk_done(&mut tx, *job).await?;
+    }
+    tx.commit().await?;
+    for (i, _) in complete {
+        answers[i] = Some((Verdict::Accepted, Some(Ended::Done)));
+    }
+    Ok(answers)
+}
+
+/// The tasks among `fences` whose attempt (task, epoch) by that node has no outcome yet,
+/// locked.
+async fn open_attempts(tx: &mut PgTransaction<'_>, fences: &[Fence]) -> Result<HashSet<Uuid>> {
+    if fences.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let tasks: Vec<Uuid> = fences.iter().map(|f| f.task_id).collect();
+    let epochs: Vec<i64> = fences.iter().map(|f| f.lease_epoch).collect();
+    let nodes: Vec<Uuid> = fences.iter().map(|f| f.node_id).collect();
+    let open: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT a.frame_job_id FROM render.frame_job_attempts a
+           JOIN unnest($1::uuid[], $2::bigint[], $3::uuid[]) AS x(id, epoch, node)
+             ON a.frame_job_id = x.id AND a.lease_epoch = x.epoch AND a.node_id = x.node
+          WHERE a.outcome IS NULL
+          ORDER BY a.frame_job_id
+            FOR NO KEY UPDATE OF a",
+    )
+    .bind(&tasks)
+    .bind(&epochs)
+    .bind(&nodes)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(open.into_iter().collect())
+}
+
+/// The frame numbers already accepted under each of `fences` (task, epoch).
+async fn accepted_frames(tx: &mut PgTransaction<'_>, fences: &[Fence]) -> Result<HashMap<Uuid, HashSet<i32>>> {
+    if fences.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let tasks: Vec<Uuid> = fences.iter().map(|f| f.task_id).collect();
+    let epochs: Vec<i64> = fences.iter().map(|f| f.lease_epoch).collect();
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+        "SELECT r.frame_job_id, r.frame_number FROM render.frame_results r
+           JOIN unnest($1::uuid[], $2::bigint[]) AS x(id, epoch) ON r.frame_job_id = x.id AND r.lease_epoch = x.epoch",
+    )
+    .bind(&tasks)
+    .bind(&epochs)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut accepted: HashMap<Uuid, HashSet<i32>> = HashMap::new();
+    for (task, frame) in rows {
+        accepted.entry(task).or_default().insert(frame);
+    }
+    Ok(accepted)
+}
+
+/// Stores the frames of each lease (one task at most once per call) and sets the tasks'
+/// `frames_done`; returns per task how many frame numbers are new to it (frames a previous
+/// lease delivered are replaced, not counted again).
+async fn insert_frames(tx: &mut PgTransaction<'_>, leases: &[(Fence, &[Frame])]) -> Result<HashMap<Uuid, i64>> {
+    let count: usize = leases.iter().map(|(_, frames)| frames.len()).sum();
+    let mut tasks = Vec::with_capacity(count);
+    let mut epochs = Vec::with_capacity(count);
+    let mut nodes = Vec::with_capacity(count);
+    let mut numbers = Vec::with_capacity(count);
+    let mut files = Vec::with_capacity(count);
+    let mut digests = Vec::with_capacity(count);
+    let mut sizes = Vec::with_capacity(count);
+    let mut widths = Vec::with_capacity(count);
+    let mut heights = Vec::with_capacity(count);
+    let mut times = Vec::with_capacity(count);
+    for (fence, frames) in leases {
+        for frame in *frames {
+            tasks.push(fence.task_id);
+            epochs.push(fence.lease_epoch);
+            nodes.push(fence.node_id);
+            numbers.push(frame.number);
+            files.push(frame.file_id);
+            digests.push(frame.sha256.to_vec());
+            sizes.push(frame.size_bytes);
+            widths.push(frame.width);
+            heights.push(frame.height);
+            times.push(frame.render_ms);
+        }
+    }
+    let inserted: Vec<(Uuid, bool)> = sqlx::query_as(
+        "INSERT INTO render.frame_results AS r
+                (frame_job_id, frame_number, tenant_id, job_id, source_frame_job_id, lease_epoch, node_id,
+                 file_id, sha256, size_bytes, width, height, render_ms)
+         SELECT x.task, x.frame, f.tenant_id, f.job_id, x.task, x.epoch, x.node, x.file_id, x.sha256, x.size,
+                x.width, x.height, x.ms
+           FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::int[], $5::uuid[], $6::bytea[], $7::bigint[],
+                       $8::int[], $9::int[], $10::int[])
+                AS x(task, epoch, node, frame, file_id, sha256, size, width, height, ms)
+           JOIN render.frame_jobs f ON f.id = x.task
+             ON CONFLICT (frame_job_id, frame_number) DO UPDATE
+            SET lease_epoch = EXCLUDED.lease_epoch, node_id = EXCLUDED.node_id, file_id = EXCLUDED.file_id,
+                sha256 = EXCLUDED.sha256, size_bytes = EXCLUDED.size_bytes, width = EXCLUDED.width,
+                height = EXCLUDED.height, render_ms = EXCLUDED.render_ms,
+                source_frame_job_id = EXCLUDED.source_frame_job_id, accepted_at = now()
+          WHERE r.lease_epoch < EXCLUDED.lease_epoch
+      RETURNING r.frame_job_id, (r.xmax::text = '0')",
+    )
+    .bind(&tasks)
+    .bind(&epochs)
+    .bind(&nodes)
+    .bind(&numbers)
+    .bind(&files)
+    .bind(&digests)
+    .bind(&sizes)
+    .bind(&widths)
+    .bind(&heights)
+    .bind(&times)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut new: HashMap<Uuid, i64> = HashMap::new();
+    for (task, fresh) in inserted {
+        *new.entry(task).or_default() += i64::from(fresh);
+    }
+    let ids: Vec<Uuid> = leases.iter().map(|(f, _)| f.task_id).collect();
+    let lease_epochs: Vec<i64> = leases.iter().map(|(f, _)| f.lease_epoch).collect();
+    sqlx::query(
+        "UPDATE render.frame_jobs f
+            SET frames_done = (SELECT count(*) FROM render.frame_results r
+                                WHERE r.frame_job_id = f.id AND r.lease_epoch = x.epoch)
+           FROM unnest($1::uuid[], $2::bigint[]) AS x(id, epoch)
+          WHERE f.id = x.id",
+    )
+    .bind(&ids)
+    .bind(&lease_epochs)
+    .execute(&mut **tx)
+    .await?;
+    Ok(new)
+}
