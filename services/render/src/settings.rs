@@ -34,8 +34,6 @@ pub struct Settings {
     pub health_log_interval: Duration,
     /// How often the samples due are written, all nodes of the replica in one statement.
     pub health_flush_interval: Duration,
-    /// At most one `nodes.last_seen_at` write per node per this interval.
-    pub last_seen_interval: Duration,
     /// How often this replica refreshes its `render.orchestrators` row (and looks for dead
     /// replicas).
     pub replica_heartbeat_interval: Duration,
@@ -103,7 +101,6 @@ impl Default for Settings {
             quarantine_window: Duration::from_secs(600),
             health_log_interval: Duration::from_secs(60),
             health_flush_interval: Duration::from_secs(5),
-            last_seen_interval: Duration::from_secs(30),
             replica_heartbeat_interval: Duration::from_secs(2),
             dispatch_poll_interval: Duration::from_secs(1),
             enroll_attempts_per_minute: 10,

@@ -626,3 +626,74 @@ async fn a_silent_node_is_listed_as_lost_until_it_speaks_again() {
     .await;
     assert_eq!(get(&mut admin, id).await.state(), pb::NodeState::Online);
 }
+
+#[tokio::test]
+async fn heartbeats_write_nothing_to_the_node_row() {
+    let o = Orchestrator::start().await;
+    let mut admin = o.node_admin(Role::PlatformAdmin);
+    let agent = o.agent(AgentSpec::default()).await;
+    agent.welcome().await;
+    let id = agent.identity.node_id;
+    let version = format!("SELECT xmin::text FROM render.nodes WHERE id = '{id}'");
+    let before: String = sqlx::query_scalar(sqlx::AssertSqlSafe(version.clone())).fetch_one(o.pool()).await.unwrap();
+    for _ in 0..5 {
+        agent.heartbeat();
+        agent.expect("a LeaseRenewal", |e| matches!(e, AgentEvent::Renewal(_)).then_some(())).await;
+    }
+    let after: String = sqlx::query_scalar(sqlx::AssertSqlSafe(version)).fetch_one(o.pool()).await.unwrap();
+    assert_eq!(before, after, "the node row was rewritten by heartbeats");
+    // Its holder's heartbeat stands for when it was last seen.
+    let node = get(&mut admin, id).await;
+    assert_eq!(node.state(), pb::NodeState::Online);
+    let seen = node.last_seen_at.unwrap();
+    let holder: time::OffsetDateTime =
+        sqlx::query_scalar("SELECT heartbeat_at FROM render.orchestrators WHERE id = $1")
+            .bind(&o.settings.orchestrator_id)
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+    assert!(seen.seconds >= holder.unix_timestamp() - 2, "last seen {seen:?}, holder {holder}");
+}
+
+#[tokio::test]
+async fn the_nodes_of_a_dead_replica_are_lost() {
+    let o = Orchestrator::start().await;
+    let mut admin = o.node_admin(Role::PlatformAdmin);
+    let agent = o.agent(AgentSpec::default()).await;
+    agent.welcome().await;
+    let id = agent.identity.node_id;
+    assert_eq!(get(&mut admin, id).await.state(), pb::NodeState::Online);
+    // The holder looks dead to every reader: its row is stale, and stays so while `hold` keeps
+    // it locked (the replica's next refresh waits). The refresh may slip in between the two
+    // statements; then again.
+    let mut tries = 0;
+    let mut hold = loop {
+        tries += 1;
+        assert!(tries <= 20, "could not make the replica's row stale");
+        sqlx::query(
+            "UPDATE render.orchestrators SET started_at = now() - interval '1 hour', heartbeat_at = now() - interval '1 hour'
+              WHERE id = $1",
+        )
+        .bind(&o.settings.orchestrator_id)
+        .execute(o.pool())
+        .await
+        .unwrap();
+        let mut hold = o.pool().begin().await.unwrap();
+        let stale: bool = sqlx::query_scalar(
+            "SELECT heartbeat_at < now() - interval '1 minute' FROM render.orchestrators WHERE id = $1 FOR UPDATE",
+        )
+        .bind(&o.settings.orchestrator_id)
+        .fetch_one(&mut *hold)
+        .await
+        .unwrap();
+        if stale {
+            break hold;
+        }
+    };
+    let node = get(&mut admin, id).await;
+    assert_eq!(
+        (node.state(), node.orchestrator_id.as_str()),
+        (pb::NodeState::Lost, o.settings.orchestrator_id.as_str())
+    );
+    hold.rollback().await.unwrap();
+}

@@ -7,7 +7,9 @@
 //!   Health;
 //! - this replica's `render.orchestrators` row, refreshed every few seconds; a replica whose row
 //!   is stale is dead, and this one ends the leases of the nodes it held;
-//! - `nodes.last_seen_at`, written for all nodes heard from in one statement per interval.
+//! - a node's silence in `nodes.silent_since` (and when it was last heard), written only when it
+//!   falls silent or speaks again: while a live replica holds a stream, the replica's own
+//!   heartbeat row stands for the node, so an idle farm writes nothing per node.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +22,7 @@ use uuid::Uuid;
 
 use super::Agents;
 use super::nodes;
-use super::registry::HeldTask;
+use super::registry::{Connection, HeldTask};
 use crate::error::Result;
 use crate::queue::{self, requeue};
 
@@ -63,8 +65,7 @@ pub async fn run(agents: Arc<Agents>, shutdown: ShutdownSignal) {
     let sweep_every = (settings.heartbeat_interval / 4).max(std::time::Duration::from_millis(50));
     let mut sweep = tokio::time::interval(sweep_every);
     let mut replica = tokio::time::interval(settings.replica_heartbeat_interval);
-    let mut seen = tokio::time::interval(settings.last_seen_interval);
-    for timer in [&mut sweep, &mut replica, &mut seen] {
+    for timer in [&mut sweep, &mut replica] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     let stop = shutdown.wait();
@@ -81,11 +82,6 @@ pub async fn run(agents: Arc<Agents>, shutdown: ShutdownSignal) {
                     tracing::warn!(error = %e, "cannot look for dead replicas");
                 }
             }
-            _ = seen.tick() => {
-                if let Err(e) = write_last_seen(&agents).await {
-                    tracing::warn!(error = %e, "cannot write last_seen_at");
-                }
-            }
         }
     }
     for conn in agents.registry.all() {
@@ -99,7 +95,7 @@ async fn sweep_leases(agents: &Arc<Agents>) {
     let deadline = agents.state.settings.heartbeat_deadline();
     let now = Instant::now();
     for conn in agents.registry.all() {
-        let (expired, silent): (Vec<(Uuid, HeldTask)>, bool) = {
+        let (expired, silent, last_health) = {
             let mut view = conn.view();
             let silent = view.responsive && now.duration_since(view.last_health) > deadline;
             if silent {
@@ -107,10 +103,13 @@ async fn sweep_leases(agents: &Arc<Agents>) {
             }
             let ids: Vec<Uuid> =
                 view.tasks.iter().filter(|(_, held)| silent || held.expires <= now).map(|(id, _)| *id).collect();
-            (ids.into_iter().filter_map(|id| view.tasks.remove(&id).map(|held| (id, held))).collect(), silent)
+            let expired: Vec<(Uuid, HeldTask)> =
+                ids.into_iter().filter_map(|id| view.tasks.remove(&id).map(|held| (id, held))).collect();
+            (expired, silent, view.last_health)
         };
         if silent {
             tracing::warn!(node = %conn.node_id, ?deadline, "no Health from the node; revoking its leases");
+            record_silence(agents, &conn, now.duration_since(last_health)).await;
         }
         if expired.is_empty() {
             continue;
@@ -187,13 +186,24 @@ async fn reap_dead_replicas(agents: &Agents) -> Result<()> {
     Ok(())
 }
 
-async fn write_last_seen(agents: &Agents) -> Result<()> {
-    let heard: Vec<(Uuid, i64)> = agents
-        .registry
-        .all()
-        .iter()
-        .filter(|c| std::mem::take(&mut c.view().seen))
-        .map(|c| (c.node_id, c.connection_epoch))
-        .collect();
-    nodes::write_last_seen(&agents.state.pool, &heard).await
+/// Stores that the node of `conn` fell silent `ago` (so every replica lists it LOST). A Health
+/// that arrived while this was written finds nothing to clear yet; so the silence is cleared
+/// here too when the node already spoke again.
+async fn record_silence(agents: &Agents, conn: &Connection, ago: std::time::Duration) {
+    let pool = &agents.state.pool;
+    let last_heard = time::OffsetDateTime::now_utc() - ago;
+    if let Err(e) = nodes::mark_silent(pool, conn.node_id, conn.connection_epoch, last_heard).await {
+        tracing::warn!(node = %conn.node_id, error = %e, "cannot record that the node is silent");
+        return;
+    }
+    if conn.view().responsive {
+        heard_again(agents, conn).await;
+    }
+}
+
+/// Stores that the silent node of `conn` spoke again.
+pub async fn heard_again(agents: &Agents, conn: &Connection) {
+    if let Err(e) = nodes::heard_again(&agents.state.pool, conn.node_id, conn.connection_epoch).await {
+        tracing::warn!(node = %conn.node_id, error = %e, "cannot record that the node speaks again");
+    }
 }

@@ -77,7 +77,7 @@ pub async fn connect(
         "WITH prev AS (SELECT id, orchestrator_id FROM render.nodes WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE)
          UPDATE render.nodes n
             SET connection_epoch = n.connection_epoch + 1, orchestrator_id = $2, connected_at = now(),
-                last_seen_at = now(), state = CASE WHEN n.state = 'offline' THEN 'online' ELSE n.state END,
+                last_seen_at = now(), silent_since = NULL, state = CASE WHEN n.state = 'offline' THEN 'online' ELSE n.state END,
                 hostname = $3, os = $4, os_version = $5, arch = $6, agent_version = $7, ae_versions = $8,
                 has_ffmpeg = $9, cpu_cores = $10, ram_bytes = $11, gpus = $12, slots = $13,
                 tags = ARRAY(SELECT t FROM (SELECT DISTINCT unnest($14::text[] || coalesce(
@@ -323,22 +323,40 @@ pub async fn mark_delivered(pool: &PgPool, ids: &[i64]) -> Result<()> {
     Ok(())
 }
 
-/// Writes `last_seen_at = now()` for the nodes (id, connection epoch) whose streams this
-/// replica still holds: one statement for all.
-pub async fn write_last_seen(pool: &PgPool, nodes: &[(Uuid, i64)]) -> Result<()> {
-    if nodes.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = nodes.iter().map(|(id, _)| *id).collect();
-    let epochs: Vec<i64> = nodes.iter().map(|(_, e)| *e).collect();
+/// The node of stream `connection_epoch` missed its heartbeats: it is LOST from now on (until
+/// [`heard_again`]), last heard at `last_heard`.
+pub async fn mark_silent(pool: &PgPool, node: Uuid, connection_epoch: i64, last_heard: OffsetDateTime) -> Result<()> {
     sqlx::query(
-        "UPDATE render.nodes n SET last_seen_at = now()
-           FROM unnest($1::uuid[], $2::bigint[]) AS x(id, epoch)
-          WHERE n.id = x.id AND n.connection_epoch = x.epoch",
+        "UPDATE render.nodes SET silent_since = now(), last_seen_at = $3
+          WHERE id = $1 AND connection_epoch = $2 AND silent_since IS NULL",
     )
-    .bind(&ids)
-    .bind(&epochs)
+    .bind(node)
+    .bind(connection_epoch)
+    .bind(last_heard)
     .execute(pool)
     .await?;
+    Ok(())
+}
+
+/// The silent node of stream `connection_epoch` spoke again.
+pub async fn heard_again(pool: &PgPool, node: Uuid, connection_epoch: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE render.nodes SET silent_since = NULL, last_seen_at = now()
+          WHERE id = $1 AND connection_epoch = $2 AND silent_since IS NOT NULL",
+    )
+    .bind(node)
+    .bind(connection_epoch)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The stream `connection_epoch` of `node` ended now: the last time the node was heard.
+pub async fn stream_ended(pool: &PgPool, node: Uuid, connection_epoch: i64) -> Result<()> {
+    sqlx::query("UPDATE render.nodes SET last_seen_at = now() WHERE id = $1 AND connection_epoch = $2")
+        .bind(node)
+        .bind(connection_epoch)
+        .execute(pool)
+        .await?;
     Ok(())
 }

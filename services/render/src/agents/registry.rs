@@ -66,8 +66,6 @@ pub struct NodeView {
     pub tasks: HashMap<Uuid, HeldTask>,
     /// When its last Health arrived.
     pub last_health: Instant,
-    /// Whether a message arrived since `last_seen_at` was last written.
-    pub seen: bool,
     /// The latest health sample (GetNode, ListNodes).
     pub health: Option<flatrender_proto::flatrender::render::v1::NodeHealthSample>,
     /// When a sample was last stored in `node_health_logs` (bounded rate).
@@ -247,7 +245,6 @@ mod tests {
             cache: HashSet::new(),
             tasks: HashMap::new(),
             last_health: Instant::now(),
-            seen: false,
             health: None,
             health_logged: None,
         }

@@ -269,7 +269,6 @@ impl Session {
             cache: facts.cache.iter().map(|(d, _, _)| *d).collect(),
             tasks: Default::default(),
             last_health: Instant::now(),
-            seen: false,
             health: None,
             health_logged: None,
         };
@@ -397,6 +396,9 @@ impl Session {
             Exit::Goodbye(agent_pb::GoodbyeReason::Shutdown) => {
                 tracing::info!(node = %self.node, "agent shut down");
                 let pool = &self.agents.state.pool;
+                if let Err(e) = nodes::stream_ended(pool, self.node, conn.connection_epoch).await {
+                    tracing::warn!(node = %self.node, error = %e, "cannot record when the node was last heard");
+                }
                 let offline = queue::retrying(|| {
                     requeue::lost_node(
                         pool,
@@ -421,6 +423,9 @@ impl Session {
             }
             Exit::Goodbye(_) | Exit::Lost => {
                 tracing::info!(node = %self.node, grace = ?settings.reconnect_grace, "agent stream ended; keeping its leases for the grace period");
+                if let Err(e) = nodes::stream_ended(&self.agents.state.pool, self.node, conn.connection_epoch).await {
+                    tracing::warn!(node = %self.node, error = %e, "cannot record when the node was last heard");
+                }
                 liveness::after_grace(Arc::clone(&self.agents), self.node, conn.connection_epoch);
             }
         }
@@ -430,9 +435,6 @@ impl Session {
     /// Handles one message; returns the reason of a Goodbye.
     async fn handle(&mut self, message: agent_pb::SessionRequest) -> Option<agent_pb::GoodbyeReason> {
         let seq = message.seq;
-        if let Some(conn) = &self.conn {
-            conn.view().seen = true;
-        }
         if let Some((reason, text)) = self.check_envelope(&message) {
             self.reject(seq, reason, &text, "");
             return None;
@@ -463,6 +465,7 @@ impl Session {
         let ttl = self.agents.state.settings.lease_ttl;
         let expires_at = timestamp(OffsetDateTime::now_utc() + ttl);
         let mut wake = false;
+        let mut back = false;
         let mut log = None;
         {
             let mut renewed = Vec::new();
@@ -483,6 +486,7 @@ impl Session {
             if !view.responsive {
                 view.responsive = true;
                 wake = true;
+                back = true;
             }
             if view.agent_draining != health.draining {
                 view.agent_draining = health.draining;
@@ -515,6 +519,10 @@ impl Session {
         }
         if wake {
             self.agents.wake_dispatcher();
+        }
+        if back {
+            let agents = Arc::clone(&self.agents);
+            tokio::spawn(async move { liveness::heard_again(&agents, &conn).await });
         }
         if let Some(row) = log {
             self.agents.health_log.push(self.node, row);

@@ -188,7 +188,7 @@ pub async fn lost_node(
     let mut tx = pool.begin().await?;
     let name: Option<String> = sqlx::query_scalar(
         "UPDATE render.nodes
-            SET orchestrator_id = NULL, state = CASE WHEN state = 'online' THEN 'offline' ELSE state END,
+            SET orchestrator_id = NULL, silent_since = NULL, state = CASE WHEN state = 'online' THEN 'offline' ELSE state END,
                 connection_epoch = connection_epoch + (CASE WHEN $4 THEN 1 ELSE 0 END)
           WHERE id = $1 AND connection_epoch = $2 AND orchestrator_id = $3
       RETURNING name",

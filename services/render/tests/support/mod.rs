@@ -47,7 +47,6 @@ pub fn test_settings() -> Settings {
         hello_timeout: Duration::from_secs(2),
         replica_heartbeat_interval: Duration::from_millis(300),
         dispatch_poll_interval: Duration::from_millis(500),
-        last_seen_interval: Duration::from_secs(1),
         health_flush_interval: Duration::from_millis(200),
         enroll_attempts_per_minute: 10_000,
         ..Settings::default()

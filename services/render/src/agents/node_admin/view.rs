@@ -1,9 +1,10 @@
 //! A `render.nodes` row as the API shows it (`flatrender.render.v1.Node`).
 //!
-//! Connectivity is not a column: ONLINE while a replica holds the stream, LOST when that
-//! replica has not written `last_seen_at` for longer than its write interval plus the heartbeat
-//! deadline (the holder's memory knows sooner; every replica answers alike from the row),
-//! NEW before the first stream, OFFLINE otherwise and always once deleted.
+//! Connectivity is not a column: ONLINE while a live replica (its `render.orchestrators` row
+//! fresh) holds the stream and has not marked the node silent, LOST when it has or when that
+//! replica is dead, NEW before the first stream, OFFLINE otherwise and always once deleted.
+//! Every replica answers alike from the rows. While ONLINE, the holder's heartbeat stands for
+//! `last_seen_at` (nothing is written per heartbeat).
 
 use flatrender_proto::flatrender::render::v1 as pb;
 use sqlx::postgres::PgRow;
@@ -21,22 +22,26 @@ use crate::settings::Settings;
 /// `cached_template_count` and `recent_crashes`, from `render.nodes n`; wrap it as a subquery
 /// to filter on them.
 pub fn select(settings: &Settings) -> String {
-    let lost_after = (settings.last_seen_interval + settings.heartbeat_deadline()).as_secs_f64();
+    let dead_after = settings.replica_dead_after().as_secs_f64();
     format!(
         "SELECT n.id, n.name, n.hostname, n.os, n.os_version, n.arch, n.agent_version, n.ae_versions, n.has_ffmpeg,
                 n.cpu_cores, n.ram_bytes, n.gpus, n.slots, n.tags, n.cache_used_bytes, n.state, n.state_reason,
-                n.quarantined_at, n.connection_epoch, n.connected_at, n.orchestrator_id, n.last_seen_at,
+                n.quarantined_at, n.connection_epoch, n.connected_at, n.orchestrator_id,
+                CASE WHEN n.silent_since IS NULL THEN greatest(n.last_seen_at, holder.heartbeat_at)
+                     ELSE n.last_seen_at END AS last_seen_at,
                 n.deleted_at, n.created_at, n.updated_at,
                 CASE WHEN n.deleted_at IS NOT NULL THEN {offline}
                      WHEN n.orchestrator_id IS NOT NULL THEN
-                          CASE WHEN n.last_seen_at < now() - make_interval(secs => {lost_after}) THEN {lost} ELSE {online} END
+                          CASE WHEN n.silent_since IS NULL AND holder.id IS NOT NULL THEN {online} ELSE {lost} END
                      WHEN n.connected_at IS NULL THEN {new}
                      ELSE {offline} END AS conn_state,
                 CASE n.state WHEN 'draining' THEN {draining} WHEN 'quarantined' THEN {quarantined} ELSE {active} END
                   AS admin,
                 (SELECT count(*) FROM render.node_template_cache c WHERE c.node_id = n.id) AS cached_template_count,
                 (SELECT count(*) FROM render.node_crashes k WHERE k.node_id = n.id AND {recent}) AS recent_crashes
-           FROM render.nodes n",
+           FROM render.nodes n
+           LEFT JOIN render.orchestrators holder
+                  ON holder.id = n.orchestrator_id AND holder.heartbeat_at >= now() - make_interval(secs => {dead_after})",
         online = pb::NodeState::Online as i32,
         lost = pb::NodeState::Lost as i32,
         offline = pb::NodeState::Offline as i32,
