@@ -667,7 +667,7 @@ async fn the_nodes_of_a_dead_replica_are_lost() {
     // it locked (the replica's next refresh waits). The refresh may slip in between the two
     // statements; then again.
     let mut tries = 0;
-    let mut hold = loop {
+    let hold = loop {
         tries += 1;
         assert!(tries <= 20, "could not make the replica's row stale");
         sqlx::query(
