@@ -48,7 +48,7 @@ pub struct RenderArgs {
     pub quarantine_window: Duration,
 
     /// At most one stored health sample per node per this interval (the rest stay in memory).
-    #[arg(long = "render-health-log-interval", env = "FLATRENDER_RENDER_HEALTH_LOG_INTERVAL", value_parser = parse_duration, default_value = "60s")]
+    #[arg(long = "render-health-log-interval", env = "FLATRENDER_RENDER_HEALTH_LOG_INTERVAL", value_parser = parse_duration, default_value = "2m")]
     pub health_log_interval: Duration,
 }
 

@@ -99,7 +99,7 @@ impl Default for Settings {
             max_attempts: 3,
             quarantine_crashes: 3,
             quarantine_window: Duration::from_secs(600),
-            health_log_interval: Duration::from_secs(60),
+            health_log_interval: Duration::from_secs(120),
             health_flush_interval: Duration::from_secs(5),
             replica_heartbeat_interval: Duration::from_secs(2),
             dispatch_poll_interval: Duration::from_secs(1),
