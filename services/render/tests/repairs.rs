@@ -120,7 +120,9 @@ fn id(task: &agent_pb::AssignTask) -> Uuid {
 #[tokio::test]
 async fn missing_and_corrupt_frames_are_repaired_on_another_node_before_assembly() {
     let o = Orchestrator::start().await;
-    let a = o.agent(manual(1)).await;
+    // The node that loses the frames has a slot free meanwhile and holds the template, which
+    // placement would otherwise prefer.
+    let a = o.agent(AgentSpec { cache: vec![JobSeed::default().template_sha256], ..manual(2) }).await;
     let job = seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 9)], ..JobSeed::default() }).await;
     let chunk = a.next_assign().await;
     assert_eq!(frames_of(&chunk), (0..=9).collect::<Vec<_>>());

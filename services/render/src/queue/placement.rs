@@ -121,7 +121,7 @@ pub fn place(tasks: &[Candidate], nodes: &[NodeOffer]) -> Vec<(usize, usize)> {
         let best = nodes
             .iter()
             .enumerate()
-            .filter(|(n, node)| open(*n, *node) && avoid != Some(node.node_id))
+            .filter(|(n, node)| open(*n, node) && avoid != Some(node.node_id))
             // Cache hit first, then most free slots; the earliest node wins ties.
             .max_by(|(a, node_a), (b, node_b)| {
                 let hit = |node: &NodeOffer| task.template_sha256.is_some_and(|d| node.cached.contains(&d));
@@ -254,15 +254,19 @@ mod tests {
         warm.cached.insert([7; 32]);
         let other = node(1);
         let repair = Candidate { lane: Lane::Repair, avoid_node: Some(warm.node_id), ..task() };
-        assert_eq!(place(&[repair.clone()], &[warm.clone(), other.clone()]), [(0, 1)], "another node, cache aside");
+        assert_eq!(
+            place(std::slice::from_ref(&repair), &[warm.clone(), other.clone()]),
+            [(0, 1)],
+            "another node, cache aside"
+        );
 
         // The other node's one slot goes to the first repair; the second falls back.
         let placed = place(&[repair.clone(), repair.clone()], &[warm.clone(), other.clone()]);
         assert_eq!(placed, [(0, 1), (1, 0)]);
 
         // Alone (a one-node farm), full elsewhere, or the others not eligible: the node repairs.
-        assert_eq!(place(&[repair.clone()], &[warm.clone()]), [(0, 0)]);
-        assert_eq!(place(&[repair.clone()], &[warm.clone(), node(0)]), [(0, 0)]);
+        assert_eq!(place(std::slice::from_ref(&repair), &[warm.clone()]), [(0, 0)]);
+        assert_eq!(place(std::slice::from_ref(&repair), &[warm.clone(), node(0)]), [(0, 0)]);
         let mut excluded = repair.clone();
         excluded.excluded.insert(other.node_id);
         assert_eq!(place(&[excluded], &[warm.clone(), other.clone()]), [(0, 0)]);
