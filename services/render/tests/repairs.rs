@@ -159,6 +159,7 @@ async fn missing_and_corrupt_frames_are_repaired_on_another_node_before_assembly
     assert_eq!(range_of(&tasks[0]), (vec![pb::FrameRange { start: 3, end: 4, step: 1 }], 0));
     assert_eq!(range_of(&tasks[1]), (vec![pb::FrameRange { start: 7, end: 7, step: 1 }], 0));
     assert_eq!(a.assigns().len(), 1, "the node that lost the frames gets no repair");
+    assert!(repairs(&o).await.iter().all(|r| r.4 == "running" && !r.5), "leased repairs run");
 
     complete(&b, &tasks[1]).await;
     assert_eq!(job_row(&o, job.job_id).await, ("rendering".to_owned(), 8, 10), "a replaced frame is not new");
@@ -179,6 +180,43 @@ async fn missing_and_corrupt_frames_are_repaired_on_another_node_before_assembly
     assert!(repairs(&o).await.iter().all(|r| r.4 == "done" && r.5), "{:?}", repairs(&o).await);
     assert_eq!(o.count("SELECT count(*) FROM render.frame_jobs WHERE lane = 'repair' AND state = 'done'").await, 2);
     assert_eq!(o.count("SELECT count(*) FROM render.frame_jobs WHERE lane = 'assemble'").await, 1);
+
+    // Operators see the repairs on their chunk, each with its task and attempt.
+    let mut admin =
+        pb::render_admin_service_client::RenderAdminServiceClient::new(authed(&o, &o.token(Role::PlatformAdmin)));
+    let shown = admin.get_chunk(pb::GetChunkRequest { chunk_id: chunk.task_id.clone() }).await.unwrap();
+    let mut shown: Vec<(String, Option<pb::FrameRange>, pb::RepairReason, pb::ChunkState, String, usize)> = shown
+        .into_inner()
+        .chunk
+        .unwrap()
+        .repairs
+        .iter()
+        .map(|r| (r.task_id.clone(), r.range, r.reason(), r.state(), r.detected_on_node_id.clone(), r.attempts.len()))
+        .collect();
+    // Repairs found together are listed in id order.
+    shown.sort_by_key(|r| r.1.map(|range| range.start));
+    let node_a = a.identity.node_id.to_string();
+    assert_eq!(
+        shown,
+        [
+            (
+                tasks[0].task_id.clone(),
+                Some(pb::FrameRange { start: 3, end: 4, step: 1 }),
+                pb::RepairReason::Missing,
+                pb::ChunkState::Done,
+                node_a.clone(),
+                1
+            ),
+            (
+                tasks[1].task_id.clone(),
+                Some(pb::FrameRange { start: 7, end: 7, step: 1 }),
+                pb::RepairReason::Corrupt,
+                pb::ChunkState::Done,
+                node_a,
+                1
+            ),
+        ]
+    );
 }
 
 #[tokio::test]
