@@ -232,6 +232,9 @@ async fn a_one_node_farm_repairs_on_the_node_that_lost_the_frames() {
     assert_eq!(repair.kind(), pb::TaskKind::FrameRepair);
     assert_eq!(range_of(&repair).0, [pb::FrameRange { start: 5, end: 5, step: 1 }]);
     assert_eq!(job_row(&o, job.job_id).await, ("rendering".to_owned(), 9, 10));
+    // A repair reports only frames of its own range.
+    let seq = a.send(frame_report(&repair, &[4]));
+    assert_eq!(a.reject_of(seq).await.reason(), agent_pb::RejectReason::Malformed);
     complete(&a, &repair).await;
     until_state(&o, job.job_id, "assembling").await;
     assert_eq!(job_row(&o, job.job_id).await, ("assembling".to_owned(), 10, 10));
@@ -279,14 +282,21 @@ async fn a_repair_retried_elsewhere_replaces_its_earlier_frames_and_counts_them_
     b.welcome().await;
     deliver(&a, &chunk, &[0, 1, 2, 3, 6, 7, 8, 9], Vec::new()).await;
 
-    // The first lease of the repair uploads frame 4, then its node fails it.
+    // The first lease of the repair uploads frame 4 and claims success without frame 5: a
+    // machine error of the repair (not a repair of the repair).
     let first = b.next_assign().await;
     assert_eq!(range_of(&first).0, [pb::FrameRange { start: 4, end: 5, step: 1 }]);
-    b.send(accepted(&first));
-    let seq = b.send(frame_report(&first, &[4]));
-    b.ack_of(seq).await;
+    deliver(&b, &first, &[4], Vec::new()).await;
     assert_eq!(job_row(&o, job.job_id).await.1, 9);
-    crash(&b, &first).await;
+    let (outcome, code): (String, String) = sqlx::query_as(
+        "SELECT outcome, error_code FROM render.frame_job_attempts WHERE frame_job_id = $1 AND lease_epoch = 1",
+    )
+    .bind(id(&first))
+    .fetch_one(o.pool())
+    .await
+    .unwrap();
+    assert_eq!((outcome.as_str(), code.as_str()), ("machine_error", "frames_invalid"));
+    assert_eq!(repairs(&o).await.len(), 1);
 
     // The node that failed it is excluded from the job; the one that lost the frames remains.
     let second = a.next_assign().await;
