@@ -303,7 +303,8 @@ async fn insert_frames(tx: &mut PgTransaction<'_>, fence: Fence, frames: &[Frame
                 AS x(frame, file_id, sha256, size, width, height, ms)
           CROSS JOIN (SELECT t.tenant_id, t.job_id,
                              CASE WHEN t.repair_job_id IS NULL THEN t.id
-                                  ELSE (SELECT p.frame_job_id FROM render.frame_repair_jobs p WHERE p.id = t.repair_job_id)
+                                  ELSE (SELECT p.frame_job_id FROM render.frame_repair_jobs p
+                                         WHERE p.id = t.repair_job_id)
                              END AS chunk
                         FROM render.frame_jobs t WHERE t.id = $1) f
              ON CONFLICT (frame_job_id, frame_number) DO UPDATE
