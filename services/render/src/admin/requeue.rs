@@ -7,10 +7,12 @@
 //!   new lease epoch and its open attempt is closed as `lease_lost`, so a late report of the old
 //!   lease is rejected (STALE_EPOCH); the nodes holding leases are notified and their replicas
 //!   send CancelTask;
+//! - frame repairs not done are queued again with their tasks (a chunk with repairs is done, so
+//!   only its repairs render again);
 //! - the job's nodes are forgotten when asked (`clear_excluded_nodes`);
 //! - the job becomes QUEUED (it starts again with its next lease), or ASSEMBLING when every
-//!   render chunk is done (its assembly queued, created if it never was); RenderJobQueued is
-//!   emitted with `requeued` set; dispatchers and watchers are woken.
+//!   render chunk and frame repair is done (its assembly queued, created if it never was);
+//!   RenderJobQueued is emitted with `requeued` set; dispatchers and watchers are woken.
 
 use flatrender_kit::outbox::{self, EventMeta};
 use flatrender_proto::flatrender::events::v1 as ev;
@@ -85,7 +87,7 @@ impl RenderApi {
         .await?;
         sqlx::query(
             "UPDATE render.frame_repair_jobs SET state = 'queued', resolved_at = NULL
-              WHERE job_id = $1 AND state IN ('failed', 'canceled')",
+              WHERE job_id = $1 AND state IN ('running', 'failed', 'canceled')",
         )
         .bind(id)
         .execute(&mut *tx)
@@ -98,7 +100,8 @@ impl RenderApi {
         }
 
         let render_left: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM render.frame_jobs WHERE job_id = $1 AND lane = 'render' AND state <> 'done'",
+            "SELECT count(*) FROM render.frame_jobs
+              WHERE job_id = $1 AND lane IN ('render', 'repair') AND state <> 'done'",
         )
         .bind(id)
         .fetch_one(&mut *tx)

@@ -396,7 +396,8 @@ async fn accepted_frames(tx: &mut PgTransaction<'_>, fences: &[Fence]) -> Result
     let epochs: Vec<i64> = fences.iter().map(|f| f.lease_epoch).collect();
     let rows: Vec<(Uuid, i32)> = sqlx::query_as(
         "SELECT r.frame_job_id, r.frame_number FROM render.frame_results r
-           JOIN unnest($1::uuid[], $2::bigint[]) AS x(id, epoch) ON r.frame_job_id = x.id AND r.lease_epoch = x.epoch",
+           JOIN unnest($1::uuid[], $2::bigint[]) AS x(id, epoch)
+             ON r.frame_job_id = x.id AND r.source_frame_job_id = x.id AND r.lease_epoch = x.epoch",
     )
     .bind(&tasks)
     .bind(&epochs)
@@ -411,8 +412,13 @@ async fn accepted_frames(tx: &mut PgTransaction<'_>, fences: &[Fence]) -> Result
 
 /// Stores the frames of each lease (one task at most once per call) and sets the tasks'
 /// `frames_done`; returns per task how many frame numbers are new to it (frames a previous
-/// lease delivered are replaced, not counted again).
-async fn insert_frames(tx: &mut PgTransaction<'_>, leases: &[(Fence, &[Frame])]) -> Result<HashMap<Uuid, i64>> {
+/// lease delivered are replaced, not counted again). A repair's frames are stored under its
+/// chunk; a row is replaced by a later epoch of the task that wrote it, or by a repair over
+/// its chunk's row, never by a chunk over a repair's.
+pub(super) async fn insert_frames(
+    tx: &mut PgTransaction<'_>,
+    leases: &[(Fence, &[Frame])],
+) -> Result<HashMap<Uuid, i64>> {
     let count: usize = leases.iter().map(|(_, frames)| frames.len()).sum();
     let mut tasks = Vec::with_capacity(count);
     let mut epochs = Vec::with_capacity(count);
@@ -442,19 +448,22 @@ async fn insert_frames(tx: &mut PgTransaction<'_>, leases: &[(Fence, &[Frame])])
         "INSERT INTO render.frame_results AS r
                 (frame_job_id, frame_number, tenant_id, job_id, source_frame_job_id, lease_epoch, node_id,
                  file_id, sha256, size_bytes, width, height, render_ms)
-         SELECT x.task, x.frame, f.tenant_id, f.job_id, x.task, x.epoch, x.node, x.file_id, x.sha256, x.size,
+         SELECT CASE WHEN t.repair_job_id IS NULL THEN t.id
+                     ELSE (SELECT p.frame_job_id FROM render.frame_repair_jobs p WHERE p.id = t.repair_job_id) END,
+                x.frame, t.tenant_id, t.job_id, x.task, x.epoch, x.node, x.file_id, x.sha256, x.size,
                 x.width, x.height, x.ms
            FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::int[], $5::uuid[], $6::bytea[], $7::bigint[],
                        $8::int[], $9::int[], $10::int[])
                 AS x(task, epoch, node, frame, file_id, sha256, size, width, height, ms)
-           JOIN render.frame_jobs f ON f.id = x.task
+           JOIN render.frame_jobs t ON t.id = x.task
              ON CONFLICT (frame_job_id, frame_number) DO UPDATE
             SET lease_epoch = EXCLUDED.lease_epoch, node_id = EXCLUDED.node_id, file_id = EXCLUDED.file_id,
                 sha256 = EXCLUDED.sha256, size_bytes = EXCLUDED.size_bytes, width = EXCLUDED.width,
                 height = EXCLUDED.height, render_ms = EXCLUDED.render_ms,
                 source_frame_job_id = EXCLUDED.source_frame_job_id, accepted_at = now()
-          WHERE r.lease_epoch < EXCLUDED.lease_epoch
-      RETURNING r.frame_job_id, (r.xmax::text = '0')",
+          WHERE (r.source_frame_job_id = EXCLUDED.source_frame_job_id AND r.lease_epoch < EXCLUDED.lease_epoch)
+             OR (r.source_frame_job_id = r.frame_job_id AND EXCLUDED.source_frame_job_id <> EXCLUDED.frame_job_id)
+      RETURNING r.source_frame_job_id, (r.xmax::text = '0')",
     )
     .bind(&tasks)
     .bind(&epochs)
@@ -477,7 +486,7 @@ async fn insert_frames(tx: &mut PgTransaction<'_>, leases: &[(Fence, &[Frame])])
     sqlx::query(
         "UPDATE render.frame_jobs f
             SET frames_done = (SELECT count(*) FROM render.frame_results r
-                                WHERE r.frame_job_id = f.id AND r.lease_epoch = x.epoch)
+                                WHERE r.source_frame_job_id = f.id AND r.lease_epoch = x.epoch)
            FROM unnest($1::uuid[], $2::bigint[]) AS x(id, epoch)
           WHERE f.id = x.id",
     )

@@ -11,9 +11,11 @@
 //!    tenants found by a loose index scan), each rank shifted by the tasks the tenant runs now,
 //!    and the queues are interleaved rank by rank; so one tenant's big job gets no more slots
 //!    than another tenant with work waiting, whatever was submitted first.
-//! 3. Placement in memory ([`super::placement`]).
+//! 3. Placement in memory ([`super::placement`]); a frame repair carries the node it should
+//!    avoid if it can ([`super::repair::avoided_nodes`]).
 //! 4. One statement leases the placed rows (new epoch, one more attempt) and one inserts their
-//!    attempt rows; jobs whose first task this is start; the assignments are read back.
+//!    attempt rows; jobs whose first task this is start, leased repairs run; the assignments
+//!    are read back.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -23,9 +25,9 @@ use sqlx::{PgPool, Row as _};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::jobs;
 use super::placement::{self, AdminState, Candidate, NodeOffer};
 use super::spec::{self, LeaseTerms, SegmentRow, TaskRow};
+use super::{jobs, repair};
 use crate::error::Result;
 use crate::model::Lane;
 
@@ -185,6 +187,7 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
             needs_gpu: row.try_get("needs_gpu")?,
             pinned_node_id: row.try_get("pinned_node_id")?,
             excluded: HashSet::new(),
+            avoid_node: None,
         });
     }
 
@@ -207,6 +210,16 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
             .filter(|(task, excluded_job, _)| *task == candidate.id || (job.is_some() && *excluded_job == job))
             .map(|(_, _, node)| *node)
             .collect();
+    }
+
+    // Repairs prefer another node than the one whose frames were bad (read only when a repair
+    // is among the candidates).
+    let repairs: Vec<Uuid> = candidates.iter().filter(|c| c.lane == Lane::Repair).map(|c| c.id).collect();
+    if !repairs.is_empty() {
+        let avoided = repair::avoided_nodes(&mut tx, &repairs).await?;
+        for candidate in &mut candidates {
+            candidate.avoid_node = avoided.get(&candidate.id).copied();
+        }
     }
 
     // 3. Placement.
@@ -256,6 +269,9 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
         .into_iter()
         .collect();
     jobs::start(&mut tx, &started_jobs).await?;
+    if placed.iter().any(|(t, _)| candidates[*t].lane == Lane::Repair) {
+        repair::started(&mut tx, &lease_ids).await?;
+    }
 
     let task_rows: HashMap<Uuid, TaskRow> = sqlx::query(TaskRow::QUERY)
         .bind(&lease_ids)

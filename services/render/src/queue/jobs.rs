@@ -1,12 +1,14 @@
 //! Job transitions driven by task outcomes: the first lease starts a job, accepted frames move
-//! its progress, the last render chunk moves it to assembling, a failure fails it and cancels
-//! its other tasks. Each runs in the caller's transaction with its events and notifications.
+//! its progress, the last render chunk or frame repair moves it to assembling, a failure fails
+//! it and its other tasks and open repairs. Each runs in the caller's transaction with its
+//! events and notifications.
 
 use flatrender_proto::flatrender::render::v1 as pb;
 use sqlx::PgTransaction;
 use uuid::Uuid;
 
 use super::events::{self, JobRow};
+use super::repair;
 use super::{notify, notify_jobs, notify_nodes};
 use crate::error::Result;
 use crate::model::ErrorInfo;
@@ -81,8 +83,8 @@ pub async fn add_work(tx: &mut PgTransaction<'_>, job: Uuid, new_frames: i64, re
     Ok(())
 }
 
-/// After a render chunk of `job` is done: when every render chunk is, the job becomes
-/// ASSEMBLING and its assemble task is queued.
+/// After a render chunk or a frame repair of `job` is done: when every render chunk and every
+/// repair is, the job becomes ASSEMBLING and its assemble task is queued.
 pub async fn after_chunk_done(tx: &mut PgTransaction<'_>, job: Uuid) -> Result<()> {
     // The job row's lock serializes the last chunks finishing together: whichever commits
     // second counts (in a fresh snapshot) every chunk done.
@@ -95,7 +97,8 @@ pub async fn after_chunk_done(tx: &mut PgTransaction<'_>, job: Uuid) -> Result<(
         return Ok(());
     }
     let remaining: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM render.frame_jobs WHERE job_id = $1 AND lane = 'render' AND state <> 'done'",
+        "SELECT count(*) FROM render.frame_jobs
+          WHERE job_id = $1 AND lane IN ('render', 'repair') AND state <> 'done'",
     )
     .bind(job)
     .fetch_one(&mut **tx)
@@ -126,7 +129,8 @@ pub async fn after_chunk_done(tx: &mut PgTransaction<'_>, job: Uuid) -> Result<(
 
 /// Fails `job` with `error` (RenderJobFailed) unless it already ended, and fails its other
 /// unfinished tasks, keeping their node and epoch so the replicas holding them send
-/// CancelTask(JOB_FAILED) (the nodes are notified). Returns whether the job was failed now.
+/// CancelTask(JOB_FAILED) (the nodes are notified), and its open frame repairs. Returns whether
+/// the job was failed now.
 pub async fn fail(tx: &mut PgTransaction<'_>, job: Uuid, error: &ErrorInfo) -> Result<bool> {
     let message = crate::model::text::head(&error.message, MAX_JOB_MESSAGE_CHARS);
     let message = if message.trim().is_empty() { "the render failed".to_owned() } else { message };
@@ -159,6 +163,7 @@ pub async fn fail(tx: &mut PgTransaction<'_>, job: Uuid, error: &ErrorInfo) -> R
     .bind(job)
     .fetch_all(&mut **tx)
     .await?;
+    repair::fail_open(tx, job).await?;
     let nodes: Vec<Uuid> = holders.into_iter().flatten().collect();
     notify_nodes(tx, &nodes).await?;
     events::job_failed(tx, &job_row, ErrorInfo { message, ..error.clone() }.to_pb()).await?;

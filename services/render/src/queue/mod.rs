@@ -7,6 +7,8 @@
 //! - [`report`]: what agents report about a task (progress, frames, results), accepted only for
 //!   the current lease (task, epoch, node): the fence. [`batch`]: the common reports of many
 //!   agents written together, with the same fence.
+//! - [`repair`]: frames a chunk did not deliver or reported bad, rendered again by themselves
+//!   (frame repairs, lane 'repair') before the job assembles.
 //! - [`requeue`]: tasks back to the queue (lost node, lapsed lease, refused assignment).
 //! - [`jobs`]: job transitions the tasks drive (rendering, assembling, completed, failed), with
 //!   their outbox events ([`events`]) and notifications in the same transaction; [`snapshots`]:
@@ -24,6 +26,7 @@ pub mod events;
 pub mod jobs;
 pub mod outputs;
 pub mod placement;
+pub mod repair;
 pub mod report;
 pub mod requeue;
 pub mod snapshots;

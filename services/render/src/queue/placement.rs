@@ -4,8 +4,10 @@
 //! A task goes only to a node with a free slot that may get work (never DRAINING; QUARANTINED
 //! only for probes), that it is pinned to if pinned, that is not excluded from its job, and that
 //! has what it needs (an After Effects version at least the minimum, every required tag, enough
-//! RAM, a GPU, ffmpeg for assembly). Among those, a node holding the template in its cache comes
-//! first, then the node with the most free slots (spreading work).
+//! RAM, a GPU, ffmpeg for assembly). Among those, a node the task should avoid (a frame repair
+//! avoids the node whose frames were bad) is left out while another has a free slot: a soft
+//! preference, so a one-node farm still repairs. Then a node holding the template in its cache
+//! comes first, then the node with the most free slots (spreading work).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashSet};
@@ -73,6 +75,9 @@ pub struct Candidate {
     pub pinned_node_id: Option<Uuid>,
     /// Nodes excluded from it (they failed a task of its job).
     pub excluded: HashSet<Uuid>,
+    /// A node it should go to only when no other eligible node has a free slot in this claim
+    /// (a repair: the node that made the bad frames).
+    pub avoid_node: Option<Uuid>,
 }
 
 /// Whether `node` may take `task` at all (slots aside).
@@ -108,10 +113,15 @@ pub fn place(tasks: &[Candidate], nodes: &[NodeOffer]) -> Vec<(usize, usize)> {
         if free.iter().all(|f| *f == 0) {
             break;
         }
+        let open = |n: usize, node: &NodeOffer| free[n] > 0 && eligible(task, node);
+        // The node to avoid is left out only while another can take the task now.
+        let avoid = task
+            .avoid_node
+            .filter(|avoid| nodes.iter().enumerate().any(|(n, node)| node.node_id != *avoid && open(n, node)));
         let best = nodes
             .iter()
             .enumerate()
-            .filter(|(n, node)| free[*n] > 0 && eligible(task, node))
+            .filter(|(n, node)| open(*n, node) && avoid != Some(node.node_id))
             // Cache hit first, then most free slots; the earliest node wins ties.
             .max_by(|(a, node_a), (b, node_b)| {
                 let hit = |node: &NodeOffer| task.template_sha256.is_some_and(|d| node.cached.contains(&d));
@@ -168,6 +178,7 @@ mod tests {
             needs_gpu: false,
             pinned_node_id: None,
             excluded: HashSet::new(),
+            avoid_node: None,
         }
     }
 
@@ -235,6 +246,36 @@ mod tests {
         assert_eq!(placed, [(0, 1)], "the node holding the template wins");
         let placed = place(&[task()], &[node(1), cold]);
         assert_eq!(placed, [(0, 1)], "then the freer node");
+    }
+
+    #[test]
+    fn a_node_to_avoid_is_taken_only_when_no_other_can() {
+        let mut warm = node(2);
+        warm.cached.insert([7; 32]);
+        let other = node(1);
+        let repair = Candidate { lane: Lane::Repair, avoid_node: Some(warm.node_id), ..task() };
+        assert_eq!(
+            place(std::slice::from_ref(&repair), &[warm.clone(), other.clone()]),
+            [(0, 1)],
+            "another node, cache aside"
+        );
+
+        // The other node's one slot goes to the first repair; the second falls back.
+        let placed = place(&[repair.clone(), repair.clone()], &[warm.clone(), other.clone()]);
+        assert_eq!(placed, [(0, 1), (1, 0)]);
+
+        // Alone (a one-node farm), full elsewhere, or the others not eligible: the node repairs.
+        assert_eq!(place(std::slice::from_ref(&repair), &[warm.clone()]), [(0, 0)]);
+        assert_eq!(place(std::slice::from_ref(&repair), &[warm.clone(), node(0)]), [(0, 0)]);
+        let mut excluded = repair.clone();
+        excluded.excluded.insert(other.node_id);
+        assert_eq!(place(&[excluded], &[warm.clone(), other.clone()]), [(0, 0)]);
+        let mut draining = other;
+        draining.admin = AdminState::Draining;
+        assert_eq!(place(&[repair], &[warm.clone(), draining]), [(0, 0)]);
+
+        // Tasks without a node to avoid are placed as before.
+        assert_eq!(place(&[task()], &[node(1), warm]), [(0, 1)]);
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //! A SUCCESS of a snapshot or an assembly delivers a file ([`super::outputs`], checked first):
 //! its transaction makes the snapshot READY, or stores the export and completes the job; bad
 //! outputs make the attempt a machine error instead, retried like any other.
+//!
+//! A SUCCESS of a render chunk is judged by its frames: every frame of its range accepted under
+//! its epoch makes it done. Part of them missing or reported bad (MISSING, CORRUPT, WRONG_SIZE)
+//! makes it done too, with frame repairs for the rest ([`super::repair`]); none usable makes it
+//! a machine error (rendered again whole elsewhere). A repair task's frames are recorded under
+//! its chunk, replacing the chunk's rows; a repair missing frames of its own is a machine error.
 
 use std::collections::BTreeMap;
 
@@ -22,10 +28,10 @@ use super::outputs::{self, Delivery, Output};
 use super::requeue::requeue_row;
 use super::wire::{digest_from_hex, parse_id};
 use super::{QUEUE_CHANNEL, notify, notify_jobs};
-use super::{jobs, snapshots};
+use super::{jobs, repair, snapshots};
 use crate::error::Result;
 use crate::files::FileClient;
-use crate::model::{ErrorClass, ErrorCode, ErrorInfo, Lane, TaskOutcome, TaskPhase, text};
+use crate::model::{ErrorClass, ErrorCode, ErrorInfo, Lane, RepairReason, TaskOutcome, TaskPhase, text};
 use crate::settings::Settings;
 
 /// Most frames in one FrameReport.
@@ -220,23 +226,29 @@ struct LeaseRow {
     range: Option<(i32, i32, i32)>,
     attempts: i32,
     max_attempts: i32,
+    /// The chunk a repair task repairs (its frames are recorded under it).
+    repair_of: Option<Uuid>,
 }
 
-/// lane, job_id, snapshot_id, frame_start, frame_end, frame_step, attempts, max_attempts.
-type LeaseColumns = (String, Option<Uuid>, Option<Uuid>, Option<i32>, Option<i32>, i32, i32, i32);
+/// lane, job_id, snapshot_id, frame_start, frame_end, frame_step, attempts, max_attempts, the
+/// chunk repaired.
+type LeaseColumns = (String, Option<Uuid>, Option<Uuid>, Option<i32>, Option<i32>, i32, i32, i32, Option<Uuid>);
 
 async fn lock_lease(tx: &mut PgTransaction<'_>, fence: Fence) -> Result<Option<LeaseRow>> {
     let row: Option<LeaseColumns> = sqlx::query_as(
-        "SELECT lane, job_id, snapshot_id, frame_start, frame_end, frame_step, attempts, max_attempts FROM render.frame_jobs
-          WHERE id = $1 AND lease_epoch = $2 AND node_id = $3 AND state IN ('leased', 'running')
-            FOR NO KEY UPDATE",
+        "SELECT f.lane, f.job_id, f.snapshot_id, f.frame_start, f.frame_end, f.frame_step, f.attempts, f.max_attempts,
+                CASE WHEN f.repair_job_id IS NOT NULL
+                     THEN (SELECT r.frame_job_id FROM render.frame_repair_jobs r WHERE r.id = f.repair_job_id) END
+           FROM render.frame_jobs f
+          WHERE f.id = $1 AND f.lease_epoch = $2 AND f.node_id = $3 AND f.state IN ('leased', 'running')
+            FOR NO KEY UPDATE OF f",
     )
     .bind(fence.task_id)
     .bind(fence.lease_epoch)
     .bind(fence.node_id)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.and_then(|(lane, job_id, snapshot_id, start, end, step, attempts, max_attempts)| {
+    Ok(row.and_then(|(lane, job_id, snapshot_id, start, end, step, attempts, max_attempts, repair_of)| {
         Some(LeaseRow {
             lane: Lane::from_db(&lane)?,
             job_id,
@@ -244,6 +256,7 @@ async fn lock_lease(tx: &mut PgTransaction<'_>, fence: Fence) -> Result<Option<L
             range: start.zip(end).map(|(s, e)| (s, e, step.max(1))),
             attempts,
             max_attempts,
+            repair_of,
         })
     }))
 }
@@ -277,56 +290,17 @@ async fn agent_result_recorded(tx: &mut PgTransaction<'_>, fence: Fence) -> Resu
 
 /// Inserts the accepted frames of a lease; returns how many frame numbers are new to the task
 /// (frames a previous lease delivered are replaced, not counted again).
+///
+/// A repair task's frames go under the chunk it repairs, so they are new only where the chunk
+/// had no row. Epochs of different tasks do not compare: a row is replaced by a later epoch of
+/// the task that wrote it, or by a repair when the chunk wrote it; never by the chunk once a
+/// repair did.
 async fn insert_frames(tx: &mut PgTransaction<'_>, fence: Fence, frames: &[Frame]) -> Result<i64> {
     if frames.is_empty() {
         return Ok(0);
     }
-    let numbers: Vec<i32> = frames.iter().map(|f| f.number).collect();
-    let files: Vec<Option<Uuid>> = frames.iter().map(|f| f.file_id).collect();
-    let digests: Vec<Vec<u8>> = frames.iter().map(|f| f.sha256.to_vec()).collect();
-    let sizes: Vec<i64> = frames.iter().map(|f| f.size_bytes).collect();
-    let widths: Vec<Option<i32>> = frames.iter().map(|f| f.width).collect();
-    let heights: Vec<Option<i32>> = frames.iter().map(|f| f.height).collect();
-    let times: Vec<Option<i32>> = frames.iter().map(|f| f.render_ms).collect();
-    let inserted: Vec<bool> = sqlx::query_scalar(
-        "INSERT INTO render.frame_results AS r
-                (frame_job_id, frame_number, tenant_id, job_id, source_frame_job_id, lease_epoch, node_id,
-                 file_id, sha256, size_bytes, width, height, render_ms)
-         SELECT $1, x.frame, f.tenant_id, f.job_id, $1, $2, $3, x.file_id, x.sha256, x.size, x.width, x.height, x.ms
-           FROM unnest($4::int[], $5::uuid[], $6::bytea[], $7::bigint[], $8::int[], $9::int[], $10::int[])
-                AS x(frame, file_id, sha256, size, width, height, ms)
-          CROSS JOIN (SELECT tenant_id, job_id FROM render.frame_jobs WHERE id = $1) f
-             ON CONFLICT (frame_job_id, frame_number) DO UPDATE
-            SET lease_epoch = EXCLUDED.lease_epoch, node_id = EXCLUDED.node_id, file_id = EXCLUDED.file_id,
-                sha256 = EXCLUDED.sha256, size_bytes = EXCLUDED.size_bytes, width = EXCLUDED.width,
-                height = EXCLUDED.height, render_ms = EXCLUDED.render_ms,
-                source_frame_job_id = EXCLUDED.source_frame_job_id, accepted_at = now()
-          WHERE r.lease_epoch < EXCLUDED.lease_epoch
-      RETURNING (xmax::text = '0')",
-    )
-    .bind(fence.task_id)
-    .bind(fence.lease_epoch)
-    .bind(fence.node_id)
-    .bind(&numbers)
-    .bind(&files)
-    .bind(&digests)
-    .bind(&sizes)
-    .bind(&widths)
-    .bind(&heights)
-    .bind(&times)
-    .fetch_all(&mut **tx)
-    .await?;
-    let new = inserted.iter().filter(|i| **i).count() as i64;
-    sqlx::query(
-        "UPDATE render.frame_jobs
-            SET frames_done = (SELECT count(*) FROM render.frame_results WHERE frame_job_id = $1 AND lease_epoch = $2)
-          WHERE id = $1",
-    )
-    .bind(fence.task_id)
-    .bind(fence.lease_epoch)
-    .execute(&mut **tx)
-    .await?;
-    Ok(new)
+    let new = super::batch::insert_frames(tx, &[(fence, frames)]).await?;
+    Ok(new.get(&fence.task_id).copied().unwrap_or(0))
 }
 
 /// Frames uploaded and verified under a lease: recorded in `render.frame_results` with the
@@ -352,7 +326,7 @@ pub async fn frame_report(pool: &PgPool, fence: Fence, report: &agent_pb::FrameR
     }
     let list: Vec<Frame> = frames.into_values().collect();
     let new = insert_frames(&mut tx, fence, &list).await?;
-    if let (Some(job), Lane::Render) = (lease.job_id, lease.lane) {
+    if let (Some(job), Lane::Render | Lane::Repair) = (lease.job_id, lease.lane) {
         jobs::add_work(&mut tx, job, new, 0).await?;
     }
     tx.commit().await?;
@@ -521,27 +495,7 @@ pub async fn task_result(
             }
         }
         pb::TaskOutcome::Success => {
-            let list: Vec<Frame> = frames.values().filter(|f| in_range(lease.range, f.number)).cloned().collect();
-            let new = insert_frames(&mut tx, fence, &list).await?;
-            let missing = missing_frames(&mut tx, fence, &lease).await?;
-            if let (Some(job), Lane::Render) = (lease.job_id, lease.lane) {
-                jobs::add_work(&mut tx, job, new, render_ms).await?;
-            } else if let Some(job) = lease.job_id {
-                jobs::add_work(&mut tx, job, 0, render_ms).await?;
-            }
-            if missing.is_empty() {
-                mark_done(&mut tx, fence.task_id).await?;
-                if let (Some(job), Lane::Render) = (lease.job_id, lease.lane) {
-                    jobs::after_chunk_done(&mut tx, job).await?;
-                }
-                Ended::Done
-            } else {
-                // Frame repair is a later step: until then a chunk with bad frames is rendered
-                // again whole, like a machine error (the node made the bad frames).
-                let message = format!("frames not delivered or not valid: {}", describe_frames(&missing));
-                let error = ErrorInfo::new(ErrorCode::FramesInvalid, message);
-                bad_output(&mut tx, settings, fence, &lease, &error).await?
-            }
+            frames_delivered(&mut tx, settings, fence, &lease, &result.frames, &frames, render_ms).await?
         }
         pb::TaskOutcome::TemplateError => {
             fail_task(&mut tx, fence.task_id).await?;
@@ -602,6 +556,58 @@ async fn mark_done(tx: &mut PgTransaction<'_>, task: Uuid) -> Result<()> {
     Ok(())
 }
 
+/// A SUCCESS of a task that renders frames (a render chunk, a frame repair, a probe): the OK
+/// frames of its range are recorded and the job's progress moved. Every frame there: the task
+/// is done (a repair with its repair row), and the job may assemble. Otherwise a render chunk
+/// that delivered some usable frame is done too, its missing and bad frames queued as frame
+/// repairs the job waits for.
+async fn frames_delivered(
+    tx: &mut PgTransaction<'_>,
+    settings: &Settings,
+    fence: Fence,
+    lease: &LeaseRow,
+    reported: &[agent_pb::FrameOutput],
+    frames: &BTreeMap<i32, Frame>,
+    render_ms: i64,
+) -> Result<Ended> {
+    let renders = matches!(lease.lane, Lane::Render | Lane::Repair);
+    // A frame reported bad is not accepted, even where an earlier entry or report said OK.
+    let mut bad = if renders { repair::bad_frames(reported, lease.range) } else { BTreeMap::new() };
+    let list: Vec<Frame> =
+        frames.values().filter(|f| in_range(lease.range, f.number) && !bad.contains_key(&f.number)).cloned().collect();
+    let new = insert_frames(tx, fence, &list).await?;
+    if let Some(job) = lease.job_id {
+        jobs::add_work(tx, job, if renders { new } else { 0 }, render_ms).await?;
+    }
+    for frame in missing_frames(tx, fence, lease).await? {
+        bad.entry(frame).or_insert(RepairReason::Missing);
+    }
+    if bad.is_empty() {
+        mark_done(tx, fence.task_id).await?;
+        if lease.lane == Lane::Repair {
+            repair::resolve(tx, fence.task_id).await?;
+        }
+        if let (Some(job), true) = (lease.job_id, renders) {
+            jobs::after_chunk_done(tx, job).await?;
+        }
+        return Ok(Ended::Done);
+    }
+    let frame_count = lease.range.map_or(0, |(start, end, step)| (end - start) / step + 1);
+    if lease.lane == Lane::Render && i32::try_from(bad.len()).unwrap_or(i32::MAX) < frame_count {
+        // Partial loss: the chunk delivered what it could; only the rest is rendered again.
+        repair::create(tx, fence.task_id, fence.node_id, &repair::runs(&bad)).await?;
+        mark_done(tx, fence.task_id).await?;
+        return Ok(Ended::Done);
+    }
+    // Nothing usable: the node failed the chunk, which is rendered again whole elsewhere (repair
+    // is for partial loss). A repair missing frames of its own is retried elsewhere the same
+    // way rather than repaired in turn.
+    let numbers: Vec<i32> = bad.keys().copied().collect();
+    let message = format!("frames not delivered or not valid: {}", describe_frames(&numbers));
+    let error = ErrorInfo::new(ErrorCode::FramesInvalid, message);
+    bad_output(tx, settings, fence, lease, &error).await
+}
+
 /// A SUCCESS whose outputs are not what the task had to deliver: the attempt and the task
 /// record `error` (a machine error: the node made the bad output) and the task is retried
 /// elsewhere, or fails with its job or snapshot once its attempts are used up.
@@ -651,17 +657,20 @@ fn video_of(output: &Output) -> jobs::Video {
     }
 }
 
-/// The frames of the lease's range not accepted under its epoch (render and repair lanes).
+/// The frames of the lease's range not accepted from it under its epoch (render and repair
+/// lanes; a repair's frames are under its chunk).
 async fn missing_frames(tx: &mut PgTransaction<'_>, fence: Fence, lease: &LeaseRow) -> Result<Vec<i32>> {
     let (Some((start, end, step)), Lane::Render | Lane::Repair) = (lease.range, lease.lane) else {
         return Ok(Vec::new());
     };
     let missing: Vec<i32> = sqlx::query_scalar(
-        "SELECT n FROM generate_series($3::int, $4::int, $5::int) AS n
+        "SELECT n FROM generate_series($4::int, $5::int, $6::int) AS n
           WHERE NOT EXISTS (SELECT 1 FROM render.frame_results r
-                             WHERE r.frame_job_id = $1 AND r.frame_number = n AND r.lease_epoch = $2)
+                             WHERE r.frame_job_id = $1 AND r.frame_number = n
+                               AND r.source_frame_job_id = $2 AND r.lease_epoch = $3)
           ORDER BY n",
     )
+    .bind(lease.repair_of.unwrap_or(fence.task_id))
     .bind(fence.task_id)
     .bind(fence.lease_epoch)
     .bind(start)

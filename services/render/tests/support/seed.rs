@@ -144,6 +144,14 @@ pub async fn cancel_job(pool: &PgPool, job: Uuid) {
     .await
     .expect("canceling the tasks");
     sqlx::query(
+        "UPDATE render.frame_repair_jobs SET state = 'canceled', resolved_at = now()
+          WHERE job_id = $1 AND state IN ('queued', 'running')",
+    )
+    .bind(job)
+    .execute(&mut *tx)
+    .await
+    .expect("canceling the repairs");
+    sqlx::query(
         "UPDATE render.render_jobs SET state = 'canceled', cancel_requested_at = now(), finished_at = now(),
                 cancel_reason = 'test'
           WHERE id = $1",
