@@ -403,7 +403,16 @@ async fn scale_section() {
     let o = Orchestrator::start_with(production).await;
     let identities = enroll_many(&o, agents).await;
     let mut child = spawn_agents(&o, &identities, "complete");
-    // Let the connection storm settle: one full heartbeat round after every Welcome.
+    // Let the connection storm settle: every agent connected, then one full heartbeat round
+    // (so the window holds heartbeats only, no Hellos).
+    let connecting = Instant::now();
+    o.until_within(
+        "every agent connected",
+        &format!("SELECT count(*) = {agents} FROM render.nodes WHERE orchestrator_id IS NOT NULL"),
+        Duration::from_secs(600),
+    )
+    .await;
+    println!("{agents} agents connected in {:.1} s", connecting.elapsed().as_secs_f64());
     tokio::time::sleep(Settings::default().heartbeat_interval * 2).await;
 
     let (cpu_before, writes_before, commits_before) = (cpu_seconds(), writes(&o).await, commits(&o).await);
