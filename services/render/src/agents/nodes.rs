@@ -66,10 +66,10 @@ pub async fn connect(
 ) -> Result<Option<Connected>> {
     let mut tx = pool.begin().await?;
     // The replica's liveness row exists before any node names it (a node held by a replica
-    // without a fresh row is taken for a dead replica's).
-    sqlx::query(
-        "INSERT INTO render.orchestrators (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
-    )
+    // without a row is taken for a dead replica's). DO NOTHING, not a refresh: a refresh would
+    // lock the row, and every Hello of a connection storm would queue behind the one before
+    // (and the replica's own heartbeat behind them all); the liveness loop keeps it fresh.
+    sqlx::query("INSERT INTO render.orchestrators (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
     .bind(orchestrator_id)
     .execute(&mut *tx)
     .await?;
