@@ -399,7 +399,8 @@ async fn scale_section() {
     if agents == 0 {
         return;
     }
-    let window = Duration::from_secs(env_usize("FLATRENDER_BENCH_SCALE_SECONDS", 30) as u64);
+    // At least one health-log interval, so every node's stored sample falls in the window.
+    let window = Duration::from_secs(env_usize("FLATRENDER_BENCH_SCALE_SECONDS", 150) as u64);
     let o = Orchestrator::start_with(production).await;
     let identities = enroll_many(&o, agents).await;
     let mut child = spawn_agents(&o, &identities, "complete");
@@ -413,6 +414,17 @@ async fn scale_section() {
     )
     .await;
     println!("{agents} agents connected in {:.1} s", connecting.elapsed().as_secs_f64());
+    // The storm's events (a NodeOnline per node) are read by the outbox consumers for a while
+    // after; the window measures the steady state after them.
+    let draining = Instant::now();
+    o.until_within(
+        "the outbox consumers caught up",
+        "SELECT NOT EXISTS (SELECT 1 FROM platform.outbox_consumers c
+                             WHERE EXISTS (SELECT 1 FROM platform.outbox e WHERE (e.txid, e.id) > (c.last_txid, c.last_id)))",
+        Duration::from_secs(600),
+    )
+    .await;
+    println!("outbox consumers caught up in {:.1} s", draining.elapsed().as_secs_f64());
     tokio::time::sleep(Settings::default().heartbeat_interval * 2).await;
 
     let (cpu_before, writes_before, commits_before) = (cpu_seconds(), writes(&o).await, commits(&o).await);
