@@ -70,9 +70,9 @@ pub async fn connect(
     // lock the row, and every Hello of a connection storm would queue behind the one before
     // (and the replica's own heartbeat behind them all); the liveness loop keeps it fresh.
     sqlx::query("INSERT INTO render.orchestrators (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
-    .bind(orchestrator_id)
-    .execute(&mut *tx)
-    .await?;
+        .bind(orchestrator_id)
+        .execute(&mut *tx)
+        .await?;
     let row = sqlx::query(
         "WITH prev AS (SELECT id, orchestrator_id FROM render.nodes WHERE id = $1 AND deleted_at IS NULL FOR NO KEY UPDATE)
          UPDATE render.nodes n
