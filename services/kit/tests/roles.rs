@@ -85,3 +85,11 @@ async fn a_role_can_write_its_own_rows() {
             .unwrap();
     assert_eq!(updated.rows_affected(), 1);
 }
+
+#[tokio::test]
+async fn service_connections_do_not_jit_compile_queries() {
+    let db = TestDatabase::migrated().await;
+    let pool = db.service_pool(ServiceRole::RENDER);
+    let jit: String = sqlx::query_scalar("SHOW jit").fetch_one(&pool).await.unwrap();
+    assert_eq!(jit, "off");
+}
