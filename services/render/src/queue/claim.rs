@@ -113,6 +113,12 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
         return Ok(Vec::new());
     }
     let mut tx = super::begin_hot(pool).await?;
+    // Index scans only: the planner otherwise reads and sorts a tenant's whole queue for its
+    // top-k (the placement filters are not in the index), ~20 ms per claim with 10,000 queued
+    // against ~4 ms in index order, and growing with the queue.
+    sqlx::query("SELECT set_config('enable_seqscan', 'off', true), set_config('enable_bitmapscan', 'off', true)")
+        .execute(&mut *tx)
+        .await?;
 
     // 1. Fence: only nodes whose current stream this replica holds.
     let ids: Vec<Uuid> = request.nodes.iter().map(|n| n.node_id).collect();
