@@ -182,13 +182,7 @@ async fn refusals_and_hand_backs_use_no_attempt() {
 
     let again = agent.next_assign().await;
     assert_eq!((again.task_id.as_str(), again.lease_epoch, again.attempt), (task.task_id.as_str(), 2, 2));
-    agent.drop_task(&again.task_id);
-    agent.send(In::Reject(agent_pb::Reject {
-        seq: 0,
-        reason: agent_pb::RejectReason::InsufficientDisk as i32,
-        message: "disk full".into(),
-        task_id: again.task_id.clone(),
-    }));
+    agent.refuse(&again);
 
     let third = agent.next_assign().await;
     assert_eq!((third.lease_epoch, third.attempt), (3, 3));

@@ -17,38 +17,21 @@ use support::agent::{accepted, frame_report, frames_of, result};
 use support::seed::cancel_job;
 use support::{AgentEvent, AgentSpec, Behaviour, JobSeed, Orchestrator, SeededJob, seed_job};
 use tonic::Code;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-/// Adds one bearer token to every call.
-#[derive(Clone)]
-struct Auth(MetadataValue<Ascii>);
-
-impl Interceptor for Auth {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-type Admin = pb::render_admin_service_client::RenderAdminServiceClient<InterceptedService<Channel, Auth>>;
-type Renders = pb::render_service_client::RenderServiceClient<InterceptedService<Channel, Auth>>;
-
-fn authed(o: &Orchestrator, token: &str) -> InterceptedService<Channel, Auth> {
-    InterceptedService::new(o.channel(), Auth(format!("Bearer {token}").parse().unwrap()))
-}
+type Admin = pb::render_admin_service_client::RenderAdminServiceClient<InterceptedService<Channel, support::Bearer>>;
+type Renders = pb::render_service_client::RenderServiceClient<InterceptedService<Channel, support::Bearer>>;
 
 /// RenderAdminService as a person of `role`.
 fn admin(o: &Orchestrator, role: Role) -> Admin {
-    Admin::new(authed(o, &o.token(role)))
+    Admin::new(o.authed(&o.token(role)))
 }
 
 /// RenderService as a tenant admin of `tenant`.
 fn renders_of(o: &Orchestrator, tenant: Uuid) -> Renders {
-    Renders::new(authed(o, &o.token_in(tenant, Role::TenantAdmin)))
+    Renders::new(o.authed(&o.token_in(tenant, Role::TenantAdmin)))
 }
 
 fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {

@@ -14,10 +14,6 @@ use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
 use support::agent::{accepted, frame_report, frames_of, ok_frame, result};
 use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, SimAgent, seed_job};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 use agent_pb::session_request::Payload as In;
@@ -183,7 +179,7 @@ async fn missing_and_corrupt_frames_are_repaired_on_another_node_before_assembly
 
     // Operators see the repairs on their chunk, each with its task and attempt.
     let mut admin =
-        pb::render_admin_service_client::RenderAdminServiceClient::new(authed(&o, &o.token(Role::PlatformAdmin)));
+        pb::render_admin_service_client::RenderAdminServiceClient::new(o.authed(&o.token(Role::PlatformAdmin)));
     let shown = admin.get_chunk(pb::GetChunkRequest { chunk_id: chunk.task_id.clone() }).await.unwrap();
     let mut shown: Vec<(String, Option<pb::FrameRange>, pb::RepairReason, pb::ChunkState, String, usize)> = shown
         .into_inner()
@@ -369,13 +365,7 @@ async fn a_stale_report_of_a_repair_is_rejected() {
 
     // The node refuses the repair's first lease; it gets the repair again under a new epoch.
     let first = a.next_assign().await;
-    a.drop_task(&first.task_id);
-    a.send(In::Reject(agent_pb::Reject {
-        seq: 0,
-        reason: agent_pb::RejectReason::InsufficientDisk as i32,
-        message: "disk full".into(),
-        task_id: first.task_id.clone(),
-    }));
+    a.refuse(&first);
     let second = a.next_assign().await;
     assert_eq!((second.task_id.as_str(), second.lease_epoch), (first.task_id.as_str(), 2));
 
@@ -390,21 +380,6 @@ async fn a_stale_report_of_a_repair_is_rejected() {
     complete(&a, &second).await;
     until_state(&o, job.job_id, "assembling").await;
     assert_eq!(job_row(&o, job.job_id).await, ("assembling".to_owned(), 10, 10));
-}
-
-/// Adds one bearer token to every call.
-#[derive(Clone)]
-struct Auth(MetadataValue<Ascii>);
-
-impl Interceptor for Auth {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-fn authed(o: &Orchestrator, token: &str) -> InterceptedService<Channel, Auth> {
-    InterceptedService::new(o.channel(), Auth(format!("Bearer {token}").parse().unwrap()))
 }
 
 #[tokio::test]
@@ -424,7 +399,7 @@ async fn canceling_a_job_cancels_its_repairs() {
     assert_eq!(o.count("SELECT count(*) FROM render.frame_repair_jobs").await, 2);
 
     let mut renders =
-        pb::render_service_client::RenderServiceClient::new(authed(&o, &o.token_in(job.tenant, Role::TenantAdmin)));
+        pb::render_service_client::RenderServiceClient::new(o.authed(&o.token_in(job.tenant, Role::TenantAdmin)));
     let cancel = pb::CancelRenderRequest { render_id: job.job_id.to_string(), reason: String::new() };
     renders.cancel_render(cancel).await.unwrap();
     let told = node.cancel_of(&running.task_id).await;
@@ -454,7 +429,7 @@ async fn requeuing_a_job_failed_by_its_repair_renders_only_the_repair_again() {
     assert_eq!(repairs(&o).await[0].4, "failed");
 
     let mut admin =
-        pb::render_admin_service_client::RenderAdminServiceClient::new(authed(&o, &o.token(Role::PlatformAdmin)));
+        pb::render_admin_service_client::RenderAdminServiceClient::new(o.authed(&o.token(Role::PlatformAdmin)));
     let request = pb::RequeueRenderRequest {
         render_id: job.job_id.to_string(),
         reason: "retry".into(),

@@ -482,6 +482,17 @@ impl SimAgent {
         self.shared.held.lock().expect("the held tasks").remove(task);
     }
 
+    /// Refuses the assignment `task` for lack of disk (and stops holding it).
+    pub fn refuse(&self, task: &agent_pb::AssignTask) {
+        self.drop_task(&task.task_id);
+        self.send(In::Reject(agent_pb::Reject {
+            seq: 0,
+            reason: agent_pb::RejectReason::InsufficientDisk as i32,
+            message: "disk full".into(),
+            task_id: task.task_id.clone(),
+        }));
+    }
+
     /// The tasks it holds, as Hello/Health list them.
     pub fn held_tasks(&self) -> Vec<agent_pb::HeldTask> {
         held_list(&self.shared)

@@ -165,8 +165,13 @@ impl Orchestrator {
 
     /// NodeAdminService as a person of `role`.
     pub fn node_admin(&self, role: Role) -> NodeAdmin {
-        let value = format!("Bearer {}", self.token(role)).parse().expect("an ASCII header");
-        NodeAdmin::new(InterceptedService::new(self.channel.clone(), Bearer(value)))
+        NodeAdmin::new(self.authed(&self.token(role)))
+    }
+
+    /// The channel with `token` as the bearer of every call.
+    pub fn authed(&self, token: &str) -> InterceptedService<Channel, Bearer> {
+        let value = format!("Bearer {token}").parse().expect("an ASCII header");
+        InterceptedService::new(self.channel.clone(), Bearer(value))
     }
 
     /// AgentService without credentials.
