@@ -284,8 +284,13 @@ pub async fn task_results(pool: &PgPool, items: &[Outcome]) -> Result<Vec<Option
         let had = before.get(&fence.task_id);
         let mut range = (start..=end).step_by(usize::try_from(step).unwrap_or(1).max(1));
         if range.all(|n| frames.contains_key(&n) || had.is_some_and(|h| h.contains(&n))) {
-            let kept: Vec<Frame> =
-                frames.values().filter(|f| report::in_range(Some((start, end, step)), f.number)).cloned().collect();
+            // Frames this lease delivered already (in FrameReports) would not be written again.
+            let kept: Vec<Frame> = frames
+                .values()
+                .filter(|f| report::in_range(Some((start, end, step)), f.number))
+                .filter(|f| !had.is_some_and(|h| h.contains(&f.number)))
+                .cloned()
+                .collect();
             complete.push((i, kept));
         }
     }
@@ -420,6 +425,9 @@ pub(super) async fn insert_frames(
     leases: &[(Fence, &[Frame])],
 ) -> Result<HashMap<Uuid, i64>> {
     let count: usize = leases.iter().map(|(_, frames)| frames.len()).sum();
+    if count == 0 {
+        return Ok(HashMap::new());
+    }
     let mut tasks = Vec::with_capacity(count);
     let mut epochs = Vec::with_capacity(count);
     let mut nodes = Vec::with_capacity(count);
@@ -477,22 +485,26 @@ pub(super) async fn insert_frames(
     .bind(&times)
     .fetch_all(&mut **tx)
     .await?;
+    // Every row returned is one this lease did not hold before (inserted, or taken over from an
+    // earlier lease or the chunk a repair mends), so it adds one to the lease's `frames_done`,
+    // which the lease started at 0.
     let mut new: HashMap<Uuid, i64> = HashMap::new();
+    let mut gained: BTreeMap<Uuid, i32> = BTreeMap::new();
     for (task, fresh) in inserted {
         *new.entry(task).or_default() += i64::from(fresh);
+        *gained.entry(task).or_default() += 1;
     }
-    let ids: Vec<Uuid> = leases.iter().map(|(f, _)| f.task_id).collect();
-    let lease_epochs: Vec<i64> = leases.iter().map(|(f, _)| f.lease_epoch).collect();
-    sqlx::query(
-        "UPDATE render.frame_jobs f
-            SET frames_done = (SELECT count(*) FROM render.frame_results r
-                                WHERE r.source_frame_job_id = f.id AND r.lease_epoch = x.epoch)
-           FROM unnest($1::uuid[], $2::bigint[]) AS x(id, epoch)
-          WHERE f.id = x.id",
-    )
-    .bind(&ids)
-    .bind(&lease_epochs)
-    .execute(&mut **tx)
-    .await?;
+    if !gained.is_empty() {
+        let (ids, counts): (Vec<Uuid>, Vec<i32>) = gained.into_iter().unzip();
+        sqlx::query(
+            "UPDATE render.frame_jobs f SET frames_done = f.frames_done + x.n
+               FROM unnest($1::uuid[], $2::int[]) AS x(id, n)
+              WHERE f.id = x.id",
+        )
+        .bind(&ids)
+        .bind(&counts)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(new)
 }
