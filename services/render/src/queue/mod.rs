@@ -15,6 +15,8 @@
 //!   the same for snapshots (ready, failed).
 //! - [`outputs`]: what a snapshot or an assembly delivers (image, video, log), checked against
 //!   the task and through the file service before its result is recorded.
+//! - [`unplaceable`]: jobs no enrolled node can take fail after a timeout instead of waiting
+//!   forever.
 //!
 //! Every state change notifies (`pg_notify` inside the transaction): `render_queue` when tasks
 //! became queued, `render_nodes` with a node id when a task that node holds changed outside its
@@ -31,6 +33,7 @@ pub mod report;
 pub mod requeue;
 pub mod snapshots;
 pub mod spec;
+pub mod unplaceable;
 pub mod wire;
 
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
