@@ -50,6 +50,12 @@ pub struct RenderArgs {
     /// At most one stored health sample per node per this interval (the rest stay in memory).
     #[arg(long = "render-health-log-interval", env = "FLATRENDER_RENDER_HEALTH_LOG_INTERVAL", value_parser = parse_duration, default_value = "2m")]
     pub health_log_interval: Duration,
+
+    /// How long a job may have work no enrolled, non-quarantined node can take (After Effects
+    /// version, tags, RAM, GPU, ffmpeg) before it fails with NO_ELIGIBLE_NODE; a job waiting for
+    /// busy nodes able to take it never does.
+    #[arg(long = "render-no-eligible-node-timeout", env = "FLATRENDER_RENDER_NO_ELIGIBLE_NODE_TIMEOUT", value_parser = parse_duration, default_value = "30m")]
+    pub no_eligible_node_timeout: Duration,
 }
 
 impl RenderArgs {
@@ -91,7 +97,11 @@ impl RenderArgs {
         if self.health_log_interval < Duration::from_secs(1) {
             return Err(Error::Config("--render-health-log-interval must be at least 1s".into()));
         }
+        if self.no_eligible_node_timeout < Duration::from_secs(1) {
+            return Err(Error::Config("--render-no-eligible-node-timeout must be at least 1s".into()));
+        }
         settings.enroll_attempts_per_minute = self.enroll_attempts_per_minute;
+        settings.no_eligible_node_timeout = self.no_eligible_node_timeout;
         settings.quarantine_crashes = self.quarantine_crashes;
         settings.quarantine_window = self.quarantine_window;
         settings.health_log_interval = self.health_log_interval;
@@ -145,6 +155,8 @@ mod tests {
             "30m",
             "--render-health-log-interval",
             "5m",
+            "--render-no-eligible-node-timeout",
+            "2h",
         ])
         .unwrap();
         assert_eq!(settings.orchestrator_id, "render-0");
@@ -154,6 +166,7 @@ mod tests {
         assert_eq!(settings.max_attempts, 5);
         assert_eq!((settings.quarantine_crashes, settings.quarantine_window), (5, Duration::from_secs(1800)));
         assert_eq!(settings.health_log_interval, Duration::from_secs(300));
+        assert_eq!(settings.no_eligible_node_timeout, Duration::from_secs(7200));
     }
 
     #[test]
@@ -164,5 +177,6 @@ mod tests {
         assert!(parse(&["--render-orchestrator-id", " "]).is_err());
         assert!(parse(&["--render-quarantine-window", "0s"]).is_err());
         assert!(parse(&["--render-health-log-interval", "0s"]).is_err());
+        assert!(parse(&["--render-no-eligible-node-timeout", "0s"]).is_err());
     }
 }

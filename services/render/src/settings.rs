@@ -42,6 +42,10 @@ pub struct Settings {
     pub dispatch_poll_interval: Duration,
     /// Enrol attempts per client address per minute (more are `RESOURCE_EXHAUSTED`).
     pub enroll_attempts_per_minute: u32,
+    /// How long a job may have a task no enrolled, non-quarantined node can take (After Effects
+    /// version, tags, RAM, GPU, ffmpeg) before it fails with NO_ELIGIBLE_NODE
+    /// ([`crate::queue::unplaceable`]); waiting for busy nodes able to take it never fails.
+    pub no_eligible_node_timeout: Duration,
     /// The customer API's settings (`RenderService`).
     pub api: ApiSettings,
 }
@@ -104,6 +108,7 @@ impl Default for Settings {
             replica_heartbeat_interval: Duration::from_secs(2),
             dispatch_poll_interval: Duration::from_secs(1),
             enroll_attempts_per_minute: 10,
+            no_eligible_node_timeout: Duration::from_secs(30 * 60),
             api: ApiSettings::default(),
         }
     }

@@ -2,7 +2,8 @@
 //! process), PostgreSQL and simulated agents: a verified image makes a snapshot READY, a
 //! verified video becomes the export that completes its job; outputs that are missing, differ
 //! from the stored file, belong to another tenant or do not fit the job are machine errors that
-//! write nothing else.
+//! write nothing else; a file service that cannot be reached is no one's error (the result is
+//! refused UNAVAILABLE, to be resent).
 
 // Tests fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,12 +14,13 @@ mod support;
 use std::time::Duration;
 
 use api_support::*;
-use flatrender_kit::auth::{Role, ServiceName};
+use flatrender_kit::auth::{Role, ServiceName, TokenSigner};
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::common::v1::Resolution;
 use flatrender_proto::flatrender::events::v1 as ev;
 use flatrender_proto::flatrender::file::v1 as file_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
+use flatrender_render::files::FileServiceSettings;
 use futures_util::StreamExt as _;
 use prost::Message as _;
 use support::{AgentSpec, Behaviour, Identity, SimAgent};
@@ -438,4 +440,95 @@ async fn a_snapshot_whose_node_is_lost_on_its_last_attempt_is_failed() {
     let error = failed.error.unwrap();
     assert_eq!((error.error_class(), error.code()), (pb::ErrorClass::Internal, pb::ErrorCode::LeaseLost));
     assert_eq!(stack.events("flatrender.events.v1.SnapshotFailed").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_file_service_outage_while_verifying_a_delivery_uses_no_attempt_and_blames_no_node() {
+    // A file service nobody answers for: connections are refused.
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let o = support::Orchestrator::start_with(|settings| {
+        settings.max_attempts = 1;
+        settings.api.file_service = Some(FileServiceSettings {
+            url: format!("http://{unreachable}"),
+            signer: TokenSigner::generate("test-key").unwrap(),
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+        });
+    })
+    .await;
+    let job =
+        support::seed_job(o.pool(), support::JobSeed { segments: vec![("Main".into(), 0, 9)], ..Default::default() })
+            .await;
+    let _renderer = o.agent(AgentSpec::default()).await;
+    o.until(
+        "the job assembles",
+        &format!("SELECT state = 'assembling' FROM render.render_jobs WHERE id = '{}'", job.job_id),
+    )
+    .await;
+    let node = o.agent(assembler()).await;
+    let task = node.next_assign().await;
+    node.send(support::agent::accepted(&task));
+    // A video that fits the job (seeded at 1280x720, 30 fps, 10 frames), in a file render
+    // cannot look at now.
+    let video = agent_pb::TaskOutput {
+        kind: agent_pb::ObjectKind::Video as i32,
+        file_id: Uuid::new_v4().to_string(),
+        sha256: "ab".repeat(32),
+        size_bytes: VIDEO.len() as u64,
+        content_type: "video/mp4".into(),
+        media: Some(agent_pb::MediaInfo {
+            resolution: Some(Resolution { width: 1280, height: 720 }),
+            fps: 30.0,
+            frame_count: 10,
+            duration_ms: 333,
+            video_codec: "h264".into(),
+            ..Default::default()
+        }),
+    };
+    let success = || {
+        In::TaskResult(agent_pb::TaskResult {
+            task_id: task.task_id.clone(),
+            lease_epoch: task.lease_epoch,
+            outcome: pb::TaskOutcome::Success as i32,
+            exit_code: Some(0),
+            outputs: vec![video.clone()],
+            ..Default::default()
+        })
+    };
+
+    // Refused UNAVAILABLE, however often the agent resends it; the lease stands.
+    for _ in 0..2 {
+        let reject = node.reject_of(node.send(success())).await;
+        assert_eq!(reject.reason(), agent_pb::RejectReason::Unavailable, "{}", reject.message);
+    }
+    let (state, attempts, open): (String, i32, bool) = sqlx::query_as(
+        "SELECT f.state, f.attempts, a.outcome IS NULL FROM render.frame_jobs f
+           JOIN render.frame_job_attempts a ON a.frame_job_id = f.id AND a.lease_epoch = f.lease_epoch
+          WHERE f.id = $1::uuid",
+    )
+    .bind(&task.task_id)
+    .fetch_one(o.pool())
+    .await
+    .unwrap();
+    assert!(["leased", "running"].contains(&state.as_str()), "the lease stands: {state}");
+    assert_eq!((attempts, open), (1, true), "no attempt used up or closed");
+    assert_eq!(
+        o.count(&format!(
+            "SELECT count(*) FROM render.render_jobs WHERE id = '{}' AND state = 'assembling'",
+            job.job_id
+        ))
+        .await,
+        1,
+        "the job did not fail on its only attempt"
+    );
+    assert_eq!(o.count("SELECT count(*) FROM render.frame_job_excluded_nodes").await, 0, "no node blamed");
+    assert_eq!(o.count("SELECT count(*) FROM render.node_crashes").await, 0);
+    assert_eq!(
+        o.count(&format!(
+            "SELECT count(*) FROM render.nodes WHERE id = '{}' AND state = 'online'",
+            node.identity.node_id
+        ))
+        .await,
+        1
+    );
 }

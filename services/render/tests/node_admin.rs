@@ -433,6 +433,45 @@ async fn a_drain_deadline_requeues_what_still_runs_without_using_an_attempt() {
 }
 
 #[tokio::test]
+async fn a_drain_deadline_holds_when_the_replica_that_took_the_call_is_gone() {
+    let holder = Orchestrator::start().await;
+    let mut taker = holder.replica(|_| {}).await;
+    let a = holder.agent(AgentSpec { behaviour: Behaviour::Hang, ..AgentSpec::default() }).await;
+    seed_job(holder.pool(), JobSeed { segments: vec![("Main".into(), 0, 9)], ..JobSeed::default() }).await;
+    let task = a.next_assign().await;
+
+    // The drain is asked of the replica that does not hold the node, which then goes away.
+    let request = pb::DrainNodeRequest {
+        node_id: a.identity.node_id.to_string(),
+        reason: "maintenance".into(),
+        deadline: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+    };
+    taker.node_admin(Role::PlatformAdmin).drain_node(request).await.unwrap();
+    let stored = holder
+        .count(&format!(
+            "SELECT count(*) FROM render.nodes WHERE id = '{}' AND drain_deadline_at > now()",
+            a.identity.node_id
+        ))
+        .await;
+    assert_eq!(stored, 1, "the deadline is stored with the node");
+    taker.stop();
+
+    // The replica holding the node enforces it, with the drain deadline's reason.
+    let cancel = a.cancel_of(&task.task_id).await;
+    assert_eq!(cancel.reason(), agent_pb::CancelReason::DrainDeadline);
+    let (state, attempts, cleared): (String, i32, bool) = sqlx::query_as(
+        "SELECT f.state, f.attempts, n.drain_deadline_at IS NULL FROM render.frame_jobs f, render.nodes n
+          WHERE f.id = $1::uuid AND n.id = $2",
+    )
+    .bind(&task.task_id)
+    .bind(a.identity.node_id)
+    .fetch_one(holder.pool())
+    .await
+    .unwrap();
+    assert_eq!((state.as_str(), attempts, cleared), ("queued", 0, true), "handed back, once");
+}
+
+#[tokio::test]
 async fn a_quarantined_node_gets_no_work_until_released() {
     let o = Orchestrator::start().await;
     let mut admin = o.node_admin(Role::PlatformAdmin);

@@ -396,8 +396,9 @@ async fn a_requeue_fences_the_running_lease() {
     let render = c.requeue_render(requeue(job.job_id, false)).await.unwrap().into_inner().render.unwrap();
     assert_eq!(render.state(), pb::JobState::Queued);
 
-    // What the node sends under the old epoch is refused; it is told its lease is gone, and the
-    // chunk is leased again under a newer epoch. Events are collected in whatever order they come.
+    // What the node sends under the old epoch is refused; it is told an operator took the task
+    // (CancelTask OPERATOR, not LEASE_LOST), and the chunk is leased again under a newer epoch.
+    // Events are collected in whatever order they come.
     let stale_frames = agent.send(frame_report(&task, &[3]));
     let stale_result = agent.send(result(&task, pb::TaskOutcome::Success));
     let (mut cancel, mut rejects, mut again) = (None, Vec::new(), None);
@@ -414,7 +415,7 @@ async fn a_requeue_fences_the_running_lease() {
         })
         .await;
     let cancel = cancel.unwrap();
-    assert_eq!((cancel.reason(), cancel.lease_epoch), (agent_pb::CancelReason::LeaseLost, task.lease_epoch));
+    assert_eq!((cancel.reason(), cancel.lease_epoch), (agent_pb::CancelReason::Operator, task.lease_epoch));
     assert_eq!(rejects, [agent_pb::RejectReason::StaleEpoch; 2]);
     let again = again.unwrap();
     assert_eq!((again.lease_epoch, again.attempt), (task.lease_epoch + 2, 2));

@@ -1,5 +1,6 @@
 //! Placement over the real service: slots are never exceeded, draining nodes get nothing,
-//! capabilities and cached templates decide where work goes, and tenants share the farm.
+//! capabilities and cached templates decide where work goes, tenants share the farm, and a job
+//! no node can take fails after a while (one waiting for busy nodes does not).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,7 +8,9 @@ mod support;
 
 use std::collections::HashSet;
 
+use flatrender_proto::flatrender::events::v1 as ev;
 use flatrender_proto::flatrender::render::v1 as pb;
+use prost::Message as _;
 use support::agent::{frame_report, frames_of, result};
 use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, SimAgent, seed_job};
 use uuid::Uuid;
@@ -148,4 +151,47 @@ async fn a_big_job_does_not_starve_another_tenant() {
     let next = agent.next_assign().await;
     assert!(small_chunks.contains(&next.task_id), "the small tenant's last chunk is next");
     assert_eq!(big.chunks.len(), 20);
+}
+
+#[tokio::test]
+async fn a_job_no_node_can_take_fails_after_the_timeout_while_one_waiting_for_busy_nodes_waits() {
+    let o = Orchestrator::start_with(|s| s.no_eligible_node_timeout = std::time::Duration::from_millis(300)).await;
+    // The farm's one node is busy for good.
+    let busy = o.agent(AgentSpec { behaviour: Behaviour::Hang, ..AgentSpec::default() }).await;
+    seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 9)], ..JobSeed::default() }).await;
+    busy.next_assign().await;
+    let waiting = seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 9)], ..JobSeed::default() }).await;
+    let unplaceable = seed_job(
+        o.pool(),
+        JobSeed { segments: vec![("Main".into(), 0, 9)], min_ae_version: Some("99.0".into()), ..JobSeed::default() },
+    )
+    .await;
+
+    o.until(
+        "the job no node can take fails",
+        &format!("SELECT state = 'failed' FROM render.render_jobs WHERE id = '{}'", unplaceable.job_id),
+    )
+    .await;
+    let (code, message): (String, String) =
+        sqlx::query_as("SELECT error_code, error_message FROM render.render_jobs WHERE id = $1")
+            .bind(unplaceable.job_id)
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+    assert_eq!(code, "no_eligible_node");
+    assert_eq!(message, "no render node can take this render: no node has After Effects 99.0 or later");
+    let failed = o.events("flatrender.events.v1.RenderJobFailed").await;
+    let event = ev::RenderJobFailed::decode(failed[0].as_slice()).unwrap();
+    assert_eq!(event.render_id, unplaceable.job_id.to_string());
+    assert_eq!(event.error.unwrap().code(), pb::ErrorCode::NoEligibleNode);
+    assert_eq!(failed.len(), 1);
+
+    // The job waiting for the busy node was checked as long, and is neither failed nor marked.
+    let (state, marked): (String, bool) =
+        sqlx::query_as("SELECT state, unplaceable_since IS NOT NULL FROM render.render_jobs WHERE id = $1")
+            .bind(waiting.job_id)
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), marked), ("queued", false));
 }

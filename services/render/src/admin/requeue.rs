@@ -6,7 +6,7 @@
 //! - a task that still had a node (a lease, or one a failure ended without its result) gets a
 //!   new lease epoch and its open attempt is closed as `lease_lost`, so a late report of the old
 //!   lease is rejected (STALE_EPOCH); the nodes holding leases are notified and their replicas
-//!   send CancelTask;
+//!   send CancelTask(OPERATOR);
 //! - frame repairs not done are queued again with their tasks (a chunk with repairs is done, so
 //!   only its repairs render again);
 //! - the job's nodes are forgotten when asked (`clear_excluded_nodes`);
@@ -15,6 +15,7 @@
 //!   RenderJobQueued is emitted with `requeued` set; dispatchers and watchers are woken.
 
 use flatrender_kit::outbox::{self, EventMeta};
+use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::events::v1 as ev;
 use flatrender_proto::flatrender::render::v1 as pb;
 use uuid::Uuid;
@@ -24,7 +25,7 @@ use crate::RenderApi;
 use crate::api::records::timestamp;
 use crate::error::{RenderError, Result};
 use crate::model::{JobState, validate};
-use crate::queue::{QUEUE_CHANNEL, notify, notify_jobs, notify_nodes, retrying};
+use crate::queue::{QUEUE_CHANNEL, notify, notify_jobs, notify_nodes_ended_by, retrying};
 
 /// Longest requeue reason, in characters.
 const MAX_REASON_CHARS: usize = 500;
@@ -135,7 +136,7 @@ impl RenderApi {
         let render = any_job(&mut tx, id).await?.ok_or(RenderError::NotFound("render"))?;
         queued_again(&mut tx, &render).await?;
         let nodes: Vec<Uuid> = holders.into_iter().flatten().collect();
-        notify_nodes(&mut tx, &nodes).await?;
+        notify_nodes_ended_by(&mut tx, &nodes, agent_pb::CancelReason::Operator).await?;
         notify(&mut tx, QUEUE_CHANNEL, "").await?;
         notify_jobs(&mut tx, &[id]).await?;
         tx.commit().await?;

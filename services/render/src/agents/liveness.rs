@@ -7,6 +7,7 @@
 //!   Health;
 //! - this replica's `render.orchestrators` row, refreshed every few seconds; a replica whose row
 //!   is stale is dead, and this one ends the leases of the nodes it held;
+//! - on the same tick, the drain deadlines that passed of the nodes it holds (or nobody does);
 //! - a node's silence in `nodes.silent_since` (and when it was last heard), written only when it
 //!   falls silent or speaks again: while a live replica holds a stream, the replica's own
 //!   heartbeat row stands for the node, so an idle farm writes nothing per node.
@@ -20,9 +21,9 @@ use flatrender_proto::flatrender::events::v1 as ev;
 use tonic::Status;
 use uuid::Uuid;
 
-use super::Agents;
 use super::nodes;
 use super::registry::{Connection, HeldTask};
+use super::{Agents, node_admin};
 use crate::error::Result;
 use crate::queue::{self, requeue};
 
@@ -80,6 +81,9 @@ pub async fn run(agents: Arc<Agents>, shutdown: ShutdownSignal) {
                 }
                 if let Err(e) = reap_dead_replicas(&agents).await {
                     tracing::warn!(error = %e, "cannot look for dead replicas");
+                }
+                if let Err(e) = node_admin::control::enforce_drain_deadlines(&agents).await {
+                    tracing::warn!(error = %e, "cannot look for drain deadlines that passed");
                 }
             }
         }

@@ -569,6 +569,12 @@ impl Session {
                 );
                 false
             }
+            Err(RenderError::Unavailable(why)) => {
+                // A service it needs is down (the file service verifying a delivery): the
+                // agent resends later, its lease kept; the node is not at fault.
+                self.reject(seq, RejectReason::Unavailable, &why, task_id);
+                false
+            }
             Err(e) => {
                 tracing::error!(node = %self.node, seq, error = %e, "cannot record an agent message");
                 self.reject(

@@ -16,13 +16,19 @@ use crate::queue::{self, AdminState};
 
 use agent_pb::session_response::Payload as Out;
 
-/// A `render_nodes` notification (payload: the node id): resyncs the node if this replica holds
-/// its stream.
+/// A `render_nodes` notification (payload: the node id, optionally followed by why its leases
+/// ended, a CancelReason name): resyncs the node if this replica holds its stream.
 pub fn node_changed(agents: &Arc<Agents>, payload: &str) {
-    let node = Uuid::try_parse(payload.trim()).ok();
+    let (node, ended_by) = parse_payload(payload);
     if let Some(conn) = node.and_then(|node| agents.registry.get(node)) {
-        tokio::spawn(resync(Arc::clone(agents), conn));
+        tokio::spawn(resync_ended_by(Arc::clone(agents), conn, ended_by));
     }
+}
+
+/// The node id of a `render_nodes` payload, and the reason it names, if any.
+fn parse_payload(payload: &str) -> (Option<Uuid>, Option<agent_pb::CancelReason>) {
+    let (node, why) = payload.trim().split_once(' ').unwrap_or((payload.trim(), ""));
+    (Uuid::try_parse(node).ok(), agent_pb::CancelReason::from_str_name(why.trim()))
 }
 
 /// Wakes the dispatcher and resyncs every node this replica holds (notifications may have
@@ -36,6 +42,12 @@ pub fn resync_all(agents: &Arc<Agents>) {
 
 /// Brings a connected node up to date with its row and its tasks' rows.
 pub async fn resync(agents: Arc<Agents>, conn: Arc<Connection>) {
+    resync_ended_by(agents, conn, None).await;
+}
+
+/// [`resync`], telling the agent `ended_by` (when known) for leases that ended under another
+/// epoch or node, instead of LEASE_LOST.
+async fn resync_ended_by(agents: Arc<Agents>, conn: Arc<Connection>, ended_by: Option<agent_pb::CancelReason>) {
     if conn.is_closed() {
         return;
     }
@@ -83,7 +95,10 @@ pub async fn resync(agents: Arc<Agents>, conn: Arc<Connection>) {
                         continue;
                     }
                     let same_lease = row.filter(|r| r.lease_epoch == epoch && r.node_id == Some(conn.node_id));
-                    let reason = cancel_reason(same_lease.map(|r| r.state.as_str()));
+                    let reason = match cancel_reason(same_lease.map(|r| r.state.as_str())) {
+                        agent_pb::CancelReason::LeaseLost => ended_by.unwrap_or(agent_pb::CancelReason::LeaseLost),
+                        reason => reason,
+                    };
                     tracing::debug!(node = %conn.node_id, task = %task, epoch, ?row, ?reason, "lease ended elsewhere");
                     // Released and told under the view's lock, so a Health handled meanwhile
                     // cannot answer with another reason first.
@@ -124,5 +139,20 @@ pub async fn deliver_commands(agents: &Agents, conn: &Connection) {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(node = %conn.node_id, error = %e, "cannot read the node's commands"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_name_the_node_and_maybe_why() {
+        let node = Uuid::new_v4();
+        assert_eq!(parse_payload(&node.to_string()), (Some(node), None));
+        let operator = format!("{node} CANCEL_REASON_OPERATOR");
+        assert_eq!(parse_payload(&operator), (Some(node), Some(agent_pb::CancelReason::Operator)));
+        assert_eq!(parse_payload(&format!("{node} NONSENSE")), (Some(node), None));
+        assert_eq!(parse_payload("nope"), (None, None));
     }
 }

@@ -15,10 +15,12 @@
 //!   the same for snapshots (ready, failed).
 //! - [`outputs`]: what a snapshot or an assembly delivers (image, video, log), checked against
 //!   the task and through the file service before its result is recorded.
+//! - [`unplaceable`]: jobs no enrolled node can take fail after a timeout instead of waiting
+//!   forever.
 //!
 //! Every state change notifies (`pg_notify` inside the transaction): `render_queue` when tasks
 //! became queued, `render_nodes` with a node id when a task that node holds changed outside its
-//! own report, `render_jobs` with a job id when a job or its tasks changed.
+//! own report (followed by a CancelReason name when that is why it ended), `render_jobs` with a job id when a job or its tasks changed.
 
 pub mod batch;
 pub mod claim;
@@ -31,8 +33,10 @@ pub mod report;
 pub mod requeue;
 pub mod snapshots;
 pub mod spec;
+pub mod unplaceable;
 pub mod wire;
 
+use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use sqlx::PgTransaction;
 use uuid::Uuid;
 
@@ -74,6 +78,26 @@ pub async fn notify(tx: &mut PgTransaction<'_>, channel: &str, payload: &str) ->
 /// Notifies `render_nodes` once for each of `nodes` (duplicates dropped).
 pub async fn notify_nodes(tx: &mut PgTransaction<'_>, nodes: &[Uuid]) -> sqlx::Result<()> {
     notify_each(tx, NODES_CHANNEL, nodes).await
+}
+
+/// Notifies `render_nodes` once for each of `nodes` (duplicates dropped), saying that the
+/// leases of theirs that ended were ended for `why` (payload `<node id> <CancelReason name>`):
+/// the replica holding each stream tells its agent that reason instead of LEASE_LOST.
+pub async fn notify_nodes_ended_by(
+    tx: &mut PgTransaction<'_>,
+    nodes: &[Uuid],
+    why: agent_pb::CancelReason,
+) -> sqlx::Result<()> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_notify($1, id::text || ' ' || $3) FROM (SELECT DISTINCT unnest($2::uuid[]) AS id) d")
+        .bind(NODES_CHANNEL)
+        .bind(nodes)
+        .bind(why.as_str_name())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Notifies `render_jobs` once for each of `jobs` (duplicates dropped).

@@ -8,6 +8,9 @@
 //! is another process), so that transaction either records the delivery whole or records the
 //! attempt as a machine error — never half of it.
 //!
+//! The file service being unreachable is no fault of the node: the result is then refused
+//! UNAVAILABLE (nothing recorded, the lease kept) and the agent resends it after a backoff.
+//!
 //! Fields that are not even well-formed (an id that is no UUID, a digest that is no hex) make
 //! the whole report MALFORMED, as frames do; outputs that are well-formed but wrong make the
 //! attempt a machine error (retried on another node, then the task fails).
@@ -190,47 +193,50 @@ pub fn check_video(outputs: &Outputs, wanted: VideoWanted) -> Result<Output, Err
 
 /// Whether `output`'s file exists for `tenant` as a file of `kind` with the digest and size the
 /// agent reported; why not as a machine error (UPLOAD_FAILED: the node did not store what it
-/// claims).
+/// claims). When the file service cannot answer now (`UNAVAILABLE`: down, unreachable, too
+/// slow), nothing is known about the node's output: that is the outer error, for the agent to
+/// resend its result later, not a machine error.
 pub async fn check_file(
     files: Option<&FileClient>,
     tenant: Uuid,
     output: &Output,
     kind: file_pb::FileKind,
-) -> Result<(), ErrorInfo> {
-    let bad = |message: String| ErrorInfo::new(ErrorCode::UploadFailed, message);
+) -> Result<Result<(), ErrorInfo>> {
+    let bad = |message: String| Ok(Err(ErrorInfo::new(ErrorCode::UploadFailed, message)));
     let at = format!("outputs[{}]", output.index);
     let Some(files) = files else {
-        return Err(bad(format!(
+        return bad(format!(
             "{at}: the file service is not configured for the render service; cannot verify the output"
-        )));
+        ));
     };
     let wanted = FileRef { field: format!("{at}.file_id"), file_id: output.file_id };
     let facts = match files.visible(tenant, std::slice::from_ref(&wanted)).await {
         Ok(mut found) => found.remove(&output.file_id),
         Err(RenderError::FileNotFound { .. }) => None,
-        Err(error) => return Err(bad(format!("{at}: could not verify the output with the file service: {error}"))),
+        Err(outage @ RenderError::Unavailable(_)) => return Err(outage),
+        Err(error) => return bad(format!("{at}: could not verify the output with the file service: {error}")),
     };
     let Some(facts) = facts else {
-        return Err(bad(format!("{at}: file {} does not exist for the task's tenant", output.file_id)));
+        return bad(format!("{at}: file {} does not exist for the task's tenant", output.file_id));
     };
     if facts.kind != kind {
-        return Err(bad(format!(
+        return bad(format!(
             "{at}: file {} is a {}, not a {} file",
             output.file_id,
             facts.kind.as_str_name(),
             kind.as_str_name()
-        )));
+        ));
     }
     if facts.sha256.as_bytes() != &output.sha256 {
-        return Err(bad(format!("{at}: the stored file's SHA-256 differs from the reported one")));
+        return bad(format!("{at}: the stored file's SHA-256 differs from the reported one"));
     }
     if facts.size_bytes != output.size_bytes {
-        return Err(bad(format!(
+        return bad(format!(
             "{at}: the stored file has {} bytes, the report says {}",
             facts.size_bytes, output.size_bytes
-        )));
+        ));
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// What a successful result delivers, checked.
@@ -250,7 +256,9 @@ pub enum Delivery {
 /// lane, tenant, snapshot width, height, job width, height, fps, frames.
 type TaskFacts = (String, Uuid, Option<i32>, Option<i32>, Option<i32>, Option<i32>, Option<f64>, Option<i32>);
 
-/// Checks what the current lease `fence` delivers with `outputs` (a SUCCESS result).
+/// Checks what the current lease `fence` delivers with `outputs` (a SUCCESS result);
+/// `UNAVAILABLE` while the file service cannot answer (the lease stands, the result is to be
+/// resent).
 pub async fn delivery(pool: &PgPool, files: Option<&FileClient>, fence: Fence, outputs: &Outputs) -> Result<Delivery> {
     let row: Option<TaskFacts> = sqlx::query_as(
         "SELECT f.lane, f.tenant_id, s.width, s.height, j.output_width, j.output_height, j.output_fps,
@@ -290,7 +298,7 @@ pub async fn delivery(pool: &PgPool, files: Option<&FileClient>, fence: Fence, o
         Err(error) => return Ok(Delivery::Bad(error)),
     };
     let kind = if video.is_some() { file_pb::FileKind::Export } else { file_pb::FileKind::Snapshot };
-    if let Err(error) = check_file(files, tenant, &output, kind).await {
+    if let Err(error) = check_file(files, tenant, &output, kind).await? {
         return Ok(Delivery::Bad(error));
     }
     Ok(match video {

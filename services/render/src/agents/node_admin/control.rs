@@ -5,12 +5,12 @@
 //! then tells the agent (Drain on and off; EvictTemplate) and placement follows the new state
 //! (nothing new for DRAINING, probes only for QUARANTINED).
 //!
-//! A drain deadline is a timer on the replica that took the call: when it fires and the node
-//! still drains, its remaining tasks are requeued without using an attempt and the agent gets
-//! CancelTask(DRAIN_DEADLINE). The timer does not survive a restart of that replica (the node
-//! then simply stays draining).
+//! A drain deadline is stored with the node (`nodes.drain_deadline_at`): the replica holding the
+//! node's stream (any replica when none does) finds it due on its liveness tick
+//! ([`enforce_drain_deadlines`]), so it holds whichever replica took the call and whether that
+//! one still runs. When it passes and the node still drains, its remaining tasks are requeued
+//! without using an attempt and the agent gets CancelTask(DRAIN_DEADLINE).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
@@ -115,56 +115,100 @@ pub(super) fn tell_canceled(agents: &Agents, node: Uuid, taken: &[(Uuid, i64)], 
     agents.wake_dispatcher();
 }
 
+/// The longest drain deadline (stored as a time, so it must fit one).
+const MAX_DRAIN_DEADLINE: Duration = Duration::from_secs(30 * 24 * 3600);
+
 fn deadline(value: Option<&prost_types::Duration>) -> Result<Option<Duration>> {
     let Some(value) = value else { return Ok(None) };
-    u64::try_from(value.seconds)
+    let deadline = u64::try_from(value.seconds)
         .ok()
         .filter(|_| (0..1_000_000_000).contains(&value.nanos))
-        .map(|s| Some(Duration::new(s, value.nanos as u32)))
-        .ok_or_else(|| RenderError::invalid("deadline", "must not be negative"))
+        .map(|s| Duration::new(s, value.nanos as u32))
+        .ok_or_else(|| RenderError::invalid("deadline", "must not be negative"))?;
+    if deadline > MAX_DRAIN_DEADLINE {
+        return Err(RenderError::invalid("deadline", "must be at most 30 days"));
+    }
+    Ok(Some(deadline))
 }
 
 /// DrainNode.
-pub async fn drain(agents: &Arc<Agents>, by: Uuid, request: &pb::DrainNodeRequest) -> Result<pb::DrainNodeResponse> {
+pub async fn drain(agents: &Agents, by: Uuid, request: &pb::DrainNodeRequest) -> Result<pb::DrainNodeResponse> {
     let (pool, settings) = (&agents.state.pool, &agents.state.settings);
     let node = parse_id("node_id", &request.node_id)?;
     let why = reason(&request.reason, true)?;
     let deadline = deadline(request.deadline.as_ref())?;
+    let deadline_secs = deadline.map(|d| d.as_secs_f64());
     let mut tx = pool.begin().await?;
     let locked = lock_live(&mut tx, node).await?;
     match locked.state.as_str() {
         "quarantined" => {
             return Err(RenderError::FailedPrecondition("the node is quarantined; release it first".into()));
         }
-        "draining" => {}
+        // Draining already: a new deadline replaces the old one; none keeps it.
+        "draining" => {
+            sqlx::query(
+                "UPDATE render.nodes SET drain_deadline_at = now() + make_interval(secs => $2)
+                  WHERE id = $1 AND $2::float8 IS NOT NULL",
+            )
+            .bind(node)
+            .bind(deadline_secs)
+            .execute(&mut *tx)
+            .await?;
+        }
         _ => {
-            sqlx::query("UPDATE render.nodes SET state = 'draining', state_reason = $2 WHERE id = $1")
-                .bind(node)
-                .bind(&why)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE render.nodes
+                    SET state = 'draining', state_reason = $2, drain_deadline_at = now() + make_interval(secs => $3)
+                  WHERE id = $1",
+            )
+            .bind(node)
+            .bind(&why)
+            .bind(deadline_secs)
+            .execute(&mut *tx)
+            .await?;
             notify(&mut tx, NODES_CHANNEL, &node.to_string()).await?;
         }
     }
     tx.commit().await?;
     tracing::info!(node = %node, name = %locked.name, %by, reason = %why, ?deadline, "node drained by an operator");
-    if let Some(deadline) = deadline {
-        let agents = Arc::clone(agents);
-        tokio::spawn(async move {
-            tokio::time::sleep(deadline).await;
-            if let Err(e) = drain_deadline(&agents, node).await {
-                tracing::error!(node = %node, error = %e, "cannot requeue the tasks of a node past its drain deadline");
-            }
-        });
-    }
     Ok(pb::DrainNodeResponse { node: Some(reload(pool, settings, node).await?) })
 }
 
-/// The drain deadline passed: requeues what the node still runs, if it still drains.
+/// Enforces the drain deadlines that passed for the nodes this replica holds, and for nodes no
+/// replica holds (called on every liveness tick).
+pub async fn enforce_drain_deadlines(agents: &Agents) -> Result<()> {
+    let orchestrator = &agents.state.settings.orchestrator_id;
+    let due: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM render.nodes
+          WHERE drain_deadline_at <= now() AND state = 'draining'
+            AND (orchestrator_id = $1 OR orchestrator_id IS NULL)",
+    )
+    .bind(orchestrator)
+    .fetch_all(&agents.state.pool)
+    .await?;
+    for node in due {
+        if let Err(e) = drain_deadline(agents, node).await {
+            tracing::error!(node = %node, error = %e, "cannot requeue the tasks of a node past its drain deadline");
+        }
+    }
+    Ok(())
+}
+
+/// The drain deadline of `node` passed: requeues what the node still runs, if it still drains,
+/// and clears the deadline — unless another replica took the node's stream meanwhile.
 async fn drain_deadline(agents: &Agents, node: Uuid) -> Result<()> {
     let mut tx = agents.state.pool.begin().await?;
-    let locked = lock(&mut tx, node).await?;
-    if locked.state != "draining" || locked.deleted {
+    let due: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE render.nodes SET drain_deadline_at = NULL
+          WHERE id = $1 AND state = 'draining' AND deleted_at IS NULL AND drain_deadline_at <= now()
+            AND (orchestrator_id = $2 OR orchestrator_id IS NULL)
+      RETURNING id",
+    )
+    .bind(node)
+    .bind(&agents.state.settings.orchestrator_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if due.is_none() {
         return Ok(());
     }
     let back = hand_back(&mut tx, node, "the node's drain deadline passed").await?;
@@ -249,7 +293,7 @@ pub async fn release(agents: &Agents, by: Uuid, request: &pb::ReleaseNodeRequest
         sqlx::query(
             "UPDATE render.nodes
                 SET state = CASE WHEN orchestrator_id IS NOT NULL THEN 'online' ELSE 'offline' END,
-                    state_reason = NULL, quarantined_at = NULL
+                    state_reason = NULL, quarantined_at = NULL, drain_deadline_at = NULL
               WHERE id = $1",
         )
         .bind(node)
@@ -301,5 +345,6 @@ mod tests {
         let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
         assert_eq!(deadline(Some(&d(2, 0))).unwrap(), Some(Duration::from_secs(2)));
         assert!(deadline(Some(&d(-1, 0))).is_err());
+        assert!(deadline(Some(&d(31 * 24 * 3600, 0))).is_err());
     }
 }
