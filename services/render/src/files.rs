@@ -7,6 +7,10 @@
 //! the tenant check is render's: a file is visible to a job when its tenant is the job's, or —
 //! for template bundles and audio, which the catalogue offers to everyone — when it is a
 //! tenant-owned file of the catalogue tenant (FlatRender's own, the default tenant).
+//!
+//! Agents' bytes pass through here too ([`FileClient::download`], [`FileClient::upload`]):
+//! streamed part by part in both directions, never held whole, so a 2 GB bundle costs the
+//! orchestrator a few MiB at most.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -14,6 +18,7 @@ use std::time::Duration;
 
 use flatrender_kit::auth::{AccessClaims, Role, ServiceName, TokenSigner};
 use flatrender_proto::flatrender::file::v1 as file_pb;
+use futures_util::StreamExt as _;
 use tonic::transport::{Channel, Endpoint};
 use uuid::Uuid;
 
@@ -53,6 +58,80 @@ pub struct FileFacts {
     pub size_bytes: u64,
     /// What it is for (the file service's kind).
     pub kind: file_pb::FileKind,
+    /// Its MIME type as the file service sniffed it.
+    pub content_type: String,
+}
+
+/// The bytes of a download after its metadata, as the file service sends them (parts of at
+/// most 1 MiB, in order).
+pub type ByteStream = tonic::Streaming<file_pb::DownloadFileResponse>;
+
+/// The file an upload creates.
+#[derive(Clone, Debug)]
+pub struct NewFile {
+    /// The owning tenant.
+    pub tenant: Uuid,
+    /// The owning user; `None` for a tenant-owned file.
+    pub owner: Option<Uuid>,
+    /// The file name.
+    pub name: String,
+    /// Its kind.
+    pub kind: file_pb::FileKind,
+    /// The uploader's MIME type (the file service records it and sniffs its own).
+    pub content_type_hint: String,
+    /// Whether it counts towards the owner's and the tenant's quota.
+    pub counts_toward_quota: bool,
+    /// Its exact size.
+    pub size_bytes: u64,
+    /// Its SHA-256 (the file service checks it too).
+    pub sha256: Sha256Digest,
+}
+
+/// An upload in progress: bytes go in with [`Upload::send`], [`Upload::finish`] stores the file.
+/// Dropped unfinished, it aborts the call and the file service keeps nothing.
+#[derive(Debug)]
+pub struct Upload {
+    parts: Option<tokio::sync::mpsc::Sender<file_pb::UploadFileRequest>>,
+    call: tokio::task::JoinHandle<std::result::Result<file_pb::File, tonic::Status>>,
+}
+
+impl Upload {
+    /// Sends the next part (at most 1 MiB); waits while the file service is behind, so memory
+    /// stays bounded.
+    pub async fn send(&mut self, part: prost::bytes::Bytes) -> Result<()> {
+        let request = file_pb::UploadFileRequest { payload: Some(file_pb::upload_file_request::Payload::Chunk(part)) };
+        let sent = match &self.parts {
+            Some(parts) => parts.send(request).await.is_ok(),
+            None => false,
+        };
+        if sent { Ok(()) } else { Err(self.failure().await) }
+    }
+
+    /// Ends the stream and waits for the stored file.
+    pub async fn finish(mut self) -> Result<file_pb::File> {
+        self.parts = None;
+        match (&mut self.call).await {
+            Ok(Ok(file)) => Ok(file),
+            Ok(Err(status)) => Err(upload_error(status)),
+            Err(_) => Err(RenderError::Unavailable("the upload to the file service was interrupted".into())),
+        }
+    }
+
+    /// Why the call ended early (it stopped taking parts).
+    async fn failure(&mut self) -> RenderError {
+        match (&mut self.call).await {
+            Ok(Err(status)) => upload_error(status),
+            _ => RenderError::Unavailable("the upload to the file service was interrupted".into()),
+        }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        // Aborting the call resets its HTTP/2 stream: the file service sees a broken upload
+        // (never a complete one, whatever was sent) and removes what it had stored.
+        self.call.abort();
+    }
 }
 
 /// A client of the file service.
@@ -99,14 +178,92 @@ impl FileClient {
 
     /// `message` with render's credential and the call timeout.
     fn request<T>(&self, message: T) -> Result<tonic::Request<T>> {
+        let mut request = self.streaming_request(message)?;
+        request.set_timeout(CALL_TIMEOUT);
+        Ok(request)
+    }
+
+    /// `message` with render's credential and no deadline: a transfer takes as long as its
+    /// bytes take (the agent bounds its own download time).
+    fn streaming_request<T>(&self, message: T) -> Result<tonic::Request<T>> {
         let mut request = tonic::Request::new(message);
         let token = self.credential()?;
         let header = format!("Bearer {token}")
             .parse()
             .map_err(|_| RenderError::Upstream { service: "file", status: "unsendable credential".into() })?;
         request.metadata_mut().insert("authorization", header);
-        request.set_timeout(CALL_TIMEOUT);
         Ok(request)
+    }
+
+    /// Starts downloading `file` from byte `offset` (DownloadFile), guarded by `expected` when
+    /// known: the file's facts, then its bytes. `NOT_FOUND` when the file is gone (or no longer
+    /// the bytes the task names), `OUT_OF_RANGE` for an offset past its end.
+    pub async fn download(
+        &self,
+        file: Uuid,
+        offset: u64,
+        expected: Option<&Sha256Digest>,
+    ) -> Result<(FileFacts, ByteStream)> {
+        let request = self.streaming_request(file_pb::DownloadFileRequest {
+            file_id: file.to_string(),
+            offset,
+            length: 0,
+            expected_sha256: expected.map(Sha256Digest::to_hex).unwrap_or_default(),
+        })?;
+        let mut stream = self.client().download_file(request).await.map_err(download_error)?.into_inner();
+        let first = stream.message().await.map_err(download_error)?;
+        let metadata = match first.and_then(|m| m.payload) {
+            Some(file_pb::download_file_response::Payload::Metadata(metadata)) => metadata,
+            _ => {
+                return Err(RenderError::Upstream {
+                    service: "file",
+                    status: "a download that does not start with its metadata".into(),
+                });
+            }
+        };
+        let facts = metadata.file.as_ref().and_then(facts).filter(|f| f.id == file).ok_or_else(|| {
+            RenderError::Upstream { service: "file", status: "a download with malformed metadata".into() }
+        })?;
+        Ok((facts, stream))
+    }
+
+    /// Starts storing `file` (UploadFile, the simple client-streaming upload) with render's
+    /// credential; the file service refuses it over quota before any byte is stored.
+    pub fn upload(&self, file: &NewFile) -> Result<Upload> {
+        use file_pb::upload_file_request::Payload;
+        let metadata = file_pb::UploadFileMetadata {
+            target: Some(file_pb::UploadTarget {
+                name: file.name.clone(),
+                kind: file.kind as i32,
+                content_type_hint: file.content_type_hint.clone(),
+                owner_user_id: file.owner.map(|o| o.to_string()).unwrap_or_default(),
+                tenant_id: file.tenant.to_string(),
+                counts_toward_quota: Some(file.counts_toward_quota),
+                ..Default::default()
+            }),
+            size_bytes: file.size_bytes,
+            sha256: file.sha256.to_hex(),
+            idempotency_key: String::new(),
+        };
+        // Two parts in flight at most: the agent is held back as fast as the file service stores.
+        let (parts, queued) = tokio::sync::mpsc::channel(2);
+        let first = file_pb::UploadFileRequest { payload: Some(Payload::Metadata(metadata)) };
+        let stream = futures_util::stream::iter([first]).chain(tokio_stream::wrappers::ReceiverStream::new(queued));
+        let request = self.streaming_request(stream)?;
+        let channel = self.channel.get_or_init(|| self.endpoint.connect_lazy()).clone();
+        let mut client = file_pb::upload_service_client::UploadServiceClient::new(channel);
+        let call = tokio::spawn(async move {
+            let file = client.upload_file(request).await?.into_inner().file;
+            file.ok_or_else(|| tonic::Status::internal("an upload answered without its file"))
+        });
+        Ok(Upload { parts: Some(parts), call })
+    }
+
+    /// Deletes `file` (DeleteFile), e.g. a duplicate a concurrent identical upload made.
+    pub async fn delete(&self, file: Uuid) -> Result<()> {
+        let request = self.request(file_pb::DeleteFileRequest { file_id: file.to_string() })?;
+        self.client().delete_file(request).await.map_err(upstream)?;
+        Ok(())
     }
 
     /// Protects `file` from cleanup and deletion until `until` (SetFileRetention, recorded as
@@ -178,7 +335,33 @@ fn facts(file: &file_pb::File) -> Option<FileFacts> {
     let id = Uuid::try_parse(&file.id).ok()?;
     let bytes = hex::decode(&file.sha256).ok()?;
     let sha256 = Sha256Digest::from_slice(&bytes)?;
-    Some(FileFacts { id, sha256, size_bytes: file.size_bytes, kind: file.kind() })
+    Some(FileFacts {
+        id,
+        sha256,
+        size_bytes: file.size_bytes,
+        kind: file.kind(),
+        content_type: file.content_type.clone(),
+    })
+}
+
+/// A failed download: a file that is gone (or whose bytes are not the ones expected) is
+/// `NOT_FOUND`, an offset past its end `OUT_OF_RANGE`.
+fn download_error(status: tonic::Status) -> RenderError {
+    use tonic::Code;
+    match status.code() {
+        Code::NotFound | Code::FailedPrecondition => RenderError::NotFound("object"),
+        Code::OutOfRange => RenderError::OutOfRange(format!("offset: {}", status.message())),
+        _ => upstream(status),
+    }
+}
+
+/// A failed upload: over quota stays `RESOURCE_EXHAUSTED` (the tenant's to fix), the rest as
+/// any call.
+fn upload_error(status: tonic::Status) -> RenderError {
+    match status.code() {
+        tonic::Code::ResourceExhausted => RenderError::ResourceExhausted(status.message().to_owned()),
+        _ => upstream(status),
+    }
 }
 
 /// A failed call: retryable statuses are `UNAVAILABLE` for our caller, the rest our bug.
