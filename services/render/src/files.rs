@@ -88,49 +88,107 @@ pub struct NewFile {
 }
 
 /// An upload in progress: bytes go in with [`Upload::send`], [`Upload::finish`] stores the file.
-/// Dropped unfinished, it aborts the call and the file service keeps nothing.
+/// Dropped unfinished, it is abandoned and the file service keeps nothing.
 #[derive(Debug)]
 pub struct Upload {
-    parts: Option<tokio::sync::mpsc::Sender<file_pb::UploadFileRequest>>,
-    call: tokio::task::JoinHandle<std::result::Result<file_pb::File, tonic::Status>>,
+    sink: Sink,
 }
 
-impl Upload {
-    /// Sends the next part (at most 1 MiB); waits while the file service is behind, so memory
-    /// stays bounded.
-    pub async fn send(&mut self, part: prost::bytes::Bytes) -> Result<()> {
-        let request = file_pb::UploadFileRequest { payload: Some(file_pb::upload_file_request::Payload::Chunk(part)) };
-        let sent = match &self.parts {
-            Some(parts) => parts.send(request).await.is_ok(),
-            None => false,
-        };
-        if sent { Ok(()) } else { Err(self.failure().await) }
-    }
+/// Where an upload's bytes go.
+#[derive(Debug)]
+enum Sink {
+    /// One UploadFile stream, for objects up to [`SIMPLE_UPLOAD_BYTES`].
+    Simple {
+        parts: Option<tokio::sync::mpsc::Sender<file_pb::UploadFileRequest>>,
+        call: tokio::task::JoinHandle<std::result::Result<file_pb::File, tonic::Status>>,
+    },
+    /// A resumable session of unary calls, for larger objects: parts of the session's part size
+    /// are gathered (so memory stays at one part) and sent as they fill up.
+    Session { client: Box<FileClient>, id: String, part_size: usize, buffer: Vec<u8>, next: u32, completed: bool },
+}
 
-    /// Ends the stream and waits for the stored file.
-    pub async fn finish(mut self) -> Result<file_pb::File> {
-        self.parts = None;
-        match (&mut self.call).await {
-            Ok(Ok(file)) => Ok(file),
-            Ok(Err(status)) => Err(upload_error(status)),
-            Err(_) => Err(RenderError::Unavailable("the upload to the file service was interrupted".into())),
+/// The largest object stored with one UploadFile stream; larger ones use an upload session
+/// (the file service's simple uploads take 64 MiB by default, and one session part is 8 MiB).
+pub const SIMPLE_UPLOAD_BYTES: u64 = 8 * 1024 * 1024;
+/// How long one session call (a part, the completion) may take.
+const PART_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Upload {
+    /// Sends the next bytes; waits while the file service is behind, so memory stays bounded.
+    pub async fn send(&mut self, bytes: prost::bytes::Bytes) -> Result<()> {
+        match &mut self.sink {
+            Sink::Simple { parts, call } => {
+                let request =
+                    file_pb::UploadFileRequest { payload: Some(file_pb::upload_file_request::Payload::Chunk(bytes)) };
+                let sent = match parts {
+                    Some(parts) => parts.send(request).await.is_ok(),
+                    None => false,
+                };
+                if sent {
+                    return Ok(());
+                }
+                // The call stopped taking parts: why.
+                Err(match call.await {
+                    Ok(Err(status)) => upload_error(status),
+                    _ => RenderError::Unavailable("the upload to the file service was interrupted".into()),
+                })
+            }
+            Sink::Session { client, id, part_size, buffer, next, .. } => {
+                buffer.extend_from_slice(&bytes);
+                while buffer.len() >= *part_size {
+                    let rest = buffer.split_off(*part_size);
+                    let part = std::mem::replace(buffer, rest);
+                    client.upload_part(id, *next, part).await?;
+                    *next += 1;
+                }
+                Ok(())
+            }
         }
     }
 
-    /// Why the call ended early (it stopped taking parts).
-    async fn failure(&mut self) -> RenderError {
-        match (&mut self.call).await {
-            Ok(Err(status)) => upload_error(status),
-            _ => RenderError::Unavailable("the upload to the file service was interrupted".into()),
+    /// Ends the upload and waits for the stored file.
+    pub async fn finish(mut self) -> Result<file_pb::File> {
+        match &mut self.sink {
+            Sink::Simple { parts, call } => {
+                *parts = None;
+                match call.await {
+                    Ok(Ok(file)) => Ok(file),
+                    Ok(Err(status)) => Err(upload_error(status)),
+                    Err(_) => Err(RenderError::Unavailable("the upload to the file service was interrupted".into())),
+                }
+            }
+            Sink::Session { client, id, buffer, next, completed, .. } => {
+                if !buffer.is_empty() {
+                    client.upload_part(id, *next, std::mem::take(buffer)).await?;
+                }
+                let file = client.complete_session(id).await?;
+                *completed = true;
+                Ok(file)
+            }
         }
     }
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        // Aborting the call resets its HTTP/2 stream: the file service sees a broken upload
-        // (never a complete one, whatever was sent) and removes what it had stored.
-        self.call.abort();
+        match &mut self.sink {
+            // Aborting the call resets its HTTP/2 stream: the file service sees a broken upload
+            // (never a complete one, whatever was sent) and removes what it had stored.
+            Sink::Simple { call, .. } => call.abort(),
+            // The session's staged parts go with the session (or with its expiry, should this
+            // abort not get through).
+            Sink::Session { client, id, completed: false, .. } => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let (client, id) = (FileClient::clone(client), std::mem::take(id));
+                    runtime.spawn(async move {
+                        if let Err(error) = client.abort_session(&id).await {
+                            tracing::warn!(%error, session = %id, "could not abort an abandoned upload session");
+                        }
+                    });
+                }
+            }
+            Sink::Session { .. } => {}
+        }
     }
 }
 
@@ -227,20 +285,30 @@ impl FileClient {
         Ok((facts, stream))
     }
 
-    /// Starts storing `file` (UploadFile, the simple client-streaming upload) with render's
-    /// credential; the file service refuses it over quota before any byte is stored.
-    pub fn upload(&self, file: &NewFile) -> Result<Upload> {
+    fn uploads(&self) -> file_pb::upload_service_client::UploadServiceClient<Channel> {
+        let channel = self.channel.get_or_init(|| self.endpoint.connect_lazy()).clone();
+        file_pb::upload_service_client::UploadServiceClient::new(channel).max_encoding_message_size(usize::MAX)
+    }
+
+    /// Starts storing `file` with render's credential: one UploadFile stream up to
+    /// [`SIMPLE_UPLOAD_BYTES`], an upload session above. The file service refuses it over quota
+    /// before any byte is stored.
+    pub async fn upload(&self, file: &NewFile) -> Result<Upload> {
+        let target = file_pb::UploadTarget {
+            name: file.name.clone(),
+            kind: file.kind as i32,
+            content_type_hint: file.content_type_hint.clone(),
+            owner_user_id: file.owner.map(|o| o.to_string()).unwrap_or_default(),
+            tenant_id: file.tenant.to_string(),
+            counts_toward_quota: Some(file.counts_toward_quota),
+            ..Default::default()
+        };
+        if file.size_bytes > SIMPLE_UPLOAD_BYTES {
+            return self.start_session(target, file).await;
+        }
         use file_pb::upload_file_request::Payload;
         let metadata = file_pb::UploadFileMetadata {
-            target: Some(file_pb::UploadTarget {
-                name: file.name.clone(),
-                kind: file.kind as i32,
-                content_type_hint: file.content_type_hint.clone(),
-                owner_user_id: file.owner.map(|o| o.to_string()).unwrap_or_default(),
-                tenant_id: file.tenant.to_string(),
-                counts_toward_quota: Some(file.counts_toward_quota),
-                ..Default::default()
-            }),
+            target: Some(target),
             size_bytes: file.size_bytes,
             sha256: file.sha256.to_hex(),
             idempotency_key: String::new(),
@@ -250,13 +318,70 @@ impl FileClient {
         let first = file_pb::UploadFileRequest { payload: Some(Payload::Metadata(metadata)) };
         let stream = futures_util::stream::iter([first]).chain(tokio_stream::wrappers::ReceiverStream::new(queued));
         let request = self.streaming_request(stream)?;
-        let channel = self.channel.get_or_init(|| self.endpoint.connect_lazy()).clone();
-        let mut client = file_pb::upload_service_client::UploadServiceClient::new(channel);
+        let mut client = self.uploads();
         let call = tokio::spawn(async move {
             let file = client.upload_file(request).await?.into_inner().file;
             file.ok_or_else(|| tonic::Status::internal("an upload answered without its file"))
         });
-        Ok(Upload { parts: Some(parts), call })
+        Ok(Upload { sink: Sink::Simple { parts: Some(parts), call } })
+    }
+
+    async fn start_session(&self, target: file_pb::UploadTarget, file: &NewFile) -> Result<Upload> {
+        let mut request = self.streaming_request(file_pb::StartUploadSessionRequest {
+            target: Some(target),
+            size_bytes: file.size_bytes,
+            sha256: file.sha256.to_hex(),
+            preferred_part_size_bytes: 0,
+            idempotency_key: String::new(),
+        })?;
+        request.set_timeout(CALL_TIMEOUT);
+        let session = self.uploads().start_upload_session(request).await.map_err(upload_error)?.into_inner().session;
+        let session = session.ok_or_else(|| RenderError::Upstream {
+            service: "file",
+            status: "an upload session started without its description".into(),
+        })?;
+        let part_size = usize::try_from(session.part_size_bytes).ok().filter(|size| *size > 0).ok_or_else(|| {
+            RenderError::Upstream { service: "file", status: "an upload session without a part size".into() }
+        })?;
+        Ok(Upload {
+            sink: Sink::Session {
+                client: Box::new(self.clone()),
+                id: session.id,
+                part_size,
+                buffer: Vec::with_capacity(part_size),
+                next: 1,
+                completed: false,
+            },
+        })
+    }
+
+    async fn upload_part(&self, session: &str, number: u32, data: Vec<u8>) -> Result<()> {
+        let mut request = self.streaming_request(file_pb::UploadPartRequest {
+            session_id: session.to_owned(),
+            part_number: number,
+            data: data.into(),
+            sha256: String::new(),
+        })?;
+        request.set_timeout(PART_TIMEOUT);
+        self.uploads().upload_part(request).await.map_err(upload_error)?;
+        Ok(())
+    }
+
+    async fn complete_session(&self, session: &str) -> Result<file_pb::File> {
+        let mut request =
+            self.streaming_request(file_pb::CompleteUploadSessionRequest { session_id: session.to_owned() })?;
+        request.set_timeout(PART_TIMEOUT);
+        let file = self.uploads().complete_upload_session(request).await.map_err(upload_error)?.into_inner().file;
+        file.ok_or_else(|| RenderError::Upstream {
+            service: "file",
+            status: "a completed upload without its file".into(),
+        })
+    }
+
+    async fn abort_session(&self, session: &str) -> Result<()> {
+        let request = self.request(file_pb::AbortUploadSessionRequest { session_id: session.to_owned() })?;
+        self.uploads().abort_upload_session(request).await.map_err(upstream)?;
+        Ok(())
     }
 
     /// Deletes `file` (DeleteFile), e.g. a duplicate a concurrent identical upload made.

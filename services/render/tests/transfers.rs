@@ -85,6 +85,14 @@ async fn files_of(stack: &Stack, tenant: Uuid, kind: &str) -> i64 {
     stack.count(&format!("SELECT count(*) FROM file_mgr.files WHERE tenant_id = '{tenant}' AND kind = '{kind}'")).await
 }
 
+/// Waits until the file service has no upload session left open (an abandoned one is aborted).
+async fn no_open_sessions(stack: &Stack) {
+    let sql = "SELECT count(*) FROM file_mgr.upload_sessions WHERE state NOT IN ('aborted', 'completed', 'expired')";
+    eventually("abandoned upload sessions to be aborted", || async { stack.count(sql).await == 0 }).await;
+    let aborted = stack.count("SELECT count(*) FROM file_mgr.upload_sessions WHERE state = 'aborted'").await;
+    assert!(aborted > 0, "the large upload went through a session, and it was aborted");
+}
+
 /// Submits a one-chunk job of `frames` for `who` with a media edit and a music track.
 async fn submit(stack: &Stack, who: &Principal, files: &Assets, frames: &str) -> pb::RenderJob {
     let mut request = request(&files.template, "transfers");
@@ -174,7 +182,7 @@ async fn uploaded_frames_are_reported_and_then_assembled_from_downloads() {
     node.send(support::agent::accepted(&chunk));
 
     // Frame 1 takes three parts each way.
-    let frames: Vec<Vec<u8>> = (0..3).map(|f| frame_bytes(f as u8, if f == 1 { (5 << 20) / 2 } else { 100 })).collect();
+    let frames: Vec<Vec<u8>> = (0..3).map(|f| frame_bytes(f as u8, if f == 1 { 9 << 20 } else { 100 })).collect();
     let mut outputs = Vec::new();
     for (frame, data) in frames.iter().enumerate() {
         let stored = node.upload(frame_header(&chunk, frame as i32, data), data).await.unwrap();
@@ -271,6 +279,12 @@ async fn uploads_must_match_their_header_and_a_retry_gets_the_first_file() {
     let long = frame_header(&task, 3, &data[..1000]);
     assert_eq!(code(node.upload(long, &data).await), Code::DataLoss);
     assert!(nothing_stored().await, "a refused upload leaves nothing in the file service");
+    // The same for an object large enough for an upload session: it is aborted.
+    let large = frame_bytes(8, 9 << 20);
+    let wrong = agent_pb::UploadHeader { sha256: sha256_hex(b"other bytes"), ..frame_header(&task, 3, &large) };
+    assert_eq!(code(node.upload(wrong, &large).await), Code::DataLoss);
+    no_open_sessions(&stack).await;
+    assert!(nothing_stored().await);
 
     let huge = agent_pb::UploadHeader { size_bytes: (512 << 20) + 1, ..frame_header(&task, 3, &data) };
     assert_eq!(code(node.upload(huge, &[]).await), Code::ResourceExhausted);
@@ -344,6 +358,7 @@ async fn an_upload_after_the_lease_moved_is_refused_and_leaves_nothing() {
     let (result, ()) = tokio::join!(upload, operator);
     let (status, message) = failure(result);
     assert_eq!(status, Code::FailedPrecondition, "{message}");
+    no_open_sessions(&stack).await;
     assert_eq!(files_of(&stack, TENANT_A, "render_chunk").await, 0, "nothing was committed");
 
     // Under the old epoch nothing more is taken, the header is refused at once.

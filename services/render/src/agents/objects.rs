@@ -13,8 +13,8 @@
 //! RESOURCE_EXHAUSTED over the kind's size limit), streams the bytes into the file service while
 //! hashing them, and holds back the last part: only when size and SHA-256 match the header
 //! (else DATA_LOSS) and the lease is still current (else FAILED_PRECONDITION) does the last part
-//! go out and the file service commit. Otherwise the call to the file service is aborted, and it
-//! keeps nothing. A stored output is recorded per (task, epoch, kind, frame)
+//! go out and the file service commit. Otherwise the upload to the file service is abandoned
+//! (the simple stream reset, a session aborted), and it keeps nothing. A stored output is recorded per (task, epoch, kind, frame)
 //! (`render.object_uploads`), so a retry with the same SHA-256 answers the first file id.
 
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
@@ -426,7 +426,7 @@ pub async fn upload(
         }
     }
     let files = file_service(files)?;
-    let mut upload = files.upload(&new_file(&header, lease.as_ref()))?;
+    let mut upload = files.upload(&new_file(&header, lease.as_ref())).await?;
 
     let mut hasher = sha2::Sha256::new();
     let mut received: u64 = 0;
