@@ -450,4 +450,50 @@ mod tests {
         assert!(spec.faststart);
         assert_eq!(spec.segments.len(), 2);
     }
+
+    #[test]
+    fn inputs_go_out_with_their_facts() {
+        let (image, music) = (Uuid::new_v4(), Uuid::new_v4());
+        let media = pb::MediaReplacement { file_id: image.to_string(), fit: 0 };
+        let edit = pb::LayerEdit {
+            layer: Some(pb::layer_edit::Layer::LayerName("Logo".into())),
+            edit: Some(pb::layer_edit::Edit::Media(media)),
+            ..Default::default()
+        };
+        let scene = SceneData::from_pb("scene_data", Some(pb::SceneData { edits: vec![edit], custom_data: None }));
+        let row = TaskRow { scene_data: scene.unwrap(), ..chunk() };
+        let template = row.template_file_id.unwrap();
+        assert_eq!(row.input_files(&[]), [template, image]);
+
+        let mut inputs = Inputs::default();
+        let facts = |size: i64, content_type: &str| InputFacts {
+            sha256: vec![size as u8; 32],
+            size_bytes: size,
+            content_type: content_type.into(),
+        };
+        inputs.facts.insert(template, facts(7, "application/zip"));
+        inputs.facts.insert(image, facts(9, "image/png"));
+        let terms = LeaseTerms { lease_epoch: 1, expires_at: OffsetDateTime::UNIX_EPOCH, attempt: 1 };
+        let Some(agent_pb::assign_task::Spec::Render(spec)) = assign_task(&row, terms, &[], &inputs).spec else {
+            panic!("a render spec")
+        };
+        let bundle = spec.template_bundle.unwrap();
+        assert_eq!((bundle.size_bytes, bundle.sha256), (7, "07".repeat(32)));
+        assert_eq!(spec.assets.len(), 1);
+        assert_eq!(spec.assets[0].file_id, image.to_string());
+        assert_eq!((spec.assets[0].size_bytes, spec.assets[0].content_type.as_str()), (9, "image/png"));
+
+        // An assembly's inputs are its job's audio; it names no template.
+        let track = pb::AudioTrack { file_id: music.to_string(), volume: 1.0, ..Default::default() };
+        let assembly = TaskRow { lane: Lane::Assemble, scene_data: SceneData::default(), ..row };
+        assert_eq!(assembly.input_files(std::slice::from_ref(&track)), [music]);
+        inputs.audio.insert(assembly.job_id.unwrap(), vec![track]);
+        inputs.facts.insert(music, facts(3, "audio/mpeg"));
+        let Some(agent_pb::assign_task::Spec::Assemble(spec)) = assign_task(&assembly, terms, &[], &inputs).spec else {
+            panic!("an assemble spec")
+        };
+        let source = spec.audio_tracks[0].source.clone().unwrap();
+        assert_eq!((source.file_id, source.size_bytes), (music.to_string(), 3));
+        assert_eq!(spec.audio_tracks[0].track.as_ref().unwrap().file_id, music.to_string());
+    }
 }
