@@ -366,3 +366,78 @@ async fn an_upload_after_the_lease_moved_is_refused_and_leaves_nothing() {
     assert_eq!(code(node.upload(frame_header(&task, 1, &small), &small).await), Code::FailedPrecondition);
     assert_eq!(stack.count("SELECT count(*) FROM render.object_uploads").await, 0);
 }
+
+#[tokio::test]
+async fn an_uploaded_snapshot_image_and_log_are_what_the_result_delivers() {
+    let stack = Stack::start().await;
+    let alice = Principal::user(TENANT_A);
+    let files = stack.assets(&alice).await;
+    let size = flatrender_proto::flatrender::common::v1::Resolution { width: 640, height: 360 };
+    let request = pb::RequestSnapshotRequest {
+        template_file_id: files.template.id.clone(),
+        template_sha256: files.template.sha256.clone(),
+        composition: "Main".into(),
+        frame: 12,
+        resolution: Some(size),
+        ..Default::default()
+    };
+    let snapshot = stack.renders(&alice).request_snapshot(request).await.unwrap().into_inner().snapshot.unwrap();
+    let node = agent(&stack, manual()).await;
+    let task = node.next_assign().await;
+    assert_eq!(task.kind(), pb::TaskKind::Snapshot);
+    let (_, bundle) = node.download(file_request(&task, &files.template.id, 0)).await.unwrap();
+    assert_eq!(bundle, TEMPLATE);
+    node.send(support::agent::accepted(&task));
+
+    let header = |kind: agent_pb::ObjectKind, name: &str, content_type: &str, data: &[u8]| agent_pb::UploadHeader {
+        kind: kind as i32,
+        frame: -1,
+        file_name: name.into(),
+        content_type: content_type.into(),
+        ..frame_header(&task, 0, data)
+    };
+    let image = frame_bytes(3, 500);
+    let log = b"Finished composition\n".to_vec();
+    let stored = node.upload(header(agent_pb::ObjectKind::SnapshotImage, "snapshot.png", "image/png", &image), &image);
+    let stored = stored.await.unwrap();
+    let logged = node.upload(header(agent_pb::ObjectKind::Log, "aerender.log", "text/plain", &log), &log);
+    let logged = logged.await.unwrap();
+    let frame = agent_pb::UploadHeader { frame: 0, ..frame_header(&task, 0, &image) };
+    assert_eq!(code(node.upload(frame, &image).await), Code::InvalidArgument, "a snapshot delivers no frames");
+    let output = |kind: agent_pb::ObjectKind, stored: &agent_pb::UploadObjectResponse, media| agent_pb::TaskOutput {
+        kind: kind as i32,
+        file_id: stored.file_id.clone(),
+        sha256: stored.sha256.clone(),
+        size_bytes: stored.size_bytes,
+        content_type: String::new(),
+        media,
+    };
+    let media = agent_pb::MediaInfo { resolution: Some(size), ..Default::default() };
+    let seq = node.send(In::TaskResult(agent_pb::TaskResult {
+        task_id: task.task_id.clone(),
+        lease_epoch: task.lease_epoch,
+        outcome: pb::TaskOutcome::Success as i32,
+        exit_code: Some(0),
+        outputs: vec![
+            output(agent_pb::ObjectKind::SnapshotImage, &stored, Some(media)),
+            output(agent_pb::ObjectKind::Log, &logged, None),
+        ],
+        timings: Some(agent_pb::TaskTimings { total_ms: 300, ..Default::default() }),
+        ..Default::default()
+    }));
+    node.ack_of(seq).await;
+
+    let ready = format!(
+        "SELECT count(*) FROM render.snapshots WHERE id = '{}' AND state = 'ready' AND file_id = '{}'",
+        snapshot.id, stored.file_id
+    );
+    assert_eq!(stack.count(&ready).await, 1, "the uploaded image is the snapshot's");
+    assert_eq!(files_of(&stack, TENANT_A, "snapshot").await, 1);
+    let log_row = format!(
+        "SELECT count(*) FROM render.frame_job_attempts a JOIN file_mgr.files f ON f.id = a.log_file_id
+          WHERE a.frame_job_id = '{}' AND f.kind = 'other' AND f.tenant_id = '{}' AND f.owner_user_id IS NULL",
+        task.task_id,
+        flatrender_render::files::CATALOGUE_TENANT
+    );
+    assert_eq!(stack.count(&log_row).await, 1, "the log is the platform's");
+}
