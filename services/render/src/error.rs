@@ -44,6 +44,13 @@ pub enum RenderError {
     /// Missing, malformed, unknown or revoked credentials (one message for all).
     #[error("{0}")]
     Unauthenticated(String),
+    /// An offset or position lies past the end of the object (a resumed download).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// Bytes arrived that do not match what their sender declared (size, SHA-256); nothing of
+    /// them was kept.
+    #[error("{0}")]
+    DataLoss(String),
     /// A call ended because a newer one took its place (an agent stream superseded).
     #[error("{0}")]
     Aborted(String),
@@ -91,6 +98,8 @@ impl From<RenderError> for Status {
             RenderError::ResourceExhausted(msg) => Status::resource_exhausted(msg),
             RenderError::PermissionDenied(msg) => Status::permission_denied(msg),
             RenderError::Unauthenticated(msg) => Status::unauthenticated(msg),
+            RenderError::OutOfRange(msg) => Status::out_of_range(msg),
+            RenderError::DataLoss(msg) => Status::data_loss(msg),
             RenderError::Aborted(msg) => Status::aborted(msg),
             RenderError::Unavailable(msg) => Status::unavailable(msg),
             RenderError::Upstream { .. } => flatrender_kit::error::internal(&err),
@@ -125,5 +134,7 @@ mod tests {
         assert_eq!(upstream.code(), Code::Internal);
         assert!(!upstream.message().contains("secret"));
         assert_eq!(Status::from(RenderError::Unavailable("retry".into())).code(), Code::Unavailable);
+        assert_eq!(Status::from(RenderError::OutOfRange("offset".into())).code(), Code::OutOfRange);
+        assert_eq!(Status::from(RenderError::DataLoss("sha256".into())).code(), Code::DataLoss);
     }
 }

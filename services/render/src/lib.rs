@@ -6,7 +6,8 @@
 //! - [`model`]: the domain types, validated at the edge, with their protobuf, database and JSON
 //!   forms.
 //! - [`queue`]: the leased task queue in PostgreSQL (claim, placement, fencing, results).
-//! - [`agents`]: enrolment, node credentials, the Session stream, the dispatcher, liveness.
+//! - [`agents`]: enrolment, node credentials, the Session stream, the byte RPCs (task inputs and
+//!   outputs through the file service), the dispatcher, liveness.
 //! - [`notifications`]: the process's one `LISTEN` connection, fanned out to the dispatcher,
 //!   the node streams and the watchers.
 //! - [`api`]: the customer `RenderService`; [`admin`]: the operators' `RenderAdminService`;
@@ -256,6 +257,24 @@ impl agent_pb::agent_service_server::AgentService for RenderApi {
         request: Request<tonic::Streaming<agent_pb::SessionRequest>>,
     ) -> Result<Response<BoxStream<agent_pb::SessionResponse>>, Status> {
         agents::session::open(Arc::clone(&self.agents), request).await
+    }
+
+    async fn download_object(
+        &self,
+        request: Request<agent_pb::DownloadObjectRequest>,
+    ) -> Result<Response<BoxStream<agent_pb::DownloadObjectResponse>>, Status> {
+        let node = agents::auth::authenticate(&self.state.pool, request.metadata()).await?;
+        let files = self.state.files.as_ref();
+        Ok(Response::new(agents::objects::download(&self.state.pool, files, node, request.get_ref()).await?))
+    }
+
+    async fn upload_object(
+        &self,
+        request: Request<tonic::Streaming<agent_pb::UploadObjectRequest>>,
+    ) -> Result<Response<agent_pb::UploadObjectResponse>, Status> {
+        let node = agents::auth::authenticate(&self.state.pool, request.metadata()).await?;
+        let files = self.state.files.as_ref();
+        Ok(Response::new(agents::objects::upload(&self.state.pool, files, node, request.into_inner()).await?))
     }
 }
 

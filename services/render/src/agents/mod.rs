@@ -4,6 +4,7 @@
 //!
 //! - [`credentials`], [`tokens`], [`enroll`], [`auth`]: join tokens, node credentials.
 //! - [`session`]: one agent stream (the protocol of `agent_service.proto`).
+//! - [`objects`]: the byte RPCs, DownloadObject and UploadObject, through the file service.
 //! - [`registry`]: the streams this replica holds and what their nodes hold.
 //! - [`reports`]: the streams' progress, frames and results written in batches (group commit).
 //! - [`dispatcher`]: claims queued tasks for the nodes with free slots.
@@ -22,6 +23,7 @@ pub mod facts;
 pub mod liveness;
 pub mod node_admin;
 pub mod nodes;
+pub mod objects;
 pub mod registry;
 pub mod reports;
 pub mod session;

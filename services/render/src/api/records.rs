@@ -195,7 +195,10 @@ async fn segments_of<'e>(
 }
 
 /// The audio tracks of `jobs`, in request order.
-async fn audio_of<'e>(executor: impl PgExecutor<'e>, jobs: &[Uuid]) -> Result<HashMap<Uuid, Vec<pb::AudioTrack>>> {
+pub(crate) async fn audio_of<'e>(
+    executor: impl PgExecutor<'e>,
+    jobs: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<pb::AudioTrack>>> {
     let rows = sqlx::query(
         "SELECT job_id, kind, file_id, volume, offset_ms, trim_start_ms, trim_end_ms, fade_in_ms, fade_out_ms, looping
            FROM render.render_job_audio_tracks WHERE job_id = ANY($1) ORDER BY job_id, position",

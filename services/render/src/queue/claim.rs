@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::placement::{self, AdminState, Candidate, NodeOffer};
-use super::spec::{self, LeaseTerms, SegmentRow, TaskRow};
+use super::spec::{self, Inputs, LeaseTerms, SegmentRow, TaskRow};
 use super::{jobs, repair};
 use crate::error::Result;
 use crate::model::Lane;
@@ -323,6 +323,17 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
                 .collect(),
         );
     }
+    let assembled: Vec<Uuid> =
+        task_rows.values().filter(|r| r.lane == Lane::Assemble).filter_map(|r| r.job_id).collect();
+    let mut inputs = Inputs { audio: crate::api::records::audio_of(&mut *tx, &assembled).await?, ..Inputs::default() };
+    let named: Vec<Uuid> = task_rows
+        .values()
+        .flat_map(|row| {
+            let audio = row.job_id.and_then(|job| inputs.audio.get(&job)).map(Vec::as_slice).unwrap_or_default();
+            row.input_files(audio)
+        })
+        .collect();
+    inputs.load_facts(&mut tx, &named).await?;
     tx.commit().await?;
 
     let node_of: HashMap<Uuid, (Uuid, i64)> =
@@ -341,7 +352,7 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
             task_id,
             job_id: row.job_id,
             lease_epoch,
-            assign: spec::assign_task(row, terms, job_segments),
+            assign: spec::assign_task(row, terms, job_segments, &inputs),
         });
     }
     Ok(leases)

@@ -2,7 +2,12 @@
 //!
 //! Scene data goes out merged, as the protocol asks: a chunk's is the job-wide data followed by
 //! its segment's ([`SceneData::merge`]); a snapshot's is its own.
+//!
+//! Every file an assignment names goes out as an `ObjectRef` with the digest, size and content
+//! type recorded when the request was checked (`render.file_facts`, [`Inputs`]); the same list
+//! ([`TaskRow::input_files`]) is what `DownloadObject` lets the task's node fetch.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
@@ -58,6 +63,25 @@ pub struct TaskRow {
 }
 
 impl TaskRow {
+    /// The files an assignment of this task names, in order, without duplicates: the template
+    /// bundle and the media of the scene data for an aerender task; the sources of `audio`
+    /// (the job's tracks) for an assembly.
+    pub fn input_files(&self, audio: &[pb::AudioTrack]) -> Vec<Uuid> {
+        let mut files: Vec<Uuid> = Vec::new();
+        let mut add = |file: Uuid| {
+            if !files.contains(&file) {
+                files.push(file);
+            }
+        };
+        if self.lane == Lane::Assemble {
+            audio.iter().filter_map(|track| Uuid::try_parse(&track.file_id).ok()).for_each(&mut add);
+        } else {
+            self.template_file_id.into_iter().for_each(&mut add);
+            self.scene_data.media_file_ids().into_iter().for_each(&mut add);
+        }
+        files
+    }
+
     /// The query reading these columns for the tasks `$1` (uuid[]).
     pub const QUERY: &'static str = "
         SELECT f.id, f.lane, f.tenant_id, f.job_id, f.snapshot_id, f.composition_name,
@@ -136,6 +160,88 @@ pub struct SegmentRow {
     pub frame_count: i32,
 }
 
+/// What the agent verifies about an input file (`render.file_facts`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputFacts {
+    /// SHA-256, 32 bytes.
+    pub sha256: Vec<u8>,
+    /// Size in bytes.
+    pub size_bytes: i64,
+    /// MIME type.
+    pub content_type: String,
+}
+
+/// The files of a batch of assignments: facts by file id, audio tracks by job.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// Facts of the files named, by id (absent for files recorded before facts were kept).
+    pub facts: HashMap<Uuid, InputFacts>,
+    /// The audio tracks of assembled jobs, in mixing order.
+    pub audio: HashMap<Uuid, Vec<pb::AudioTrack>>,
+}
+
+impl Inputs {
+    /// Reads the facts of `files` from `render.file_facts` into `self`.
+    pub async fn load_facts(&mut self, conn: &mut sqlx::PgConnection, files: &[Uuid]) -> sqlx::Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(Uuid, Vec<u8>, i64, String)> = sqlx::query_as(
+            "SELECT file_id, sha256, size_bytes, content_type FROM render.file_facts WHERE file_id = ANY($1)",
+        )
+        .bind(files)
+        .fetch_all(conn)
+        .await?;
+        for (id, sha256, size_bytes, content_type) in rows {
+            self.facts.insert(id, InputFacts { sha256, size_bytes, content_type });
+        }
+        Ok(())
+    }
+
+    /// The ObjectRef of `file`: its facts when known, else `sha256` (hex) as the request gave
+    /// it and `content_type` as the default.
+    fn object(&self, file: Uuid, sha256: Option<&[u8]>, content_type: &str) -> agent_pb::ObjectRef {
+        let facts = self.facts.get(&file);
+        agent_pb::ObjectRef {
+            file_id: file.to_string(),
+            sha256: facts.map(|f| f.sha256.as_slice()).or(sha256).map(hex::encode).unwrap_or_default(),
+            size_bytes: facts.map_or(0, |f| u64::try_from(f.size_bytes).unwrap_or(0)),
+            content_type: facts
+                .map(|f| f.content_type.clone())
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| content_type.to_owned()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Files recorded by a submit (or a snapshot request), as `render.file_facts` keeps them.
+pub async fn record_facts(
+    conn: &mut sqlx::PgConnection,
+    files: &HashMap<Uuid, crate::files::FileFacts>,
+) -> sqlx::Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = files.keys().copied().collect();
+    let digests: Vec<Vec<u8>> = ids.iter().map(|id| files[id].sha256.as_bytes().to_vec()).collect();
+    let sizes: Vec<i64> = ids.iter().map(|id| i64::try_from(files[id].size_bytes).unwrap_or(i64::MAX)).collect();
+    let types: Vec<String> = ids.iter().map(|id| files[id].content_type.chars().take(255).collect()).collect();
+    // Files never change, so the first record of an id stays right.
+    sqlx::query(
+        "INSERT INTO render.file_facts (file_id, sha256, size_bytes, content_type)
+         SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::bigint[], $4::text[])
+         ON CONFLICT (file_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&digests)
+    .bind(&sizes)
+    .bind(&types)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The lease part of an assignment.
 #[derive(Clone, Copy, Debug)]
 pub struct LeaseTerms {
@@ -187,8 +293,9 @@ fn output_settings(row: &TaskRow) -> pb::OutputSettings {
     }
 }
 
-/// The AssignTask for `row` under `terms`; `segments` are the job's (assembly only).
-pub fn assign_task(row: &TaskRow, terms: LeaseTerms, segments: &[SegmentRow]) -> agent_pb::AssignTask {
+/// The AssignTask for `row` under `terms`; `segments` are the job's (assembly only), `inputs`
+/// the facts of the files it names and the job's audio.
+pub fn assign_task(row: &TaskRow, terms: LeaseTerms, segments: &[SegmentRow], inputs: &Inputs) -> agent_pb::AssignTask {
     let watchdog = agent_pb::Watchdog { no_output_timeout: Some(duration(NO_OUTPUT_TIMEOUT)), ..Default::default() };
     let spec = if row.lane == Lane::Assemble {
         let expected: i32 = segments.iter().map(|s| s.frame_count).sum();
@@ -207,6 +314,19 @@ pub fn assign_task(row: &TaskRow, terms: LeaseTerms, segments: &[SegmentRow]) ->
                     resolution: resolution(row),
                 })
                 .collect(),
+            audio_tracks: row
+                .job_id
+                .and_then(|job| inputs.audio.get(&job))
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|track| agent_pb::AssembleAudioTrack {
+                    source: Uuid::try_parse(&track.file_id)
+                        .ok()
+                        .map(|file| inputs.object(file, None, "application/octet-stream")),
+                    track: Some(track.clone()),
+                })
+                .collect(),
             output: Some(output_settings(row)),
             expected_frame_count: expected,
             expected_duration_ms: (f64::from(expected) * 1000.0 / fps.max(0.001)).round() as i64,
@@ -219,12 +339,15 @@ pub fn assign_task(row: &TaskRow, terms: LeaseTerms, segments: &[SegmentRow]) ->
         let frames = row.frames.map(|(start, end, step)| vec![pb::FrameRange { start, end, step }]).unwrap_or_default();
         let upload_frames = matches!(row.lane, Lane::Render | Lane::Repair);
         agent_pb::assign_task::Spec::Render(agent_pb::RenderSpec {
-            template_bundle: row.template_file_id.map(|file| agent_pb::ObjectRef {
-                file_id: file.to_string(),
-                sha256: row.template_sha256.as_deref().map(hex::encode).unwrap_or_default(),
-                content_type: "application/zip".into(),
-                ..Default::default()
-            }),
+            template_bundle: row
+                .template_file_id
+                .map(|file| inputs.object(file, row.template_sha256.as_deref(), "application/zip")),
+            assets: row
+                .scene_data
+                .media_file_ids()
+                .into_iter()
+                .map(|file| inputs.object(file, None, "application/octet-stream"))
+                .collect(),
             composition: row.composition_name.clone().unwrap_or_default(),
             frames,
             scene_data: row.scene_data.to_pb_option(),
@@ -285,7 +408,7 @@ mod tests {
     fn a_chunk_assignment() {
         let row = chunk();
         let terms = LeaseTerms { lease_epoch: 7, expires_at: OffsetDateTime::UNIX_EPOCH, attempt: 2 };
-        let task = assign_task(&row, terms, &[]);
+        let task = assign_task(&row, terms, &[], &Inputs::default());
         assert_eq!((task.lease_epoch, task.attempt), (7, 2));
         assert_eq!(task.kind(), pb::TaskKind::RenderChunk);
         let Some(agent_pb::assign_task::Spec::Render(spec)) = task.spec else { panic!("a render spec") };
@@ -320,11 +443,57 @@ mod tests {
             },
         ];
         let terms = LeaseTerms { lease_epoch: 1, expires_at: OffsetDateTime::UNIX_EPOCH, attempt: 1 };
-        let task = assign_task(&row, terms, &segments);
+        let task = assign_task(&row, terms, &segments, &Inputs::default());
         let Some(agent_pb::assign_task::Spec::Assemble(spec)) = task.spec else { panic!("an assemble spec") };
         assert_eq!(spec.expected_frame_count, 90);
         assert_eq!(spec.expected_duration_ms, 3000);
         assert!(spec.faststart);
         assert_eq!(spec.segments.len(), 2);
+    }
+
+    #[test]
+    fn inputs_go_out_with_their_facts() {
+        let (image, music) = (Uuid::new_v4(), Uuid::new_v4());
+        let media = pb::MediaReplacement { file_id: image.to_string(), fit: 0 };
+        let edit = pb::LayerEdit {
+            layer: Some(pb::layer_edit::Layer::LayerName("Logo".into())),
+            edit: Some(pb::layer_edit::Edit::Media(media)),
+            ..Default::default()
+        };
+        let scene = SceneData::from_pb("scene_data", Some(pb::SceneData { edits: vec![edit], custom_data: None }));
+        let row = TaskRow { scene_data: scene.unwrap(), ..chunk() };
+        let template = row.template_file_id.unwrap();
+        assert_eq!(row.input_files(&[]), [template, image]);
+
+        let mut inputs = Inputs::default();
+        let facts = |size: i64, content_type: &str| InputFacts {
+            sha256: vec![size as u8; 32],
+            size_bytes: size,
+            content_type: content_type.into(),
+        };
+        inputs.facts.insert(template, facts(7, "application/zip"));
+        inputs.facts.insert(image, facts(9, "image/png"));
+        let terms = LeaseTerms { lease_epoch: 1, expires_at: OffsetDateTime::UNIX_EPOCH, attempt: 1 };
+        let Some(agent_pb::assign_task::Spec::Render(spec)) = assign_task(&row, terms, &[], &inputs).spec else {
+            panic!("a render spec")
+        };
+        let bundle = spec.template_bundle.unwrap();
+        assert_eq!((bundle.size_bytes, bundle.sha256), (7, "07".repeat(32)));
+        assert_eq!(spec.assets.len(), 1);
+        assert_eq!(spec.assets[0].file_id, image.to_string());
+        assert_eq!((spec.assets[0].size_bytes, spec.assets[0].content_type.as_str()), (9, "image/png"));
+
+        // An assembly's inputs are its job's audio; it names no template.
+        let track = pb::AudioTrack { file_id: music.to_string(), volume: 1.0, ..Default::default() };
+        let assembly = TaskRow { lane: Lane::Assemble, scene_data: SceneData::default(), ..row };
+        assert_eq!(assembly.input_files(std::slice::from_ref(&track)), [music]);
+        inputs.audio.insert(assembly.job_id.unwrap(), vec![track]);
+        inputs.facts.insert(music, facts(3, "audio/mpeg"));
+        let Some(agent_pb::assign_task::Spec::Assemble(spec)) = assign_task(&assembly, terms, &[], &inputs).spec else {
+            panic!("an assemble spec")
+        };
+        let source = spec.audio_tracks[0].source.clone().unwrap();
+        assert_eq!((source.file_id, source.size_bytes), (music.to_string(), 3));
+        assert_eq!(spec.audio_tracks[0].track.as_ref().unwrap().file_id, music.to_string());
     }
 }

@@ -261,6 +261,9 @@ pub struct SimAgent {
     shared: Arc<Shared>,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<AgentEvent>>,
     driver: Option<tokio::task::JoinHandle<()>>,
+    /// For the byte RPCs, with the same credential as the stream.
+    client: super::AgentClient,
+    authorization: String,
 }
 
 impl SimAgent {
@@ -304,6 +307,7 @@ impl SimAgent {
             outlet.send(In::Hello(spec.hello(identity.node_id)));
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let bytes_client = client.clone();
         let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
         request.metadata_mut().insert("authorization", authorization.parse().expect("an ASCII header"));
         let driver = match client.session(request).await {
@@ -316,7 +320,73 @@ impl SimAgent {
                 None
             }
         };
-        Self { identity, spec, outlet, shared, events: tokio::sync::Mutex::new(events_rx), driver }
+        Self {
+            identity,
+            spec,
+            outlet,
+            shared,
+            events: tokio::sync::Mutex::new(events_rx),
+            driver,
+            client: bytes_client,
+            authorization: authorization.to_owned(),
+        }
+    }
+
+    /// `request` with this agent's credential.
+    fn authed<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert("authorization", self.authorization.parse().expect("an ASCII header"));
+        request
+    }
+
+    /// DownloadObject: the `info` and every byte after it, checking that `info` comes first and
+    /// each part is at most 1 MiB.
+    pub async fn download(
+        &self,
+        request: agent_pb::DownloadObjectRequest,
+    ) -> Result<(agent_pb::ObjectInfo, Vec<u8>), tonic::Status> {
+        use agent_pb::download_object_response::Part;
+        let mut client = self.client.clone();
+        let mut stream = client.download_object(self.authed(request)).await?.into_inner();
+        let info = match stream.message().await?.and_then(|m| m.part) {
+            Some(Part::Info(info)) => info,
+            other => panic!("a download starts with its info, not {other:?}"),
+        };
+        let mut bytes = Vec::new();
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(Part::Data(data)) => {
+                    assert!(data.len() <= 1 << 20, "a part of {} bytes", data.len());
+                    bytes.extend_from_slice(&data);
+                }
+                other => panic!("only data after the info, not {other:?}"),
+            }
+        }
+        Ok((info, bytes))
+    }
+
+    /// UploadObject of the messages of `stream`, as given.
+    pub async fn upload_stream(
+        &self,
+        stream: impl futures_util::Stream<Item = agent_pb::UploadObjectRequest> + Send + 'static,
+    ) -> Result<agent_pb::UploadObjectResponse, tonic::Status> {
+        let mut client = self.client.clone();
+        Ok(client.upload_object(self.authed(stream)).await?.into_inner())
+    }
+
+    /// UploadObject of `data` under `header`, in parts of at most 1 MiB.
+    pub async fn upload(
+        &self,
+        header: agent_pb::UploadHeader,
+        data: &[u8],
+    ) -> Result<agent_pb::UploadObjectResponse, tonic::Status> {
+        use agent_pb::upload_object_request::Part;
+        let mut messages = vec![agent_pb::UploadObjectRequest { part: Some(Part::Header(header)) }];
+        for part in data.chunks(1 << 20) {
+            messages.push(agent_pb::UploadObjectRequest { part: Some(Part::Data(part.to_vec().into())) });
+        }
+        let mut client = self.client.clone();
+        Ok(client.upload_object(self.authed(futures_util::stream::iter(messages))).await?.into_inner())
     }
 
     /// Sends a message with the next seq; returns the seq.
@@ -557,6 +627,21 @@ pub fn ok_frame(frame: i32) -> agent_pb::FrameOutput {
         size_bytes: 1000,
         resolution: None,
         render_ms: 50,
+    }
+}
+
+/// The header of frame `frame` of `task` holding `data`.
+pub fn frame_header(task: &agent_pb::AssignTask, frame: i32, data: &[u8]) -> agent_pb::UploadHeader {
+    use sha2::Digest as _;
+    agent_pb::UploadHeader {
+        task_id: task.task_id.clone(),
+        lease_epoch: task.lease_epoch,
+        kind: agent_pb::ObjectKind::Frame as i32,
+        frame,
+        file_name: format!("frame_{frame:05}.png"),
+        content_type: "image/png".into(),
+        size_bytes: data.len() as u64,
+        sha256: hex(&sha2::Sha256::digest(data)),
     }
 }
 

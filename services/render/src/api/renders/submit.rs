@@ -89,7 +89,8 @@ impl RenderApi {
     }
 
     /// The facts of every file `refs` names when each is visible to `tenant` and the template's
-    /// digest is the one the request gives.
+    /// digest is the one the request gives; recorded (`render.file_facts`) for the assignments
+    /// that will name them.
     pub(crate) async fn checked_files(
         &self,
         tenant: Uuid,
@@ -104,6 +105,8 @@ impl RenderApi {
         if template.is_none_or(|t| t.sha256 != *template_sha256) {
             return Err(RenderError::FailedPrecondition("template_sha256 does not match the file".into()));
         }
+        let mut conn = self.state.pool.acquire().await?;
+        crate::queue::spec::record_facts(&mut conn, &files).await?;
         Ok(files)
     }
 
