@@ -14,8 +14,8 @@
 //! 3. Placement in memory ([`super::placement`]); a frame repair carries the node it should
 //!    avoid if it can ([`super::repair::avoided_nodes`]).
 //! 4. One statement leases the placed rows (new epoch, one more attempt) and one inserts their
-//!    attempt rows; jobs whose first task this is start, leased repairs run; the assignments
-//!    are read back.
+//!    attempt rows; jobs whose first task this is start, snapshots whose task this is render,
+//!    leased repairs run; the assignments are read back.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use super::placement::{self, AdminState, Candidate, NodeOffer};
 use super::spec::{self, LeaseTerms, SegmentRow, TaskRow};
-use super::{jobs, repair};
+use super::{jobs, repair, snapshots};
 use crate::error::Result;
 use crate::model::Lane;
 
@@ -238,7 +238,7 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
     let lease_names: Vec<String> = placed.iter().map(|(_, n)| nodes[*n].name.clone()).collect();
 
     // 4. Lease, attempts, job starts.
-    let leased: Vec<(Uuid, i64, OffsetDateTime)> = sqlx::query_as(
+    let leased: Vec<(Uuid, i64, OffsetDateTime, Option<Uuid>)> = sqlx::query_as(
         "UPDATE render.frame_jobs f
             SET state = 'leased', node_id = x.node_id, lease_epoch = f.lease_epoch + 1, attempts = f.attempts + 1,
                 leased_at = now(), lease_expires_at = now() + make_interval(secs => $3),
@@ -246,7 +246,7 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
                 last_progress_at = NULL, phase = NULL, percent = NULL
            FROM unnest($1::uuid[], $2::uuid[]) AS x(id, node_id)
           WHERE f.id = x.id AND f.state = 'queued'
-      RETURNING f.id, f.lease_epoch, f.lease_expires_at",
+      RETURNING f.id, f.lease_epoch, f.lease_expires_at, f.snapshot_id",
     )
     .bind(&lease_ids)
     .bind(&lease_nodes)
@@ -275,6 +275,8 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
         .into_iter()
         .collect();
     jobs::start(&mut tx, &started_jobs).await?;
+    let rendered_snapshots: Vec<Uuid> = leased.iter().filter_map(|(_, _, _, snapshot)| *snapshot).collect();
+    snapshots::rendering(&mut tx, &rendered_snapshots).await?;
     if placed.iter().any(|(t, _)| candidates[*t].lane == Lane::Repair) {
         repair::started(&mut tx, &lease_ids).await?;
     }
@@ -315,7 +317,7 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
     let node_of: HashMap<Uuid, (Uuid, i64)> =
         placed.iter().map(|(t, n)| (candidates[*t].id, (nodes[*n].node_id, nodes[*n].connection_epoch))).collect();
     let mut leases = Vec::with_capacity(leased.len());
-    for (task_id, lease_epoch, expires_at) in leased {
+    for (task_id, lease_epoch, expires_at, _) in leased {
         let (Some(row), Some((node_id, connection_epoch))) = (task_rows.get(&task_id), node_of.get(&task_id)) else {
             continue;
         };
