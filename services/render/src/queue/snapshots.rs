@@ -13,7 +13,7 @@ use super::events::{self, SnapshotRow};
 use super::{notify, notify_each};
 use crate::api::changes::SNAPSHOTS_CHANNEL;
 use crate::error::Result;
-use crate::model::ErrorInfo;
+use crate::model::{ErrorInfo, strip_node_paths};
 
 /// tenant_id, user_id, cache_key, expires_at of a snapshot made ready.
 type ReadyRow = (Uuid, Option<Uuid>, Vec<u8>, Option<OffsetDateTime>);
@@ -78,8 +78,11 @@ pub async fn ready(
     Ok(expires_at)
 }
 
-/// Snapshot `id` FAILED with `error` (its task failed for good), unless it already ended.
+/// Snapshot `id` FAILED with `error` (its task failed for good), unless it already ended. The
+/// customer's copy of the message (the snapshot and its event) is without the node's paths.
 pub async fn fail(tx: &mut PgTransaction<'_>, id: Uuid, error: &ErrorInfo) -> Result<()> {
+    let message = strip_node_paths(&error.message);
+    let message = if message.trim().is_empty() { "the snapshot failed".to_owned() } else { message };
     let row: Option<(Uuid, Option<Uuid>)> = sqlx::query_as(
         "UPDATE render.snapshots SET state = 'failed', error_class = $2, error_code = $3, error_message = $4
           WHERE id = $1 AND state IN ('queued', 'rendering')
@@ -88,11 +91,12 @@ pub async fn fail(tx: &mut PgTransaction<'_>, id: Uuid, error: &ErrorInfo) -> Re
     .bind(id)
     .bind(snapshot_class(error))
     .bind(error.code.map(|code| code.as_db()))
-    .bind(if error.message.trim().is_empty() { "the snapshot failed" } else { error.message.as_str() })
+    .bind(&message)
     .fetch_optional(&mut **tx)
     .await?;
     let Some((tenant_id, user_id)) = row else { return Ok(()) };
-    events::snapshot_failed(tx, &SnapshotRow { id, tenant_id, user_id }, error.to_pb()).await?;
+    let shown = ErrorInfo { message, ..error.clone() };
+    events::snapshot_failed(tx, &SnapshotRow { id, tenant_id, user_id }, shown.to_pb()).await?;
     notify(tx, SNAPSHOTS_CHANNEL, &id.to_string()).await?;
     Ok(())
 }
