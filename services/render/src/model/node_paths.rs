@@ -113,15 +113,9 @@ fn path_start(chars: &[char], i: usize) -> Option<Kind> {
     }
 }
 
+/// Whether `prefix` (lower-case) starts at `i`, whatever the case.
 fn starts_with(chars: &[char], i: usize, prefix: &str) -> bool {
-    let mut j = i;
-    for p in prefix.chars() {
-        if chars.get(j).is_none_or(|c| c.to_ascii_lowercase() != p) {
-            return false;
-        }
-        j += 1;
-    }
-    true
+    (i..).zip(prefix.chars()).all(|(j, p)| chars.get(j).is_some_and(|c| c.to_ascii_lowercase() == p))
 }
 
 /// A character that may start a file or directory name.
