@@ -8,9 +8,14 @@
 //!    time — filtered coarsely by what the nodes together can do, and locked with
 //!    `FOR UPDATE SKIP LOCKED` (another replica's claim skips them). Fair share: each tenant's
 //!    queue is ranked on its own (a LATERAL top-k per tenant over `frame_jobs_tenant_queue_idx`,
-//!    tenants found by a loose index scan), each rank shifted by the tasks the tenant runs now,
-//!    and the queues are interleaved rank by rank; so one tenant's big job gets no more slots
-//!    than another tenant with work waiting, whatever was submitted first.
+//!    tenants found by a loose index scan), each rank shifted by the tasks of that lane rank the
+//!    tenant runs now (a running snapshot does not cost its tenant a render slot), and the
+//!    queues are interleaved rank by rank; so one tenant's big job gets no more slots than
+//!    another tenant with work waiting, whatever was submitted first. Equal ranks go first to
+//!    the tenant whose jobs progressed least recently (none rendering: first), then by submit
+//!    time. Why not submit time alone: when the slot a tenant's only running task frees ties
+//!    that tenant with one that waits, the older job would win it back every time, and on a
+//!    one-slot farm (or when the other slots are busy) a huge job would starve every later one.
 //! 3. Placement in memory ([`super::placement`]); a frame repair carries the node it should
 //!    avoid if it can ([`super::repair::avoided_nodes`]).
 //! 4. One statement leases the placed rows (new epoch, one more attempt) and one inserts their
@@ -72,13 +77,17 @@ WITH RECURSIVE tenants AS (
              WHERE f.state = 'queued' AND f.tenant_id > t.tenant_id ORDER BY f.tenant_id LIMIT 1)
       FROM tenants t WHERE t.tenant_id IS NOT NULL
 ), active AS (
-    SELECT f.tenant_id, count(*) AS n FROM render.frame_jobs f
-     WHERE f.state IN ('leased', 'running') GROUP BY f.tenant_id
+    SELECT f.tenant_id, f.lane_rank, count(*) AS n FROM render.frame_jobs f
+     WHERE f.state IN ('leased', 'running') GROUP BY f.tenant_id, f.lane_rank
 ), ranked AS (
-    SELECT c.id, c.lane_rank, c.priority, c.submitted_at,
+    SELECT c.id, c.lane_rank, c.priority, c.submitted_at, p.progressed_at,
            row_number() OVER (PARTITION BY t.tenant_id, c.lane_rank, c.priority ORDER BY c.submitted_at, c.id)
-             + coalesce((SELECT a.n FROM active a WHERE a.tenant_id = t.tenant_id), 0) AS tenant_rank
+             + coalesce((SELECT a.n FROM active a WHERE a.tenant_id = t.tenant_id AND a.lane_rank = c.lane_rank), 0)
+             AS tenant_rank
       FROM tenants t
+     CROSS JOIN LATERAL (
+        SELECT max(j.updated_at) AS progressed_at FROM render.render_jobs j
+         WHERE j.tenant_id = t.tenant_id AND j.state IN ('rendering', 'assembling')) p
      CROSS JOIN LATERAL (
         SELECT f.id, f.lane_rank, f.priority, f.submitted_at
           FROM render.frame_jobs f
@@ -94,7 +103,9 @@ WITH RECURSIVE tenants AS (
          LIMIT $7) c
      WHERE t.tenant_id IS NOT NULL
 ), chosen AS (
-    SELECT id, row_number() OVER (ORDER BY lane_rank, priority DESC, tenant_rank, submitted_at, id) AS ord
+    SELECT id,
+           row_number() OVER (ORDER BY lane_rank, priority DESC, tenant_rank, progressed_at NULLS FIRST, submitted_at, id)
+             AS ord
       FROM ranked
      ORDER BY ord
      LIMIT $7
