@@ -11,8 +11,8 @@
 //! - [`notifications`]: the process's one `LISTEN` connection, fanned out to the dispatcher,
 //!   the node streams and the watchers.
 //! - [`api`]: the customer `RenderService`; [`admin`]: the operators' `RenderAdminService`;
-//!   [`plans`]: the plan limits it enforces; [`files`]:
-//!   the file service's client.
+//!   [`plans`]: the plan limits it enforces; [`retention`]: expired exports and snapshots
+//!   marked; [`files`]: the file service's client.
 //!
 //! Methods not implemented yet answer `UNIMPLEMENTED`, the gRPC standard, so clients see
 //! honestly what is not there yet.
@@ -26,6 +26,7 @@ pub mod model;
 pub mod notifications;
 pub mod plans;
 pub mod queue;
+pub mod retention;
 pub mod settings;
 pub mod state;
 

@@ -69,6 +69,10 @@ pub struct ApiSettings {
     pub default_snapshot_size: (u32, u32),
     /// How long a snapshot image is kept after its last cache hit.
     pub snapshot_retention: Duration,
+    /// How often expired exports and snapshots are marked ([`crate::retention`]).
+    pub retention_sweep_interval: Duration,
+    /// Rows of each kind marked per transaction of that sweep.
+    pub retention_batch: u32,
     /// WatchRender / WatchSnapshot: at most one message per this interval.
     pub watch_min_interval: Duration,
     /// WatchRender / WatchSnapshot: a message at least this often, changed or not.
@@ -84,6 +88,8 @@ impl Default for ApiSettings {
             default_output_fps: 30.0,
             default_snapshot_size: (1920, 1080),
             snapshot_retention: Duration::from_secs(7 * 24 * 3600),
+            retention_sweep_interval: Duration::from_secs(60),
+            retention_batch: 500,
             watch_min_interval: Duration::from_millis(250),
             watch_keepalive: Duration::from_secs(15),
         }

@@ -334,6 +334,74 @@ async fn a_snapshot_image_makes_the_snapshot_ready_and_wakes_its_watchers() {
     assert_eq!((event.snapshot_id.as_str(), event.file_id.as_str()), (snapshot.id.as_str(), image.id.as_str()));
 }
 
+/// The next state of a watched snapshot that differs from `last` (10 s at most).
+async fn next_state(stream: &mut tonic::Streaming<pb::WatchSnapshotResponse>, last: pb::SnapshotState) -> pb::Snapshot {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("a change in time");
+        let snapshot = message.expect("the stream goes on").unwrap().snapshot.unwrap();
+        if snapshot.state() != last {
+            return snapshot;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_renders_while_its_task_is_leased_and_waits_again_when_requeued() {
+    let stack = Stack::start_with(|settings| {
+        settings.max_attempts = 5;
+        settings.reconnect_grace = Duration::from_millis(500);
+    })
+    .await;
+    let alice = Principal::user(TENANT_A);
+    let files = stack.assets(&alice).await;
+    let request = pb::RequestSnapshotRequest {
+        template_file_id: files.template.id.clone(),
+        template_sha256: files.template.sha256.clone(),
+        composition: "Main".into(),
+        frame: 7,
+        resolution: Some(Resolution { width: 640, height: 360 }),
+        ..Default::default()
+    };
+    let snapshot =
+        stack.renders(&alice).request_snapshot(request.clone()).await.unwrap().into_inner().snapshot.unwrap();
+    let get = pb::GetSnapshotRequest { snapshot_id: snapshot.id.clone() };
+    let watch = pb::WatchSnapshotRequest { snapshot_id: snapshot.id.clone() };
+    let mut stream = stack.renders(&alice).watch_snapshot(watch).await.unwrap().into_inner();
+    let first = stream.next().await.unwrap().unwrap().snapshot.unwrap();
+    assert_eq!(first.state(), pb::SnapshotState::Queued);
+
+    // Leased: RENDERING, for GetSnapshot (the lease committed before the assignment was sent),
+    // for watchers, and for an identical request (no second task).
+    let manual = AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() };
+    let mut first_node = agent(&stack, manual.clone()).await;
+    first_node.next_assign().await;
+    let got = stack.renders(&alice).get_snapshot(get.clone()).await.unwrap().into_inner().snapshot.unwrap();
+    assert_eq!(got.state(), pb::SnapshotState::Rendering);
+    assert_eq!(next_state(&mut stream, pb::SnapshotState::Queued).await.state(), pb::SnapshotState::Rendering);
+    let same = stack.renders(&alice).request_snapshot(request).await.unwrap().into_inner();
+    assert_eq!((same.snapshot.unwrap().state(), same.cache_hit), (pb::SnapshotState::Rendering, false));
+    assert_eq!(stack.count("SELECT count(*) FROM render.frame_jobs").await, 1);
+
+    // The node is lost with attempts left: the task is requeued and the snapshot waits again.
+    first_node.disconnect();
+    assert_eq!(next_state(&mut stream, pb::SnapshotState::Rendering).await.state(), pb::SnapshotState::Queued);
+    let got = stack.renders(&alice).get_snapshot(get.clone()).await.unwrap().into_inner().snapshot.unwrap();
+    assert_eq!(got.state(), pb::SnapshotState::Queued);
+
+    // Another node takes it (RENDERING again) and delivers the image (READY).
+    let second_node = agent(&stack, manual).await;
+    let task = second_node.next_assign().await;
+    assert_eq!(task.lease_epoch, 2);
+    assert_eq!(next_state(&mut stream, pb::SnapshotState::Queued).await.state(), pb::SnapshotState::Rendering);
+    let render = Principal::service(ServiceName::Render);
+    let image = stack.upload(&render, TENANT_A, "snapshot.png", file_pb::FileKind::Snapshot, PNG).await;
+    let media = agent_pb::MediaInfo { resolution: Some(Resolution { width: 640, height: 360 }), ..Default::default() };
+    succeed(&second_node, &task, vec![output(agent_pb::ObjectKind::SnapshotImage, &image, media)]).await;
+    assert_eq!(next_state(&mut stream, pb::SnapshotState::Rendering).await.state(), pb::SnapshotState::Ready);
+    let got = stack.renders(&alice).get_snapshot(get).await.unwrap().into_inner().snapshot.unwrap();
+    assert_eq!((got.state(), got.file_id.as_str()), (pb::SnapshotState::Ready, image.id.as_str()));
+}
+
 #[tokio::test]
 async fn a_snapshot_whose_task_fails_for_good_is_failed() {
     let stack = Stack::start_with(|settings| settings.max_attempts = 1).await;

@@ -6,6 +6,7 @@
 
 mod support;
 
+use flatrender_kit::auth::Role;
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::events::v1 as ev;
 use flatrender_proto::flatrender::render::v1 as pb;
@@ -108,6 +109,45 @@ async fn a_template_error_fails_the_job_without_retries() {
     failing.heartbeat();
     failing.renewal().await;
     assert_eq!(failing.assigns().len() + busy.assigns().len(), 2);
+}
+
+#[tokio::test]
+async fn customers_see_a_template_error_without_the_node_paths_operators_see_it_raw() {
+    let o = Orchestrator::start().await;
+    let node = o.agent(AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
+    let job = seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 9)], ..JobSeed::default() }).await;
+    let task = node.next_assign().await;
+    let raw = format!(
+        r"After Effects error: missing footage C:\Users\render\cache\{}\footage\logo.png (layer 'Logo'), project /var/lib/flatrender/work/{}/project.aep",
+        "ab".repeat(32),
+        task.task_id
+    );
+    let In::TaskResult(mut failed) = result(&task, pb::TaskOutcome::TemplateError) else { unreachable!() };
+    let error = failed.error.as_mut().unwrap();
+    error.code = pb::ErrorCode::MissingFootage as i32;
+    error.message = raw.clone();
+    node.send(accepted(&task));
+    let seq = node.send(In::TaskResult(failed));
+    node.ack_of(seq).await;
+    const SHOWN: &str = r"After Effects error: missing footage footage\logo.png (layer 'Logo'), project project.aep";
+
+    // The customer: GetRender and the RenderJobFailed event (webhooks).
+    let token = o.token_in(job.tenant, Role::TenantAdmin);
+    let mut renders = pb::render_service_client::RenderServiceClient::new(o.authed(&token));
+    let render = renders.get_render(pb::GetRenderRequest { render_id: job.job_id.to_string() }).await.unwrap();
+    let error = render.into_inner().render.unwrap().error.unwrap();
+    assert_eq!((error.code(), error.message.as_str()), (pb::ErrorCode::MissingFootage, SHOWN));
+    let failed = o.events("flatrender.events.v1.RenderJobFailed").await;
+    let event = ev::RenderJobFailed::decode(failed[0].as_slice()).unwrap();
+    assert_eq!(event.error.unwrap().message, SHOWN);
+
+    // Operators: the attempt as the agent reported it.
+    let admin = o.token(Role::PlatformAdmin);
+    let mut admin = pb::render_admin_service_client::RenderAdminServiceClient::new(o.authed(&admin));
+    let chunk = admin.get_chunk(pb::GetChunkRequest { chunk_id: task.task_id.clone() }).await.unwrap();
+    let chunk = chunk.into_inner().chunk.unwrap();
+    assert_eq!(chunk.attempts[0].error.as_ref().unwrap().message, raw);
+    assert_eq!(chunk.last_error.unwrap().message, raw);
 }
 
 #[tokio::test]

@@ -22,14 +22,17 @@ use crate::RenderApi;
 use crate::state::State;
 use access::Viewer;
 
-/// The API's background work: the plan-limits consumer.
+/// The API's background work: the plan-limits consumer and the retention sweep.
 pub(crate) fn background(state: &State, ctx: &ServiceContext) -> Vec<(&'static str, BackgroundTask)> {
     ctx.metrics.register(
         "render_watchers",
         "WatchRender and WatchSnapshot streams open in this process",
         state.changes.watchers_gauge(),
     );
-    vec![("render-plan-limits", Box::pin(crate::plans::run(state.clone(), ctx.shutdown.clone())))]
+    vec![
+        ("render-plan-limits", Box::pin(crate::plans::run(state.clone(), ctx.shutdown.clone()))),
+        ("render-retention", Box::pin(crate::retention::run(state.clone(), ctx.shutdown.clone()))),
+    ]
 }
 
 #[tonic::async_trait]

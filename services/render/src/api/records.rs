@@ -281,9 +281,12 @@ pub async fn chunks<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<Vec<p
         .collect()
 }
 
-/// The columns [`export`] reads.
-pub const EXPORT_COLUMNS: &str = "id, tenant_id, user_id, job_id, file_id, state, size_bytes, sha256, format, \
-     width, height, fps, frame_count, duration_ms, has_audio, watermarked, download_count, created_at, expires_at";
+/// The columns [`export`] reads. An export past its expiry reads EXPIRED before the retention
+/// sweep marks it ([`crate::retention`]).
+pub const EXPORT_COLUMNS: &str = "id, tenant_id, user_id, job_id, file_id, \
+     CASE WHEN state = 'available' AND expires_at <= now() THEN 'expired' ELSE state END AS state, \
+     size_bytes, sha256, format, width, height, fps, frame_count, duration_ms, has_audio, watermarked, \
+     download_count, created_at, expires_at";
 
 /// An export row (of [`EXPORT_COLUMNS`]).
 pub fn export(row: &PgRow) -> Result<pb::Export> {

@@ -1,10 +1,11 @@
 //! Snapshots (`RequestSnapshot`, `GetSnapshot`, `WatchSnapshot`): one-frame stills, cached per
 //! tenant by their cache key.
 //!
-//! A request whose key is READY for the tenant is a hit: answered at once, no task, its
-//! `hit_count`, `last_accessed_at` and retention bumped. One equal to a QUEUED or RENDERING
-//! snapshot gets that snapshot. One equal to a FAILED snapshot (or to a READY one whose image
-//! expired) queues that row again. Anything else makes a snapshot row and a one-frame task in
+//! A request whose key is READY (and not expired) for the tenant is a hit: answered at once, no
+//! task, its `hit_count`, `last_accessed_at` and retention bumped. One equal to a QUEUED or
+//! RENDERING snapshot (RENDERING while its task is leased) gets that snapshot. One equal to a
+//! FAILED snapshot (or to a READY one whose image expired, not yet deleted by the retention
+//! sweep) queues that row again. Anything else makes a snapshot row and a one-frame task in
 //! lane `snapshot`, which every dispatcher takes before render chunks. Only requests that queue a
 //! task count against the plan's hourly snapshot rate (`render.snapshot_tasks`).
 
@@ -263,9 +264,12 @@ async fn within_rate(conn: &mut PgConnection, viewer: &Viewer, limits: &PlanLimi
     Ok(())
 }
 
+/// Snapshot `id` of the viewer's tenant; NOT_FOUND when unknown or expired ("deleted by
+/// retention" even before the sweep deletes it, [`crate::retention`]).
 async fn visible_snapshot(conn: &mut PgConnection, viewer: &Viewer, id: Uuid) -> Result<pb::Snapshot> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {SNAPSHOT_COLUMNS} FROM render.snapshots WHERE id = $1 AND tenant_id = $2"
+        "SELECT {SNAPSHOT_COLUMNS} FROM render.snapshots
+          WHERE id = $1 AND tenant_id = $2 AND (expires_at IS NULL OR expires_at > now())"
     )))
     .bind(id)
     .bind(viewer.tenant)

@@ -11,7 +11,8 @@
 //! - [`snapshot_key`]: the snapshot cache key; [`submit`]: validated SubmitRender and
 //!   RequestSnapshot requests and the request digest.
 //! - [`validate`], [`digest`]: single-field checks and SHA-256 digests; [`text`]: agents' free
-//!   text made storable (no NUL, bounded).
+//!   text made storable (no NUL, bounded); [`node_paths`]: agents' error text without the
+//!   node's directory layout, for customers.
 
 pub mod audio;
 pub mod chunking;
@@ -20,6 +21,7 @@ pub mod digest;
 pub mod errors;
 pub mod frames;
 pub mod labels;
+pub mod node_paths;
 pub mod output;
 pub mod resolution;
 pub mod scene;
@@ -37,6 +39,7 @@ pub use digest::Sha256Digest;
 pub use errors::{ErrorClass, ErrorCode, ErrorInfo};
 pub use frames::{FrameRange, FrameSpecError, format_frames, parse_frames};
 pub use labels::Labels;
+pub use node_paths::strip_node_paths;
 pub use output::{ImageFormat, OutputFormat, OutputSettings, Quality, VideoCodec};
 pub use resolution::Resolution;
 pub use scene::{

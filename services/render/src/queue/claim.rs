@@ -8,14 +8,19 @@
 //!    time — filtered coarsely by what the nodes together can do, and locked with
 //!    `FOR UPDATE SKIP LOCKED` (another replica's claim skips them). Fair share: each tenant's
 //!    queue is ranked on its own (a LATERAL top-k per tenant over `frame_jobs_tenant_queue_idx`,
-//!    tenants found by a loose index scan), each rank shifted by the tasks the tenant runs now,
-//!    and the queues are interleaved rank by rank; so one tenant's big job gets no more slots
-//!    than another tenant with work waiting, whatever was submitted first.
+//!    tenants found by a loose index scan), each rank shifted by the tasks of that lane rank the
+//!    tenant runs now (a running snapshot does not cost its tenant a render slot), and the
+//!    queues are interleaved rank by rank; so one tenant's big job gets no more slots than
+//!    another tenant with work waiting, whatever was submitted first. Equal ranks go first to
+//!    the tenant whose jobs progressed least recently (none rendering: first), then by submit
+//!    time. Why not submit time alone: when the slot a tenant's only running task frees ties
+//!    that tenant with one that waits, the older job would win it back every time, and on a
+//!    one-slot farm (or when the other slots are busy) a huge job would starve every later one.
 //! 3. Placement in memory ([`super::placement`]); a frame repair carries the node it should
 //!    avoid if it can ([`super::repair::avoided_nodes`]).
 //! 4. One statement leases the placed rows (new epoch, one more attempt) and one inserts their
-//!    attempt rows; jobs whose first task this is start, leased repairs run; the assignments
-//!    are read back.
+//!    attempt rows; jobs whose first task this is start, snapshots whose task this is render,
+//!    leased repairs run; the assignments are read back.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -27,7 +32,7 @@ use uuid::Uuid;
 
 use super::placement::{self, AdminState, Candidate, NodeOffer};
 use super::spec::{self, Inputs, LeaseTerms, SegmentRow, TaskRow};
-use super::{jobs, repair};
+use super::{jobs, repair, snapshots};
 use crate::error::Result;
 use crate::model::Lane;
 
@@ -80,14 +85,16 @@ WITH RECURSIVE tenants AS (
              WHERE f.state = 'queued' AND f.tenant_id > t.tenant_id ORDER BY f.tenant_id LIMIT 1)
       FROM tenants t WHERE t.tenant_id IS NOT NULL
 ), active AS MATERIALIZED (
-    SELECT f.tenant_id, count(*) AS n FROM render.frame_jobs f
-     WHERE f.state IN ('leased', 'running') GROUP BY f.tenant_id
+    SELECT f.tenant_id, f.lane_rank, count(*) AS n FROM render.frame_jobs f
+     WHERE f.state IN ('leased', 'running') GROUP BY f.tenant_id, f.lane_rank
 ), ranked AS (
-    SELECT c.id, c.lane_rank, c.priority, c.submitted_at,
+    SELECT c.id, c.lane_rank, c.priority, c.submitted_at, p.progressed_at,
            row_number() OVER (PARTITION BY t.tenant_id, c.lane_rank, c.priority ORDER BY c.submitted_at, c.id)
              + coalesce(a.n, 0) AS tenant_rank
       FROM tenants t
-      LEFT JOIN active a ON a.tenant_id = t.tenant_id
+     CROSS JOIN LATERAL (
+        SELECT max(j.updated_at) AS progressed_at FROM render.render_jobs j
+         WHERE j.tenant_id = t.tenant_id AND j.state IN ('rendering', 'assembling')) p
      CROSS JOIN LATERAL (
         SELECT f.id, f.lane_rank, f.priority, f.submitted_at
           FROM render.frame_jobs f
@@ -101,9 +108,12 @@ WITH RECURSIVE tenants AS (
            AND (f.lane = 'assemble' OR $6)
          ORDER BY f.lane_rank, f.priority DESC, f.submitted_at, f.id
          LIMIT $7) c
+      LEFT JOIN active a ON a.tenant_id = t.tenant_id AND a.lane_rank = c.lane_rank
      WHERE t.tenant_id IS NOT NULL
 ), chosen AS MATERIALIZED (
-    SELECT id, row_number() OVER (ORDER BY lane_rank, priority DESC, tenant_rank, submitted_at, id) AS ord
+    SELECT id,
+           row_number() OVER (ORDER BY lane_rank, priority DESC, tenant_rank, progressed_at NULLS FIRST, submitted_at, id)
+             AS ord
       FROM ranked
      ORDER BY ord
      LIMIT $7
@@ -251,7 +261,7 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
     let lease_names: Vec<String> = placed.iter().map(|(_, n)| nodes[*n].name.clone()).collect();
 
     // 4. Lease, attempts, job starts.
-    let leased: Vec<(Uuid, i64, OffsetDateTime)> = sqlx::query_as(
+    let leased: Vec<(Uuid, i64, OffsetDateTime, Option<Uuid>)> = sqlx::query_as(
         "UPDATE render.frame_jobs f
             SET state = 'leased', node_id = x.node_id, lease_epoch = f.lease_epoch + 1, attempts = f.attempts + 1,
                 leased_at = now(), lease_expires_at = now() + make_interval(secs => $3),
@@ -259,7 +269,7 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
                 last_progress_at = NULL, phase = NULL, percent = NULL
            FROM unnest($1::uuid[], $2::uuid[]) AS x(id, node_id)
           WHERE f.id = x.id AND f.state = 'queued'
-      RETURNING f.id, f.lease_epoch, f.lease_expires_at",
+      RETURNING f.id, f.lease_epoch, f.lease_expires_at, f.snapshot_id",
     )
     .bind(&lease_ids)
     .bind(&lease_nodes)
@@ -288,6 +298,8 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
         .into_iter()
         .collect();
     jobs::start(&mut tx, &started_jobs).await?;
+    let rendered_snapshots: Vec<Uuid> = leased.iter().filter_map(|(_, _, _, snapshot)| *snapshot).collect();
+    snapshots::rendering(&mut tx, &rendered_snapshots).await?;
     if placed.iter().any(|(t, _)| candidates[*t].lane == Lane::Repair) {
         repair::started(&mut tx, &lease_ids).await?;
     }
@@ -339,7 +351,7 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
     let node_of: HashMap<Uuid, (Uuid, i64)> =
         placed.iter().map(|(t, n)| (candidates[*t].id, (nodes[*n].node_id, nodes[*n].connection_epoch))).collect();
     let mut leases = Vec::with_capacity(leased.len());
-    for (task_id, lease_epoch, expires_at) in leased {
+    for (task_id, lease_epoch, expires_at, _) in leased {
         let (Some(row), Some((node_id, connection_epoch))) = (task_rows.get(&task_id), node_of.get(&task_id)) else {
             continue;
         };

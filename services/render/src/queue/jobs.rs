@@ -11,7 +11,7 @@ use super::events::{self, JobRow};
 use super::repair;
 use super::{notify, notify_jobs, notify_nodes};
 use crate::error::Result;
-use crate::model::ErrorInfo;
+use crate::model::{ErrorInfo, strip_node_paths};
 
 /// Longest error message a job keeps (render.v1.RenderError.message).
 const MAX_JOB_MESSAGE_CHARS: usize = 2000;
@@ -127,12 +127,14 @@ pub async fn after_chunk_done(tx: &mut PgTransaction<'_>, job: Uuid) -> Result<(
     Ok(())
 }
 
-/// Fails `job` with `error` (RenderJobFailed) unless it already ended, and fails its other
+/// Fails `job` with `error` (RenderJobFailed; the message without the node's paths) unless it already ended, and fails its other
 /// unfinished tasks, keeping their node and epoch so the replicas holding them send
 /// CancelTask(JOB_FAILED) (the nodes are notified), and its open frame repairs. Returns whether
 /// the job was failed now.
 pub async fn fail(tx: &mut PgTransaction<'_>, job: Uuid, error: &ErrorInfo) -> Result<bool> {
-    let message = crate::model::text::head(&error.message, MAX_JOB_MESSAGE_CHARS);
+    // The customer's copy (the job and its event): without the node's paths. The attempt and
+    // the task keep the agent's message for operators.
+    let message = crate::model::text::head(&strip_node_paths(&error.message), MAX_JOB_MESSAGE_CHARS);
     let message = if message.trim().is_empty() { "the render failed".to_owned() } else { message };
     let sql = format!(
         "UPDATE render.render_jobs

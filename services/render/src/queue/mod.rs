@@ -106,7 +106,7 @@ pub async fn notify_jobs(tx: &mut PgTransaction<'_>, jobs: &[Uuid]) -> sqlx::Res
 }
 
 /// One notification on `channel` per distinct id, the id as its payload.
-async fn notify_each(tx: &mut PgTransaction<'_>, channel: &str, ids: &[Uuid]) -> sqlx::Result<()> {
+pub(crate) async fn notify_each(tx: &mut PgTransaction<'_>, channel: &str, ids: &[Uuid]) -> sqlx::Result<()> {
     if ids.is_empty() {
         return Ok(());
     }

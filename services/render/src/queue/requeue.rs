@@ -13,7 +13,7 @@ use super::{jobs, snapshots};
 use crate::error::Result;
 use crate::model::{ErrorCode, ErrorInfo};
 
-/// Puts a current lease back to `queued`. `uncount` gives the attempt back (refusals and
+/// Puts a current lease back to `queued` (a snapshot it renders with it). `uncount` gives the attempt back (refusals and
 /// hand-backs); `not_before_secs` delays the next claim (retry backoff). Returns whether the
 /// lease was current.
 pub(crate) async fn requeue_row(
@@ -24,14 +24,14 @@ pub(crate) async fn requeue_row(
     uncount: bool,
     not_before_secs: Option<f64>,
 ) -> Result<bool> {
-    let job: Option<Option<Uuid>> = sqlx::query_scalar(
+    let row: Option<(Option<Uuid>, Option<Uuid>)> = sqlx::query_as(
         "UPDATE render.frame_jobs
             SET state = 'queued', node_id = NULL, leased_at = NULL, lease_expires_at = NULL, started_at = NULL,
                 attempts = attempts - (CASE WHEN $4 THEN 1 ELSE 0 END),
                 not_before = CASE WHEN $5::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $5) END,
                 frames_done = 0, current_frame = NULL, last_progress_at = NULL, phase = NULL, percent = NULL
           WHERE id = $1 AND lease_epoch = $2 AND node_id = $3 AND state IN ('leased', 'running')
-      RETURNING job_id",
+      RETURNING job_id, snapshot_id",
     )
     .bind(task)
     .bind(epoch)
@@ -40,10 +40,13 @@ pub(crate) async fn requeue_row(
     .bind(not_before_secs)
     .fetch_optional(&mut **tx)
     .await?;
-    let Some(job) = job else { return Ok(false) };
+    let Some((job, snapshot)) = row else { return Ok(false) };
     notify(tx, QUEUE_CHANNEL, "").await?;
     if let Some(job) = job {
         notify_jobs(tx, &[job]).await?;
+    }
+    if let Some(snapshot) = snapshot {
+        snapshots::requeued(tx, snapshot).await?;
     }
     Ok(true)
 }

@@ -29,7 +29,7 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 pub use agent::{AgentEvent, AgentSpec, Behaviour, Identity, SimAgent};
-pub use seed::{JobSeed, SeededJob, seed_job};
+pub use seed::{JobSeed, SeededJob, seed_job, seed_snapshot};
 
 const ISSUER: &str = "flatrender";
 const AUDIENCE: &str = "flatrender-api";

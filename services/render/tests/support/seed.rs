@@ -173,3 +173,38 @@ pub async fn cancel_job(pool: &PgPool, job: Uuid) {
         .expect("notifying");
     tx.commit().await.expect("committing the cancel");
 }
+
+/// Writes a queued snapshot of `tenant` (frame `frame` of `Main`) and its one-frame task in lane
+/// `snapshot`, as RequestSnapshot does on a cache miss, and notifies `render_queue`. Returns the
+/// snapshot and its task.
+pub async fn seed_snapshot(pool: &PgPool, tenant: Uuid, frame: i32) -> (Uuid, Uuid) {
+    let mut tx = pool.begin().await.expect("a transaction");
+    let snapshot: Uuid = sqlx::query_scalar(
+        "INSERT INTO render.snapshots (tenant_id, cache_key, template_file_id, template_sha256, composition_name, frame,
+                width, height)
+         VALUES ($1, sha256(gen_random_uuid()::text::bytea), gen_random_uuid(), $2, 'Main', $3, 640, 360)
+      RETURNING id",
+    )
+    .bind(tenant)
+    .bind([0x5a_u8; 32].as_slice())
+    .bind(frame)
+    .fetch_one(&mut *tx)
+    .await
+    .expect("a snapshot");
+    let task: Uuid = sqlx::query_scalar(
+        "INSERT INTO render.frame_jobs (tenant_id, lane, snapshot_id, template_sha256, composition_name, frame_start,
+                frame_end)
+         VALUES ($1, 'snapshot', $2, $3, 'Main', $4, $4)
+      RETURNING id",
+    )
+    .bind(tenant)
+    .bind(snapshot)
+    .bind([0x5a_u8; 32].as_slice())
+    .bind(frame)
+    .fetch_one(&mut *tx)
+    .await
+    .expect("a snapshot task");
+    sqlx::query("SELECT pg_notify('render_queue', '')").execute(&mut *tx).await.expect("a notification");
+    tx.commit().await.expect("committing the snapshot");
+    (snapshot, task)
+}
