@@ -53,10 +53,14 @@ pub struct Outcome {
     pub result: agent_pb::TaskResult,
 }
 
-/// The (node, connection epoch) pairs of `fences` whose streams are still their nodes' current
-/// ones, share-locked like [`report::holds_stream`] does for one.
-async fn held_streams(tx: &mut PgTransaction<'_>, fences: &[Fence]) -> Result<HashSet<(Uuid, i64)>> {
-    let pairs: BTreeSet<(Uuid, i64)> = fences.iter().map(|f| (f.node_id, f.connection_epoch)).collect();
+/// The (node, connection epoch) pairs among `streams` that still are their nodes' current
+/// streams. The node rows stay share-locked (in id order) until the transaction ends, so a newer
+/// stream takes a node only after it.
+pub(super) async fn held_streams(
+    tx: &mut PgTransaction<'_>,
+    streams: impl IntoIterator<Item = (Uuid, i64)>,
+) -> Result<HashSet<(Uuid, i64)>> {
+    let pairs: BTreeSet<(Uuid, i64)> = streams.into_iter().collect();
     let (ids, epochs): (Vec<Uuid>, Vec<i64>) = pairs.into_iter().unzip();
     let held: Vec<(Uuid, i64)> = sqlx::query_as(
         "SELECT n.id, n.connection_epoch FROM render.nodes n
@@ -71,22 +75,39 @@ async fn held_streams(tx: &mut PgTransaction<'_>, fences: &[Fence]) -> Result<Ha
     Ok(held.into_iter().collect())
 }
 
-/// A current lease, locked.
-struct Current {
-    lane: Lane,
-    job_id: Option<Uuid>,
-    range: Option<(i32, i32, i32)>,
+/// The streams `fences` came on.
+fn streams_of(fences: &[Fence]) -> impl Iterator<Item = (Uuid, i64)> + '_ {
+    fences.iter().map(|f| (f.node_id, f.connection_epoch))
 }
 
+/// A current lease's task row, locked.
+pub(super) struct LeaseRow {
+    pub(super) lane: Lane,
+    pub(super) job_id: Option<Uuid>,
+    pub(super) snapshot_id: Option<Uuid>,
+    pub(super) range: Option<(i32, i32, i32)>,
+    pub(super) attempts: i32,
+    pub(super) max_attempts: i32,
+    /// The chunk a repair task repairs (its frames are recorded under it).
+    pub(super) repair_of: Option<Uuid>,
+}
+
+/// id, lane, job_id, snapshot_id, frame_start, frame_end, frame_step, attempts, max_attempts,
+/// the chunk repaired.
+type LeaseColumns = (Uuid, String, Option<Uuid>, Option<Uuid>, Option<i32>, Option<i32>, i32, i32, i32, Option<Uuid>);
+
 /// The leases among `fences` that are current (task, epoch, node, leased or running), locked
-/// in id order.
-async fn lock_current(tx: &mut PgTransaction<'_>, fences: &[Fence]) -> Result<HashMap<Uuid, Current>> {
+/// in id order, by task.
+pub(super) async fn lock_current(tx: &mut PgTransaction<'_>, fences: &[Fence]) -> Result<HashMap<Uuid, LeaseRow>> {
     let tasks: Vec<Uuid> = fences.iter().map(|f| f.task_id).collect();
     let epochs: Vec<i64> = fences.iter().map(|f| f.lease_epoch).collect();
     let nodes: Vec<Uuid> = fences.iter().map(|f| f.node_id).collect();
-    type Row = (Uuid, String, Option<Uuid>, Option<i32>, Option<i32>, i32);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT f.id, f.lane, f.job_id, f.frame_start, f.frame_end, f.frame_step FROM render.frame_jobs f
+    let rows: Vec<LeaseColumns> = sqlx::query_as(
+        "SELECT f.id, f.lane, f.job_id, f.snapshot_id, f.frame_start, f.frame_end, f.frame_step, f.attempts,
+                f.max_attempts,
+                CASE WHEN f.repair_job_id IS NOT NULL
+                     THEN (SELECT r.frame_job_id FROM render.frame_repair_jobs r WHERE r.id = f.repair_job_id) END
+           FROM render.frame_jobs f
            JOIN unnest($1::uuid[], $2::bigint[], $3::uuid[]) AS x(id, epoch, node)
              ON f.id = x.id AND f.lease_epoch = x.epoch AND f.node_id = x.node
           WHERE f.state IN ('leased', 'running')
@@ -100,9 +121,17 @@ async fn lock_current(tx: &mut PgTransaction<'_>, fences: &[Fence]) -> Result<Ha
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(id, lane, job_id, start, end, step)| {
-            let lane = Lane::from_db(&lane)?;
-            Some((id, Current { lane, job_id, range: start.zip(end).map(|(s, e)| (s, e, step.max(1))) }))
+        .filter_map(|(id, lane, job_id, snapshot_id, start, end, step, attempts, max_attempts, repair_of)| {
+            let lease = LeaseRow {
+                lane: Lane::from_db(&lane)?,
+                job_id,
+                snapshot_id,
+                range: start.zip(end).map(|(s, e)| (s, e, step.max(1))),
+                attempts,
+                max_attempts,
+                repair_of,
+            };
+            Some((id, lease))
         })
         .collect())
 }
@@ -136,7 +165,7 @@ pub async fn task_updates(pool: &PgPool, items: &[Update]) -> Result<Vec<Option<
     let mut answers = vec![None; items.len()];
     let fences: Vec<Fence> = items.iter().map(|i| i.fence).collect();
     let mut tx = super::begin_hot(pool).await?;
-    let held = held_streams(&mut tx, &fences).await?;
+    let held = held_streams(&mut tx, streams_of(&fences)).await?;
     let live = admissible(&fences, &held, &mut answers, || Verdict::Superseded);
     let candidates: Vec<Fence> = live.iter().map(|i| fences[*i]).collect();
     let current = lock_current(&mut tx, &candidates).await?;
@@ -204,7 +233,7 @@ pub async fn frame_reports(pool: &PgPool, items: &[Frames]) -> Result<Vec<Option
     }
     let fences: Vec<Fence> = items.iter().map(|i| i.fence).collect();
     let mut tx = super::begin_hot(pool).await?;
-    let held = held_streams(&mut tx, &fences).await?;
+    let held = held_streams(&mut tx, streams_of(&fences)).await?;
     let live = admissible(&fences, &held, &mut answers, || Verdict::Superseded);
     let live: Vec<usize> = live.into_iter().filter(|i| parsed[*i].is_some()).collect();
     let candidates: Vec<Fence> = live.iter().map(|i| fences[*i]).collect();
@@ -262,7 +291,7 @@ pub async fn task_results(pool: &PgPool, items: &[Outcome]) -> Result<Vec<Option
     }
     let fences: Vec<Fence> = items.iter().map(|i| i.fence).collect();
     let mut tx = super::begin_hot(pool).await?;
-    let held = held_streams(&mut tx, &fences).await?;
+    let held = held_streams(&mut tx, streams_of(&fences)).await?;
     let live = admissible(&fences, &held, &mut answers, || (Verdict::Superseded, None));
     let live: Vec<usize> = live.into_iter().filter(|i| parsed[*i].is_some()).collect();
     let candidates: Vec<Fence> = live.iter().map(|i| fences[*i]).collect();

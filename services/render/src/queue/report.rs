@@ -24,10 +24,11 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use sqlx::{PgPool, PgTransaction};
 use uuid::Uuid;
 
+use super::batch::{self, LeaseRow};
 use super::outputs::{self, Delivery, Output};
 use super::requeue::requeue_row;
 use super::wire::{digest_from_hex, parse_id};
-use super::{QUEUE_CHANNEL, notify, notify_jobs};
+use super::{QUEUE_CHANNEL, notify};
 use super::{jobs, repair, snapshots};
 use crate::error::Result;
 use crate::files::FileClient;
@@ -60,13 +61,8 @@ pub struct Fence {
 /// Whether `node`'s current stream still is the one of `connection_epoch`. The row stays
 /// share-locked until the transaction ends, so a newer stream takes the node only after it.
 pub(crate) async fn holds_stream(tx: &mut PgTransaction<'_>, node: Uuid, connection_epoch: i64) -> Result<bool> {
-    let held: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM render.nodes WHERE id = $1 AND connection_epoch = $2 FOR SHARE")
-            .bind(node)
-            .bind(connection_epoch)
-            .fetch_optional(&mut **tx)
-            .await?;
-    Ok(held.is_some())
+    let stream = (node, connection_epoch);
+    Ok(batch::held_streams(tx, [stream]).await?.contains(&stream))
 }
 
 /// How a report was taken.
@@ -110,49 +106,14 @@ async fn classify_on(conn: &mut sqlx::PgConnection, fence: Fence) -> Result<Verd
 }
 
 /// Progress of a current lease, written to the task (the caller bounds how often). The first
-/// update turns a leased task into a running one.
+/// update turns a leased task into a running one. The batch form with this one update; a lease
+/// that is not current is classified.
 pub async fn task_update(pool: &PgPool, fence: Fence, update: &agent_pb::TaskUpdate) -> Result<Verdict> {
-    let (phase, percent) = progress_of(update);
-    let mut tx = super::begin_hot(pool).await?;
-    if !holds_stream(&mut tx, fence.node_id, fence.connection_epoch).await? {
-        return Ok(Verdict::Superseded);
+    let item = batch::Update { fence, update: update.clone() };
+    match batch::task_updates(pool, std::slice::from_ref(&item)).await?.pop().flatten() {
+        Some(verdict) => Ok(verdict),
+        None => classify(pool, fence).await,
     }
-    let row: Option<(Option<Uuid>, bool)> = sqlx::query_as(
-        "WITH before AS (SELECT state FROM render.frame_jobs WHERE id = $1 FOR NO KEY UPDATE)
-         UPDATE render.frame_jobs f
-            SET state = 'running', started_at = coalesce(f.started_at, now()), phase = $4, percent = $5,
-                current_frame = CASE WHEN $6 >= 0 THEN $6 ELSE f.current_frame END, last_progress_at = now()
-           FROM before
-          WHERE f.id = $1 AND f.lease_epoch = $2 AND f.node_id = $3 AND f.state IN ('leased', 'running')
-      RETURNING f.job_id, before.state = 'leased'",
-    )
-    .bind(fence.task_id)
-    .bind(fence.lease_epoch)
-    .bind(fence.node_id)
-    .bind(phase)
-    .bind(percent)
-    .bind(update.current_frame)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some((job, first)) = row else {
-        drop(tx);
-        return classify(pool, fence).await;
-    };
-    if first {
-        sqlx::query(
-            "UPDATE render.frame_job_attempts SET started_at = coalesce(started_at, now())
-              WHERE frame_job_id = $1 AND lease_epoch = $2",
-        )
-        .bind(fence.task_id)
-        .bind(fence.lease_epoch)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if let Some(job) = job {
-        notify_jobs(&mut tx, &[job]).await?;
-    }
-    tx.commit().await?;
-    Ok(Verdict::Accepted)
 }
 
 /// The phase and percent of a TaskUpdate as stored (`frame_jobs.phase`, `percent`).
@@ -218,47 +179,9 @@ pub(super) fn ok_frames(field: &str, frames: &[agent_pb::FrameOutput]) -> Result
     Ok(out)
 }
 
-/// The lease row of a report, locked, when it is current.
-struct LeaseRow {
-    lane: Lane,
-    job_id: Option<Uuid>,
-    snapshot_id: Option<Uuid>,
-    range: Option<(i32, i32, i32)>,
-    attempts: i32,
-    max_attempts: i32,
-    /// The chunk a repair task repairs (its frames are recorded under it).
-    repair_of: Option<Uuid>,
-}
-
-/// lane, job_id, snapshot_id, frame_start, frame_end, frame_step, attempts, max_attempts, the
-/// chunk repaired.
-type LeaseColumns = (String, Option<Uuid>, Option<Uuid>, Option<i32>, Option<i32>, i32, i32, i32, Option<Uuid>);
-
+/// The lease row of `fence`, locked, when it is current: the batch lock of this one lease.
 async fn lock_lease(tx: &mut PgTransaction<'_>, fence: Fence) -> Result<Option<LeaseRow>> {
-    let row: Option<LeaseColumns> = sqlx::query_as(
-        "SELECT f.lane, f.job_id, f.snapshot_id, f.frame_start, f.frame_end, f.frame_step, f.attempts, f.max_attempts,
-                CASE WHEN f.repair_job_id IS NOT NULL
-                     THEN (SELECT r.frame_job_id FROM render.frame_repair_jobs r WHERE r.id = f.repair_job_id) END
-           FROM render.frame_jobs f
-          WHERE f.id = $1 AND f.lease_epoch = $2 AND f.node_id = $3 AND f.state IN ('leased', 'running')
-            FOR NO KEY UPDATE OF f",
-    )
-    .bind(fence.task_id)
-    .bind(fence.lease_epoch)
-    .bind(fence.node_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(row.and_then(|(lane, job_id, snapshot_id, start, end, step, attempts, max_attempts, repair_of)| {
-        Some(LeaseRow {
-            lane: Lane::from_db(&lane)?,
-            job_id,
-            snapshot_id,
-            range: start.zip(end).map(|(s, e)| (s, e, step.max(1))),
-            attempts,
-            max_attempts,
-            repair_of,
-        })
-    }))
+    Ok(batch::lock_current(tx, &[fence]).await?.remove(&fence.task_id))
 }
 
 pub(super) fn in_range(range: Option<(i32, i32, i32)>, frame: i32) -> bool {
@@ -299,7 +222,7 @@ async fn insert_frames(tx: &mut PgTransaction<'_>, fence: Fence, frames: &[Frame
     if frames.is_empty() {
         return Ok(0);
     }
-    let new = super::batch::insert_frames(tx, &[(fence, frames)]).await?;
+    let new = batch::insert_frames(tx, &[(fence, frames)]).await?;
     Ok(new.get(&fence.task_id).copied().unwrap_or(0))
 }
 
