@@ -8,13 +8,11 @@
 // Tests fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod api_support;
 mod support;
 
 use std::time::Duration;
 
-use api_support::*;
-use flatrender_kit::auth::{Role, ServiceName, TokenSigner};
+use flatrender_kit::auth::{ServiceName, TokenSigner};
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::common::v1::Resolution;
 use flatrender_proto::flatrender::events::v1 as ev;
@@ -23,8 +21,7 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use flatrender_render::files::FileServiceSettings;
 use futures_util::StreamExt as _;
 use prost::Message as _;
-use support::{AgentSpec, Behaviour, Identity, SimAgent};
-use tonic::service::interceptor::InterceptedService;
+use support::*;
 use uuid::Uuid;
 
 use agent_pb::session_request::Payload as In;
@@ -33,26 +30,6 @@ const TENANT_A: Uuid = Uuid::from_u128(0xa);
 const TENANT_B: Uuid = Uuid::from_u128(0xb);
 /// Bytes of a video (an MP4 `ftyp` box, enough for the file service).
 const VIDEO: &[u8] = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom an assembled video";
-
-/// Enrols a node for `spec` through the real Enroll RPC and connects a simulated agent to the
-/// stack.
-async fn agent(stack: &Stack, spec: AgentSpec) -> SimAgent {
-    let admin = Principal { role: Role::PlatformAdmin, ..Principal::user(Uuid::new_v4()) };
-    let bearer = Bearer(format!("Bearer {}", stack.token(&admin)).parse().unwrap());
-    let mut admin =
-        pb::node_admin_service_client::NodeAdminServiceClient::new(InterceptedService::new(stack.channel(), bearer));
-    let request = pb::CreateEnrollmentTokenRequest { description: "test".into(), ttl: None, tags: Vec::new() };
-    let secret = admin.create_enrollment_token(request).await.unwrap().into_inner().secret;
-    let mut client = agent_pb::agent_service_client::AgentServiceClient::new(stack.channel());
-    let enrolled = client.enroll(spec.enroll_request(&secret)).await.unwrap().into_inner();
-    let identity = Identity {
-        node_id: enrolled.node_id.parse().unwrap(),
-        credential: enrolled.node_credential.clone(),
-        name: enrolled.name,
-    };
-    let authorization = format!("Bearer {}", identity.credential);
-    SimAgent::connect_over(client, identity, spec, &authorization).await
-}
 
 /// A node with ffmpeg that leaves its tasks to the test.
 fn assembler() -> AgentSpec {
@@ -73,7 +50,7 @@ fn output(kind: agent_pb::ObjectKind, file: &file_pb::File, media: agent_pb::Med
 
 /// Sends a SUCCESS of `task` with `outputs` and waits for its acknowledgement.
 async fn succeed(agent: &SimAgent, task: &agent_pb::AssignTask, outputs: Vec<agent_pb::TaskOutput>) {
-    agent.send(support::agent::accepted(task));
+    agent.send(agent::accepted(task));
     let seq = agent.send(In::TaskResult(agent_pb::TaskResult {
         task_id: task.task_id.clone(),
         lease_epoch: task.lease_epoch,
@@ -87,7 +64,7 @@ async fn succeed(agent: &SimAgent, task: &agent_pb::AssignTask, outputs: Vec<age
 }
 
 /// The last attempt of `task`: outcome and error code.
-async fn last_attempt(stack: &Stack, task: &str) -> (String, Option<String>, Option<String>) {
+async fn last_attempt(stack: &Orchestrator, task: &str) -> (String, Option<String>, Option<String>) {
     sqlx::query_as(
         "SELECT outcome, error_code, error_message FROM render.frame_job_attempts
           WHERE frame_job_id = $1::uuid ORDER BY attempt DESC LIMIT 1",
@@ -98,7 +75,7 @@ async fn last_attempt(stack: &Stack, task: &str) -> (String, Option<String>, Opt
     .unwrap()
 }
 
-async fn job_state(stack: &Stack, job: &str) -> String {
+async fn job_state(stack: &Orchestrator, job: &str) -> String {
     sqlx::query_scalar("SELECT state FROM render.render_jobs WHERE id = $1::uuid")
         .bind(job)
         .fetch_one(stack.db.pool())
@@ -108,7 +85,7 @@ async fn job_state(stack: &Stack, job: &str) -> String {
 
 #[tokio::test]
 async fn an_assembled_video_becomes_the_export_that_completes_the_job() {
-    let stack = Stack::start_with(|settings| settings.max_attempts = 5).await;
+    let stack = Orchestrator::start_with_files_and(|settings| settings.max_attempts = 5).await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let job = stack
@@ -123,7 +100,7 @@ async fn an_assembled_video_becomes_the_export_that_completes_the_job() {
     let mut stream = stack.renders(&alice).watch_render(watch).await.unwrap().into_inner();
 
     // The chunks render on a node without ffmpeg; the job then waits for an assembler.
-    let _renderer = agent(&stack, AgentSpec::default()).await;
+    let _renderer = stack.agent(AgentSpec::default()).await;
     eventually("the job to reach assembly", || async { job_state(&stack, &job.id).await == "assembling" }).await;
 
     let wanted = job.output.unwrap();
@@ -146,7 +123,7 @@ async fn an_assembled_video_becomes_the_export_that_completes_the_job() {
     };
 
     // A video one frame short: OUTPUT_MISMATCH, retried elsewhere.
-    let first = agent(&stack, assembler()).await;
+    let first = stack.agent(assembler()).await;
     let task = first.next_assign().await;
     assert_eq!(task.kind(), pb::TaskKind::Assemble);
     succeed(&first, &task, vec![output(agent_pb::ObjectKind::Video, &video, media(29))]).await;
@@ -156,7 +133,7 @@ async fn an_assembled_video_becomes_the_export_that_completes_the_job() {
     nothing_written().await;
 
     // Another tenant's file: not the task's (UPLOAD_FAILED).
-    let second = agent(&stack, assembler()).await;
+    let second = stack.agent(assembler()).await;
     let task = second.next_assign().await;
     succeed(&second, &task, vec![output(agent_pb::ObjectKind::Video, &elsewhere, media(30))]).await;
     let (outcome, code, _) = last_attempt(&stack, &task.task_id).await;
@@ -164,7 +141,7 @@ async fn an_assembled_video_becomes_the_export_that_completes_the_job() {
     nothing_written().await;
 
     // A file of the tenant's that is no export (its template bundle).
-    let third = agent(&stack, assembler()).await;
+    let third = stack.agent(assembler()).await;
     let task = third.next_assign().await;
     let bundle = file_pb::File { content_type: String::new(), ..files.template.clone() };
     succeed(&third, &task, vec![output(agent_pb::ObjectKind::Video, &bundle, media(30))]).await;
@@ -174,7 +151,7 @@ async fn an_assembled_video_becomes_the_export_that_completes_the_job() {
     nothing_written().await;
 
     // The video as stored, with the log beside it: the job completes.
-    let third = agent(&stack, assembler()).await;
+    let third = stack.agent(assembler()).await;
     let task = third.next_assign().await;
     let log = stack.upload(&render, TENANT_A, "assemble.log", file_pb::FileKind::Other, b"ffmpeg log").await;
     let outputs = vec![
@@ -245,7 +222,7 @@ async fn an_assembled_video_becomes_the_export_that_completes_the_job() {
 
 #[tokio::test]
 async fn a_snapshot_image_makes_the_snapshot_ready_and_wakes_its_watchers() {
-    let stack = Stack::start_with(|settings| settings.max_attempts = 5).await;
+    let stack = Orchestrator::start_with_files_and(|settings| settings.max_attempts = 5).await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let request = pb::RequestSnapshotRequest {
@@ -277,7 +254,7 @@ async fn a_snapshot_image_makes_the_snapshot_ready_and_wakes_its_watchers() {
     };
 
     // No image at all.
-    let first = agent(&stack, manual.clone()).await;
+    let first = stack.agent(manual.clone()).await;
     let task = first.next_assign().await;
     assert_eq!(task.kind(), pb::TaskKind::Snapshot);
     succeed(&first, &task, Vec::new()).await;
@@ -286,7 +263,7 @@ async fn a_snapshot_image_makes_the_snapshot_ready_and_wakes_its_watchers() {
     still_queued().await;
 
     // An image whose digest is not the stored file's.
-    let second = agent(&stack, manual.clone()).await;
+    let second = stack.agent(manual.clone()).await;
     let task = second.next_assign().await;
     let mut wrong = output(agent_pb::ObjectKind::SnapshotImage, &image, media.clone());
     wrong.sha256 = "ab".repeat(32);
@@ -297,7 +274,7 @@ async fn a_snapshot_image_makes_the_snapshot_ready_and_wakes_its_watchers() {
     still_queued().await;
 
     // The image as stored.
-    let third = agent(&stack, manual).await;
+    let third = stack.agent(manual).await;
     let task = third.next_assign().await;
     succeed(&third, &task, vec![output(agent_pb::ObjectKind::SnapshotImage, &image, media)]).await;
 
@@ -347,7 +324,7 @@ async fn next_state(stream: &mut tonic::Streaming<pb::WatchSnapshotResponse>, la
 
 #[tokio::test]
 async fn a_snapshot_renders_while_its_task_is_leased_and_waits_again_when_requeued() {
-    let stack = Stack::start_with(|settings| {
+    let stack = Orchestrator::start_with_files_and(|settings| {
         settings.max_attempts = 5;
         settings.reconnect_grace = Duration::from_millis(500);
     })
@@ -373,7 +350,7 @@ async fn a_snapshot_renders_while_its_task_is_leased_and_waits_again_when_requeu
     // Leased: RENDERING, for GetSnapshot (the lease committed before the assignment was sent),
     // for watchers, and for an identical request (no second task).
     let manual = AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() };
-    let mut first_node = agent(&stack, manual.clone()).await;
+    let mut first_node = stack.agent(manual.clone()).await;
     first_node.next_assign().await;
     let got = stack.renders(&alice).get_snapshot(get.clone()).await.unwrap().into_inner().snapshot.unwrap();
     assert_eq!(got.state(), pb::SnapshotState::Rendering);
@@ -389,7 +366,7 @@ async fn a_snapshot_renders_while_its_task_is_leased_and_waits_again_when_requeu
     assert_eq!(got.state(), pb::SnapshotState::Queued);
 
     // Another node takes it (RENDERING again) and delivers the image (READY).
-    let second_node = agent(&stack, manual).await;
+    let second_node = stack.agent(manual).await;
     let task = second_node.next_assign().await;
     assert_eq!(task.lease_epoch, 2);
     assert_eq!(next_state(&mut stream, pb::SnapshotState::Queued).await.state(), pb::SnapshotState::Rendering);
@@ -404,7 +381,7 @@ async fn a_snapshot_renders_while_its_task_is_leased_and_waits_again_when_requeu
 
 #[tokio::test]
 async fn a_snapshot_whose_task_fails_for_good_is_failed() {
-    let stack = Stack::start_with(|settings| settings.max_attempts = 1).await;
+    let stack = Orchestrator::start_with_files_and(|settings| settings.max_attempts = 1).await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let request = pb::RequestSnapshotRequest {
@@ -420,7 +397,7 @@ async fn a_snapshot_whose_task_fails_for_good_is_failed() {
     assert_eq!(stream.next().await.unwrap().unwrap().snapshot.unwrap().state, pb::SnapshotState::Queued as i32);
 
     // Its one attempt claims success without an image.
-    let node = agent(&stack, AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
+    let node = stack.agent(AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
     let task = node.next_assign().await;
     succeed(&node, &task, Vec::new()).await;
 
@@ -448,7 +425,7 @@ async fn a_snapshot_whose_task_fails_for_good_is_failed() {
 
 #[tokio::test]
 async fn an_assembly_without_its_video_fails_the_job_once_out_of_attempts() {
-    let stack = Stack::start_with(|settings| settings.max_attempts = 1).await;
+    let stack = Orchestrator::start_with_files_and(|settings| settings.max_attempts = 1).await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let job = stack
@@ -459,9 +436,9 @@ async fn an_assembly_without_its_video_fails_the_job_once_out_of_attempts() {
         .into_inner()
         .render
         .unwrap();
-    let _renderer = agent(&stack, AgentSpec::default()).await;
+    let _renderer = stack.agent(AgentSpec::default()).await;
     eventually("the job to reach assembly", || async { job_state(&stack, &job.id).await == "assembling" }).await;
-    let node = agent(&stack, assembler()).await;
+    let node = stack.agent(assembler()).await;
     let task = node.next_assign().await;
     succeed(&node, &task, Vec::new()).await;
 
@@ -476,7 +453,7 @@ async fn an_assembly_without_its_video_fails_the_job_once_out_of_attempts() {
 
 #[tokio::test]
 async fn a_snapshot_whose_node_is_lost_on_its_last_attempt_is_failed() {
-    let stack = Stack::start_with(|settings| {
+    let stack = Orchestrator::start_with_files_and(|settings| {
         settings.max_attempts = 1;
         settings.reconnect_grace = Duration::from_millis(500);
     })
@@ -495,7 +472,7 @@ async fn a_snapshot_whose_node_is_lost_on_its_last_attempt_is_failed() {
     let mut stream = stack.renders(&alice).watch_snapshot(watch).await.unwrap().into_inner();
     assert_eq!(stream.next().await.unwrap().unwrap().snapshot.unwrap().state, pb::SnapshotState::Queued as i32);
 
-    let mut node = agent(&stack, AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
+    let mut node = stack.agent(AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
     node.next_assign().await;
     node.disconnect();
 
@@ -514,7 +491,7 @@ async fn a_snapshot_whose_node_is_lost_on_its_last_attempt_is_failed() {
 async fn a_file_service_outage_while_verifying_a_delivery_uses_no_attempt_and_blames_no_node() {
     // A file service nobody answers for: connections are refused.
     let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let o = support::Orchestrator::start_with(|settings| {
+    let o = Orchestrator::start_with(|settings| {
         settings.max_attempts = 1;
         settings.api.file_service = Some(FileServiceSettings {
             url: format!("http://{unreachable}"),
@@ -524,9 +501,7 @@ async fn a_file_service_outage_while_verifying_a_delivery_uses_no_attempt_and_bl
         });
     })
     .await;
-    let job =
-        support::seed_job(o.pool(), support::JobSeed { segments: vec![("Main".into(), 0, 9)], ..Default::default() })
-            .await;
+    let job = seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 9)], ..Default::default() }).await;
     let _renderer = o.agent(AgentSpec::default()).await;
     o.until(
         "the job assembles",
@@ -535,7 +510,7 @@ async fn a_file_service_outage_while_verifying_a_delivery_uses_no_attempt_and_bl
     .await;
     let node = o.agent(assembler()).await;
     let task = node.next_assign().await;
-    node.send(support::agent::accepted(&task));
+    node.send(agent::accepted(&task));
     // A video that fits the job (seeded at 1280x720, 30 fps, 10 frames), in a file render
     // cannot look at now.
     let video = agent_pb::TaskOutput {

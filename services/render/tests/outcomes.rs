@@ -13,7 +13,7 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use prost::Message as _;
 use support::agent::{accepted, frame_report, frames_of, result};
 use support::seed::cancel_job;
-use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, seed_job};
+use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, Principal, seed_job};
 use uuid::Uuid;
 
 use agent_pb::session_request::Payload as In;
@@ -132,8 +132,7 @@ async fn customers_see_a_template_error_without_the_node_paths_operators_see_it_
     const SHOWN: &str = r"After Effects error: missing footage footage\logo.png (layer 'Logo'), project project.aep";
 
     // The customer: GetRender and the RenderJobFailed event (webhooks).
-    let token = o.token_in(job.tenant, Role::TenantAdmin);
-    let mut renders = pb::render_service_client::RenderServiceClient::new(o.authed(&token));
+    let mut renders = o.renders(&Principal::admin(job.tenant));
     let render = renders.get_render(pb::GetRenderRequest { render_id: job.job_id.to_string() }).await.unwrap();
     let error = render.into_inner().render.unwrap().error.unwrap();
     assert_eq!((error.code(), error.message.as_str()), (pb::ErrorCode::MissingFootage, SHOWN));
@@ -142,8 +141,7 @@ async fn customers_see_a_template_error_without_the_node_paths_operators_see_it_
     assert_eq!(event.error.unwrap().message, SHOWN);
 
     // Operators: the attempt as the agent reported it.
-    let admin = o.token(Role::PlatformAdmin);
-    let mut admin = pb::render_admin_service_client::RenderAdminServiceClient::new(o.authed(&admin));
+    let mut admin = o.render_admin(Role::PlatformAdmin);
     let chunk = admin.get_chunk(pb::GetChunkRequest { chunk_id: task.task_id.clone() }).await.unwrap();
     let chunk = chunk.into_inner().chunk.unwrap();
     assert_eq!(chunk.attempts[0].error.as_ref().unwrap().message, raw);

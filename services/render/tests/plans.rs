@@ -4,14 +4,14 @@
 // Tests fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod api_support;
+mod support;
 
-use api_support::*;
 use flatrender_kit::outbox::{self, EventMeta};
 use flatrender_proto::flatrender::common::v1 as common_pb;
 use flatrender_proto::flatrender::events::v1 as ev;
 use flatrender_proto::flatrender::identity::v1 as identity_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
+use support::*;
 use tonic::Code;
 use uuid::Uuid;
 
@@ -26,7 +26,7 @@ fn hd(fps: f64) -> Option<pb::OutputSettings> {
 }
 
 /// The priority of every chunk of job `id`.
-async fn chunk_priorities(stack: &Stack, id: &str) -> Vec<i16> {
+async fn chunk_priorities(stack: &Orchestrator, id: &str) -> Vec<i16> {
     sqlx::query_scalar("SELECT DISTINCT priority FROM render.frame_jobs WHERE job_id = $1")
         .bind(Uuid::parse_str(id).unwrap())
         .fetch_all(stack.db.pool())
@@ -36,10 +36,10 @@ async fn chunk_priorities(stack: &Stack, id: &str) -> Vec<i16> {
 
 #[tokio::test]
 async fn a_users_plan_sets_priority_caps_and_watermark() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT);
     let files = stack.assets(&alice).await;
-    stack.seed_plan(TENANT, Some(alice.user), &Plan::pro()).await;
+    seed_plan(stack.pool(), TENANT, Some(alice.user), &Plan::pro()).await;
     let pro = pb::SubmitRenderRequest {
         output: hd(60.0),
         has_voiceover: true,
@@ -67,13 +67,13 @@ async fn a_users_plan_sets_priority_caps_and_watermark() {
 
 #[tokio::test]
 async fn the_tenants_plan_applies_unless_the_user_has_one() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let mut tenant_plan = Plan::roomy();
     tenant_plan.priority = 70;
-    stack.seed_plan(TENANT, None, &tenant_plan).await;
+    seed_plan(stack.pool(), TENANT, None, &tenant_plan).await;
     let alice = Principal::user(TENANT);
     let bob = Principal::user(TENANT);
-    stack.seed_plan(TENANT, Some(bob.user), &Plan::pro()).await;
+    seed_plan(stack.pool(), TENANT, Some(bob.user), &Plan::pro()).await;
     let alice_files = stack.assets(&alice).await;
     let bob_files = stack.assets(&bob).await;
     let alices = stack.renders(&alice).submit_render(request(&alice_files.template, "a")).await.unwrap();
@@ -105,7 +105,7 @@ fn limits(priority: u32, concurrent: u32) -> identity_pb::PlanLimits {
     }
 }
 
-async fn publish<M: prost::Message + prost::Name>(stack: &Stack, event: &M) {
+async fn publish<M: prost::Message + prost::Name>(stack: &Orchestrator, event: &M) {
     let mut tx = stack.db.pool().begin().await.unwrap();
     let meta =
         EventMeta { source: "identity", aggregate_type: "subscription", aggregate_id: "s".into(), tenant_id: None };
@@ -113,7 +113,7 @@ async fn publish<M: prost::Message + prost::Name>(stack: &Stack, event: &M) {
     tx.commit().await.unwrap();
 }
 
-async fn plan_row(stack: &Stack, user: Option<Uuid>) -> Option<(String, i16, i32)> {
+async fn plan_row(stack: &Orchestrator, user: Option<Uuid>) -> Option<(String, i16, i32)> {
     sqlx::query_as(
         "SELECT plan_code, render_priority, max_concurrent_renders FROM render.plan_limits
           WHERE tenant_id = $1 AND user_id IS NOT DISTINCT FROM $2",
@@ -127,7 +127,7 @@ async fn plan_row(stack: &Stack, user: Option<Uuid>) -> Option<(String, i16, i32
 
 #[tokio::test]
 async fn identitys_events_keep_the_limits_current() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT);
     let files = stack.assets(&alice).await;
     // A malformed event first: skipped, and it does not hold back the next ones.
@@ -181,7 +181,7 @@ async fn identitys_events_keep_the_limits_current() {
 
 #[tokio::test]
 async fn concurrent_renders_are_capped_until_one_ends() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT);
     let files = stack.assets(&alice).await;
     // The free plan: one render at a time.
@@ -201,7 +201,7 @@ async fn concurrent_renders_are_capped_until_one_ends() {
 
 #[tokio::test]
 async fn the_monthly_render_time_runs_out_until_next_month() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT);
     let files = stack.assets(&alice).await;
     let first = stack.renders(&alice).submit_render(request(&files.template, "one")).await.unwrap().into_inner();

@@ -15,31 +15,9 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use prost::Message as _;
 use support::agent::{accepted, frame_report, frames_of, result};
 use support::seed::cancel_job;
-use support::{AgentEvent, AgentSpec, Behaviour, JobSeed, Orchestrator, SeededJob, seed_job};
+use support::{AgentEvent, AgentSpec, Behaviour, JobSeed, Orchestrator, Principal, SeededJob, failure, seed_job};
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use uuid::Uuid;
-
-type Admin = pb::render_admin_service_client::RenderAdminServiceClient<InterceptedService<Channel, support::Bearer>>;
-type Renders = pb::render_service_client::RenderServiceClient<InterceptedService<Channel, support::Bearer>>;
-
-/// RenderAdminService as a person of `role`.
-fn admin(o: &Orchestrator, role: Role) -> Admin {
-    Admin::new(o.authed(&o.token(role)))
-}
-
-/// RenderService as a tenant admin of `tenant`.
-fn renders_of(o: &Orchestrator, tenant: Uuid) -> Renders {
-    Renders::new(o.authed(&o.token_in(tenant, Role::TenantAdmin)))
-}
-
-fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
-    match result {
-        Ok(response) => panic!("expected an error, got {:?}", response.into_inner()),
-        Err(status) => (status.code(), status.message().to_owned()),
-    }
-}
 
 fn inspect(id: impl ToString) -> pb::InspectRenderRequest {
     pb::InspectRenderRequest { render_id: id.to_string() }
@@ -86,19 +64,19 @@ async fn only_platform_admins_may_call() {
     let job = seed_job(o.pool(), JobSeed::default()).await;
     let chunk = job.chunks[0].to_string();
     for role in [Role::User, Role::TenantAdmin] {
-        let mut c = admin(&o, role);
+        let mut c = o.render_admin(role);
         let denied = [
-            code(c.search_renders(search(None)).await).0,
-            code(c.inspect_render(inspect(job.job_id)).await).0,
-            code(c.list_chunks(chunks_of(job.job_id, 0, "")).await).0,
-            code(c.get_chunk(pb::GetChunkRequest { chunk_id: chunk.clone() }).await).0,
-            code(c.requeue_render(requeue(job.job_id, true)).await).0,
-            code(c.fail_render(fail(job.job_id, "stop")).await).0,
+            failure(c.search_renders(search(None)).await).0,
+            failure(c.inspect_render(inspect(job.job_id)).await).0,
+            failure(c.list_chunks(chunks_of(job.job_id, 0, "")).await).0,
+            failure(c.get_chunk(pb::GetChunkRequest { chunk_id: chunk.clone() }).await).0,
+            failure(c.requeue_render(requeue(job.job_id, true)).await).0,
+            failure(c.fail_render(fail(job.job_id, "stop")).await).0,
         ];
         assert_eq!(denied, [Code::PermissionDenied; 6], "{role:?}");
     }
     let mut anonymous = pb::render_admin_service_client::RenderAdminServiceClient::new(o.channel());
-    assert_eq!(code(anonymous.fail_render(fail(job.job_id, "stop")).await).0, Code::Unauthenticated);
+    assert_eq!(failure(anonymous.fail_render(fail(job.job_id, "stop")).await).0, Code::Unauthenticated);
     assert_eq!(job_state(&o, job.job_id).await, "queued", "nothing changed");
     assert_eq!(o.count("SELECT count(*) FROM platform.outbox").await, 0);
 }
@@ -107,39 +85,39 @@ async fn only_platform_admins_may_call() {
 async fn bad_requests_and_unknown_ids_are_refused() {
     let o = Orchestrator::start().await;
     let job = seed_job(o.pool(), JobSeed::default()).await;
-    let mut c = admin(&o, Role::PlatformAdmin);
+    let mut c = o.render_admin(Role::PlatformAdmin);
 
     // Malformed ids.
     for (at, (status, message)) in [
-        ("inspect", code(c.inspect_render(inspect("nope")).await)),
-        ("chunks", code(c.list_chunks(chunks_of("nope", 0, "")).await)),
-        ("requeue", code(c.requeue_render(requeue("nope", false)).await)),
-        ("fail", code(c.fail_render(fail("nope", "stop")).await)),
+        ("inspect", failure(c.inspect_render(inspect("nope")).await)),
+        ("chunks", failure(c.list_chunks(chunks_of("nope", 0, "")).await)),
+        ("requeue", failure(c.requeue_render(requeue("nope", false)).await)),
+        ("fail", failure(c.fail_render(fail("nope", "stop")).await)),
     ] {
         assert_eq!(status, Code::InvalidArgument, "{at}");
         assert!(message.starts_with("render_id: "), "{at}: {message}");
     }
-    let (status, message) = code(c.get_chunk(pb::GetChunkRequest { chunk_id: "NOPE".into() }).await);
+    let (status, message) = failure(c.get_chunk(pb::GetChunkRequest { chunk_id: "NOPE".into() }).await);
     assert_eq!((status, message.starts_with("chunk_id: ")), (Code::InvalidArgument, true));
 
     // Unknown ids.
     let unknown = Uuid::new_v4();
-    assert_eq!(code(c.inspect_render(inspect(unknown)).await).0, Code::NotFound);
-    assert_eq!(code(c.list_chunks(chunks_of(unknown, 0, "")).await).0, Code::NotFound);
-    assert_eq!(code(c.get_chunk(pb::GetChunkRequest { chunk_id: unknown.to_string() }).await).0, Code::NotFound);
-    assert_eq!(code(c.requeue_render(requeue(unknown, false)).await).0, Code::NotFound);
-    assert_eq!(code(c.fail_render(fail(unknown, "stop")).await).0, Code::NotFound);
+    assert_eq!(failure(c.inspect_render(inspect(unknown)).await).0, Code::NotFound);
+    assert_eq!(failure(c.list_chunks(chunks_of(unknown, 0, "")).await).0, Code::NotFound);
+    assert_eq!(failure(c.get_chunk(pb::GetChunkRequest { chunk_id: unknown.to_string() }).await).0, Code::NotFound);
+    assert_eq!(failure(c.requeue_render(requeue(unknown, false)).await).0, Code::NotFound);
+    assert_eq!(failure(c.fail_render(fail(unknown, "stop")).await).0, Code::NotFound);
 
     // Reasons and messages.
     let empty = pb::RequeueRenderRequest { reason: " ".into(), ..requeue(job.job_id, false) };
-    assert_eq!(code(c.requeue_render(empty).await), (Code::InvalidArgument, "reason: must not be empty".into()));
+    assert_eq!(failure(c.requeue_render(empty).await), (Code::InvalidArgument, "reason: must not be empty".into()));
     let long = pb::RequeueRenderRequest { reason: "x".repeat(501), ..requeue(job.job_id, false) };
-    assert_eq!(code(c.requeue_render(long).await).0, Code::InvalidArgument);
+    assert_eq!(failure(c.requeue_render(long).await).0, Code::InvalidArgument);
     assert_eq!(
-        code(c.fail_render(fail(job.job_id, "")).await),
+        failure(c.fail_render(fail(job.job_id, "")).await),
         (Code::InvalidArgument, "message: must not be empty".into())
     );
-    assert_eq!(code(c.fail_render(fail(job.job_id, &"y".repeat(2001))).await).0, Code::InvalidArgument);
+    assert_eq!(failure(c.fail_render(fail(job.job_id, &"y".repeat(2001))).await).0, Code::InvalidArgument);
 
     // Filters and pages.
     let bad_searches = [
@@ -162,23 +140,23 @@ async fn bad_requests_and_unknown_ids_are_refused() {
         ("page.page_size", search(Some((501, "")))),
     ];
     for (field, request) in bad_searches {
-        let (status, message) = code(c.search_renders(request).await);
+        let (status, message) = failure(c.search_renders(request).await);
         assert_eq!(status, Code::InvalidArgument, "{field}");
         assert!(message.starts_with(&format!("{field}: ")) || message.starts_with(&format!("{field}.")), "{message}");
     }
-    let (status, message) = code(c.list_chunks(chunks_of(job.job_id, 0, "garbage")).await);
+    let (status, message) = failure(c.list_chunks(chunks_of(job.job_id, 0, "garbage")).await);
     assert_eq!((status, message.starts_with("page.page_token: ")), (Code::InvalidArgument, true));
     let bad_state = pb::ListChunksRequest { states: vec![42], ..chunks_of(job.job_id, 0, "") };
-    assert_eq!(code(c.list_chunks(bad_state).await).0, Code::InvalidArgument);
+    assert_eq!(failure(c.list_chunks(bad_state).await).0, Code::InvalidArgument);
 
     // A token of one listing is no token of another.
     seed_job(o.pool(), JobSeed::default()).await;
     let page = c.search_renders(search(Some((1, "")))).await.unwrap().into_inner();
     let token = page.page.unwrap().next_page_token;
     assert!(!token.is_empty());
-    assert_eq!(code(c.list_chunks(chunks_of(job.job_id, 1, &token)).await).0, Code::InvalidArgument);
+    assert_eq!(failure(c.list_chunks(chunks_of(job.job_id, 1, &token)).await).0, Code::InvalidArgument);
     let filtered = pb::SearchRendersRequest { tenant_id: job.tenant.to_string(), ..search(Some((1, &token))) };
-    assert_eq!(code(c.search_renders(filtered).await).0, Code::InvalidArgument);
+    assert_eq!(failure(c.search_renders(filtered).await).0, Code::InvalidArgument);
     assert_eq!(job_state(&o, job.job_id).await, "queued", "nothing changed");
 }
 
@@ -189,7 +167,7 @@ async fn search_spans_tenants_with_filters_and_pages() {
     let first = seed_job(o.pool(), JobSeed { tenant, ..JobSeed::default() }).await;
     let second = seed_job(o.pool(), JobSeed { tenant, ..JobSeed::default() }).await;
     let other = seed_job(o.pool(), JobSeed::default()).await;
-    let mut c = admin(&o, Role::PlatformAdmin);
+    let mut c = o.render_admin(Role::PlatformAdmin);
 
     // Every tenant, newest first, two per page.
     let page = c.search_renders(search(Some((2, "")))).await.unwrap().into_inner();
@@ -249,7 +227,7 @@ async fn inspect_and_chunks_show_the_attempt_history() {
     let o = Orchestrator::start().await;
     let (agent, job) = rendered_job(&o).await;
     let node = agent.identity.node_id.to_string();
-    let mut c = admin(&o, Role::PlatformAdmin);
+    let mut c = o.render_admin(Role::PlatformAdmin);
 
     let inspected = c.inspect_render(inspect(job.job_id)).await.unwrap().into_inner();
     let render = inspected.render.unwrap();
@@ -316,7 +294,7 @@ async fn a_requeued_failed_job_runs_again() {
             .await;
     o.until("the job fails", &format!("SELECT state = 'failed' FROM render.render_jobs WHERE id = '{}'", job.job_id))
         .await;
-    let mut c = admin(&o, Role::PlatformAdmin);
+    let mut c = o.render_admin(Role::PlatformAdmin);
     let failed = c.list_chunks(chunks_of(job.job_id, 0, "")).await.unwrap().into_inner().chunks;
     assert_eq!(failed[0].state(), pb::ChunkState::Failed);
     assert_eq!(failed[0].excluded_node_ids, [agent.identity.node_id.to_string()]);
@@ -349,14 +327,14 @@ async fn a_requeued_failed_job_runs_again() {
     // A job that was canceled cannot be requeued.
     let canceled = seed_job(o.pool(), JobSeed::default()).await;
     cancel_job(o.pool(), canceled.job_id).await;
-    assert_eq!(code(c.requeue_render(requeue(canceled.job_id, false)).await).0, Code::FailedPrecondition);
+    assert_eq!(failure(c.requeue_render(requeue(canceled.job_id, false)).await).0, Code::FailedPrecondition);
 }
 
 #[tokio::test]
 async fn a_job_failed_in_assembly_is_requeued_to_assembly() {
     let o = Orchestrator::start().await;
     let (_renderer, job) = rendered_job(&o).await;
-    let mut c = admin(&o, Role::PlatformAdmin);
+    let mut c = o.render_admin(Role::PlatformAdmin);
     c.fail_render(fail(job.job_id, "the encoder is broken")).await.unwrap();
     let assembly = c.list_chunks(chunks_of(job.job_id, 0, "")).await.unwrap().into_inner().chunks.pop().unwrap();
     assert_eq!((assembly.kind(), assembly.state()), (pb::TaskKind::Assemble, pb::ChunkState::Canceled));
@@ -392,7 +370,7 @@ async fn a_requeue_fences_the_running_lease() {
     )
     .await;
 
-    let mut c = admin(&o, Role::PlatformAdmin);
+    let mut c = o.render_admin(Role::PlatformAdmin);
     let render = c.requeue_render(requeue(job.job_id, false)).await.unwrap().into_inner().render.unwrap();
     assert_eq!(render.state(), pb::JobState::Queued);
 
@@ -466,7 +444,8 @@ async fn failing_a_running_job_stops_its_agents_and_wakes_watchers() {
     )
     .await;
 
-    let mut watch = renders_of(&o, job.tenant)
+    let mut watch = o
+        .renders(&Principal::admin(job.tenant))
         .watch_render(pb::WatchRenderRequest { render_id: job.job_id.to_string(), include_chunks: false })
         .await
         .unwrap()
@@ -474,7 +453,7 @@ async fn failing_a_running_job_stops_its_agents_and_wakes_watchers() {
     let first = watch.message().await.unwrap().unwrap().render.unwrap();
     assert_eq!(first.state(), pb::JobState::Rendering);
 
-    let mut c = admin(&o, Role::PlatformAdmin);
+    let mut c = o.render_admin(Role::PlatformAdmin);
     let render = c.fail_render(fail(job.job_id, "the template is broken")).await.unwrap().into_inner().render.unwrap();
     assert_eq!(render.state(), pb::JobState::Failed);
     let error = render.error.unwrap();
@@ -511,7 +490,7 @@ async fn failing_a_running_job_stops_its_agents_and_wakes_watchers() {
     assert_eq!(event.error.unwrap().code(), pb::ErrorCode::FailedByOperator);
 
     // Failing it again is refused and changes nothing.
-    assert_eq!(code(c.fail_render(fail(job.job_id, "again")).await).0, Code::FailedPrecondition);
+    assert_eq!(failure(c.fail_render(fail(job.job_id, "again")).await).0, Code::FailedPrecondition);
     assert_eq!(o.events("flatrender.events.v1.RenderJobFailed").await.len(), 1);
     a.heartbeat();
     a.renewal().await;

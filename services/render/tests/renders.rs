@@ -4,11 +4,10 @@
 // Tests fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod api_support;
+mod support;
 
 use std::time::Duration;
 
-use api_support::*;
 use flatrender_kit::auth::ServiceName;
 use flatrender_proto::flatrender::common::v1 as common_pb;
 use flatrender_proto::flatrender::events::v1 as ev;
@@ -17,13 +16,14 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use futures_util::StreamExt as _;
 use prost::Message as _;
 use sqlx::Row;
+use support::*;
 use tonic::Code;
 use uuid::Uuid;
 
 const TENANT_A: Uuid = Uuid::from_u128(0xa);
 const TENANT_B: Uuid = Uuid::from_u128(0xb);
 
-async fn job_count(stack: &Stack) -> (i64, i64, i64, i64) {
+async fn job_count(stack: &Orchestrator) -> (i64, i64, i64, i64) {
     (
         stack.count("SELECT count(*) FROM render.render_jobs").await,
         stack.count("SELECT count(*) FROM render.render_job_segments").await,
@@ -34,7 +34,7 @@ async fn job_count(stack: &Stack) -> (i64, i64, i64, i64) {
 
 #[tokio::test]
 async fn a_submit_stores_the_job_its_segments_chunks_and_event_in_one_go() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let mut queue = stack.listen(&["render_queue"]).await;
@@ -149,7 +149,7 @@ async fn a_submit_stores_the_job_its_segments_chunks_and_event_in_one_go() {
 
 #[tokio::test]
 async fn malformed_requests_name_their_field_and_leave_nothing_behind() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let base = request(&files.template, "bad");
@@ -228,7 +228,7 @@ async fn malformed_requests_name_their_field_and_leave_nothing_behind() {
 
 #[tokio::test]
 async fn every_file_field_is_checked_and_named() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let base = request(&files.template, "files");
@@ -326,7 +326,7 @@ async fn every_file_field_is_checked_and_named() {
 
 #[tokio::test]
 async fn retries_find_their_job_and_a_reused_key_is_refused() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let first = stack.renders(&alice).submit_render(request(&files.template, "k1")).await.unwrap().into_inner();
@@ -354,7 +354,7 @@ async fn retries_find_their_job_and_a_reused_key_is_refused() {
 
 #[tokio::test]
 async fn sixteen_identical_submits_make_one_job() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let calls = (0..16).map(|_| {
@@ -373,7 +373,7 @@ async fn sixteen_identical_submits_make_one_job() {
 
 #[tokio::test]
 async fn other_tenants_and_other_users_see_nothing() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let job = stack
@@ -410,8 +410,8 @@ async fn other_tenants_and_other_users_see_nothing() {
 
 #[tokio::test]
 async fn lists_page_newest_first_within_what_the_caller_may_see() {
-    let stack = Stack::start().await;
-    stack.seed_plan(TENANT_A, None, &Plan::roomy()).await;
+    let stack = Orchestrator::start_with_files().await;
+    seed_plan(stack.pool(), TENANT_A, None, &Plan::roomy()).await;
     let alice = Principal::user(TENANT_A);
     let bob = Principal::user(TENANT_A);
     let admin = Principal::admin(TENANT_A);
@@ -498,7 +498,7 @@ async fn lists_page_newest_first_within_what_the_caller_may_see() {
 
 /// Sets chunk `chunk` of job `job` running with `done` frames and the job RENDERING, then signals
 /// the change as the queue does.
-async fn progress(stack: &Stack, job: &str, chunk: &str, done: i32) {
+async fn progress(stack: &Orchestrator, job: &str, chunk: &str, done: i32) {
     stack
         .execute(&format!(
             "INSERT INTO render.nodes (id, name, hostname, os, agent_version, cpu_cores, ram_bytes)
@@ -515,7 +515,7 @@ async fn progress(stack: &Stack, job: &str, chunk: &str, done: i32) {
         .await;
 }
 
-async fn complete(stack: &Stack, job: &str) {
+async fn complete(stack: &Orchestrator, job: &str) {
     stack
         .execute(&format!(
             "UPDATE render.frame_jobs SET state = 'done', finished_at = now() WHERE job_id = '{job}';
@@ -535,7 +535,7 @@ where
 
 #[tokio::test]
 async fn watching_a_job_follows_it_to_its_end() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let job = stack
@@ -588,7 +588,7 @@ async fn watching_a_job_follows_it_to_its_end() {
 
 #[tokio::test]
 async fn watchers_get_coalesced_updates_keepalives_and_let_go() {
-    let stack = Stack::start_with(|settings| {
+    let stack = Orchestrator::start_with_files_and(|settings| {
         settings.api.watch_keepalive = Duration::from_millis(400);
     })
     .await;
@@ -647,7 +647,7 @@ async fn watchers_get_coalesced_updates_keepalives_and_let_go() {
 
 #[tokio::test]
 async fn watching_works_over_grpc_web() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let job = stack
@@ -669,7 +669,7 @@ async fn watching_works_over_grpc_web() {
          Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nAuthorization: Bearer {}\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         stack.addr,
-        stack.token(&alice),
+        stack.token_for(&alice),
         frame.len()
     );
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -741,7 +741,7 @@ fn grpc_web_messages(response: &[u8]) -> Option<Vec<Vec<u8>>> {
 
 #[tokio::test]
 async fn canceling_drops_tasks_tells_their_nodes_and_is_idempotent() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let job = stack
@@ -826,7 +826,7 @@ async fn canceling_drops_tasks_tells_their_nodes_and_is_idempotent() {
 
 #[tokio::test]
 async fn exports_are_visible_like_their_jobs() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let job = stack

@@ -13,7 +13,7 @@ use flatrender_kit::auth::Role;
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
 use support::agent::{accepted, frame_report, frames_of, ok_frame, result};
-use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, SimAgent, seed_job};
+use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, Principal, SimAgent, seed_job};
 use uuid::Uuid;
 
 use agent_pb::session_request::Payload as In;
@@ -178,8 +178,7 @@ async fn missing_and_corrupt_frames_are_repaired_on_another_node_before_assembly
     assert_eq!(o.count("SELECT count(*) FROM render.frame_jobs WHERE lane = 'assemble'").await, 1);
 
     // Operators see the repairs on their chunk, each with its task and attempt.
-    let mut admin =
-        pb::render_admin_service_client::RenderAdminServiceClient::new(o.authed(&o.token(Role::PlatformAdmin)));
+    let mut admin = o.render_admin(Role::PlatformAdmin);
     let shown = admin.get_chunk(pb::GetChunkRequest { chunk_id: chunk.task_id.clone() }).await.unwrap();
     let mut shown: Vec<(String, Option<pb::FrameRange>, pb::RepairReason, pb::ChunkState, String, usize)> = shown
         .into_inner()
@@ -398,8 +397,7 @@ async fn canceling_a_job_cancels_its_repairs() {
     node.send(accepted(&running));
     assert_eq!(o.count("SELECT count(*) FROM render.frame_repair_jobs").await, 2);
 
-    let mut renders =
-        pb::render_service_client::RenderServiceClient::new(o.authed(&o.token_in(job.tenant, Role::TenantAdmin)));
+    let mut renders = o.renders(&Principal::admin(job.tenant));
     let cancel = pb::CancelRenderRequest { render_id: job.job_id.to_string(), reason: String::new() };
     renders.cancel_render(cancel).await.unwrap();
     let told = node.cancel_of(&running.task_id).await;
@@ -428,8 +426,7 @@ async fn requeuing_a_job_failed_by_its_repair_renders_only_the_repair_again() {
     until_state(&o, job.job_id, "failed").await;
     assert_eq!(repairs(&o).await[0].4, "failed");
 
-    let mut admin =
-        pb::render_admin_service_client::RenderAdminServiceClient::new(o.authed(&o.token(Role::PlatformAdmin)));
+    let mut admin = o.render_admin(Role::PlatformAdmin);
     let request = pb::RequeueRenderRequest {
         render_id: job.job_id.to_string(),
         reason: "retry".into(),

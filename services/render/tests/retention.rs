@@ -5,30 +5,20 @@
 // Tests fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod api_support;
+mod support;
 
 use std::time::Duration;
 
-use api_support::*;
 use flatrender_proto::flatrender::render::v1 as pb;
+use support::*;
 use tonic::Code;
 use uuid::Uuid;
 
 const TENANT: Uuid = Uuid::from_u128(0xa);
 
-fn snapshot_request(template: &flatrender_proto::flatrender::file::v1::File, frame: i32) -> pb::RequestSnapshotRequest {
-    pb::RequestSnapshotRequest {
-        template_file_id: template.id.clone(),
-        template_sha256: template.sha256.clone(),
-        composition: "Main".into(),
-        frame,
-        ..Default::default()
-    }
-}
-
 /// Renders snapshot `id` (as a delivered image would), expiring `expires_in` from now
 /// (negative: already expired).
-async fn ready(stack: &Stack, id: &str, expires_in: &str) {
+async fn ready(stack: &Orchestrator, id: &str, expires_in: &str) {
     stack
         .execute(&format!(
             "UPDATE render.frame_jobs SET state = 'done', finished_at = now() WHERE snapshot_id = '{id}';
@@ -40,7 +30,7 @@ async fn ready(stack: &Stack, id: &str, expires_in: &str) {
 }
 
 /// A completed job of `TENANT` with an export expiring `expires_in` from now (NULL: never).
-async fn export(stack: &Stack, expires_in: Option<&str>) -> String {
+async fn export(stack: &Orchestrator, expires_in: Option<&str>) -> String {
     let expiry = expires_in.map_or("NULL".to_owned(), |e| format!("now() + interval '{e}'"));
     let id: Uuid = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "WITH job AS (
@@ -59,12 +49,12 @@ async fn export(stack: &Stack, expires_in: Option<&str>) -> String {
     id.to_string()
 }
 
-async fn export_state(stack: &Stack, who: &Principal, id: &str) -> pb::ExportState {
+async fn export_state(stack: &Orchestrator, who: &Principal, id: &str) -> pb::ExportState {
     let got = stack.renders(who).get_export(pb::GetExportRequest { export_id: id.to_owned() }).await.unwrap();
     got.into_inner().export.unwrap().state()
 }
 
-async fn stored_export_states(stack: &Stack, ids: &[String]) -> Vec<String> {
+async fn stored_export_states(stack: &Orchestrator, ids: &[String]) -> Vec<String> {
     let mut states = Vec::new();
     for id in ids {
         let state: String = sqlx::query_scalar("SELECT state FROM render.exports WHERE id = $1::uuid")
@@ -80,7 +70,7 @@ async fn stored_export_states(stack: &Stack, ids: &[String]) -> Vec<String> {
 #[tokio::test]
 async fn expired_exports_and_snapshots_are_marked_and_never_served() {
     // The sweep runs often, two rows of each kind per transaction.
-    let stack = Stack::start_with(|settings| {
+    let stack = Orchestrator::start_with_files_and(|settings| {
         settings.api.retention_sweep_interval = Duration::from_millis(100);
         settings.api.retention_batch = 2;
     })
@@ -177,7 +167,10 @@ async fn expired_exports_and_snapshots_are_marked_and_never_served() {
 
 #[tokio::test]
 async fn one_replica_sweeps_at_a_time() {
-    let stack = Stack::start_with(|settings| settings.api.retention_sweep_interval = Duration::from_secs(3600)).await;
+    let stack = Orchestrator::start_with_files_and(|settings| {
+        settings.api.retention_sweep_interval = Duration::from_secs(3600)
+    })
+    .await;
     let alice = Principal::admin(TENANT);
     let due = [export(&stack, Some("-1 minute")).await, export(&stack, Some("-1 minute")).await];
     let pool = stack.db.pool();

@@ -11,7 +11,7 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use flatrender_render::model::SceneData;
 use prost::Message as _;
 use support::agent::{accepted, hex, result};
-use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, SimAgent, seed_job};
+use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, SimAgent, seed_job, text_edit};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -284,14 +284,6 @@ async fn admin_states_and_commands_reach_the_agent() {
         })
         .await;
     assert!(!release.enabled);
-}
-
-fn text_edit(layer: &str, text: &str) -> pb::LayerEdit {
-    pb::LayerEdit {
-        layer: Some(pb::layer_edit::Layer::LayerName(layer.into())),
-        edit: Some(pb::layer_edit::Edit::Text(pb::TextEdit { text: text.into(), ..Default::default() })),
-        ..Default::default()
-    }
 }
 
 fn scene_json(edits: Vec<pb::LayerEdit>, custom: serde_json::Value) -> serde_json::Value {

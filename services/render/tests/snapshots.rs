@@ -4,30 +4,25 @@
 // Tests fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod api_support;
+mod support;
 
 use std::time::Duration;
 
-use api_support::*;
 use flatrender_proto::flatrender::render::v1 as pb;
 use futures_util::StreamExt as _;
+use support::*;
 use tonic::Code;
 use uuid::Uuid;
 
 const TENANT: Uuid = Uuid::from_u128(0xa);
 
-fn snapshot_request(template: &flatrender_proto::flatrender::file::v1::File, frame: i32) -> pb::RequestSnapshotRequest {
-    pb::RequestSnapshotRequest {
-        template_file_id: template.id.clone(),
-        template_sha256: template.sha256.clone(),
-        composition: "Main".into(),
-        frame,
-        scene_data: Some(pb::SceneData { edits: vec![text_edit("Title", "Hello")], custom_data: None }),
-        ..Default::default()
-    }
+/// A snapshot request of frame `frame` that sets the title.
+fn titled_snapshot(template: &flatrender_proto::flatrender::file::v1::File, frame: i32) -> pb::RequestSnapshotRequest {
+    let scene_data = pb::SceneData { edits: vec![text_edit("Title", "Hello")], custom_data: None };
+    pb::RequestSnapshotRequest { scene_data: Some(scene_data), ..snapshot_request(template, frame) }
 }
 
-async fn tasks(stack: &Stack, snapshot: &str) -> i64 {
+async fn tasks(stack: &Orchestrator, snapshot: &str) -> i64 {
     stack
         .count(&format!(
             "SELECT count(*) FROM render.frame_jobs WHERE lane = 'snapshot' AND snapshot_id = '{snapshot}'"
@@ -35,7 +30,7 @@ async fn tasks(stack: &Stack, snapshot: &str) -> i64 {
         .await
 }
 
-async fn ready(stack: &Stack, snapshot: &str) {
+async fn ready(stack: &Orchestrator, snapshot: &str) {
     stack
         .execute(&format!(
             "UPDATE render.frame_jobs SET state = 'done', finished_at = now() WHERE snapshot_id = '{snapshot}';
@@ -46,7 +41,7 @@ async fn ready(stack: &Stack, snapshot: &str) {
         .await;
 }
 
-async fn failed(stack: &Stack, snapshot: &str) {
+async fn failed(stack: &Orchestrator, snapshot: &str) {
     stack
         .execute(&format!(
             "UPDATE render.frame_jobs SET state = 'failed', finished_at = now() WHERE snapshot_id = '{snapshot}';
@@ -58,13 +53,13 @@ async fn failed(stack: &Stack, snapshot: &str) {
 
 #[tokio::test]
 async fn a_cached_snapshot_costs_no_task_and_a_pending_one_is_shared() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT);
     let files = stack.assets(&alice).await;
     let mut queue = stack.listen(&["render_queue"]).await;
 
     let first =
-        stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 12)).await.unwrap().into_inner();
+        stack.renders(&alice).request_snapshot(titled_snapshot(&files.template, 12)).await.unwrap().into_inner();
     assert!(!first.cache_hit);
     let snapshot = first.snapshot.unwrap();
     assert_eq!(snapshot.state, pb::SnapshotState::Queued as i32);
@@ -83,22 +78,21 @@ async fn a_cached_snapshot_costs_no_task_and_a_pending_one_is_shared() {
 
     // The same request while it waits: that snapshot, no second task; also for another user.
     let again =
-        stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 12)).await.unwrap().into_inner();
+        stack.renders(&alice).request_snapshot(titled_snapshot(&files.template, 12)).await.unwrap().into_inner();
     assert_eq!((again.snapshot.unwrap().id, again.cache_hit), (snapshot.id.clone(), false));
     let bob = Principal::user(TENANT);
-    let shared =
-        stack.renders(&bob).request_snapshot(snapshot_request(&files.template, 12)).await.unwrap().into_inner();
+    let shared = stack.renders(&bob).request_snapshot(titled_snapshot(&files.template, 12)).await.unwrap().into_inner();
     assert_eq!(shared.snapshot.unwrap().id, snapshot.id);
     assert_eq!(tasks(&stack, &snapshot.id).await, 1);
 
     // Rendered: a hit answers READY at once and bumps the counters; still no new task.
     ready(&stack, &snapshot.id).await;
-    let hit = stack.renders(&bob).request_snapshot(snapshot_request(&files.template, 12)).await.unwrap().into_inner();
+    let hit = stack.renders(&bob).request_snapshot(titled_snapshot(&files.template, 12)).await.unwrap().into_inner();
     assert!(hit.cache_hit);
     let hit = hit.snapshot.unwrap();
     assert_eq!((hit.id.as_str(), hit.state, hit.hit_count), (snapshot.id.as_str(), pb::SnapshotState::Ready as i32, 1));
     assert!(!hit.file_id.is_empty() && hit.expires_at.is_some());
-    let second_hit = stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 12)).await.unwrap();
+    let second_hit = stack.renders(&alice).request_snapshot(titled_snapshot(&files.template, 12)).await.unwrap();
     assert_eq!(second_hit.into_inner().snapshot.unwrap().hit_count, 2);
     assert_eq!(stack.count("SELECT count(*) FROM render.frame_jobs").await, 1);
     let accessed: bool = sqlx::query_scalar("SELECT last_accessed_at > created_at FROM render.snapshots WHERE id = $1")
@@ -111,14 +105,14 @@ async fn a_cached_snapshot_costs_no_task_and_a_pending_one_is_shared() {
     // Different data is a different snapshot; another tenant never hits this tenant's cache.
     let other = pb::RequestSnapshotRequest {
         scene_data: Some(pb::SceneData { edits: vec![text_edit("Title", "Bye")], custom_data: None }),
-        ..snapshot_request(&files.template, 12)
+        ..titled_snapshot(&files.template, 12)
     };
     let other = stack.renders(&alice).request_snapshot(other).await.unwrap().into_inner();
     assert_ne!(other.snapshot.unwrap().id, snapshot.id);
     let stranger = Principal::user(Uuid::from_u128(0xb));
     let stranger_files = stack.assets(&stranger).await;
     let theirs =
-        stack.renders(&stranger).request_snapshot(snapshot_request(&stranger_files.template, 12)).await.unwrap();
+        stack.renders(&stranger).request_snapshot(titled_snapshot(&stranger_files.template, 12)).await.unwrap();
     let theirs = theirs.into_inner();
     assert!(!theirs.cache_hit);
     assert_ne!(theirs.snapshot.unwrap().id, snapshot.id);
@@ -129,10 +123,10 @@ async fn a_cached_snapshot_costs_no_task_and_a_pending_one_is_shared() {
 
 #[tokio::test]
 async fn a_failed_snapshot_is_queued_again() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT);
     let files = stack.assets(&alice).await;
-    let snapshot = stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 3)).await.unwrap();
+    let snapshot = stack.renders(&alice).request_snapshot(titled_snapshot(&files.template, 3)).await.unwrap();
     let snapshot = snapshot.into_inner().snapshot.unwrap();
     failed(&stack, &snapshot.id).await;
     let got = stack.renders(&alice).get_snapshot(pb::GetSnapshotRequest { snapshot_id: snapshot.id.clone() }).await;
@@ -141,7 +135,7 @@ async fn a_failed_snapshot_is_queued_again() {
     assert_eq!(got.error.unwrap().message, "After Effects crashed");
 
     let retried =
-        stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 3)).await.unwrap().into_inner();
+        stack.renders(&alice).request_snapshot(titled_snapshot(&files.template, 3)).await.unwrap().into_inner();
     let retried = retried.snapshot.unwrap();
     assert_eq!(retried.id, snapshot.id, "one row per tenant and cache key");
     assert_eq!(retried.state, pb::SnapshotState::Queued as i32);
@@ -160,15 +154,15 @@ async fn a_failed_snapshot_is_queued_again() {
 
 #[tokio::test]
 async fn the_snapshot_rate_counts_renders_not_hits() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT);
     let files = stack.assets(&alice).await;
     let mut plan = Plan::pro();
     plan.snapshots_per_hour = Some(2);
-    stack.seed_plan(TENANT, Some(alice.user), &plan).await;
-    let one = stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 1)).await.unwrap();
-    stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 2)).await.unwrap();
-    let (code, message) = failure(stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 3)).await);
+    seed_plan(stack.pool(), TENANT, Some(alice.user), &plan).await;
+    let one = stack.renders(&alice).request_snapshot(titled_snapshot(&files.template, 1)).await.unwrap();
+    stack.renders(&alice).request_snapshot(titled_snapshot(&files.template, 2)).await.unwrap();
+    let (code, message) = failure(stack.renders(&alice).request_snapshot(titled_snapshot(&files.template, 3)).await);
     assert_eq!(code, Code::ResourceExhausted);
     assert!(message.starts_with("snapshot rate: the pro plan allows 2 snapshot renders per hour"), "{message}");
     assert_eq!(stack.count("SELECT count(*) FROM render.snapshots").await, 2, "a refused request leaves nothing");
@@ -179,18 +173,18 @@ async fn the_snapshot_rate_counts_renders_not_hits() {
             "UPDATE render.snapshot_tasks SET created_at = now() - interval '61 minutes' WHERE snapshot_id = '{first_id}'"
         ))
         .await;
-    stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 3)).await.unwrap();
+    stack.renders(&alice).request_snapshot(titled_snapshot(&files.template, 3)).await.unwrap();
     assert_eq!(stack.count("SELECT count(*) FROM render.snapshot_tasks").await, 2);
-    let (code, _) = failure(stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 4)).await);
+    let (code, _) = failure(stack.renders(&alice).request_snapshot(titled_snapshot(&files.template, 4)).await);
     assert_eq!(code, Code::ResourceExhausted);
     // A pending or cached snapshot is still answered.
-    let pending = stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 1)).await.unwrap();
+    let pending = stack.renders(&alice).request_snapshot(titled_snapshot(&files.template, 1)).await.unwrap();
     assert_eq!(pending.into_inner().snapshot.unwrap().id, one.get_ref().snapshot.as_ref().unwrap().id);
     ready(&stack, &one.into_inner().snapshot.unwrap().id).await;
     assert!(
         stack
             .renders(&alice)
-            .request_snapshot(snapshot_request(&files.template, 1))
+            .request_snapshot(titled_snapshot(&files.template, 1))
             .await
             .unwrap()
             .into_inner()
@@ -198,15 +192,15 @@ async fn the_snapshot_rate_counts_renders_not_hits() {
     );
     // Another user has their own rate.
     let bob = Principal::user(TENANT);
-    stack.renders(&bob).request_snapshot(snapshot_request(&files.template, 4)).await.unwrap();
+    stack.renders(&bob).request_snapshot(titled_snapshot(&files.template, 4)).await.unwrap();
 }
 
 #[tokio::test]
 async fn snapshot_requests_are_checked_like_submits() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT);
     let files = stack.assets(&alice).await;
-    let base = snapshot_request(&files.template, 0);
+    let base = titled_snapshot(&files.template, 0);
     let cases = vec![
         (pb::RequestSnapshotRequest { frame: -1, ..base.clone() }, Code::InvalidArgument, "frame: "),
         (
@@ -251,10 +245,10 @@ async fn next(stream: &mut tonic::Streaming<pb::WatchSnapshotResponse>) -> Optio
 
 #[tokio::test]
 async fn watching_a_snapshot_ends_when_it_is_ready() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT);
     let files = stack.assets(&alice).await;
-    let snapshot = stack.renders(&alice).request_snapshot(snapshot_request(&files.template, 5)).await.unwrap();
+    let snapshot = stack.renders(&alice).request_snapshot(titled_snapshot(&files.template, 5)).await.unwrap();
     let id = snapshot.into_inner().snapshot.unwrap().id;
     let mut stream = stack
         .renders(&alice)

@@ -7,17 +7,14 @@
 // Tests fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod api_support;
 mod support;
 
-use api_support::*;
 use flatrender_kit::auth::Role;
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
 use support::agent::frame_header;
-use support::{AgentSpec, Behaviour, Identity, SimAgent};
+use support::*;
 use tonic::Code;
-use tonic::service::interceptor::InterceptedService;
 use uuid::Uuid;
 
 use agent_pb::download_object_request::Object;
@@ -25,26 +22,6 @@ use agent_pb::session_request::Payload as In;
 
 const TENANT_A: Uuid = Uuid::from_u128(0xa);
 const TENANT_B: Uuid = Uuid::from_u128(0xb);
-
-/// Enrols a node for `spec` through the real Enroll RPC and connects a simulated agent to the
-/// stack.
-async fn agent(stack: &Stack, spec: AgentSpec) -> SimAgent {
-    let admin = Principal { role: Role::PlatformAdmin, ..Principal::user(Uuid::new_v4()) };
-    let bearer = Bearer(format!("Bearer {}", stack.token(&admin)).parse().unwrap());
-    let mut admin =
-        pb::node_admin_service_client::NodeAdminServiceClient::new(InterceptedService::new(stack.channel(), bearer));
-    let request = pb::CreateEnrollmentTokenRequest { description: "test".into(), ttl: None, tags: Vec::new() };
-    let secret = admin.create_enrollment_token(request).await.unwrap().into_inner().secret;
-    let mut client = agent_pb::agent_service_client::AgentServiceClient::new(stack.channel());
-    let enrolled = client.enroll(spec.enroll_request(&secret)).await.unwrap().into_inner();
-    let identity = Identity {
-        node_id: enrolled.node_id.parse().unwrap(),
-        credential: enrolled.node_credential.clone(),
-        name: enrolled.name,
-    };
-    let authorization = format!("Bearer {}", identity.credential);
-    SimAgent::connect_over(client, identity, spec, &authorization).await
-}
 
 /// A node with ffmpeg that leaves its tasks to the test.
 fn manual() -> AgentSpec {
@@ -81,12 +58,12 @@ fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
 }
 
 /// Files of `kind` the file service holds for `tenant`.
-async fn files_of(stack: &Stack, tenant: Uuid, kind: &str) -> i64 {
+async fn files_of(stack: &Orchestrator, tenant: Uuid, kind: &str) -> i64 {
     stack.count(&format!("SELECT count(*) FROM file_mgr.files WHERE tenant_id = '{tenant}' AND kind = '{kind}'")).await
 }
 
 /// Waits until the file service has no upload session left open (an abandoned one is aborted).
-async fn no_open_sessions(stack: &Stack) {
+async fn no_open_sessions(stack: &Orchestrator) {
     let sql = "SELECT count(*) FROM file_mgr.upload_sessions WHERE state NOT IN ('aborted', 'completed', 'expired')";
     eventually("abandoned upload sessions to be aborted", || async { stack.count(sql).await == 0 }).await;
     let aborted = stack.count("SELECT count(*) FROM file_mgr.upload_sessions WHERE state = 'aborted'").await;
@@ -94,7 +71,7 @@ async fn no_open_sessions(stack: &Stack) {
 }
 
 /// Submits a one-chunk job of `frames` for `who` with a media edit and a music track.
-async fn submit(stack: &Stack, who: &Principal, files: &Assets, frames: &str) -> pb::RenderJob {
+async fn submit(stack: &Orchestrator, who: &Principal, files: &Assets, frames: &str) -> pb::RenderJob {
     let mut request = request(&files.template, "transfers");
     request.segments = vec![segment("Main", frames)];
     request.scene_data = Some(pb::SceneData { edits: vec![media_edit("Logo", &files.image.id)], ..Default::default() });
@@ -104,12 +81,12 @@ async fn submit(stack: &Stack, who: &Principal, files: &Assets, frames: &str) ->
 
 #[tokio::test]
 async fn a_task_downloads_what_its_assignment_names_whole_or_resumed() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let elsewhere = stack.assets(&Principal::user(TENANT_B)).await;
     submit(&stack, &alice, &files, "0-9").await;
-    let node = agent(&stack, manual()).await;
+    let node = stack.agent(manual()).await;
     let task = node.next_assign().await;
 
     // The assignment names every input with what the agent must verify.
@@ -173,13 +150,13 @@ async fn a_task_downloads_what_its_assignment_names_whole_or_resumed() {
 
 #[tokio::test]
 async fn uploaded_frames_are_reported_and_then_assembled_from_downloads() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let job = submit(&stack, &alice, &files, "0-2").await;
-    let node = agent(&stack, manual()).await;
+    let node = stack.agent(manual()).await;
     let chunk = node.next_assign().await;
-    node.send(support::agent::accepted(&chunk));
+    node.send(agent::accepted(&chunk));
 
     // Frame 1 takes three parts each way.
     let frames: Vec<Vec<u8>> = (0..3).map(|f| frame_bytes(f as u8, if f == 1 { 9 << 20 } else { 100 })).collect();
@@ -258,11 +235,11 @@ async fn uploaded_frames_are_reported_and_then_assembled_from_downloads() {
 
 #[tokio::test]
 async fn uploads_must_match_their_header_and_a_retry_gets_the_first_file() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     submit(&stack, &alice, &files, "0-9").await;
-    let node = agent(&stack, manual()).await;
+    let node = stack.agent(manual()).await;
     let task = node.next_assign().await;
     let data = frame_bytes(7, 3000);
     let nothing_stored = || async {
@@ -315,21 +292,16 @@ async fn uploads_must_match_their_header_and_a_retry_gets_the_first_file() {
 #[tokio::test]
 async fn an_upload_after_the_lease_moved_is_refused_and_leaves_nothing() {
     use agent_pb::upload_object_request::Part;
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let job = submit(&stack, &alice, &files, "0-9").await;
-    let node = agent(&stack, manual()).await;
+    let node = stack.agent(manual()).await;
     let task = node.next_assign().await;
-    node.send(support::agent::accepted(&task));
+    node.send(agent::accepted(&task));
     const PARTS: usize = 8;
     let data = frame_bytes(1, PARTS << 20);
-    let admin = Principal { role: Role::PlatformAdmin, ..Principal::user(Uuid::new_v4()) };
-    let bearer = Bearer(format!("Bearer {}", stack.token(&admin)).parse().unwrap());
-    let mut operators = pb::render_admin_service_client::RenderAdminServiceClient::new(InterceptedService::new(
-        stack.channel(),
-        bearer,
-    ));
+    let mut operators = stack.render_admin(Role::PlatformAdmin);
 
     // One part waits in the channel at a time, and HTTP/2 lets 2 MiB wait unread: once the
     // eighth part is taken, render has read the header, checked the lease and is streaming.
@@ -369,7 +341,7 @@ async fn an_upload_after_the_lease_moved_is_refused_and_leaves_nothing() {
 
 #[tokio::test]
 async fn an_uploaded_snapshot_image_and_log_are_what_the_result_delivers() {
-    let stack = Stack::start().await;
+    let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
     let size = flatrender_proto::flatrender::common::v1::Resolution { width: 640, height: 360 };
@@ -382,12 +354,12 @@ async fn an_uploaded_snapshot_image_and_log_are_what_the_result_delivers() {
         ..Default::default()
     };
     let snapshot = stack.renders(&alice).request_snapshot(request).await.unwrap().into_inner().snapshot.unwrap();
-    let node = agent(&stack, manual()).await;
+    let node = stack.agent(manual()).await;
     let task = node.next_assign().await;
     assert_eq!(task.kind(), pb::TaskKind::Snapshot);
     let (_, bundle) = node.download(file_request(&task, &files.template.id, 0)).await.unwrap();
     assert_eq!(bundle, TEMPLATE);
-    node.send(support::agent::accepted(&task));
+    node.send(agent::accepted(&task));
 
     let header = |kind: agent_pb::ObjectKind, name: &str, content_type: &str, data: &[u8]| agent_pb::UploadHeader {
         kind: kind as i32,

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use uuid::Uuid;
 
+use super::api::AgentClient;
 use super::{Orchestrator, PATIENCE};
 
 use agent_pb::session_request::Payload as In;
@@ -162,7 +163,7 @@ impl AgentSpec {
 
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    ::hex::encode(bytes)
 }
 
 /// What the agent received (or that its stream ended).
@@ -262,7 +263,7 @@ pub struct SimAgent {
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<AgentEvent>>,
     driver: Option<tokio::task::JoinHandle<()>>,
     /// For the byte RPCs, with the same credential as the stream.
-    client: super::AgentClient,
+    client: AgentClient,
     authorization: String,
 }
 
@@ -286,7 +287,7 @@ impl SimAgent {
     /// Connects through `client` (an orchestrator in another process, or many agents sharing
     /// connections) with `authorization` as given.
     pub async fn connect_over(
-        mut client: super::AgentClient,
+        mut client: AgentClient,
         identity: Identity,
         spec: AgentSpec,
         authorization: &str,
@@ -632,7 +633,6 @@ pub fn ok_frame(frame: i32) -> agent_pb::FrameOutput {
 
 /// The header of frame `frame` of `task` holding `data`.
 pub fn frame_header(task: &agent_pb::AssignTask, frame: i32, data: &[u8]) -> agent_pb::UploadHeader {
-    use sha2::Digest as _;
     agent_pb::UploadHeader {
         task_id: task.task_id.clone(),
         lease_epoch: task.lease_epoch,
@@ -641,7 +641,7 @@ pub fn frame_header(task: &agent_pb::AssignTask, frame: i32, data: &[u8]) -> age
         file_name: format!("frame_{frame:05}.png"),
         content_type: "image/png".into(),
         size_bytes: data.len() as u64,
-        sha256: hex(&sha2::Sha256::digest(data)),
+        sha256: super::api::sha256_hex(data),
     }
 }
 

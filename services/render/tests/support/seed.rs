@@ -1,7 +1,8 @@
 //! Jobs written straight into the database: a job, its segments and their queued chunks, as
 //! SubmitRender will write them, then `render_queue` is notified. The seed's shape follows a
 //! submit request (tenant, segments with frame ranges, chunk size, plan priority), so tests can
-//! move to SubmitRender by swapping this one function.
+//! move to SubmitRender by swapping this one function. A plan is its `render.plan_limits` row
+//! ([`seed_plan`]).
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -207,4 +208,77 @@ pub async fn seed_snapshot(pool: &PgPool, tenant: Uuid, frame: i32) -> (Uuid, Uu
     sqlx::query("SELECT pg_notify('render_queue', '')").execute(&mut *tx).await.expect("a notification");
     tx.commit().await.expect("committing the snapshot");
     (snapshot, task)
+}
+
+/// Stores a plan row for a subscriber (`user` None: the tenant's).
+pub async fn seed_plan(pool: &PgPool, tenant: Uuid, user: Option<Uuid>, plan: &Plan) {
+    sqlx::query(
+        "INSERT INTO render.plan_limits (tenant_id, user_id, plan_code, render_priority, max_width, max_height,
+             max_fps, max_video_duration_seconds, watermark, export_retention_days, monthly_render_seconds,
+             max_concurrent_renders, max_snapshots_per_hour, voiceover_enabled)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 30, $10, $11, $12, $13)",
+    )
+    .bind(tenant)
+    .bind(user)
+    .bind(plan.code)
+    .bind(plan.priority)
+    .bind(plan.max_width)
+    .bind(plan.max_height)
+    .bind(plan.max_fps)
+    .bind(plan.max_seconds)
+    .bind(plan.watermark)
+    .bind(plan.monthly_seconds)
+    .bind(plan.concurrent)
+    .bind(plan.snapshots_per_hour)
+    .bind(plan.voiceover)
+    .execute(pool)
+    .await
+    .expect("a plan row");
+}
+
+/// A plan row for [`seed_plan`].
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub code: &'static str,
+    pub priority: i16,
+    pub max_width: i32,
+    pub max_height: i32,
+    pub max_fps: i16,
+    pub max_seconds: i32,
+    pub watermark: bool,
+    pub monthly_seconds: Option<i64>,
+    pub concurrent: i32,
+    pub snapshots_per_hour: Option<i32>,
+    pub voiceover: bool,
+}
+
+impl Plan {
+    /// Like identity's seeded `pro`.
+    pub fn pro() -> Self {
+        Self {
+            code: "pro",
+            priority: 50,
+            max_width: 1920,
+            max_height: 1080,
+            max_fps: 60,
+            max_seconds: 600,
+            watermark: false,
+            monthly_seconds: Some(36_000),
+            concurrent: 3,
+            snapshots_per_hour: Some(600),
+            voiceover: true,
+        }
+    }
+
+    /// Roomy limits for tests that make many jobs.
+    pub fn roomy() -> Self {
+        Self {
+            code: "business",
+            priority: 100,
+            concurrent: 1000,
+            monthly_seconds: None,
+            snapshots_per_hour: None,
+            ..Self::pro()
+        }
+    }
 }
