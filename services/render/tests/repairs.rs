@@ -126,7 +126,7 @@ async fn missing_and_corrupt_frames_are_repaired_on_another_node_before_assembly
     b.welcome().await;
 
     // Frames 3 and 4 never come; 7 was uploaded, then found corrupt.
-    let listed = vec![ok_frame(8), ok_frame(9), bad_frame(7, agent_pb::FrameStatus::Corrupt)];
+    let listed = vec![ok_frame(&chunk, 8), ok_frame(&chunk, 9), bad_frame(7, agent_pb::FrameStatus::Corrupt)];
     deliver(&a, &chunk, &[0, 1, 2, 5, 6, 7], listed).await;
 
     let found: Vec<(i32, i32, String, Option<Uuid>)> =

@@ -43,7 +43,7 @@ async fn agent(stack: &Stack, spec: AgentSpec) -> SimAgent {
         name: enrolled.name,
     };
     let authorization = format!("Bearer {}", identity.credential);
-    SimAgent::connect_over(client, identity, spec, &authorization).await
+    SimAgent::connect_over(client, stack.db.pool(), identity, spec, &authorization).await
 }
 
 /// A node with ffmpeg that leaves its tasks to the test.
