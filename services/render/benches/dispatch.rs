@@ -28,9 +28,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use sqlx::PgPool;
 use support::{AgentClient, AgentSpec, Behaviour, Identity, Orchestrator, SimAgent};
 use tonic::transport::Channel;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use flatrender_render::Settings;

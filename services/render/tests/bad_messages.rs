@@ -137,11 +137,8 @@ async fn frames_that_name_no_upload_of_their_lease_are_rejected() {
     // A result with a missing frame goes the one-report way, and is checked there too.
     let In::TaskResult(mut partial) = result(&task, pb::TaskOutcome::Success) else { unreachable!() };
     partial.frames[0].file_id = Uuid::new_v4().to_string();
-    partial.frames[4] = agent_pb::FrameOutput {
-        frame: 4,
-        status: agent_pb::FrameStatus::Missing as i32,
-        ..Default::default()
-    };
+    partial.frames[4] =
+        agent_pb::FrameOutput { frame: 4, status: agent_pb::FrameStatus::Missing as i32, ..Default::default() };
     let reject = agent.reject_of(agent.send(In::TaskResult(partial))).await;
     assert_eq!(reject.reason(), RejectReason::Malformed);
     assert!(reject.message.contains("frame 0: file_id"), "{reject:?}");

@@ -242,7 +242,10 @@ async fn batched_frames_must_name_uploads_of_their_own_lease() {
         Frames { fence: fences[0], report: report(&tasks[0], first(&tasks[0])) },
         Frames {
             fence: fences[1],
-            report: report(&tasks[1], agent_pb::FrameOutput { file_id: Uuid::new_v4().to_string(), ..first(&tasks[1]) }),
+            report: report(
+                &tasks[1],
+                agent_pb::FrameOutput { file_id: Uuid::new_v4().to_string(), ..first(&tasks[1]) },
+            ),
         },
         Frames {
             fence: fences[2],
@@ -252,7 +255,8 @@ async fn batched_frames_must_name_uploads_of_their_own_lease() {
     ];
     let answers = batch::frame_reports(o.pool(), &items).await.unwrap();
     assert_eq!(answers[0], Some(Verdict::Accepted));
-    let refused = |answer: &Option<Verdict>, why: &str| matches!(answer, Some(Verdict::Malformed(m)) if m.contains(why));
+    let refused =
+        |answer: &Option<Verdict>, why: &str| matches!(answer, Some(Verdict::Malformed(m)) if m.contains(why));
     assert!(refused(&answers[1], "is not an upload of this frame by this lease"), "{answers:?}");
     assert!(refused(&answers[2], "checksum mismatch"), "{answers:?}");
     assert!(refused(&answers[3], "is not an upload of this frame by this lease"), "{answers:?}");

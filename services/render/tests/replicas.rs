@@ -77,7 +77,10 @@ async fn operator_cancels_reach_agents_on_another_replica_with_their_reason() {
     let mut admin = a.node_admin(Role::PlatformAdmin);
 
     let node_id = quarantined.identity.node_id.to_string();
-    admin.quarantine_node(pb::QuarantineNodeRequest { node_id, reason: "bad RAM".into(), cancel_running: true }).await.unwrap();
+    admin
+        .quarantine_node(pb::QuarantineNodeRequest { node_id, reason: "bad RAM".into(), cancel_running: true })
+        .await
+        .unwrap();
     let cancel = quarantined.cancel_of(&first.task_id).await;
     assert_eq!(cancel.reason(), agent_pb::CancelReason::Operator, "{cancel:?}");
 

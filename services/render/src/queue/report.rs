@@ -414,10 +414,12 @@ pub async fn task_result(
     {
         // The frames that would be accepted must name their uploads by this lease.
         let bad = repair::bad_frames(&result.frames, lease.range);
-        let kept: Vec<Frame> =
-            frames.values().filter(|f| in_range(lease.range, f.number) && !bad.contains_key(&f.number)).cloned().collect();
-        if let Some(reason) =
-            super::batch::unrecorded_frames(&mut tx, &[(fence, &kept)]).await?.remove(&fence.task_id)
+        let kept: Vec<Frame> = frames
+            .values()
+            .filter(|f| in_range(lease.range, f.number) && !bad.contains_key(&f.number))
+            .cloned()
+            .collect();
+        if let Some(reason) = super::batch::unrecorded_frames(&mut tx, &[(fence, &kept)]).await?.remove(&fence.task_id)
         {
             return Ok((Verdict::Malformed(reason), None));
         }

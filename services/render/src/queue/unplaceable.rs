@@ -26,8 +26,8 @@ use flatrender_kit::shutdown::ShutdownSignal;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{jobs, snapshots};
 use super::placement::{AdminState, Candidate, NodeOffer, compare_versions, eligible};
+use super::{jobs, snapshots};
 use crate::error::Result;
 use crate::model::{ErrorCode, ErrorInfo, Lane};
 use crate::state::State;
