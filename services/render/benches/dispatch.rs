@@ -3,7 +3,9 @@
 //!
 //! - **throughput**: 1,000 agents with one slot each complete queued one-frame chunks;
 //!   assignments plus completions per second, beside pgbench's rate for a single-row UPDATE on
-//!   the same server in the same round.
+//!   the same server in the same round. Per chunk an agent records its one frame's simulated
+//!   upload (one single-row INSERT into `render.object_uploads`, as UploadObject would, without
+//!   the bytes) before its FrameReport, and the orchestrator checks the frames against it.
 //! - **latency**: an idle orchestrator with 10 agents; one chunk queued (its transaction's
 //!   COMMIT) → the AssignTask received by an agent; p50 and p99.
 //! - **dead-node detection**: an agent in a child process holds a chunk; the child is killed
@@ -26,6 +28,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use sqlx::PgPool;
 use support::{AgentClient, AgentSpec, Behaviour, Identity, Orchestrator, SimAgent};
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -34,6 +37,8 @@ use flatrender_render::Settings;
 
 /// Set in a child process: run agents from the identities on stdin instead of the benchmarks.
 const CHILD_ENV: &str = "FLATRENDER_BENCH_AGENTS_OF";
+/// The database of that orchestrator, where the child's agents record their simulated uploads.
+const CHILD_DATABASE_ENV: &str = "FLATRENDER_BENCH_AGENTS_DATABASE";
 /// Agents per HTTP/2 connection (servers cap concurrent streams per connection).
 const AGENTS_PER_CONNECTION: usize = 100;
 
@@ -100,13 +105,18 @@ async fn enroll_many(o: &Orchestrator, count: usize) -> Vec<Identity> {
 
 /// Connects an agent for each identity, [`AGENTS_PER_CONNECTION`] per connection, and waits
 /// for every Welcome.
-async fn connect_many(channels: &[Channel], identities: Vec<Identity>, behaviour: Behaviour) -> Vec<SimAgent> {
+async fn connect_many(
+    channels: &[Channel],
+    pool: &PgPool,
+    identities: Vec<Identity>,
+    behaviour: Behaviour,
+) -> Vec<SimAgent> {
     let agents: Vec<SimAgent> = futures_util::stream::iter(identities.into_iter().enumerate())
         .map(|(i, identity)| {
             let client = client(&channels[i / AGENTS_PER_CONNECTION % channels.len()]);
             let credential = format!("Bearer {}", identity.credential);
             let spec = AgentSpec { behaviour, ..AgentSpec::default() };
-            async move { SimAgent::connect_over(client, identity, spec, &credential).await }
+            async move { SimAgent::connect_over(client, pool, identity, spec, &credential).await }
         })
         .buffer_unordered(64)
         .collect()
@@ -155,7 +165,7 @@ async fn throughput_section(rounds: usize) {
         let pgbench = pgbench_rate(&o).await;
         let channels = channels(&o, agents).await;
         let identities = enroll_many(&o, agents).await;
-        let connected = connect_many(&channels, identities, Behaviour::Complete).await;
+        let connected = connect_many(&channels, o.pool(), identities, Behaviour::Complete).await;
         let started = Instant::now();
         queue_chunks(&o, tasks).await;
         o.until_within(
@@ -226,7 +236,7 @@ async fn latency_section() {
     let o = Orchestrator::start_with(production).await;
     let channels = channels(&o, 10).await;
     let identities = enroll_many(&o, 10).await;
-    let agents = connect_many(&channels, identities, Behaviour::Complete).await;
+    let agents = connect_many(&channels, o.pool(), identities, Behaviour::Complete).await;
     let mut latencies = Vec::with_capacity(samples);
     for _ in 0..samples {
         let (job, segment) = one_chunk_job(&o).await;
@@ -306,6 +316,7 @@ fn spawn_agents(o: &Orchestrator, identities: &[Identity], behaviour: &str) -> s
     let mut child = Command::new(exe)
         .env(CHILD_ENV, format!("http://{}", o.addr))
         .env("FLATRENDER_BENCH_BEHAVIOUR", behaviour)
+        .env(CHILD_DATABASE_ENV, o.db.url().expose())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -344,7 +355,10 @@ async fn child_agents(address: &str) {
     for _ in 0..identities.len().div_ceil(AGENTS_PER_CONNECTION) {
         channels.push(connect(address).await);
     }
-    let agents = connect_many(&channels, identities, behaviour).await;
+    // The simulated frame uploads are recorded through a few connections of this process.
+    let url = std::env::var(CHILD_DATABASE_ENV).expect("the database of the agents' orchestrator");
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect_lazy(&url).expect("a database URL");
+    let agents = connect_many(&channels, &pool, identities, behaviour).await;
     println!("ready");
     std::io::stdout().flush().unwrap();
     std::future::pending::<()>().await;

@@ -7,7 +7,7 @@ mod support;
 
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
-use support::agent::{accepted, frame_report, frames_of, result};
+use support::agent::{accepted, frame_report, frames_of, ok_frame, result};
 use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, SimAgent, seed_job};
 use uuid::Uuid;
 
@@ -107,4 +107,45 @@ async fn bad_messages_are_rejected_and_the_stream_stays_up() {
     let seq = agent.send(result(&task, pb::TaskOutcome::Success));
     agent.ack_of(seq).await;
     assert_eq!(o.count("SELECT count(*) FROM render.frame_job_attempts").await, 1);
+}
+
+#[tokio::test]
+async fn frames_that_name_no_upload_of_their_lease_are_rejected() {
+    let o = Orchestrator::start().await;
+    let agent = o.agent(AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
+    seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 4)], ..JobSeed::default() }).await;
+    let task = agent.next_assign().await;
+    agent.send(accepted(&task));
+    let frames_report = |frames: Vec<agent_pb::FrameOutput>| {
+        In::FrameReport(agent_pb::FrameReport {
+            task_id: task.task_id.clone(),
+            lease_epoch: task.lease_epoch,
+            segment_index: 0,
+            frames,
+        })
+    };
+
+    let unknown = agent_pb::FrameOutput { file_id: Uuid::new_v4().to_string(), ..ok_frame(&task, 0) };
+    let reject = agent.reject_of(agent.send(frames_report(vec![unknown]))).await;
+    assert_eq!(reject.reason(), RejectReason::Malformed);
+    assert!(reject.message.contains("frame 0: file_id") && reject.message.contains("not an upload"), "{reject:?}");
+    // The agent uploaded frame 1, but reports other bytes for it.
+    let altered = agent_pb::FrameOutput { sha256: "ab".repeat(32), ..ok_frame(&task, 1) };
+    let reject = agent.reject_of(agent.send(frames_report(vec![altered]))).await;
+    assert!(reject.message.contains("frame 1: checksum mismatch"), "{reject:?}");
+
+    // A result with a missing frame goes the one-report way, and is checked there too.
+    let In::TaskResult(mut partial) = result(&task, pb::TaskOutcome::Success) else { unreachable!() };
+    partial.frames[0].file_id = Uuid::new_v4().to_string();
+    partial.frames[4] =
+        agent_pb::FrameOutput { frame: 4, status: agent_pb::FrameStatus::Missing as i32, ..Default::default() };
+    let reject = agent.reject_of(agent.send(In::TaskResult(partial))).await;
+    assert_eq!(reject.reason(), RejectReason::Malformed);
+    assert!(reject.message.contains("frame 0: file_id"), "{reject:?}");
+    assert_eq!(o.count("SELECT count(*) FROM render.frame_results").await, 0);
+    assert_eq!(o.count("SELECT count(*) FROM render.frame_job_attempts WHERE outcome IS NOT NULL").await, 0);
+
+    // The frames as uploaded are taken.
+    agent.ack_of(agent.send(result(&task, pb::TaskOutcome::Success))).await;
+    assert_eq!(o.count("SELECT count(*) FROM render.frame_results").await, 5);
 }

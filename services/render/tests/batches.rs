@@ -10,7 +10,7 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use flatrender_render::queue::Fence;
 use flatrender_render::queue::batch::{self, Frames, Outcome, Update};
 use flatrender_render::queue::report::{Ended, Verdict};
-use support::agent::{frames_of, ok_frame};
+use support::agent::{frames_of, ok_frame, record_frames};
 use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, SimAgent, seed_job};
 use uuid::Uuid;
 
@@ -37,7 +37,7 @@ fn success(task: &agent_pb::AssignTask, frames: Vec<i32>) -> agent_pb::TaskResul
         exit_code: Some(0),
         log_tail: "Finished composition".into(),
         warnings: vec!["a warning".into()],
-        frames: frames.into_iter().map(ok_frame).collect(),
+        frames: frames.into_iter().map(|f| ok_frame(task, f)).collect(),
         timings: Some(agent_pb::TaskTimings { total_ms: 700, ..Default::default() }),
         ..Default::default()
     }
@@ -61,6 +61,9 @@ async fn a_mixed_batch_of_results_writes_only_what_matches_its_lease() {
     let fences = [fence(&o, &agent, &tasks[0]).await, fence(&o, &agent, &tasks[1]).await];
     let fence_c = fence(&o, &agent, &tasks[2]).await;
     let fence_d = fence(&o, &agent, &tasks[3]).await;
+    for task in &tasks {
+        record_frames(o.pool(), task, &frames_of(task)).await;
+    }
 
     let whole = |t: &agent_pb::AssignTask| success(t, frames_of(t));
     let mut short = whole(&tasks[1]);
@@ -124,6 +127,7 @@ async fn the_last_chunks_in_one_batch_move_the_job_to_assembly() {
     let tasks = [agent.next_assign().await, agent.next_assign().await, agent.next_assign().await];
     let mut items = Vec::new();
     for task in &tasks {
+        record_frames(o.pool(), task, &frames_of(task)).await;
         // Half the frames come first in a batched FrameReport, the rest with the result.
         let frames = frames_of(task);
         let (early, late) = frames.split_at(frames.len() / 2);
@@ -131,7 +135,7 @@ async fn the_last_chunks_in_one_batch_move_the_job_to_assembly() {
             task_id: task.task_id.clone(),
             lease_epoch: task.lease_epoch,
             segment_index: 0,
-            frames: early.iter().copied().map(ok_frame).collect(),
+            frames: early.iter().map(|f| ok_frame(task, *f)).collect(),
         };
         let f = fence(&o, &agent, task).await;
         assert_eq!(
@@ -160,12 +164,14 @@ async fn batched_frame_reports_and_updates_are_fenced() {
     seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 19)], ..JobSeed::default() }).await;
     let (a, b) = (agent.next_assign().await, agent.next_assign().await);
     let (fa, fb) = (fence(&o, &agent, &a).await, fence(&o, &agent, &b).await);
+    record_frames(o.pool(), &a, &frames_of(&a)).await;
+    record_frames(o.pool(), &b, &frames_of(&b)).await;
     let first_of = |t: &agent_pb::AssignTask| frames_of(t)[0];
     let report = |t: &agent_pb::AssignTask, frames: Vec<i32>| agent_pb::FrameReport {
         task_id: t.task_id.clone(),
         lease_epoch: t.lease_epoch,
         segment_index: 0,
-        frames: frames.into_iter().map(ok_frame).collect(),
+        frames: frames.into_iter().map(|f| ok_frame(t, f)).collect(),
     };
     let items = vec![
         Frames { fence: fa, report: report(&a, vec![first_of(&a)]) },
@@ -207,4 +213,69 @@ async fn batched_frame_reports_and_updates_are_fenced() {
     assert_eq!((state.as_str(), frame, percent), ("running", Some(first_of(&a) + 3), Some(50.0)));
     assert_eq!(task_state(&o, &b).await, "leased");
     assert_eq!(o.count("SELECT count(*) FROM render.frame_job_attempts WHERE started_at IS NOT NULL").await, 1);
+}
+
+#[tokio::test]
+async fn batched_frames_must_name_uploads_of_their_own_lease() {
+    let o = Orchestrator::start().await;
+    let agent = o.agent(AgentSpec { slots: 4, behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
+    seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 39)], ..JobSeed::default() }).await;
+    let tasks =
+        [agent.next_assign().await, agent.next_assign().await, agent.next_assign().await, agent.next_assign().await];
+    let mut fences = Vec::new();
+    for task in &tasks {
+        record_frames(o.pool(), task, &frames_of(task)).await;
+        fences.push(fence(&o, &agent, task).await);
+    }
+    // The frame's upload by a later lease of the task, which this lease does not own.
+    let later = agent_pb::AssignTask { lease_epoch: tasks[3].lease_epoch + 1, ..tasks[3].clone() };
+    record_frames(o.pool(), &later, &frames_of(&later)).await;
+
+    let first = |t: &agent_pb::AssignTask| ok_frame(t, frames_of(t)[0]);
+    let report = |t: &agent_pb::AssignTask, frame: agent_pb::FrameOutput| agent_pb::FrameReport {
+        task_id: t.task_id.clone(),
+        lease_epoch: t.lease_epoch,
+        segment_index: 0,
+        frames: vec![frame],
+    };
+    let items = vec![
+        Frames { fence: fences[0], report: report(&tasks[0], first(&tasks[0])) },
+        Frames {
+            fence: fences[1],
+            report: report(
+                &tasks[1],
+                agent_pb::FrameOutput { file_id: Uuid::new_v4().to_string(), ..first(&tasks[1]) },
+            ),
+        },
+        Frames {
+            fence: fences[2],
+            report: report(&tasks[2], agent_pb::FrameOutput { sha256: "ab".repeat(32), ..first(&tasks[2]) }),
+        },
+        Frames { fence: fences[3], report: report(&tasks[3], first(&later)) },
+    ];
+    let answers = batch::frame_reports(o.pool(), &items).await.unwrap();
+    assert_eq!(answers[0], Some(Verdict::Accepted));
+    let refused =
+        |answer: &Option<Verdict>, why: &str| matches!(answer, Some(Verdict::Malformed(m)) if m.contains(why));
+    assert!(refused(&answers[1], "is not an upload of this frame by this lease"), "{answers:?}");
+    assert!(refused(&answers[2], "checksum mismatch"), "{answers:?}");
+    assert!(refused(&answers[3], "is not an upload of this frame by this lease"), "{answers:?}");
+    assert_eq!(o.count("SELECT count(*) FROM render.frame_results").await, 1);
+
+    // A whole result with one frame that names no upload is refused whole; the others are not.
+    let mut bad = success(&tasks[1], frames_of(&tasks[1]));
+    bad.frames[4].file_id = Uuid::new_v4().to_string();
+    let items = vec![
+        Outcome { fence: fences[1], result: bad },
+        Outcome { fence: fences[2], result: success(&tasks[2], frames_of(&tasks[2])) },
+    ];
+    let answers = batch::task_results(o.pool(), &items).await.unwrap();
+    assert!(
+        matches!(&answers[0], Some((Verdict::Malformed(m), None)) if m.contains("is not an upload")),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1], Some((Verdict::Accepted, Some(Ended::Done))));
+    assert_eq!(task_state(&o, &tasks[1]).await, "leased");
+    assert_eq!(task_state(&o, &tasks[2]).await, "done");
+    assert_eq!(o.count("SELECT count(*) FROM render.frame_results").await, 11);
 }

@@ -126,7 +126,7 @@ async fn missing_and_corrupt_frames_are_repaired_on_another_node_before_assembly
     b.welcome().await;
 
     // Frames 3 and 4 never come; 7 was uploaded, then found corrupt.
-    let listed = vec![ok_frame(8), ok_frame(9), bad_frame(7, agent_pb::FrameStatus::Corrupt)];
+    let listed = vec![ok_frame(&chunk, 8), ok_frame(&chunk, 9), bad_frame(7, agent_pb::FrameStatus::Corrupt)];
     deliver(&a, &chunk, &[0, 1, 2, 5, 6, 7], listed).await;
 
     let found: Vec<(i32, i32, String, Option<Uuid>)> =
@@ -445,4 +445,52 @@ async fn requeuing_a_job_failed_by_its_repair_renders_only_the_repair_again() {
     assert_eq!(job_row(&o, job.job_id).await, ("assembling".to_owned(), 10, 10));
     assert_eq!(a.assigns().len(), 3, "the done chunk is not rendered again");
     assert_eq!(repairs(&o).await[0].4, "done");
+}
+
+#[tokio::test]
+async fn a_chunk_with_open_repairs_is_shown_running_without_its_frames_under_repair() {
+    let o = Orchestrator::start().await;
+    let a = o.agent(manual(1)).await;
+    let job = seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 9)], ..JobSeed::default() }).await;
+    let chunk = a.next_assign().await;
+    // Frames 3 and 4 never come: the chunk is done in the queue, and a repair renders them.
+    deliver(&a, &chunk, &[0, 1, 2, 5, 6, 7, 8, 9], Vec::new()).await;
+    let repair = a.next_assign().await;
+    assert_eq!(repair.kind(), pb::TaskKind::FrameRepair);
+
+    // Operators: GetChunk and ListChunks by state.
+    let mut admin =
+        pb::render_admin_service_client::RenderAdminServiceClient::new(o.authed(&o.token(Role::PlatformAdmin)));
+    let shown = admin.get_chunk(pb::GetChunkRequest { chunk_id: chunk.task_id.clone() }).await.unwrap().into_inner();
+    let shown = shown.chunk.unwrap();
+    assert_eq!((shown.state(), shown.frames_done, shown.frame_count), (pb::ChunkState::Running, 8, 10));
+    let listed = |state: pb::ChunkState| pb::ListChunksRequest {
+        render_id: job.job_id.to_string(),
+        states: vec![state as i32],
+        page: None,
+    };
+    let done = admin.list_chunks(listed(pb::ChunkState::Done)).await.unwrap().into_inner().chunks;
+    assert!(done.is_empty(), "{done:?}");
+    let running = admin.list_chunks(listed(pb::ChunkState::Running)).await.unwrap().into_inner().chunks;
+    assert_eq!(running.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [chunk.task_id.as_str()]);
+
+    // The customer: the segment's progress and the chunk list of WatchRender.
+    let token = o.token_in(job.tenant, Role::TenantAdmin);
+    let mut renders = pb::render_service_client::RenderServiceClient::new(o.authed(&token));
+    let render = renders.get_render(pb::GetRenderRequest { render_id: job.job_id.to_string() }).await.unwrap();
+    let segment = render.into_inner().render.unwrap().segments[0].clone();
+    assert_eq!((segment.frames_done, segment.chunks_done, segment.chunk_count), (8, 0, 1));
+    let watch = pb::WatchRenderRequest { render_id: job.job_id.to_string(), include_chunks: true };
+    let mut stream = renders.watch_render(watch).await.unwrap().into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let progress = &first.chunks[0];
+    assert_eq!((progress.state(), progress.frames_done), (pb::ChunkState::Running, 8));
+    drop(stream);
+
+    // The repair done, so is the chunk.
+    complete(&a, &repair).await;
+    until_state(&o, job.job_id, "assembling").await;
+    let shown = admin.get_chunk(pb::GetChunkRequest { chunk_id: chunk.task_id.clone() }).await.unwrap().into_inner();
+    let shown = shown.chunk.unwrap();
+    assert_eq!((shown.state(), shown.frames_done), (pb::ChunkState::Done, 10));
 }

@@ -59,3 +59,35 @@ async fn two_replicas_never_assign_a_chunk_twice() {
     assert!(per_replica(0) > 0 && per_replica(3) > 0, "both replicas dispatched");
     drop(b);
 }
+
+#[tokio::test]
+async fn operator_cancels_reach_agents_on_another_replica_with_their_reason() {
+    use flatrender_kit::auth::Role;
+    use flatrender_proto::flatrender::agent::v1 as agent_pb;
+    use flatrender_proto::flatrender::render::v1 as pb;
+    use support::Behaviour;
+
+    let a = Orchestrator::start().await;
+    let b = a.replica(|_| {}).await;
+    // Each agent is held by replica B; the operator's calls go to replica A.
+    let quarantined = b.agent(AgentSpec { behaviour: Behaviour::Hang, ..AgentSpec::default() }).await;
+    let deleted = b.agent(AgentSpec { behaviour: Behaviour::Hang, ..AgentSpec::default() }).await;
+    seed_job(a.pool(), JobSeed { segments: vec![("Main".into(), 0, 19)], ..JobSeed::default() }).await;
+    let (first, second) = (quarantined.next_assign().await, deleted.next_assign().await);
+    let mut admin = a.node_admin(Role::PlatformAdmin);
+
+    let node_id = quarantined.identity.node_id.to_string();
+    admin
+        .quarantine_node(pb::QuarantineNodeRequest { node_id, reason: "bad RAM".into(), cancel_running: true })
+        .await
+        .unwrap();
+    let cancel = quarantined.cancel_of(&first.task_id).await;
+    assert_eq!(cancel.reason(), agent_pb::CancelReason::Operator, "{cancel:?}");
+
+    let node_id = deleted.identity.node_id.to_string();
+    admin.delete_node(pb::DeleteNodeRequest { node_id, force: true }).await.unwrap();
+    let cancel = deleted.cancel_of(&second.task_id).await;
+    assert_eq!(cancel.reason(), agent_pb::CancelReason::Operator, "{cancel:?}");
+    let (code, _) = deleted.ended().await;
+    assert_eq!(code, Some(tonic::Code::Unauthenticated));
+}

@@ -12,7 +12,7 @@ use flatrender_proto::flatrender::events::v1 as ev;
 use flatrender_proto::flatrender::render::v1 as pb;
 use prost::Message as _;
 use support::agent::{frame_report, frames_of, result};
-use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, SimAgent, seed_job};
+use support::{AgentSpec, Behaviour, JobSeed, Orchestrator, SimAgent, seed_job, seed_snapshot};
 use uuid::Uuid;
 
 #[tokio::test]
@@ -190,6 +190,52 @@ async fn a_job_no_node_can_take_fails_after_the_timeout_while_one_waiting_for_bu
     let (state, marked): (String, bool) =
         sqlx::query_as("SELECT state, unplaceable_since IS NOT NULL FROM render.render_jobs WHERE id = $1")
             .bind(waiting.job_id)
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), marked), ("queued", false));
+}
+
+#[tokio::test]
+async fn a_snapshot_no_node_can_take_fails_after_the_timeout_while_one_an_offline_node_can_take_waits() {
+    let o = Orchestrator::start_with(|s| s.no_eligible_node_timeout = std::time::Duration::from_millis(300)).await;
+    // The farm's one node is enrolled but offline: it may come back, so it counts.
+    o.enroll(&AgentSpec::default()).await;
+    let tenant = Uuid::new_v4();
+    let (waiting, _) = seed_snapshot(o.pool(), tenant, 1).await;
+    let (unplaceable, task) = seed_snapshot(o.pool(), tenant, 2).await;
+    sqlx::query("UPDATE render.frame_jobs SET min_ae_version = '99.0' WHERE id = $1")
+        .bind(task)
+        .execute(o.pool())
+        .await
+        .unwrap();
+
+    o.until(
+        "the snapshot no node can take fails",
+        &format!("SELECT state = 'failed' FROM render.snapshots WHERE id = '{unplaceable}'"),
+    )
+    .await;
+    let (code, message): (String, String) =
+        sqlx::query_as("SELECT error_code, error_message FROM render.snapshots WHERE id = $1")
+            .bind(unplaceable)
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+    assert_eq!(code, "no_eligible_node");
+    assert_eq!(message, "no render node can take this snapshot: no node has After Effects 99.0 or later");
+    let task_state: String = sqlx::query_scalar("SELECT state FROM render.frame_jobs WHERE id = $1")
+        .bind(task)
+        .fetch_one(o.pool())
+        .await
+        .unwrap();
+    assert_eq!(task_state, "failed");
+    assert_eq!(o.events("flatrender.events.v1.SnapshotFailed").await.len(), 1);
+
+    // The snapshot the offline node could take was checked as long, and is neither failed nor
+    // marked.
+    let (state, marked): (String, bool) =
+        sqlx::query_as("SELECT state, unplaceable_since IS NOT NULL FROM render.snapshots WHERE id = $1")
+            .bind(waiting)
             .fetch_one(o.pool())
             .await
             .unwrap();

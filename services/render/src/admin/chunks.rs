@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::RenderApi;
 use crate::api::page;
-use crate::api::records::{id_text, optional_timestamp, timestamp};
+use crate::api::records::{REPAIRING_FRAMES, SHOWN_CHUNK_STATE, id_text, optional_timestamp, shown_chunk, timestamp};
 use crate::error::{RenderError, Result};
 use crate::model::{ChunkState, ErrorInfo, Lane, RepairReason, TaskOutcome, validate};
 
@@ -21,7 +21,8 @@ use crate::model::{ChunkState, ErrorInfo, Lane, RepairReason, TaskOutcome, valid
 /// neither, sorts after every segment.
 type ChunkKey = (i32, i32, Uuid);
 
-/// The columns [`chunk`] reads, from `render.frame_jobs f` left-joined with its segment `s`.
+/// The columns [`chunk`] reads, from `render.frame_jobs f` left-joined with its segment `s`
+/// (and `repairing`: [`REPAIRING_FRAMES`]).
 const CHUNK_COLUMNS: &str = "f.id, f.job_id, f.tenant_id, f.lane, f.segment_id, s.position, f.composition_name, \
      f.frame_start, f.frame_end, f.frame_step, coalesce(f.frame_count, 0) AS frame_count, f.frames_done, f.state, \
      f.attempts, f.max_attempts, f.lease_epoch, f.node_id, f.lease_expires_at, f.error_class, f.error_code, \
@@ -60,12 +61,15 @@ impl RenderApi {
             return Err(RenderError::NotFound("render"));
         }
         let mut query: QueryBuilder<Postgres> = QueryBuilder::new(format!(
-            "SELECT {CHUNK_COLUMNS} FROM render.frame_jobs f LEFT JOIN render.render_job_segments s ON s.id = f.segment_id
+            "SELECT {CHUNK_COLUMNS}, {REPAIRING_FRAMES} AS repairing
+               FROM render.frame_jobs f LEFT JOIN render.render_job_segments s ON s.id = f.segment_id
               WHERE {CHUNK_LANES} AND f.job_id = "
         ));
         query.push_bind(job);
         if !states.is_empty() {
-            query.push(" AND f.state = ANY(").push_bind(states.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            // By the state shown: a chunk with open repairs is RUNNING, not DONE.
+            query.push(format!(" AND ({SHOWN_CHUNK_STATE}) = ANY("));
+            query.push_bind(states.iter().map(|s| s.to_string()).collect::<Vec<_>>());
             query.push(")");
         }
         if let Some((segment, frame, id)) = after {
@@ -90,7 +94,8 @@ impl RenderApi {
         let id = validate::uuid("chunk_id", &request.chunk_id)?;
         let mut conn = self.state.pool.acquire().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {CHUNK_COLUMNS} FROM render.frame_jobs f LEFT JOIN render.render_job_segments s ON s.id = f.segment_id
+            "SELECT {CHUNK_COLUMNS}, {REPAIRING_FRAMES} AS repairing
+               FROM render.frame_jobs f LEFT JOIN render.render_job_segments s ON s.id = f.segment_id
               WHERE {CHUNK_LANES} AND f.id = $1"
         )))
         .bind(id)
@@ -107,14 +112,19 @@ impl RenderApi {
 /// A chunk row (of [`CHUNK_COLUMNS`]) without its attempts and repairs.
 fn chunk(row: &PgRow) -> Result<pb::Chunk> {
     let lane = Lane::from_db(row.try_get("lane")?);
-    let state = ChunkState::from_db(row.try_get("state")?);
-    let leased = state.is_some_and(ChunkState::is_leased);
+    let frame_count: i32 = row.try_get("frame_count")?;
+    let (state, frames_done) = shown_chunk(
+        ChunkState::from_db(row.try_get("state")?),
+        frame_count,
+        row.try_get("frames_done")?,
+        row.try_get("repairing")?,
+    );
+    // A chunk shown RUNNING for its repairs holds no lease of its own.
+    let leased = state.is_some_and(ChunkState::is_leased) && row.try_get::<i32, _>("repairing")? == 0;
     let range = match (row.try_get::<Option<i32>, _>("frame_start")?, row.try_get::<Option<i32>, _>("frame_end")?) {
         (Some(start), Some(end)) => Some(pb::FrameRange { start, end, step: row.try_get("frame_step")? }),
         _ => None,
     };
-    let frame_count: i32 = row.try_get("frame_count")?;
-    let frames_done: i32 = row.try_get("frames_done")?;
     let error_class: Option<String> = row.try_get("error_class")?;
     let error_code: Option<String> = row.try_get("error_code")?;
     let error_message: Option<String> = row.try_get("error_message")?;
@@ -131,7 +141,7 @@ fn chunk(row: &PgRow) -> Result<pb::Chunk> {
         composition: row.try_get::<Option<String>, _>("composition_name")?.unwrap_or_default(),
         range,
         frame_count,
-        frames_done: frames_done.min(frame_count),
+        frames_done,
         state: state.map_or(0, ChunkState::to_pb_i32),
         attempt_count: row.try_get("attempts")?,
         max_attempts: row.try_get("max_attempts")?,

@@ -60,6 +60,9 @@ async fn resync_ended_by(agents: Arc<Agents>, conn: Arc<Connection>, ended_by: O
         }
     };
     let Some(row) = row.filter(|r| !r.deleted) else {
+        // The tasks first, with why their leases ended (an operator's DeleteNode on another
+        // replica), so the agent stops them before its stream ends.
+        cancel_ended_leases(&agents, &conn, ended_by).await;
         tracing::info!(node = %conn.node_id, "node deleted; ending its stream");
         conn.end(Status::unauthenticated("invalid node credential"));
         return;
@@ -83,7 +86,14 @@ async fn resync_ended_by(agents: Arc<Agents>, conn: Arc<Connection>, ended_by: O
         agents.wake_dispatcher();
     }
 
-    // Leases that ended outside this stream (canceled, failed, requeued): CancelTask.
+    cancel_ended_leases(&agents, &conn, ended_by).await;
+    deliver_commands(&agents, &conn).await;
+}
+
+/// CancelTask for each task the stream holds whose lease ended outside it (canceled, failed,
+/// requeued), with `ended_by` (when known) instead of LEASE_LOST.
+async fn cancel_ended_leases(agents: &Arc<Agents>, conn: &Connection, ended_by: Option<agent_pb::CancelReason>) {
+    let pool = &agents.state.pool;
     let held: Vec<(Uuid, i64)> = conn.view().tasks.iter().map(|(id, held)| (*id, held.epoch)).collect();
     if !held.is_empty() {
         match queue::task_leases(pool, &held.iter().map(|(id, _)| *id).collect::<Vec<_>>()).await {
@@ -121,7 +131,6 @@ async fn resync_ended_by(agents: Arc<Agents>, conn: Arc<Connection>, ended_by: O
             Err(e) => tracing::warn!(node = %conn.node_id, error = %e, "cannot resync the node's tasks"),
         }
     }
-    deliver_commands(&agents, &conn).await;
 }
 
 /// Sends the node's undelivered commands and marks them delivered.

@@ -145,25 +145,63 @@ pub async fn complete(conn: &mut sqlx::PgConnection, jobs: &mut [pb::RenderJob],
     Ok(())
 }
 
+/// SQL over task `f`: how many frames of a DONE render chunk are under open (queued or running)
+/// frame repairs; 0 for any other task. A repair's range has step 1 and holds only frames of its
+/// chunk, so its size counts its frames.
+pub(crate) const REPAIRING_FRAMES: &str = "CASE WHEN f.state = 'done' THEN (
+        SELECT coalesce(sum(r.frame_end - r.frame_start + 1), 0)::int FROM render.frame_repair_jobs r
+         WHERE r.frame_job_id = f.id AND r.state IN ('queued', 'running')) ELSE 0 END";
+
+/// SQL over render chunk `f`: its state as shown, a DONE chunk with open frame repairs being
+/// RUNNING (see [`shown_chunk`]).
+pub(crate) const SHOWN_CHUNK_STATE: &str = "CASE WHEN f.state = 'done' AND EXISTS (
+        SELECT 1 FROM render.frame_repair_jobs r WHERE r.frame_job_id = f.id AND r.state IN ('queued', 'running'))
+     THEN 'running' ELSE f.state END";
+
+/// The state and frames done of a render chunk as customers and operators see them. A chunk
+/// that delivered part of its frames is DONE in the queue (its lease ended) while repairs render
+/// the rest; until they are done it is not finished: it reads RUNNING (ChunkState offers no
+/// repairing state, and RUNNING is what the chunk's frames are: being rendered) and its frames
+/// under repair are not done. `repairing` is [`REPAIRING_FRAMES`].
+pub(crate) fn shown_chunk(
+    state: Option<ChunkState>,
+    frame_count: i32,
+    frames_done: i32,
+    repairing: i32,
+) -> (Option<ChunkState>, i32) {
+    match state {
+        Some(ChunkState::Done) if repairing > 0 => {
+            (Some(ChunkState::Running), frame_count.saturating_sub(repairing).max(0))
+        }
+        Some(ChunkState::Done) => (state, frame_count),
+        _ => (state, frames_done.min(frame_count)),
+    }
+}
+
 /// The segments of `jobs` with their progress (from their render chunks), in playback order.
 async fn segments_of<'e>(
     executor: impl PgExecutor<'e>,
     jobs: &[Uuid],
     detail: Detail,
 ) -> Result<HashMap<Uuid, Vec<pb::SegmentProgress>>> {
-    let rows = sqlx::query(
+    // Chunks with open frame repairs are not done, nor their frames under repair
+    // ([`shown_chunk`]).
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT s.job_id, s.id, s.position, s.composition_name, s.scene_id, s.frame_start, s.frame_end,
                 s.frame_step, s.frame_count, CASE WHEN $2 THEN s.scene_data END AS scene_data,
                 count(f.id) AS chunk_count,
-                count(f.id) FILTER (WHERE f.state = 'done') AS chunks_done,
-                COALESCE(sum(CASE WHEN f.state = 'done' THEN f.frame_count
+                count(f.id) FILTER (WHERE f.state = 'done' AND f.repairing = 0) AS chunks_done,
+                COALESCE(sum(CASE WHEN f.state = 'done' THEN GREATEST(f.frame_count - f.repairing, 0)
                                   ELSE LEAST(f.frames_done, f.frame_count) END), 0) AS frames_done
            FROM render.render_job_segments s
-           LEFT JOIN render.frame_jobs f ON f.segment_id = s.id AND f.lane = 'render'
+           LEFT JOIN LATERAL (
+                SELECT f.id, f.state, f.frame_count, f.frames_done,
+                       {REPAIRING_FRAMES} AS repairing
+                  FROM render.frame_jobs f WHERE f.segment_id = s.id AND f.lane = 'render') f ON true
           WHERE s.job_id = ANY($1)
           GROUP BY s.id
-          ORDER BY s.job_id, s.position",
-    )
+          ORDER BY s.job_id, s.position"
+    )))
     .bind(jobs)
     .bind(detail == Detail::Full)
     .fetch_all(executor)
@@ -252,14 +290,13 @@ pub async fn visible_job(
 
 /// The render chunks of job `id`, in playback order.
 pub async fn chunks<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<Vec<pb::ChunkProgress>> {
-    let rows = sqlx::query(
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT f.id, s.position, f.frame_start, f.frame_end, f.frame_step, f.frame_count, f.state, f.attempts,
-                CASE WHEN f.state = 'done' THEN f.frame_count ELSE LEAST(f.frames_done, f.frame_count) END
-                    AS frames_done
+                f.frames_done, {REPAIRING_FRAMES} AS repairing
            FROM render.frame_jobs f JOIN render.render_job_segments s ON s.id = f.segment_id
           WHERE f.job_id = $1 AND f.lane = 'render'
-          ORDER BY s.position, f.frame_start",
-    )
+          ORDER BY s.position, f.frame_start"
+    )))
     .bind(id)
     .fetch_all(executor)
     .await?;
@@ -268,13 +305,20 @@ pub async fn chunks<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<Vec<p
             let range =
                 FrameRange::new(row.try_get("frame_start")?, row.try_get("frame_end")?, row.try_get("frame_step")?)
                     .map_err(|e| corrupt("chunk range", e))?;
+            let frame_count: i32 = row.try_get("frame_count")?;
+            let (state, frames_done) = shown_chunk(
+                ChunkState::from_db(row.try_get("state")?),
+                frame_count,
+                row.try_get("frames_done")?,
+                row.try_get("repairing")?,
+            );
             Ok(pb::ChunkProgress {
                 id: row.try_get::<Uuid, _>("id")?.to_string(),
                 segment_index: row.try_get("position")?,
                 range: Some(range.to_pb()),
-                frame_count: row.try_get("frame_count")?,
-                frames_done: row.try_get("frames_done")?,
-                state: ChunkState::from_db(row.try_get("state")?).map_or(0, ChunkState::to_pb_i32),
+                frame_count,
+                frames_done,
+                state: state.map_or(0, ChunkState::to_pb_i32),
                 attempt: row.try_get("attempts")?,
             })
         })
@@ -346,4 +390,17 @@ pub fn snapshot(row: &PgRow) -> Result<pb::Snapshot> {
         rendered_at: optional_timestamp(row.try_get("rendered_at")?),
         expires_at: optional_timestamp(row.try_get("expires_at")?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_with_open_repairs_are_not_finished() {
+        assert_eq!(shown_chunk(Some(ChunkState::Done), 10, 8, 2), (Some(ChunkState::Running), 8));
+        assert_eq!(shown_chunk(Some(ChunkState::Done), 10, 3, 0), (Some(ChunkState::Done), 10));
+        assert_eq!(shown_chunk(Some(ChunkState::Running), 10, 12, 0), (Some(ChunkState::Running), 10));
+        assert_eq!(shown_chunk(Some(ChunkState::Done), 1, 0, 5), (Some(ChunkState::Running), 0));
+    }
 }

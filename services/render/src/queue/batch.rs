@@ -7,7 +7,9 @@
 //! and the same rows as [`super::report`], in a fixed number of statements per batch.
 //!
 //! Only the common shapes are taken: progress updates, frame reports of render chunks, and
-//! SUCCESS results of render chunks that deliver every frame of the chunk. Everything else
+//! SUCCESS results of render chunks that deliver every frame of the chunk. Their frames must
+//! name uploads of their lease ([`unrecorded_frames`], one query per batch); a report whose
+//! frames do not is answered MALFORMED here, as the one-report path would. Everything else
 //! (other lanes, missing or bad frames, outputs, a report that does not match its current
 //! lease and so needs its reason worked out, a second report about one task in the same batch)
 //! is answered `None`: the caller runs the one-report function of [`super::report`] for it
@@ -248,6 +250,18 @@ pub async fn frame_reports(pool: &PgPool, items: &[Frames]) -> Result<Vec<Option
         }
         accepted.push((i, frames));
     }
+    // Every frame names its upload by this lease; a report that does not is refused whole.
+    let refused = {
+        let checked: Vec<(Fence, &[Frame])> = accepted.iter().map(|(i, f)| (fences[*i], f.as_slice())).collect();
+        unrecorded_frames(&mut tx, &checked).await?
+    };
+    accepted.retain(|(i, _)| match refused.get(&fences[*i].task_id) {
+        Some(reason) => {
+            answers[*i] = Some(Verdict::Malformed(reason.clone()));
+            false
+        }
+        None => true,
+    });
     if accepted.is_empty() {
         return Ok(answers);
     }
@@ -323,6 +337,17 @@ pub async fn task_results(pool: &PgPool, items: &[Outcome]) -> Result<Vec<Option
             complete.push((i, kept));
         }
     }
+    let refused = {
+        let checked: Vec<(Fence, &[Frame])> = complete.iter().map(|(i, f)| (fences[*i], f.as_slice())).collect();
+        unrecorded_frames(&mut tx, &checked).await?
+    };
+    complete.retain(|(i, _)| match refused.get(&fences[*i].task_id) {
+        Some(reason) => {
+            answers[*i] = Some((Verdict::Malformed(reason.clone()), None));
+            false
+        }
+        None => true,
+    });
     if complete.is_empty() {
         return Ok(answers);
     }
@@ -536,4 +561,83 @@ pub(super) async fn insert_frames(
         .await?;
     }
     Ok(new)
+}
+
+/// Why frames of the leases do not name their uploads, per task (the first such frame): each
+/// OK frame must name the file that task's lease stored for that frame through UploadObject
+/// (`render.object_uploads`), with the same SHA-256 and size. Frames of another lease of the
+/// task do not count: a lease reports only what it rendered, and an earlier lease's file may
+/// be from a different render of the frame. One query for all frames of `leases`.
+pub(super) async fn unrecorded_frames(
+    tx: &mut PgTransaction<'_>,
+    leases: &[(Fence, &[Frame])],
+) -> Result<HashMap<Uuid, String>> {
+    let mut reasons: HashMap<Uuid, String> = HashMap::new();
+    let mut tasks = Vec::new();
+    let mut epochs = Vec::new();
+    let mut numbers = Vec::new();
+    let mut files = Vec::new();
+    let mut digests = Vec::new();
+    let mut sizes = Vec::new();
+    for (fence, frames) in leases {
+        for frame in *frames {
+            let Some(file) = frame.file_id else {
+                reasons.entry(fence.task_id).or_insert_with(|| {
+                    format!("frames: frame {} has no file_id; an OK frame names its UploadObject file", frame.number)
+                });
+                continue;
+            };
+            tasks.push(fence.task_id);
+            epochs.push(fence.lease_epoch);
+            numbers.push(frame.number);
+            files.push(file);
+            digests.push(frame.sha256.to_vec());
+            sizes.push(frame.size_bytes);
+        }
+    }
+    if tasks.is_empty() {
+        return Ok(reasons);
+    }
+    type Row = (Uuid, i32, Uuid, Option<Vec<u8>>, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT x.task, x.frame, x.file_id, u.sha256, u.size_bytes
+           FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::uuid[], $5::bytea[], $6::bigint[])
+                AS x(task, epoch, frame, file_id, sha256, size)
+           LEFT JOIN render.object_uploads u
+                  ON u.frame_job_id = x.task AND u.lease_epoch = x.epoch AND u.kind = 'frame'
+                 AND u.frame = x.frame AND u.file_id = x.file_id
+          WHERE u.file_id IS NULL OR u.sha256 <> x.sha256 OR u.size_bytes <> x.size
+          ORDER BY x.task, x.frame",
+    )
+    .bind(&tasks)
+    .bind(&epochs)
+    .bind(&numbers)
+    .bind(&files)
+    .bind(&digests)
+    .bind(&sizes)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (task, frame, file, sha256, size) in rows {
+        let reason = match (sha256, size) {
+            (Some(sha256), _) if !digests_match(&sha256, leases, task, frame) => format!(
+                "frames: frame {frame}: checksum mismatch, its sha256 is not the one of its upload {file} ({})",
+                hex::encode(&sha256)
+            ),
+            (Some(_), Some(size)) => {
+                format!("frames: frame {frame}: size_bytes is not the {size} bytes of its upload {file}")
+            }
+            _ => format!("frames: frame {frame}: file_id {file} is not an upload of this frame by this lease"),
+        };
+        reasons.entry(task).or_insert(reason);
+    }
+    Ok(reasons)
+}
+
+/// Whether the frame `frame` of `task` among `leases` reports `sha256`.
+fn digests_match(sha256: &[u8], leases: &[(Fence, &[Frame])], task: Uuid, frame: i32) -> bool {
+    leases
+        .iter()
+        .filter(|(fence, _)| fence.task_id == task)
+        .flat_map(|(_, frames)| frames.iter())
+        .any(|f| f.number == frame && f.sha256.as_slice() == sha256)
 }

@@ -11,6 +11,10 @@
 //! its transaction makes the snapshot READY, or stores the export and completes the job; bad
 //! outputs make the attempt a machine error instead, retried like any other.
 //!
+//! Every OK frame of a render chunk or repair names the file its lease stored for that frame
+//! through UploadObject (`render.object_uploads`), with the same SHA-256 and size; a report or
+//! SUCCESS that names anything else is MALFORMED, and nothing of it is recorded.
+//!
 //! A SUCCESS of a render chunk is judged by its frames: every frame of its range accepted under
 //! its epoch makes it done. Part of them missing or reported bad (MISSING, CORRUPT, WRONG_SIZE)
 //! makes it done too, with frame repairs for the rest ([`super::repair`]); none usable makes it
@@ -248,6 +252,9 @@ pub async fn frame_report(pool: &PgPool, fence: Fence, report: &agent_pb::FrameR
         return Ok(Verdict::Malformed(format!("frames: frame {bad} is not in the task's range")));
     }
     let list: Vec<Frame> = frames.into_values().collect();
+    if let Some(reason) = super::batch::unrecorded_frames(&mut tx, &[(fence, &list)]).await?.remove(&fence.task_id) {
+        return Ok(Verdict::Malformed(reason));
+    }
     let new = insert_frames(&mut tx, fence, &list).await?;
     if let (Some(job), Lane::Render | Lane::Repair) = (lease.job_id, lease.lane) {
         jobs::add_work(&mut tx, job, new, 0).await?;
@@ -324,6 +331,21 @@ pub async fn task_result(
             }
         }
         (Some(_), Some((false, _))) => {}
+    }
+    if let Some(lease) = lease.as_ref().filter(|l| matches!(l.lane, Lane::Render | Lane::Repair))
+        && outcome == pb::TaskOutcome::Success
+    {
+        // The frames that would be accepted must name their uploads by this lease.
+        let bad = repair::bad_frames(&result.frames, lease.range);
+        let kept: Vec<Frame> = frames
+            .values()
+            .filter(|f| in_range(lease.range, f.number) && !bad.contains_key(&f.number))
+            .cloned()
+            .collect();
+        if let Some(reason) = super::batch::unrecorded_frames(&mut tx, &[(fence, &kept)]).await?.remove(&fence.task_id)
+        {
+            return Ok((Verdict::Malformed(reason), None));
+        }
     }
 
     // The attempt, as the agent tells it.

@@ -1,4 +1,4 @@
-//! Jobs no node can take. A queued task waits for a node with a free slot; but when no
+//! Jobs and snapshots no node can take. A queued task waits for a node with a free slot; but when no
 //! enrolled, non-quarantined node could ever take it — none has its After Effects version, tags,
 //! RAM, GPU or ffmpeg, or every node that has them failed the job before — it would wait
 //! forever. So, periodically and on one replica at a time (a transaction-scoped advisory lock),
@@ -6,13 +6,16 @@
 //! draining or offline alike (placement's own [`eligible`] rule, slots aside):
 //!
 //! - a job with a task none of them can take is marked (`render_jobs.unplaceable_since`), and
-//!   unmarked as soon as one could;
-//! - a job marked for longer than the timeout fails with NO_ELIGIBLE_NODE and a message naming
-//!   the requirement nobody meets (RenderJobFailed, like any failure).
+//!   unmarked as soon as one could; a snapshot the same way (`snapshots.unplaceable_since`);
+//! - a job or snapshot marked for longer than the timeout fails with NO_ELIGIBLE_NODE and a
+//!   message naming the requirement nobody meets (RenderJobFailed or SnapshotFailed, like any
+//!   failure).
 //!
-//! A job that merely waits for busy nodes able to take it is never marked. Cost per check: the
-//! enrolled nodes, and the distinct requirement sets of the queued tasks of jobs (one index scan
-//! of the queue), at most once a minute.
+//! Offline nodes count: one able to take the work may come back, and a customer should not lose
+//! a render because the only capable machine is rebooting (the timeout is for nodes that never
+//! come). A job that merely waits for busy nodes able to take it is never marked. Cost per
+//! check: the enrolled nodes, and the distinct requirement sets of the queued tasks of jobs and
+//! snapshots (one index scan of the queue), at most once a minute.
 
 use std::cmp::Ordering;
 use std::collections::hash_map::Entry;
@@ -23,8 +26,8 @@ use flatrender_kit::shutdown::ShutdownSignal;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::jobs;
 use super::placement::{AdminState, Candidate, NodeOffer, compare_versions, eligible};
+use super::{jobs, snapshots};
 use crate::error::Result;
 use crate::model::{ErrorCode, ErrorInfo, Lane};
 use crate::state::State;
@@ -49,8 +52,8 @@ pub async fn run(state: State, shutdown: ShutdownSignal) {
             () = &mut stop => return,
             _ = tick.tick() => {
                 match super::retrying(|| check(&state.pool, timeout)).await {
-                    Ok(failed) if !failed.is_empty() => {
-                        tracing::warn!(jobs = ?failed, "jobs no node can take failed");
+                    Ok(failed) if !failed.jobs.is_empty() || !failed.snapshots.is_empty() => {
+                        tracing::warn!(jobs = ?failed.jobs, snapshots = ?failed.snapshots, "work no node can take failed");
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "cannot look for jobs no node can take"),
@@ -60,16 +63,32 @@ pub async fn run(state: State, shutdown: ShutdownSignal) {
     }
 }
 
-/// One check (see the module): marks and unmarks jobs, fails those marked for longer than
-/// `timeout`, and returns them. Does nothing while another replica checks.
-pub async fn check(pool: &PgPool, timeout: Duration) -> Result<Vec<Uuid>> {
+/// What a check failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failed {
+    /// Jobs failed with NO_ELIGIBLE_NODE.
+    pub jobs: Vec<Uuid>,
+    /// Snapshots failed with NO_ELIGIBLE_NODE.
+    pub snapshots: Vec<Uuid>,
+}
+
+/// What queued work belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Owner {
+    Job(Uuid),
+    Snapshot(Uuid),
+}
+
+/// One check (see the module): marks and unmarks jobs and snapshots, fails those marked for
+/// longer than `timeout`, and returns them. Does nothing while another replica checks.
+pub async fn check(pool: &PgPool, timeout: Duration) -> Result<Failed> {
     let mut tx = pool.begin().await?;
     let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(LOCK)
         .fetch_one(&mut *tx)
         .await?;
     if !ours {
-        return Ok(Vec::new());
+        return Ok(Failed::default());
     }
 
     type NodeRow = (Uuid, Vec<String>, bool, i64, bool, Vec<String>);
@@ -95,29 +114,46 @@ pub async fn check(pool: &PgPool, timeout: Duration) -> Result<Vec<Uuid>> {
     })
     .collect();
 
-    type NeedsRow = (Uuid, String, Option<String>, Vec<String>, Option<i64>, bool);
+    type NeedsRow = (Option<Uuid>, Option<Uuid>, String, Option<String>, Vec<String>, Option<i64>, bool);
     let needs: Vec<NeedsRow> = sqlx::query_as(
-        "SELECT DISTINCT f.job_id, f.lane, f.min_ae_version, f.required_tags, f.min_ram_bytes, f.needs_gpu
+        "SELECT DISTINCT f.job_id, f.snapshot_id, f.lane, f.min_ae_version, f.required_tags, f.min_ram_bytes,
+                f.needs_gpu
            FROM render.frame_jobs f
-          WHERE f.state = 'queued' AND f.job_id IS NOT NULL AND f.pinned_node_id IS NULL",
+          WHERE f.state = 'queued' AND (f.job_id IS NOT NULL OR f.snapshot_id IS NOT NULL)
+            AND f.pinned_node_id IS NULL",
     )
     .fetch_all(&mut *tx)
     .await?;
-    let job_ids: Vec<Uuid> = needs.iter().map(|n| n.0).collect::<BTreeSet<_>>().into_iter().collect();
-    let mut excluded: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
-    for (job, node) in sqlx::query_as::<_, (Uuid, Uuid)>(
-        "SELECT job_id, node_id FROM render.frame_job_excluded_nodes WHERE job_id = ANY($1)",
+    let owner_of = |job: Option<Uuid>, snapshot: Option<Uuid>| match (job, snapshot) {
+        (Some(job), _) => Some(Owner::Job(job)),
+        (None, Some(snapshot)) => Some(Owner::Snapshot(snapshot)),
+        (None, None) => None,
+    };
+    let job_ids: Vec<Uuid> = needs.iter().filter_map(|n| n.0).collect::<BTreeSet<_>>().into_iter().collect();
+    let snapshot_ids: Vec<Uuid> =
+        needs.iter().filter(|n| n.0.is_none()).filter_map(|n| n.1).collect::<BTreeSet<_>>().into_iter().collect();
+    // A job's nodes that failed any of its tasks; a snapshot's that failed its task.
+    let mut excluded: HashMap<Owner, HashSet<Uuid>> = HashMap::new();
+    for (job, snapshot, node) in sqlx::query_as::<_, (Option<Uuid>, Option<Uuid>, Uuid)>(
+        "SELECT e.job_id, NULL::uuid, e.node_id FROM render.frame_job_excluded_nodes e WHERE e.job_id = ANY($1)
+         UNION ALL
+         SELECT NULL, f.snapshot_id, e.node_id FROM render.frame_job_excluded_nodes e
+           JOIN render.frame_jobs f ON f.id = e.frame_job_id
+          WHERE f.snapshot_id = ANY($2)",
     )
     .bind(&job_ids)
+    .bind(&snapshot_ids)
     .fetch_all(&mut *tx)
     .await?
     {
-        excluded.entry(job).or_default().insert(node);
+        if let Some(owner) = owner_of(job, snapshot) {
+            excluded.entry(owner).or_default().insert(node);
+        }
     }
 
-    let mut why: HashMap<Uuid, String> = HashMap::new();
-    for (job, lane, min_ae_version, required_tags, min_ram_bytes, needs_gpu) in needs {
-        let Some(lane) = Lane::from_db(&lane) else { continue };
+    let mut why: HashMap<Owner, String> = HashMap::new();
+    for (job, snapshot, lane, min_ae_version, required_tags, min_ram_bytes, needs_gpu) in needs {
+        let (Some(owner), Some(lane)) = (owner_of(job, snapshot), Lane::from_db(&lane)) else { continue };
         let task = Candidate {
             id: Uuid::nil(),
             lane,
@@ -127,17 +163,18 @@ pub async fn check(pool: &PgPool, timeout: Duration) -> Result<Vec<Uuid>> {
             min_ram_bytes,
             needs_gpu,
             pinned_node_id: None,
-            excluded: excluded.get(&job).cloned().unwrap_or_default(),
+            excluded: excluded.get(&owner).cloned().unwrap_or_default(),
             avoid_node: None,
         };
-        if let Entry::Vacant(vacant) = why.entry(job)
+        if let Entry::Vacant(vacant) = why.entry(owner)
             && let Some(reason) = unmet(&task, &nodes)
         {
             vacant.insert(reason);
         }
     }
 
-    let unplaceable: Vec<Uuid> = why.keys().copied().collect();
+    let unplaceable: Vec<Uuid> =
+        why.keys().filter_map(|o| if let Owner::Job(job) = o { Some(*job) } else { None }).collect();
     sqlx::query(
         "UPDATE render.render_jobs SET unplaceable_since = NULL
           WHERE unplaceable_since IS NOT NULL AND NOT (id = ANY($1))",
@@ -157,22 +194,79 @@ pub async fn check(pool: &PgPool, timeout: Duration) -> Result<Vec<Uuid>> {
     .into_iter()
     .flatten()
     .collect();
-    let mut failed = Vec::new();
+    let mut failed = Failed::default();
     for job in expired {
-        let Some(reason) = why.get(&job) else { continue };
+        let Some(reason) = why.get(&Owner::Job(job)) else { continue };
         let error = ErrorInfo::new(ErrorCode::NoEligibleNode, format!("no render node can take this render: {reason}"));
         if jobs::fail(&mut tx, job, &error).await? {
-            failed.push(job);
+            failed.jobs.push(job);
         }
     }
-    if !failed.is_empty() {
+    if !failed.jobs.is_empty() {
         // A requeued job starts unmarked.
         sqlx::query("UPDATE render.render_jobs SET unplaceable_since = NULL WHERE id = ANY($1)")
-            .bind(&failed)
+            .bind(&failed.jobs)
             .execute(&mut *tx)
             .await?;
     }
+    failed.snapshots = check_snapshots(&mut tx, &why, timeout).await?;
     tx.commit().await?;
+    Ok(failed)
+}
+
+/// Marks and unmarks snapshots by `why`, and fails those marked for longer than `timeout` with
+/// their queued task; returns them.
+async fn check_snapshots(
+    tx: &mut sqlx::PgTransaction<'_>,
+    why: &HashMap<Owner, String>,
+    timeout: Duration,
+) -> Result<Vec<Uuid>> {
+    let unplaceable: Vec<Uuid> =
+        why.keys().filter_map(|o| if let Owner::Snapshot(s) = o { Some(*s) } else { None }).collect();
+    sqlx::query(
+        "UPDATE render.snapshots SET unplaceable_since = NULL
+          WHERE unplaceable_since IS NOT NULL AND NOT (id = ANY($1))",
+    )
+    .bind(&unplaceable)
+    .execute(&mut **tx)
+    .await?;
+    let expired: Vec<Uuid> = sqlx::query_scalar::<_, Option<Uuid>>(
+        "UPDATE render.snapshots SET unplaceable_since = coalesce(unplaceable_since, now())
+          WHERE id = ANY($1) AND state IN ('queued', 'rendering')
+      RETURNING CASE WHEN unplaceable_since <= now() - make_interval(secs => $2) THEN id END",
+    )
+    .bind(&unplaceable)
+    .bind(timeout.as_secs_f64())
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut failed = Vec::new();
+    for snapshot in expired {
+        let Some(reason) = why.get(&Owner::Snapshot(snapshot)) else { continue };
+        let message = format!("no render node can take this snapshot: {reason}");
+        let error = ErrorInfo::new(ErrorCode::NoEligibleNode, message);
+        sqlx::query(
+            "UPDATE render.frame_jobs SET state = 'failed', finished_at = now(), error_class = $2, error_code = $3,
+                    error_message = $4
+              WHERE snapshot_id = $1 AND state = 'queued'",
+        )
+        .bind(snapshot)
+        .bind(error.class.as_db())
+        .bind(error.code.map(|c| c.as_db()))
+        .bind(&error.message)
+        .execute(&mut **tx)
+        .await?;
+        snapshots::fail(tx, snapshot, &error).await?;
+        failed.push(snapshot);
+    }
+    if !failed.is_empty() {
+        sqlx::query("UPDATE render.snapshots SET unplaceable_since = NULL WHERE id = ANY($1)")
+            .bind(&failed)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(failed)
 }
 

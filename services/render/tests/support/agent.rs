@@ -6,13 +6,21 @@
 //! heartbeats on the interval the Welcome gives, lists what it holds, acknowledges commands, and
 //! refuses assignments beyond its slots (counted, so tests can assert it never happened). Every
 //! message it receives is an [`AgentEvent`] the test awaits.
+//!
+//! Frames are uploaded before they are reported, as a real agent does, in the cheap form: the
+//! orchestrator of these tests has no file service, so instead of streaming bytes through
+//! UploadObject the agent records what UploadObject records once it stored them
+//! (`render.object_uploads`: task, epoch, frame, SHA-256, size, file id) just before it sends a
+//! FrameReport or TaskResult naming them. [`ok_frame`] names that simulated upload; a frame with
+//! any other file id is sent as it is (tests of refused reports use that).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use uuid::Uuid;
@@ -281,19 +289,24 @@ impl SimAgent {
         spec: AgentSpec,
         authorization: &str,
     ) -> Self {
-        Self::connect_over(orchestrator.agent_client(), identity, spec, authorization).await
+        let pool = orchestrator.pool().clone();
+        Self::connect_over(orchestrator.agent_client(), &pool, identity, spec, authorization).await
     }
 
     /// Connects through `client` (an orchestrator in another process, or many agents sharing
-    /// connections) with `authorization` as given.
+    /// connections) with `authorization` as given; `pool` (the database as its owner) records
+    /// the agent's simulated frame uploads.
     pub async fn connect_over(
         mut client: AgentClient,
+        pool: &PgPool,
         identity: Identity,
         spec: AgentSpec,
         authorization: &str,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let outlet = Arc::new(Outlet::new(tx));
+        let (outbox, unsent) = mpsc::unbounded_channel();
+        tokio::spawn(upload_then_send(unsent, tx, pool.clone()));
+        let outlet = Arc::new(Outlet::new(outbox));
         let shared = Arc::new(Shared {
             slots: spec.slots as usize,
             held: Mutex::new(HashMap::new()),
@@ -618,16 +631,114 @@ pub fn frames_of(task: &agent_pb::AssignTask) -> Vec<i32> {
     }
 }
 
-/// An OK frame output.
-pub fn ok_frame(frame: i32) -> agent_pb::FrameOutput {
+/// Size of a simulated frame upload.
+const SIMULATED_FRAME_BYTES: u64 = 1000;
+
+/// The file id of the simulated upload of `frame` by lease (`task_id`, `epoch`).
+pub fn upload_id(task_id: &str, epoch: u64, frame: i32) -> Uuid {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("{task_id}/{epoch}/{frame}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// The SHA-256 of the simulated upload of `frame`.
+fn frame_digest(frame: i32) -> [u8; 32] {
+    let mut digest = [0u8; 32];
+    digest[24..].copy_from_slice(&(i64::from(frame) + 1).to_be_bytes());
+    digest
+}
+
+/// An OK frame output of `task`, naming the simulated upload the agent records before it sends
+/// the output.
+pub fn ok_frame(task: &agent_pb::AssignTask, frame: i32) -> agent_pb::FrameOutput {
     agent_pb::FrameOutput {
         frame,
         status: agent_pb::FrameStatus::Ok as i32,
-        file_id: Uuid::new_v4().to_string(),
-        sha256: format!("{:064x}", frame as u128 + 1),
-        size_bytes: 1000,
+        file_id: upload_id(&task.task_id, task.lease_epoch, frame).to_string(),
+        sha256: hex(&frame_digest(frame)),
+        size_bytes: SIMULATED_FRAME_BYTES,
         resolution: None,
         render_ms: 50,
+    }
+}
+
+/// The simulated uploads `message` names: its OK frames whose file ids are [`upload_id`]s.
+fn simulated_uploads(message: &agent_pb::SessionRequest) -> Vec<(Uuid, u64, i32)> {
+    let (task_id, epoch, frames) = match &message.payload {
+        Some(In::FrameReport(r)) => (&r.task_id, r.lease_epoch, &r.frames),
+        Some(In::TaskResult(r)) => (&r.task_id, r.lease_epoch, &r.frames),
+        _ => return Vec::new(),
+    };
+    let Ok(task) = Uuid::try_parse(task_id) else { return Vec::new() };
+    frames
+        .iter()
+        .filter(|f| f.status() == agent_pb::FrameStatus::Ok && f.frame >= 0)
+        .filter(|f| f.file_id == upload_id(task_id, epoch, f.frame).to_string())
+        .map(|f| (task, epoch, f.frame))
+        .collect()
+}
+
+/// Records the simulated uploads of `frames` (task, epoch, frame) as UploadObject records a
+/// stored frame; frames of tasks that do not exist are skipped.
+pub async fn record_uploads(pool: &PgPool, frames: &[(Uuid, u64, i32)]) -> Result<(), sqlx::Error> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let tasks: Vec<Uuid> = frames.iter().map(|f| f.0).collect();
+    let epochs: Vec<i64> = frames.iter().map(|f| i64::try_from(f.1).unwrap_or(0)).collect();
+    let numbers: Vec<i32> = frames.iter().map(|f| f.2).collect();
+    let files: Vec<Uuid> = frames.iter().map(|f| upload_id(&f.0.to_string(), f.1, f.2)).collect();
+    let digests: Vec<Vec<u8>> = frames.iter().map(|f| frame_digest(f.2).to_vec()).collect();
+    sqlx::query(
+        "INSERT INTO render.object_uploads (frame_job_id, lease_epoch, kind, frame, sha256, size_bytes, file_id)
+         SELECT x.task, x.epoch, 'frame', x.frame, x.sha256, $6, x.file_id
+           FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::uuid[], $5::bytea[])
+                AS x(task, epoch, frame, file_id, sha256)
+           JOIN render.frame_jobs f ON f.id = x.task
+          WHERE x.epoch > 0
+             ON CONFLICT DO NOTHING",
+    )
+    .bind(&tasks)
+    .bind(&epochs)
+    .bind(&numbers)
+    .bind(&files)
+    .bind(&digests)
+    .bind(SIMULATED_FRAME_BYTES as i64)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records the simulated uploads of `frames` of `task` (for tests that hand reports to the
+/// queue directly rather than through an agent).
+pub async fn record_frames(pool: &PgPool, task: &agent_pb::AssignTask, frames: &[i32]) {
+    let task_id = Uuid::try_parse(&task.task_id).expect("a task id");
+    let list: Vec<(Uuid, u64, i32)> = frames.iter().map(|f| (task_id, task.lease_epoch, *f)).collect();
+    record_uploads(pool, &list).await.expect("the simulated uploads are recorded");
+}
+
+/// Passes the agent's messages on in order, recording the simulated uploads a message names
+/// before it goes (once per frame and lease): what a real agent's uploads do before it reports.
+async fn upload_then_send(
+    mut outbox: mpsc::UnboundedReceiver<agent_pb::SessionRequest>,
+    stream: mpsc::UnboundedSender<agent_pb::SessionRequest>,
+    pool: PgPool,
+) {
+    let mut recorded: HashSet<(Uuid, u64, i32)> = HashSet::new();
+    while let Some(message) = outbox.recv().await {
+        let uploads: Vec<_> = simulated_uploads(&message).into_iter().filter(|u| !recorded.contains(u)).collect();
+        if !uploads.is_empty() {
+            match record_uploads(&pool, &uploads).await {
+                Ok(()) => recorded.extend(uploads),
+                // The database went away (the test is ending); the report will say so.
+                Err(error) => eprintln!("simulated uploads not recorded: {error}"),
+            }
+        }
+        if stream.send(message).is_err() {
+            return;
+        }
     }
 }
 
@@ -666,14 +777,14 @@ pub fn frame_report(task: &agent_pb::AssignTask, frames: &[i32]) -> In {
         task_id: task.task_id.clone(),
         lease_epoch: task.lease_epoch,
         segment_index,
-        frames: frames.iter().map(|f| ok_frame(*f)).collect(),
+        frames: frames.iter().map(|f| ok_frame(task, *f)).collect(),
     })
 }
 
 /// A TaskResult of `task` with `outcome` (every frame OK on success).
 pub fn result(task: &agent_pb::AssignTask, outcome: pb::TaskOutcome) -> In {
     let (frames, error) = match outcome {
-        pb::TaskOutcome::Success => (frames_of(task).into_iter().map(ok_frame).collect(), None),
+        pb::TaskOutcome::Success => (frames_of(task).into_iter().map(|f| ok_frame(task, f)).collect(), None),
         pb::TaskOutcome::TemplateError => (
             Vec::new(),
             Some(pb::RenderError {

@@ -24,7 +24,7 @@ use crate::agents::{Agents, nodes};
 use crate::error::{RenderError, Result};
 use crate::queue::requeue::{lose_in_tx, requeue_row};
 use crate::queue::wire::digest_from_hex;
-use crate::queue::{NODES_CHANNEL, notify};
+use crate::queue::{NODES_CHANNEL, notify, notify_nodes_ended_by};
 use crate::settings::Settings;
 
 /// The attempt message of a task canceled by QuarantineNode with `cancel_running`.
@@ -273,7 +273,8 @@ pub async fn quarantine(
             }
         }
     }
-    notify(&mut tx, NODES_CHANNEL, &node.to_string()).await?;
+    // A replica holding the stream tells the agent why its canceled leases ended (OPERATOR).
+    notify_nodes_ended_by(&mut tx, &[node], agent_pb::CancelReason::Operator).await?;
     let taken = take_from_stream(agents, node, &canceled);
     tx.commit().await?;
     tracing::info!(node = %node, name = %locked.name, %by, reason = %why, canceled = canceled.len(), "node quarantined by an operator");

@@ -17,7 +17,7 @@ use super::control::{hand_back, lock, take_from_stream, tell_canceled};
 use super::parse_id;
 use crate::agents::Agents;
 use crate::error::{RenderError, Result};
-use crate::queue::{NODES_CHANNEL, events, notify};
+use crate::queue::{events, notify_nodes_ended_by};
 
 /// DeleteNode.
 pub async fn delete(agents: &Agents, by: Uuid, request: &pb::DeleteNodeRequest) -> Result<pb::DeleteNodeResponse> {
@@ -55,7 +55,8 @@ pub async fn delete(agents: &Agents, by: Uuid, request: &pb::DeleteNodeRequest) 
     if locked.connected {
         events::node_offline(&mut tx, node, &locked.name, ev::NodeOfflineReason::Deleted, back.len()).await?;
     }
-    notify(&mut tx, NODES_CHANNEL, &node.to_string()).await?;
+    // A replica holding the stream cancels the tasks with OPERATOR, then ends the stream.
+    notify_nodes_ended_by(&mut tx, &[node], agent_pb::CancelReason::Operator).await?;
     // Told before the commit: the commit's resync ends the stream, after which nothing more
     // reaches the agent. Should the commit fail, the canceled leases lapse and are requeued.
     let taken = take_from_stream(agents, node, &back);
