@@ -44,6 +44,9 @@ const MAX_CACHED_TEMPLATES: usize = 10_000;
 const MAX_CACHE_CHANGES: usize = 1000;
 /// Longest Reject message.
 const MAX_REJECT_CHARS: usize = 1000;
+/// How long a TaskUpdate about a lease that ended elsewhere waits before resyncing its node,
+/// leaving the ending's own notification (which carries the reason) time to arrive first.
+const STALE_RESYNC_DELAY: Duration = Duration::from_secs(1);
 
 /// The orchestrator's half of the stream.
 pub type SessionStream = BoxStream<agent_pb::SessionResponse>;
@@ -618,9 +621,16 @@ impl Session {
             entry.running = true;
             entry.progress_written = Some(now);
         } else if matches!(verdict, Ok(Verdict::Stale(_))) && held.is_some() {
-            // The lease ended elsewhere (a canceled or failed job, a requeue): the resync tells
-            // the agent why with a CancelTask and frees the slot.
-            tokio::spawn(signals::resync(Arc::clone(&self.agents), conn));
+            // The lease ended elsewhere (a canceled or failed job, a requeue): a resync tells the
+            // agent why with a CancelTask and frees the slot. Whoever ended it also notified
+            // `render_nodes`, with the reason when it knows one (OPERATOR), and that resync
+            // should go first; this one is the fallback for a missed notification, so it waits
+            // a moment (it finds nothing left to do when the other went first).
+            let agents = Arc::clone(&self.agents);
+            tokio::spawn(async move {
+                tokio::time::sleep(STALE_RESYNC_DELAY).await;
+                signals::resync(agents, conn).await;
+            });
         }
         // TaskUpdate is not acknowledged.
         self.answer(seq, &update.task_id, verdict, false);
