@@ -86,7 +86,7 @@ WITH RECURSIVE tenants AS (
       FROM tenants t WHERE t.tenant_id IS NOT NULL
 ), active AS MATERIALIZED (
     SELECT f.tenant_id, f.lane_rank, count(*) AS n FROM render.frame_jobs f
-     WHERE f.state IN ('leased', 'running') GROUP BY f.tenant_id, f.lane_rank
+     WHERE f.state IN ('leased', 'running') AND f.lane <> 'probe' GROUP BY f.tenant_id, f.lane_rank
 ), ranked AS (
     SELECT c.id, c.lane_rank, c.priority, c.submitted_at, p.progressed_at,
            row_number() OVER (PARTITION BY t.tenant_id, c.lane_rank, c.priority ORDER BY c.submitted_at, c.id)

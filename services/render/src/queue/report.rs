@@ -11,6 +11,8 @@
 //! its transaction makes the snapshot READY, or stores the export and completes the job; bad
 //! outputs make the attempt a machine error instead, retried like any other.
 //!
+//! A probe's result is its node's verdict ([`super::probes`]); its frames are not kept.
+//!
 //! A SUCCESS of a render chunk is judged by its frames: every frame of its range accepted under
 //! its epoch makes it done. Part of them missing or reported bad (MISSING, CORRUPT, WRONG_SIZE)
 //! makes it done too, with frame repairs for the rest ([`super::repair`]); none usable makes it
@@ -321,6 +323,10 @@ pub async fn frame_report(pool: &PgPool, fence: Fence, report: &agent_pb::FrameR
         }
         return classify_on(&mut tx, fence).await;
     };
+    if lease.lane == Lane::Probe {
+        // A probe keeps nothing.
+        return Ok(Verdict::Accepted);
+    }
     if let Some(bad) = frames.keys().find(|f| !in_range(lease.range, **f)) {
         return Ok(Verdict::Malformed(format!("frames: frame {bad} is not in the task's range")));
     }
@@ -467,6 +473,8 @@ pub async fn task_result(
     // The file to protect once committed, and until when.
     let mut retain: Option<(Uuid, time::OffsetDateTime)> = None;
     let ended = match outcome {
+        // A probe's verdict is about its node (nothing is kept, no job or snapshot moves).
+        _ if lease.lane == Lane::Probe => super::probes::ended(&mut tx, settings, fence, outcome, &message).await?,
         pb::TaskOutcome::Success if matches!(lease.lane, Lane::Snapshot | Lane::Assemble) => {
             if let Some(job) = lease.job_id {
                 jobs::add_work(&mut tx, job, 0, render_ms).await?;
@@ -543,7 +551,7 @@ pub(super) fn warnings_of(result: &agent_pb::TaskResult) -> Vec<String> {
     result.warnings.iter().take(100).map(|w| text::head(w, 1000)).collect()
 }
 
-async fn mark_done(tx: &mut PgTransaction<'_>, task: Uuid) -> Result<()> {
+pub(super) async fn mark_done(tx: &mut PgTransaction<'_>, task: Uuid) -> Result<()> {
     sqlx::query(
         "UPDATE render.frame_jobs
             SET state = 'done', finished_at = now(), error_class = NULL, error_code = NULL,
@@ -698,7 +706,7 @@ fn describe_frames(frames: &[i32]) -> String {
     parts.join(", ")
 }
 
-async fn fail_task(tx: &mut PgTransaction<'_>, task: Uuid) -> Result<()> {
+pub(super) async fn fail_task(tx: &mut PgTransaction<'_>, task: Uuid) -> Result<()> {
     sqlx::query("UPDATE render.frame_jobs SET state = 'failed', finished_at = now() WHERE id = $1")
         .bind(task)
         .execute(&mut **tx)
