@@ -3,11 +3,11 @@
 //! A node quarantined automatically (`nodes.quarantine_cause` 'crashes', or 'probe_failed'
 //! after a failed probe) has its next probe due at `nodes.probe_due_at`: `probes.after` after
 //! the quarantine, then doubling per failed probe up to `probes.max_backoff`
-//! ([`ProbeSettings::wait`]). Periodically and on one replica at a time (a transaction-scoped
-//! advisory lock), each such node that is due, online (a live replica holds its stream), has After
-//! Effects and a free slot, and has no probe open gets one: a `frame_jobs` row in lane 'probe',
-//! pinned to the node, owned by the default tenant, rendering the configured template's frame
-//! once (one attempt). Placement gives a quarantined node nothing but its probe, and a probe to
+//! ([`crate::settings::ProbeSettings::wait`]). Periodically and on one replica at a time (a
+//! transaction-scoped advisory lock), each such node that is due, online (a live replica holds
+//! its stream), has After Effects and a free slot, and has no probe open gets one: a
+//! `frame_jobs` row in lane 'probe', pinned to the node, owned by the default tenant, rendering
+//! the configured template's frame once (one attempt). Placement gives a quarantined node nothing but its probe, and a probe to
 //! nothing but its node ([`super::placement::eligible`]).
 //!
 //! The verdict comes with the probe's result, in the result's transaction ([`ended`]):

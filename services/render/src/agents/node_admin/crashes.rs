@@ -1,8 +1,9 @@
 //! Crashes (`render.node_crashes`): ListCrashes, GetCrash, and auto-quarantine — a node with
 //! `quarantine_crashes` crashes within `quarantine_window` is quarantined (NodeQuarantined,
 //! cause CRASHES), and its first probe render is due `probes.after` later
-//! ([`crate::queue::probes`]). ReleaseNode (or a successful probe) resets the window by marking the window's crashes
-//! (`details.window_reset_at`), which keeps them for history but no longer counts them.
+//! ([`crate::queue::probes`]). ReleaseNode (or a successful probe) resets the window by marking
+//! the window's crashes (`details.window_reset_at`), which keeps them for history but no longer
+//! counts them.
 
 use flatrender_proto::flatrender::common::v1 as common_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
