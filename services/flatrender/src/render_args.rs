@@ -8,7 +8,6 @@ use flatrender_kit::Error;
 use flatrender_kit::config::parse_duration;
 use flatrender_render::Settings;
 use flatrender_render::settings::{ProbeSettings, ProbeTemplate};
-use uuid::Uuid;
 
 /// Render orchestrator flags.
 #[derive(Debug, Args)]
@@ -149,8 +148,6 @@ impl RenderArgs {
         let template = match &self.probe_template {
             None => None,
             Some(file_id) => {
-                let file_id = Uuid::try_parse(file_id.trim())
-                    .map_err(|_| Error::Config("--render-probe-template must be a file id (UUID)".into()))?;
                 let composition = self.probe_composition.as_deref().map(str::trim).unwrap_or_default();
                 if composition.is_empty() || composition.chars().count() > 255 {
                     return Err(Error::Config(
@@ -161,7 +158,9 @@ impl RenderArgs {
                 if self.probe_frame < 0 {
                     return Err(Error::Config("--render-probe-frame must not be negative".into()));
                 }
-                Some(ProbeTemplate { file_id, composition: composition.to_owned(), frame: self.probe_frame })
+                let template = ProbeTemplate::new(file_id, composition, self.probe_frame)
+                    .ok_or_else(|| Error::Config("--render-probe-template must be a file id (UUID)".into()))?;
+                Some(template)
             }
         };
         Ok(ProbeSettings {

@@ -100,6 +100,14 @@ pub struct ProbeTemplate {
     pub frame: i32,
 }
 
+impl ProbeTemplate {
+    /// The template of file `file_id` (its UUID text); `None` when that is no UUID.
+    pub fn new(file_id: &str, composition: &str, frame: i32) -> Option<Self> {
+        let file_id = uuid::Uuid::try_parse(file_id.trim()).ok()?;
+        Some(Self { file_id, composition: composition.to_owned(), frame })
+    }
+}
+
 /// What the customer API (`RenderService`) needs beside the protocol timings.
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
