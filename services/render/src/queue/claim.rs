@@ -9,8 +9,9 @@
 //!    `FOR UPDATE SKIP LOCKED` (another replica's claim skips them). Fair share: each tenant's
 //!    queue is ranked on its own (a LATERAL top-k per tenant over `frame_jobs_tenant_queue_idx`,
 //!    tenants found by a loose index scan), each rank shifted by the tasks of that lane rank the
-//!    tenant runs now (a running snapshot does not cost its tenant a render slot), and the
-//!    queues are interleaved rank by rank; so one tenant's big job gets no more slots than
+//!    tenant runs now (a running snapshot does not cost its tenant a render slot; a running
+//!    probe costs nobody anything), and the queues are interleaved rank by rank; so one
+//!    tenant's big job gets no more slots than
 //!    another tenant with work waiting, whatever was submitted first. Equal ranks go first to
 //!    the tenant whose jobs progressed least recently (none rendering: first), then by submit
 //!    time. Why not submit time alone: when the slot a tenant's only running task frees ties
