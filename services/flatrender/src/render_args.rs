@@ -1,4 +1,5 @@
-//! The render orchestrator's flags: its replica name and the agent protocol's timings.
+//! The render orchestrator's flags: its replica name, the agent protocol's timings, and probe
+//! renders of quarantined nodes.
 
 use std::time::Duration;
 
@@ -6,6 +7,7 @@ use clap::Args;
 use flatrender_kit::Error;
 use flatrender_kit::config::parse_duration;
 use flatrender_render::Settings;
+use flatrender_render::settings::{ProbeSettings, ProbeTemplate};
 
 /// Render orchestrator flags.
 #[derive(Debug, Args)]
@@ -56,6 +58,32 @@ pub struct RenderArgs {
     /// busy nodes able to take it never does.
     #[arg(long = "render-no-eligible-node-timeout", env = "FLATRENDER_RENDER_NO_ELIGIBLE_NODE_TIMEOUT", value_parser = parse_duration, default_value = "30m")]
     pub no_eligible_node_timeout: Duration,
+
+    /// Send probe renders to nodes quarantined for crashes; a successful one releases the node
+    /// (`false`: only an operator's ReleaseNode ends a quarantine).
+    #[arg(long = "render-probes", env = "FLATRENDER_RENDER_PROBES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub probes: bool,
+
+    /// How long after an automatic quarantine the node gets its first probe render.
+    #[arg(long = "render-probe-after", env = "FLATRENDER_RENDER_PROBE_AFTER", value_parser = parse_duration, default_value = "5m")]
+    pub probe_after: Duration,
+
+    /// The longest wait before the next probe after failed ones (the wait doubles per failure).
+    #[arg(long = "render-probe-max-backoff", env = "FLATRENDER_RENDER_PROBE_MAX_BACKOFF", value_parser = parse_duration, default_value = "1h")]
+    pub probe_max_backoff: Duration,
+
+    /// What probes render: the file id (UUID) of a small known-good template bundle, an active
+    /// platform file of the default tenant. Unset: no probe renders are sent.
+    #[arg(long = "render-probe-template", env = "FLATRENDER_RENDER_PROBE_TEMPLATE")]
+    pub probe_template: Option<String>,
+
+    /// The composition of --render-probe-template that probes render.
+    #[arg(long = "render-probe-composition", env = "FLATRENDER_RENDER_PROBE_COMPOSITION")]
+    pub probe_composition: Option<String>,
+
+    /// The frame of that composition that probes render.
+    #[arg(long = "render-probe-frame", env = "FLATRENDER_RENDER_PROBE_FRAME", default_value_t = 0)]
+    pub probe_frame: i32,
 }
 
 impl RenderArgs {
@@ -105,7 +133,42 @@ impl RenderArgs {
         settings.quarantine_crashes = self.quarantine_crashes;
         settings.quarantine_window = self.quarantine_window;
         settings.health_log_interval = self.health_log_interval;
+        settings.probes = self.probe_settings()?;
         Ok(settings)
+    }
+
+    /// The probe settings, checked.
+    fn probe_settings(&self) -> Result<ProbeSettings, Error> {
+        if self.probe_after < Duration::from_secs(1) {
+            return Err(Error::Config("--render-probe-after must be at least 1s".into()));
+        }
+        if self.probe_max_backoff < self.probe_after {
+            return Err(Error::Config("--render-probe-max-backoff must be at least --render-probe-after".into()));
+        }
+        let template = match &self.probe_template {
+            None => None,
+            Some(file_id) => {
+                let composition = self.probe_composition.as_deref().map(str::trim).unwrap_or_default();
+                if composition.is_empty() || composition.chars().count() > 255 {
+                    return Err(Error::Config(
+                        "--render-probe-composition (1..=255 characters) is required with --render-probe-template"
+                            .into(),
+                    ));
+                }
+                if self.probe_frame < 0 {
+                    return Err(Error::Config("--render-probe-frame must not be negative".into()));
+                }
+                let template = ProbeTemplate::new(file_id, composition, self.probe_frame)
+                    .ok_or_else(|| Error::Config("--render-probe-template must be a file id (UUID)".into()))?;
+                Some(template)
+            }
+        };
+        Ok(ProbeSettings {
+            enabled: self.probes,
+            after: self.probe_after,
+            max_backoff: self.probe_max_backoff,
+            template,
+        })
     }
 }
 
@@ -134,6 +197,43 @@ mod tests {
         assert_eq!(settings.lease_ttl, defaults.lease_ttl);
         assert_eq!(settings.reconnect_grace, defaults.reconnect_grace);
         assert!(settings.orchestrator_id.starts_with("render-"));
+        assert!(settings.probes.enabled);
+        assert_eq!(settings.probes.after, Duration::from_secs(300));
+        assert_eq!(settings.probes.template, None, "no probe template, no probes");
+    }
+
+    #[test]
+    fn probe_flags() {
+        let file = "7d0c1a2e-8a59-4b8a-9a33-0d8f3f1c2b10";
+        let settings = parse(&[
+            "--render-probe-template",
+            file,
+            "--render-probe-composition",
+            "Probe",
+            "--render-probe-frame",
+            "12",
+            "--render-probe-after",
+            "2m",
+            "--render-probe-max-backoff",
+            "30m",
+            "--render-probes",
+            "false",
+        ])
+        .unwrap();
+        let template = settings.probes.template.unwrap();
+        assert_eq!(
+            (template.file_id.to_string().as_str(), template.composition.as_str(), template.frame),
+            (file, "Probe", 12)
+        );
+        assert_eq!(
+            (settings.probes.after, settings.probes.max_backoff),
+            (Duration::from_secs(120), Duration::from_secs(1800))
+        );
+        assert!(!settings.probes.enabled);
+        assert!(parse(&["--render-probe-template", file]).is_err(), "a composition is required");
+        assert!(parse(&["--render-probe-template", "nope", "--render-probe-composition", "Probe"]).is_err());
+        assert!(parse(&["--render-probe-after", "0s"]).is_err());
+        assert!(parse(&["--render-probe-after", "10m", "--render-probe-max-backoff", "5m"]).is_err());
     }
 
     #[test]

@@ -46,8 +46,66 @@ pub struct Settings {
     /// version, tags, RAM, GPU, ffmpeg) before it fails with NO_ELIGIBLE_NODE
     /// ([`crate::queue::unplaceable`]); waiting for busy nodes able to take it never fails.
     pub no_eligible_node_timeout: Duration,
+    /// Probe renders of nodes quarantined for crashes ([`crate::queue::probes`]).
+    pub probes: ProbeSettings,
     /// The customer API's settings (`RenderService`).
     pub api: ApiSettings,
+}
+
+/// Probe renders: a node quarantined automatically proves itself healthy with a small
+/// known-good render; success releases it.
+#[derive(Clone, Debug)]
+pub struct ProbeSettings {
+    /// Whether probes are sent at all (off: only an operator's ReleaseNode ends a quarantine).
+    pub enabled: bool,
+    /// How long after its quarantine a node gets its first probe.
+    pub after: Duration,
+    /// The longest wait before the next probe after failed ones (the wait doubles per failure).
+    pub max_backoff: Duration,
+    /// What a probe renders; `None`: no probes are sent.
+    pub template: Option<ProbeTemplate>,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        Self { enabled: true, after: Duration::from_secs(300), max_backoff: Duration::from_secs(3600), template: None }
+    }
+}
+
+impl ProbeSettings {
+    /// How long to wait before the next probe of a node whose probes failed `failures` times:
+    /// `after` before the first, doubling per failure, at most `max_backoff` (and never less
+    /// than `after`).
+    pub fn wait(&self, failures: u32) -> Duration {
+        let doubled = self.after.saturating_mul(1u32 << failures.min(20));
+        doubled.min(self.max_backoff).max(self.after)
+    }
+
+    /// How often the scheduler looks for nodes due a probe: a quarter of `after`, between 50 ms
+    /// and 30 s.
+    pub fn check_interval(&self) -> Duration {
+        (self.after / 4).clamp(Duration::from_millis(50), Duration::from_secs(30))
+    }
+}
+
+/// The render a probe does: one frame of one composition of a template bundle in the file
+/// service (a platform file of the default tenant).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeTemplate {
+    /// The template bundle (zip) file.
+    pub file_id: uuid::Uuid,
+    /// The composition to render.
+    pub composition: String,
+    /// The frame to render.
+    pub frame: i32,
+}
+
+impl ProbeTemplate {
+    /// The template of file `file_id` (its UUID text); `None` when that is no UUID.
+    pub fn new(file_id: &str, composition: &str, frame: i32) -> Option<Self> {
+        let file_id = uuid::Uuid::try_parse(file_id.trim()).ok()?;
+        Some(Self { file_id, composition: composition.to_owned(), frame })
+    }
 }
 
 /// What the customer API (`RenderService`) needs beside the protocol timings.
@@ -115,6 +173,7 @@ impl Default for Settings {
             dispatch_poll_interval: Duration::from_secs(1),
             enroll_attempts_per_minute: 10,
             no_eligible_node_timeout: Duration::from_secs(30 * 60),
+            probes: ProbeSettings::default(),
             api: ApiSettings::default(),
         }
     }
@@ -150,5 +209,18 @@ mod tests {
         let fast = Settings { reconnect_grace: Duration::from_millis(100), ..Settings::default() };
         assert_eq!(fast.replica_dead_after(), fast.replica_heartbeat_interval * 3);
         assert_ne!(Settings::default().orchestrator_id, s.orchestrator_id);
+    }
+
+    #[test]
+    fn probe_waits_double_up_to_the_cap() {
+        let probes = ProbeSettings::default();
+        assert_eq!(probes.wait(0), Duration::from_secs(300));
+        assert_eq!(probes.wait(1), Duration::from_secs(600));
+        assert_eq!(probes.wait(3), Duration::from_secs(2400));
+        assert_eq!(probes.wait(4), Duration::from_secs(3600));
+        assert_eq!(probes.wait(u32::MAX), Duration::from_secs(3600));
+        let capped_low = ProbeSettings { max_backoff: Duration::from_secs(1), ..ProbeSettings::default() };
+        assert_eq!(capped_low.wait(2), capped_low.after, "never sooner than the first");
+        assert_eq!(probes.check_interval(), Duration::from_secs(30));
     }
 }

@@ -83,6 +83,7 @@ impl Agents {
             ("render-liveness", Box::pin(liveness::run(Arc::clone(self), shutdown.clone()))),
             ("render-health-log", Box::pin(node_admin::health::run_writer(Arc::clone(self), shutdown.clone()))),
             ("render-unplaceable", Box::pin(crate::queue::unplaceable::run(self.state.clone(), shutdown.clone()))),
+            ("render-probes", Box::pin(crate::queue::probes::run(self.state.clone(), shutdown.clone()))),
         ]
     }
 }

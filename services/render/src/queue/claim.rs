@@ -9,8 +9,9 @@
 //!    `FOR UPDATE SKIP LOCKED` (another replica's claim skips them). Fair share: each tenant's
 //!    queue is ranked on its own (a LATERAL top-k per tenant over `frame_jobs_tenant_queue_idx`,
 //!    tenants found by a loose index scan), each rank shifted by the tasks of that lane rank the
-//!    tenant runs now (a running snapshot does not cost its tenant a render slot), and the
-//!    queues are interleaved rank by rank; so one tenant's big job gets no more slots than
+//!    tenant runs now (a running snapshot does not cost its tenant a render slot; a running
+//!    probe costs nobody anything), and the queues are interleaved rank by rank; so one
+//!    tenant's big job gets no more slots than
 //!    another tenant with work waiting, whatever was submitted first. Equal ranks go first to
 //!    the tenant whose jobs progressed least recently (none rendering: first), then by submit
 //!    time. Why not submit time alone: when the slot a tenant's only running task frees ties
@@ -86,7 +87,7 @@ WITH RECURSIVE tenants AS (
       FROM tenants t WHERE t.tenant_id IS NOT NULL
 ), active AS MATERIALIZED (
     SELECT f.tenant_id, f.lane_rank, count(*) AS n FROM render.frame_jobs f
-     WHERE f.state IN ('leased', 'running') GROUP BY f.tenant_id, f.lane_rank
+     WHERE f.state IN ('leased', 'running') AND f.lane <> 'probe' GROUP BY f.tenant_id, f.lane_rank
 ), ranked AS (
     SELECT c.id, c.lane_rank, c.priority, c.submitted_at, p.progressed_at,
            row_number() OVER (PARTITION BY t.tenant_id, c.lane_rank, c.priority ORDER BY c.submitted_at, c.id)

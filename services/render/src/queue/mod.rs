@@ -28,6 +28,7 @@ pub mod events;
 pub mod jobs;
 pub mod outputs;
 pub mod placement;
+pub mod probes;
 pub mod repair;
 pub mod report;
 pub mod requeue;

@@ -14,6 +14,7 @@
 //! Every OK frame of a render chunk or repair names the file its lease stored for that frame
 //! through UploadObject (`render.object_uploads`), with the same SHA-256 and size; a report or
 //! SUCCESS that names anything else is MALFORMED, and nothing of it is recorded.
+//! A probe's result is its node's verdict ([`super::probes`]); its frames are not kept.
 //!
 //! A SUCCESS of a render chunk is judged by its frames: every frame of its range accepted under
 //! its epoch makes it done. Part of them missing or reported bad (MISSING, CORRUPT, WRONG_SIZE)
@@ -248,6 +249,10 @@ pub async fn frame_report(pool: &PgPool, fence: Fence, report: &agent_pb::FrameR
         }
         return classify_on(&mut tx, fence).await;
     };
+    if lease.lane == Lane::Probe {
+        // A probe keeps nothing.
+        return Ok(Verdict::Accepted);
+    }
     if let Some(bad) = frames.keys().find(|f| !in_range(lease.range, **f)) {
         return Ok(Verdict::Malformed(format!("frames: frame {bad} is not in the task's range")));
     }
@@ -412,6 +417,8 @@ pub async fn task_result(
     // The file to protect once committed, and until when.
     let mut retain: Option<(Uuid, time::OffsetDateTime)> = None;
     let ended = match outcome {
+        // A probe's verdict is about its node (nothing is kept, no job or snapshot moves).
+        _ if lease.lane == Lane::Probe => super::probes::ended(&mut tx, settings, fence, outcome, &message).await?,
         pb::TaskOutcome::Success if matches!(lease.lane, Lane::Snapshot | Lane::Assemble) => {
             if let Some(job) = lease.job_id {
                 jobs::add_work(&mut tx, job, 0, render_ms).await?;
@@ -488,7 +495,7 @@ pub(super) fn warnings_of(result: &agent_pb::TaskResult) -> Vec<String> {
     result.warnings.iter().take(100).map(|w| text::head(w, 1000)).collect()
 }
 
-async fn mark_done(tx: &mut PgTransaction<'_>, task: Uuid) -> Result<()> {
+pub(super) async fn mark_done(tx: &mut PgTransaction<'_>, task: Uuid) -> Result<()> {
     sqlx::query(
         "UPDATE render.frame_jobs
             SET state = 'done', finished_at = now(), error_class = NULL, error_code = NULL,
@@ -643,7 +650,7 @@ fn describe_frames(frames: &[i32]) -> String {
     parts.join(", ")
 }
 
-async fn fail_task(tx: &mut PgTransaction<'_>, task: Uuid) -> Result<()> {
+pub(super) async fn fail_task(tx: &mut PgTransaction<'_>, task: Uuid) -> Result<()> {
     sqlx::query("UPDATE render.frame_jobs SET state = 'failed', finished_at = now() WHERE id = $1")
         .bind(task)
         .execute(&mut **tx)

@@ -86,7 +86,7 @@ impl TaskRow {
     pub const QUERY: &'static str = "
         SELECT f.id, f.lane, f.tenant_id, f.job_id, f.snapshot_id, f.composition_name,
                f.frame_start, f.frame_end, f.frame_step, f.template_sha256,
-               coalesce(j.template_file_id, s.template_file_id) AS template_file_id,
+               coalesce(j.template_file_id, s.template_file_id, f.probe_template_file_id) AS template_file_id,
                seg.position AS segment_index,
                coalesce(s.width, j.output_width) AS width, coalesce(s.height, j.output_height) AS height,
                j.output_fps AS fps, j.output_quality AS quality, j.output_format AS format, j.output_codec AS codec,
@@ -337,6 +337,7 @@ pub fn assign_task(row: &TaskRow, terms: LeaseTerms, segments: &[SegmentRow], in
         })
     } else {
         let frames = row.frames.map(|(start, end, step)| vec![pb::FrameRange { start, end, step }]).unwrap_or_default();
+        // A snapshot's image is a result output; a probe keeps nothing.
         let upload_frames = matches!(row.lane, Lane::Render | Lane::Repair);
         agent_pb::assign_task::Spec::Render(agent_pb::RenderSpec {
             template_bundle: row

@@ -3,7 +3,8 @@
 //! Each locks the node row, changes `nodes.state` (or queues a `node_commands` row), writes its
 //! event, and notifies `render_nodes` in one transaction; the replica holding the node's stream
 //! then tells the agent (Drain on and off; EvictTemplate) and placement follows the new state
-//! (nothing new for DRAINING, probes only for QUARANTINED).
+//! (nothing new for DRAINING, probes only for QUARANTINED). An operator's quarantine is never
+//! probed ([`probes`]); ReleaseNode drops a probe still queued for the node.
 //!
 //! A drain deadline is stored with the node (`nodes.drain_deadline_at`): the replica holding the
 //! node's stream (any replica when none does) finds it due on its liveness tick
@@ -22,6 +23,7 @@ use super::events::{self, Quarantine};
 use super::{crashes, parse_id, reason, view};
 use crate::agents::{Agents, nodes};
 use crate::error::{RenderError, Result};
+use crate::queue::probes;
 use crate::queue::requeue::{lose_in_tx, requeue_row};
 use crate::queue::wire::digest_from_hex;
 use crate::queue::{NODES_CHANNEL, notify, notify_nodes_ended_by};
@@ -234,8 +236,12 @@ pub async fn quarantine(
     let mut tx = pool.begin().await?;
     let locked = lock_live(&mut tx, node).await?;
     if locked.state != "quarantined" {
+        // An operator's quarantine is never probed: only ReleaseNode ends it.
         sqlx::query(
-            "UPDATE render.nodes SET state = 'quarantined', quarantined_at = now(), state_reason = $2 WHERE id = $1",
+            "UPDATE render.nodes
+                SET state = 'quarantined', quarantined_at = now(), state_reason = $2, quarantine_cause = 'operator',
+                    probe_due_at = NULL, probe_failures = 0
+              WHERE id = $1",
         )
         .bind(node)
         .bind(&why)
@@ -245,6 +251,13 @@ pub async fn quarantine(
         let quarantine =
             Quarantine { cause: pb::QuarantineCause::Operator, reason: &why, recent_crashes: recent, by: Some(by) };
         events::node_quarantined(&mut tx, node, &locked.name, &quarantine).await?;
+    } else {
+        // Quarantined automatically before: the operator takes it over, so no more probes.
+        sqlx::query("UPDATE render.nodes SET quarantine_cause = 'operator', probe_due_at = NULL WHERE id = $1")
+            .bind(node)
+            .execute(&mut *tx)
+            .await?;
+        probes::cancel_queued(&mut tx, node).await?;
     }
     let mut canceled = Vec::new();
     if request.cancel_running {
@@ -294,14 +307,16 @@ pub async fn release(agents: &Agents, by: Uuid, request: &pb::ReleaseNodeRequest
         sqlx::query(
             "UPDATE render.nodes
                 SET state = CASE WHEN orchestrator_id IS NOT NULL THEN 'online' ELSE 'offline' END,
-                    state_reason = NULL, quarantined_at = NULL, drain_deadline_at = NULL
+                    state_reason = NULL, quarantined_at = NULL, drain_deadline_at = NULL,
+                    quarantine_cause = NULL, probe_due_at = NULL, probe_failures = 0
               WHERE id = $1",
         )
         .bind(node)
         .execute(&mut *tx)
         .await?;
         crashes::reset_window(&mut tx, settings, node).await?;
-        events::node_released(&mut tx, node, &locked.name, previous, by, &why).await?;
+        probes::cancel_queued(&mut tx, node).await?;
+        events::node_released(&mut tx, node, &locked.name, previous, Some(by), &why).await?;
         notify(&mut tx, NODES_CHANNEL, &node.to_string()).await?;
     }
     tx.commit().await?;

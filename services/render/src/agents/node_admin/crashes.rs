@@ -1,7 +1,9 @@
 //! Crashes (`render.node_crashes`): ListCrashes, GetCrash, and auto-quarantine — a node with
 //! `quarantine_crashes` crashes within `quarantine_window` is quarantined (NodeQuarantined,
-//! cause CRASHES). ReleaseNode resets the window by marking the window's crashes
-//! (`details.window_reset_at`), which keeps them for history but no longer counts them.
+//! cause CRASHES), and its first probe render is due `probes.after` later
+//! ([`crate::queue::probes`]). ReleaseNode (or a successful probe) resets the window by marking
+//! the window's crashes (`details.window_reset_at`), which keeps them for history but no longer
+//! counts them.
 
 use flatrender_proto::flatrender::common::v1 as common_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
@@ -77,11 +79,14 @@ pub async fn quarantine_if_crashing(pool: &PgPool, settings: &Settings, node: Uu
     }
     let reason = crash_reason(count, settings);
     let name: String = sqlx::query_scalar(
-        "UPDATE render.nodes SET state = 'quarantined', quarantined_at = now(), state_reason = $2
+        "UPDATE render.nodes
+            SET state = 'quarantined', quarantined_at = now(), state_reason = $2, quarantine_cause = 'crashes',
+                probe_due_at = now() + make_interval(secs => $3), probe_failures = 0
           WHERE id = $1 RETURNING name",
     )
     .bind(node)
     .bind(&reason)
+    .bind(settings.probes.after.as_secs_f64())
     .fetch_one(&mut *tx)
     .await?;
     let quarantine =

@@ -17,7 +17,7 @@ use super::control::{hand_back, lock, take_from_stream, tell_canceled};
 use super::parse_id;
 use crate::agents::Agents;
 use crate::error::{RenderError, Result};
-use crate::queue::{events, notify_nodes_ended_by};
+use crate::queue::{events, notify_nodes_ended_by, probes};
 
 /// DeleteNode.
 pub async fn delete(agents: &Agents, by: Uuid, request: &pb::DeleteNodeRequest) -> Result<pb::DeleteNodeResponse> {
@@ -42,12 +42,14 @@ pub async fn delete(agents: &Agents, by: Uuid, request: &pb::DeleteNodeRequest) 
     sqlx::query(
         "UPDATE render.nodes
             SET deleted_at = now(), credential_hash = NULL, orchestrator_id = NULL, state = 'offline',
-                state_reason = NULL, quarantined_at = NULL, connection_epoch = connection_epoch + 1
+                state_reason = NULL, quarantined_at = NULL, connection_epoch = connection_epoch + 1,
+                quarantine_cause = NULL, probe_due_at = NULL, probe_failures = 0
           WHERE id = $1",
     )
     .bind(node)
     .execute(&mut *tx)
     .await?;
+    probes::cancel_queued(&mut tx, node).await?;
     sqlx::query("UPDATE render.node_enrollment_tokens SET used_by_node_id = NULL WHERE used_by_node_id = $1")
         .bind(node)
         .execute(&mut *tx)

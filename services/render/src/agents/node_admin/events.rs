@@ -17,7 +17,7 @@ fn meta(node: Uuid) -> EventMeta<'static> {
 /// Why and by whom a node was quarantined.
 #[derive(Clone, Debug)]
 pub struct Quarantine<'a> {
-    /// Crashes or operator.
+    /// Crashes, a failed probe, or operator.
     pub cause: pb::QuarantineCause,
     /// The reason text (`nodes.state_reason`).
     pub reason: &'a str,
@@ -43,13 +43,14 @@ pub async fn node_quarantined(tx: &mut PgTransaction<'_>, node: Uuid, name: &str
     Ok(())
 }
 
-/// NodeReleased: the node left `previous` (DRAINING or QUARANTINED).
+/// NodeReleased: the node left `previous` (DRAINING or QUARANTINED), by an operator or (`by`
+/// `None`) a successful probe render.
 pub async fn node_released(
     tx: &mut PgTransaction<'_>,
     node: Uuid,
     name: &str,
     previous: pb::NodeAdminState,
-    by: Uuid,
+    by: Option<Uuid>,
     reason: &str,
 ) -> Result<()> {
     let event = ev::NodeReleased {
@@ -58,7 +59,7 @@ pub async fn node_released(
         node_id: node.to_string(),
         node_name: name.to_owned(),
         previous_state: previous as i32,
-        by_user_id: by.to_string(),
+        by_user_id: id_text(by),
         reason: reason.to_owned(),
     };
     outbox::publish(tx, meta(node), &event).await?;
