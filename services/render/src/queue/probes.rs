@@ -239,16 +239,7 @@ async fn lock_probed(tx: &mut PgTransaction<'_>, node: Uuid) -> Result<Option<(S
 /// A probe of `node` succeeded: released as ReleaseNode does, with no operator.
 async fn passed(tx: &mut PgTransaction<'_>, settings: &Settings, node: Uuid) -> Result<()> {
     let Some((name, _)) = lock_probed(tx, node).await? else { return Ok(()) };
-    sqlx::query(
-        "UPDATE render.nodes
-            SET state = CASE WHEN orchestrator_id IS NOT NULL THEN 'online' ELSE 'offline' END,
-                state_reason = NULL, quarantined_at = NULL, drain_deadline_at = NULL,
-                quarantine_cause = NULL, probe_due_at = NULL, probe_failures = 0
-          WHERE id = $1",
-    )
-    .bind(node)
-    .execute(&mut **tx)
-    .await?;
+    crate::agents::node_admin::control::set_active(tx, node).await?;
     crashes::reset_window(tx, settings, node).await?;
     events::node_released(tx, node, &name, pb::NodeAdminState::Quarantined, None, RELEASE_REASON).await?;
     notify(tx, super::NODES_CHANNEL, &node.to_string()).await?;

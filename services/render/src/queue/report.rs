@@ -257,7 +257,7 @@ pub async fn frame_report(pool: &PgPool, fence: Fence, report: &agent_pb::FrameR
         return Ok(Verdict::Malformed(format!("frames: frame {bad} is not in the task's range")));
     }
     let list: Vec<Frame> = frames.into_values().collect();
-    if let Some(reason) = super::batch::unrecorded_frames(&mut tx, &[(fence, &list)]).await?.remove(&fence.task_id) {
+    if let Some(reason) = batch::unrecorded_frames(&mut tx, &[(fence, &list)]).await?.remove(&fence.task_id) {
         return Ok(Verdict::Malformed(reason));
     }
     let new = insert_frames(&mut tx, fence, &list).await?;
@@ -347,8 +347,7 @@ pub async fn task_result(
             .filter(|f| in_range(lease.range, f.number) && !bad.contains_key(&f.number))
             .cloned()
             .collect();
-        if let Some(reason) = super::batch::unrecorded_frames(&mut tx, &[(fence, &kept)]).await?.remove(&fence.task_id)
-        {
+        if let Some(reason) = batch::unrecorded_frames(&mut tx, &[(fence, &kept)]).await?.remove(&fence.task_id) {
             return Ok((Verdict::Malformed(reason), None));
         }
     }

@@ -295,6 +295,22 @@ pub async fn quarantine(
     Ok(pb::QuarantineNodeResponse { node: Some(reload(pool, settings, node).await?) })
 }
 
+/// Makes `node` active again (online when a replica holds its stream), its drain deadline,
+/// quarantine and probe state cleared: ReleaseNode, and a passed probe.
+pub(crate) async fn set_active(tx: &mut PgTransaction<'_>, node: Uuid) -> Result<()> {
+    sqlx::query(
+        "UPDATE render.nodes
+            SET state = CASE WHEN orchestrator_id IS NOT NULL THEN 'online' ELSE 'offline' END,
+                state_reason = NULL, quarantined_at = NULL, drain_deadline_at = NULL,
+                quarantine_cause = NULL, probe_due_at = NULL, probe_failures = 0
+          WHERE id = $1",
+    )
+    .bind(node)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// ReleaseNode.
 pub async fn release(agents: &Agents, by: Uuid, request: &pb::ReleaseNodeRequest) -> Result<pb::ReleaseNodeResponse> {
     let (pool, settings) = (&agents.state.pool, &agents.state.settings);
@@ -304,16 +320,7 @@ pub async fn release(agents: &Agents, by: Uuid, request: &pb::ReleaseNodeRequest
     let locked = lock_live(&mut tx, node).await?;
     let (_, previous) = nodes::admin_state(&locked.state);
     if previous != pb::NodeAdminState::Active {
-        sqlx::query(
-            "UPDATE render.nodes
-                SET state = CASE WHEN orchestrator_id IS NOT NULL THEN 'online' ELSE 'offline' END,
-                    state_reason = NULL, quarantined_at = NULL, drain_deadline_at = NULL,
-                    quarantine_cause = NULL, probe_due_at = NULL, probe_failures = 0
-              WHERE id = $1",
-        )
-        .bind(node)
-        .execute(&mut *tx)
-        .await?;
+        set_active(&mut tx, node).await?;
         crashes::reset_window(&mut tx, settings, node).await?;
         probes::cancel_queued(&mut tx, node).await?;
         events::node_released(&mut tx, node, &locked.name, previous, Some(by), &why).await?;
