@@ -1,5 +1,8 @@
-//! Fresh PostgreSQL databases for tests: each test gets its own, migrated by the real migrator,
-//! and dropped when the handle goes out of scope (even when the test panics).
+//! For tests of every service: fresh PostgreSQL databases, and callers with signed access
+//! tokens ([`Principal`], [`access_token`], [`Bearer`]).
+//!
+//! Each test gets its own database, migrated by the real migrator, and dropped when the handle
+//! goes out of scope (even when the test panics).
 //!
 //! The server comes from `FLATRENDER_TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable`); its user must be able to create databases
@@ -7,8 +10,11 @@
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
 use uuid::Uuid;
 
+use crate::auth::{AccessClaims, Role, ServiceName, TokenSigner};
 use crate::config::DatabaseUrl;
 use crate::db::{self, PoolSettings, ServiceRole};
 use crate::migrate;
@@ -110,5 +116,75 @@ impl Drop for TestDatabase {
         if !matches!(dropped, Ok(Some(()))) {
             eprintln!("could not drop test database {}", self.name);
         }
+    }
+}
+
+/// Who a test's call comes from: a person of a tenant, or a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// Tenant (nil for services).
+    pub tenant: Uuid,
+    /// User (nil for services).
+    pub user: Uuid,
+    /// Role.
+    pub role: Role,
+    /// The service of a service credential.
+    pub service: Option<ServiceName>,
+}
+
+impl Principal {
+    /// A new user of `tenant`.
+    pub fn user(tenant: Uuid) -> Self {
+        Self { tenant, user: Uuid::new_v4(), role: Role::User, service: None }
+    }
+
+    /// A new tenant admin of `tenant`.
+    pub fn tenant_admin(tenant: Uuid) -> Self {
+        Self { role: Role::TenantAdmin, ..Self::user(tenant) }
+    }
+
+    /// A new platform admin (of a tenant of their own).
+    pub fn platform_admin() -> Self {
+        Self { role: Role::PlatformAdmin, ..Self::user(Uuid::new_v4()) }
+    }
+
+    /// A service credential.
+    pub fn service(service: ServiceName) -> Self {
+        Self { tenant: Uuid::nil(), user: Uuid::nil(), role: Role::User, service: Some(service) }
+    }
+}
+
+/// An access token for `who` from `issuer` to `audience`, valid for ten minutes.
+///
+/// # Panics
+///
+/// When `signer` cannot sign (a test set-up error).
+pub fn access_token(signer: &TokenSigner, issuer: &str, audience: &str, who: &Principal) -> String {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = AccessClaims {
+        iss: issuer.into(),
+        aud: audience.into(),
+        sub: who.user,
+        tid: who.tenant,
+        role: who.role,
+        sid: None,
+        svc: who.service,
+        exp: now + 600,
+        nbf: now,
+        iat: now,
+        jti: Uuid::new_v4(),
+    };
+    #[allow(clippy::expect_used)]
+    signer.sign(&claims).expect("the test signer signs")
+}
+
+/// Adds `authorization: <value>` (e.g. `Bearer <token>`) to every call.
+#[derive(Clone, Debug)]
+pub struct Bearer(pub MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
     }
 }

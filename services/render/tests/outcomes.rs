@@ -132,7 +132,7 @@ async fn customers_see_a_template_error_without_the_node_paths_operators_see_it_
     const SHOWN: &str = r"After Effects error: missing footage footage\logo.png (layer 'Logo'), project project.aep";
 
     // The customer: GetRender and the RenderJobFailed event (webhooks).
-    let mut renders = o.renders(&Principal::admin(job.tenant));
+    let mut renders = o.renders(&Principal::tenant_admin(job.tenant));
     let render = renders.get_render(pb::GetRenderRequest { render_id: job.job_id.to_string() }).await.unwrap();
     let error = render.into_inner().render.unwrap().error.unwrap();
     assert_eq!((error.code(), error.message.as_str()), (pb::ErrorCode::MissingFootage, SHOWN));

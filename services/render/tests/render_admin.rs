@@ -445,7 +445,7 @@ async fn failing_a_running_job_stops_its_agents_and_wakes_watchers() {
     .await;
 
     let mut watch = o
-        .renders(&Principal::admin(job.tenant))
+        .renders(&Principal::tenant_admin(job.tenant))
         .watch_render(pb::WatchRenderRequest { render_id: job.job_id.to_string(), include_chunks: false })
         .await
         .unwrap()

@@ -385,7 +385,7 @@ async fn other_tenants_and_other_users_see_nothing() {
         .render
         .unwrap();
     let id = job.id.clone();
-    for stranger in [Principal::user(TENANT_B), Principal::admin(TENANT_B), Principal::user(TENANT_A)] {
+    for stranger in [Principal::user(TENANT_B), Principal::tenant_admin(TENANT_B), Principal::user(TENANT_A)] {
         let mut client = stack.renders(&stranger);
         assert_eq!(failure(client.get_render(pb::GetRenderRequest { render_id: id.clone() }).await).0, Code::NotFound);
         let watch = pb::WatchRenderRequest { render_id: id.clone(), include_chunks: true };
@@ -394,7 +394,7 @@ async fn other_tenants_and_other_users_see_nothing() {
         assert_eq!(failure(client.cancel_render(cancel).await).0, Code::NotFound);
     }
     // The tenant's admin sees it.
-    let admin = Principal::admin(TENANT_A);
+    let admin = Principal::tenant_admin(TENANT_A);
     let seen = stack.renders(&admin).get_render(pb::GetRenderRequest { render_id: id.clone() }).await.unwrap();
     assert_eq!(seen.into_inner().render.unwrap().id, id);
     // Service credentials are not customers; no token is not a caller.
@@ -414,7 +414,7 @@ async fn lists_page_newest_first_within_what_the_caller_may_see() {
     seed_plan(stack.pool(), TENANT_A, None, &Plan::roomy()).await;
     let alice = Principal::user(TENANT_A);
     let bob = Principal::user(TENANT_A);
-    let admin = Principal::admin(TENANT_A);
+    let admin = Principal::tenant_admin(TENANT_A);
     let alice_files = stack.assets(&alice).await;
     let bob_files = stack.assets(&bob).await;
     let project = Uuid::new_v4().to_string();
@@ -867,7 +867,7 @@ async fn exports_are_visible_like_their_jobs() {
     assert_eq!(listed.exports.len(), 1);
     let other_job = pb::ListExportsRequest { render_id: Uuid::new_v4().to_string(), ..Default::default() };
     assert!(stack.renders(&alice).list_exports(other_job).await.unwrap().into_inner().exports.is_empty());
-    for stranger in [Principal::user(TENANT_A), Principal::admin(TENANT_B)] {
+    for stranger in [Principal::user(TENANT_A), Principal::tenant_admin(TENANT_B)] {
         let (code, _) =
             failure(stack.renders(&stranger).get_export(pb::GetExportRequest { export_id: export.to_string() }).await);
         assert_eq!(code, Code::NotFound);

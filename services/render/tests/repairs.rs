@@ -397,7 +397,7 @@ async fn canceling_a_job_cancels_its_repairs() {
     node.send(accepted(&running));
     assert_eq!(o.count("SELECT count(*) FROM render.frame_repair_jobs").await, 2);
 
-    let mut renders = o.renders(&Principal::admin(job.tenant));
+    let mut renders = o.renders(&Principal::tenant_admin(job.tenant));
     let cancel = pb::CancelRenderRequest { render_id: job.job_id.to_string(), reason: String::new() };
     renders.cancel_render(cancel).await.unwrap();
     let told = node.cancel_of(&running.task_id).await;

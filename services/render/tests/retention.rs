@@ -75,7 +75,7 @@ async fn expired_exports_and_snapshots_are_marked_and_never_served() {
         settings.api.retention_batch = 2;
     })
     .await;
-    let alice = Principal::admin(TENANT);
+    let alice = Principal::tenant_admin(TENANT);
     let files = stack.assets(&alice).await;
     // Hold the sweep off (as another replica sweeping would) while the rows are set up.
     let mut held = stack.db.pool().begin().await.unwrap();
@@ -171,7 +171,7 @@ async fn one_replica_sweeps_at_a_time() {
         settings.api.retention_sweep_interval = Duration::from_secs(3600)
     })
     .await;
-    let alice = Principal::admin(TENANT);
+    let alice = Principal::tenant_admin(TENANT);
     let due = [export(&stack, Some("-1 minute")).await, export(&stack, Some("-1 minute")).await];
     let pool = stack.db.pool();
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use flatrender_file::Settings;
 use flatrender_file::storage::{MIN_PART_SIZE, S3Config, SecretAccessKey, Storage, StorageConfig};
-use flatrender_kit::auth::{AccessClaims, Role, ServiceName, TokenSigner, TokenVerifier};
+use flatrender_kit::auth::{TokenSigner, TokenVerifier};
 use flatrender_kit::metrics::Metrics;
 use flatrender_kit::server::{self, Application, ServeOptions, ServiceContext};
 use flatrender_kit::shutdown::Shutdown;
@@ -18,9 +18,8 @@ use flatrender_kit::testing::TestDatabase;
 use flatrender_proto::flatrender::file::v1 as pb;
 use futures_util::TryStreamExt;
 use sqlx::Row;
-use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::RoutesBuilder;
 use tonic::service::interceptor::InterceptedService;
-use tonic::service::{Interceptor, RoutesBuilder};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
@@ -37,51 +36,7 @@ pub enum Backend {
     S3,
 }
 
-/// Who calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Principal {
-    /// Tenant (nil for services).
-    pub tenant: Uuid,
-    /// User (nil for services).
-    pub user: Uuid,
-    /// Role.
-    pub role: Role,
-    /// The service of a service credential.
-    pub service: Option<ServiceName>,
-}
-
-impl Principal {
-    /// A new user of `tenant`.
-    pub fn user(tenant: Uuid) -> Self {
-        Self { tenant, user: Uuid::new_v4(), role: Role::User, service: None }
-    }
-
-    /// A new tenant admin of `tenant`.
-    pub fn tenant_admin(tenant: Uuid) -> Self {
-        Self { role: Role::TenantAdmin, ..Self::user(tenant) }
-    }
-
-    /// A new platform admin (of a tenant of their own).
-    pub fn platform_admin() -> Self {
-        Self { role: Role::PlatformAdmin, ..Self::user(Uuid::new_v4()) }
-    }
-
-    /// A service credential.
-    pub fn service(service: ServiceName) -> Self {
-        Self { tenant: Uuid::nil(), user: Uuid::nil(), role: Role::User, service: Some(service) }
-    }
-}
-
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
+pub use flatrender_kit::testing::{Bearer, Principal};
 
 /// A channel that authenticates as one principal.
 pub type Authed = InterceptedService<Channel, Bearer>;
@@ -185,22 +140,7 @@ impl Service {
 
     /// An access token for `who`.
     pub fn token(&self, who: &Principal) -> String {
-        let now = jsonwebtoken::get_current_timestamp();
-        self.signer
-            .sign(&AccessClaims {
-                iss: ISSUER.into(),
-                aud: AUDIENCE.into(),
-                sub: who.user,
-                tid: who.tenant,
-                role: who.role,
-                sid: None,
-                svc: who.service,
-                exp: now + 600,
-                nbf: now,
-                iat: now,
-                jti: Uuid::new_v4(),
-            })
-            .expect("a token")
+        flatrender_kit::testing::access_token(&self.signer, ISSUER, AUDIENCE, who)
     }
 
     fn authed(&self, who: &Principal) -> Authed {

@@ -16,46 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-/// Who calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Principal {
-    /// Tenant (nil for services).
-    pub tenant: Uuid,
-    /// User (nil for services).
-    pub user: Uuid,
-    /// Role.
-    pub role: Role,
-    /// The service of a service credential.
-    pub service: Option<ServiceName>,
-}
-
-impl Principal {
-    /// A new user of `tenant`.
-    pub fn user(tenant: Uuid) -> Self {
-        Self { tenant, user: Uuid::new_v4(), role: Role::User, service: None }
-    }
-
-    /// A new tenant admin of `tenant`.
-    pub fn admin(tenant: Uuid) -> Self {
-        Self { role: Role::TenantAdmin, ..Self::user(tenant) }
-    }
-
-    /// A service credential.
-    pub fn service(service: ServiceName) -> Self {
-        Self { tenant: Uuid::nil(), user: Uuid::nil(), role: Role::User, service: Some(service) }
-    }
-}
-
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct Bearer(pub MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
+pub use flatrender_kit::testing::{Bearer, Principal};
 
 /// A channel that authenticates as one principal.
 pub type Authed = InterceptedService<Channel, Bearer>;

@@ -179,22 +179,7 @@ impl Orchestrator {
 
     /// An access token for `who`.
     pub fn token_for(&self, who: &Principal) -> String {
-        let now = jsonwebtoken::get_current_timestamp();
-        self.signer
-            .sign(&AccessClaims {
-                iss: ISSUER.into(),
-                aud: AUDIENCE.into(),
-                sub: who.user,
-                tid: who.tenant,
-                role: who.role,
-                sid: None,
-                svc: who.service,
-                exp: now + 600,
-                nbf: now,
-                iat: now,
-                jti: Uuid::new_v4(),
-            })
-            .expect("a token")
+        flatrender_kit::testing::access_token(&self.signer, ISSUER, AUDIENCE, who)
     }
 
     /// An access token for a person of `role` in a tenant of their own.
