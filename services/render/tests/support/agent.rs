@@ -289,23 +289,22 @@ impl SimAgent {
         spec: AgentSpec,
         authorization: &str,
     ) -> Self {
-        let pool = orchestrator.pool().clone();
-        Self::connect_over(orchestrator.agent_client(), &pool, identity, spec, authorization).await
+        Self::connect_over(orchestrator.agent_client(), &orchestrator.uploads, identity, spec, authorization).await
     }
 
     /// Connects through `client` (an orchestrator in another process, or many agents sharing
-    /// connections) with `authorization` as given; `pool` (the database as its owner) records
-    /// the agent's simulated frame uploads.
+    /// connections) with `authorization` as given; `uploads` records the agent's simulated frame
+    /// uploads.
     pub async fn connect_over(
         mut client: AgentClient,
-        pool: &PgPool,
+        uploads: &Arc<UploadLedger>,
         identity: Identity,
         spec: AgentSpec,
         authorization: &str,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (outbox, unsent) = mpsc::unbounded_channel();
-        tokio::spawn(upload_then_send(unsent, tx, pool.clone()));
+        tokio::spawn(upload_then_send(unsent, tx, Arc::clone(uploads)));
         let outlet = Arc::new(Outlet::new(outbox));
         let shared = Arc::new(Shared {
             slots: spec.slots as usize,
@@ -719,18 +718,76 @@ pub async fn record_frames(pool: &PgPool, task: &agent_pb::AssignTask, frames: &
     record_uploads(pool, &list).await.expect("the simulated uploads are recorded");
 }
 
+/// The simulated uploads of many agents, written together: each agent waits for its own, and
+/// every record that arrives while a batch is written goes in the next one. The orchestrator's
+/// group commit of reports does the same; without it the agents' per-frame commits queued on
+/// their small pool and a benchmark measured that queue rather than the orchestrator.
+pub struct UploadLedger {
+    pool: PgPool,
+    pending: Mutex<LedgerQueue>,
+}
+
+/// A simulated upload: task, lease epoch, frame.
+type Upload = (Uuid, u64, i32);
+type Recorded = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+#[derive(Default)]
+struct LedgerQueue {
+    waiting: Vec<(Vec<Upload>, Recorded)>,
+    writing: bool,
+}
+
+impl UploadLedger {
+    /// A ledger writing through `pool` (the database as its owner).
+    pub fn new(pool: PgPool) -> Arc<Self> {
+        Arc::new(Self { pool, pending: Mutex::new(LedgerQueue::default()) })
+    }
+
+    /// Records `uploads` (task, epoch, frame) with the next batch; the error of that batch.
+    pub async fn record(self: &Arc<Self>, uploads: Vec<Upload>) -> Result<(), String> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut pending = self.pending.lock().expect("the ledger");
+            pending.waiting.push((uploads, answer));
+            !std::mem::replace(&mut pending.writing, true)
+        };
+        if start {
+            tokio::spawn(Arc::clone(self).write_all());
+        }
+        answered.await.unwrap_or_else(|_| Err("the ledger's writer ended".into()))
+    }
+
+    async fn write_all(self: Arc<Self>) {
+        loop {
+            let taken = {
+                let mut pending = self.pending.lock().expect("the ledger");
+                if pending.waiting.is_empty() {
+                    pending.writing = false;
+                    return;
+                }
+                std::mem::take(&mut pending.waiting)
+            };
+            let all: Vec<_> = taken.iter().flat_map(|(uploads, _)| uploads.iter().copied()).collect();
+            let written = record_uploads(&self.pool, &all).await.map_err(|e| e.to_string());
+            for (_, answer) in taken {
+                let _ = answer.send(written.clone());
+            }
+        }
+    }
+}
+
 /// Passes the agent's messages on in order, recording the simulated uploads a message names
 /// before it goes (once per frame and lease): what a real agent's uploads do before it reports.
 async fn upload_then_send(
     mut outbox: mpsc::UnboundedReceiver<agent_pb::SessionRequest>,
     stream: mpsc::UnboundedSender<agent_pb::SessionRequest>,
-    pool: PgPool,
+    ledger: Arc<UploadLedger>,
 ) {
     let mut recorded: HashSet<(Uuid, u64, i32)> = HashSet::new();
     while let Some(message) = outbox.recv().await {
         let uploads: Vec<_> = simulated_uploads(&message).into_iter().filter(|u| !recorded.contains(u)).collect();
         if !uploads.is_empty() {
-            match record_uploads(&pool, &uploads).await {
+            match ledger.record(uploads.clone()).await {
                 Ok(()) => recorded.extend(uploads),
                 // The database went away (the test is ending); the report will say so.
                 Err(error) => eprintln!("simulated uploads not recorded: {error}"),

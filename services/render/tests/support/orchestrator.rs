@@ -27,7 +27,7 @@ use tonic::transport::Channel;
 use uuid::Uuid;
 
 use super::PATIENCE;
-use super::agent::{AgentSpec, Identity, SimAgent};
+use super::agent::{AgentSpec, Identity, SimAgent, UploadLedger};
 use super::api::{AgentClient, Assets, Authed, Bearer, NodeAdmin, PNG, Principal, RenderAdmin, Renders, TEMPLATE};
 
 /// The issuer of the test access tokens.
@@ -62,6 +62,8 @@ pub struct Orchestrator {
     pub settings: Settings,
     /// The process's metrics.
     pub metrics: Metrics,
+    /// Where its simulated agents record their frame uploads.
+    pub uploads: Arc<UploadLedger>,
     channel: Channel,
     signer: Arc<TokenSigner>,
     shutdown: Arc<Shutdown>,
@@ -164,7 +166,8 @@ impl Orchestrator {
             .connect()
             .await
             .expect("the services answer");
-        Self { db, addr, settings, metrics, channel, signer, shutdown, server: Some(server), _files: files }
+        let uploads = UploadLedger::new(db.pool().clone());
+        Self { db, addr, settings, metrics, uploads, channel, signer, shutdown, server: Some(server), _files: files }
     }
 
     /// The database as its owner.
