@@ -5,6 +5,7 @@
 //! at once, for an operator who does not want to wait.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -86,6 +87,30 @@ impl ShutdownSignal {
     /// Whether shutdown has started.
     pub fn is_started(&self) -> bool {
         *self.rx.borrow()
+    }
+
+    /// Runs `round` every `period` until shutdown starts, the first time `first` from now.
+    ///
+    /// A round that outlasts its period delays the next instead of being followed by a burst
+    /// of the rounds it missed, and a round under way when shutdown starts is finished, not
+    /// dropped halfway. A zero `period` counts as one millisecond.
+    pub async fn every<F, Fut>(self, first: Duration, period: Duration, mut round: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let period = period.max(Duration::from_millis(1));
+        let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = self.wait();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stop => return,
+                _ = timer.tick() => round().await,
+            }
+        }
     }
 }
 
@@ -173,6 +198,53 @@ mod tests {
         assert!(signal.is_started());
         // A signal taken after the trigger completes at once.
         shutdown.signal().wait().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_runs_rounds_on_time_until_stopped() {
+        let shutdown = Shutdown::new();
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&rounds);
+        let started = tokio::time::Instant::now();
+        let ticks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&ticks);
+        let work =
+            tokio::spawn(shutdown.stop_signal().every(Duration::from_secs(5), Duration::from_secs(2), move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                seen.lock().unwrap().push(started.elapsed());
+                async {}
+            }));
+        tokio::time::sleep(Duration::from_millis(9_500)).await;
+        assert_eq!(*ticks.lock().unwrap(), [5, 7, 9].map(Duration::from_secs), "first after 5 s, then every 2 s");
+        shutdown.stop();
+        work.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(rounds.load(Ordering::SeqCst), 3, "no round after the stop");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_delays_after_a_long_round_and_finishes_it_on_stop() {
+        let shutdown = Shutdown::new();
+        let started = tokio::time::Instant::now();
+        let ticks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&ticks);
+        let work = tokio::spawn(shutdown.stop_signal().every(Duration::ZERO, Duration::from_secs(1), move || {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock().unwrap().push(started.elapsed());
+                // Three periods long: the rounds missed meanwhile are not made up in a burst.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                seen.lock().unwrap().push(started.elapsed());
+            }
+        }));
+        tokio::time::sleep(Duration::from_millis(4_500)).await;
+        shutdown.stop();
+        work.await.unwrap();
+        assert_eq!(
+            *ticks.lock().unwrap(),
+            [0, 3, 3, 6].map(Duration::from_secs),
+            "the round under way at the stop ends"
+        );
     }
 
     #[tokio::test]

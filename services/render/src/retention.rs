@@ -42,23 +42,23 @@ pub struct Swept {
 pub async fn run(state: State, shutdown: ShutdownSignal) {
     let api = &state.settings.api;
     let every = api.retention_sweep_interval.max(std::time::Duration::from_millis(10));
+    let pool = &state.pool;
     // The first round one interval after the start: a replica starting does not add a sweep.
-    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stop = shutdown.wait();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => break,
-            _ = timer.tick() => match sweep(&state.pool, api.retention_batch).await {
+    shutdown
+        .every(every, every, || async move {
+            match sweep(pool, api.retention_batch).await {
                 Ok(swept) if swept.exports + swept.snapshots > 0 => {
-                    tracing::info!(exports = swept.exports, snapshots = swept.snapshots, "expired exports and snapshots marked");
+                    tracing::info!(
+                        exports = swept.exports,
+                        snapshots = swept.snapshots,
+                        "expired exports and snapshots marked"
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot mark expired exports and snapshots; retrying next round"),
-            },
-        }
-    }
+            }
+        })
+        .await;
 }
 
 /// Marks everything expired now, `batch` rows of each kind per transaction, until nothing is

@@ -25,6 +25,8 @@
 //! operator's release, quarantine or deletion drops a probe still queued ([`cancel_queued`]).
 //! Without a configured template (or with probes off) nothing is sent.
 
+use std::time::Duration;
+
 use flatrender_kit::shutdown::ShutdownSignal;
 use flatrender_proto::flatrender::render::v1 as pb;
 use sqlx::PgTransaction;
@@ -76,20 +78,16 @@ pub async fn run(state: State, shutdown: ShutdownSignal) {
         tracing::info!(enabled = probes.enabled, "no probe renders: probes are off or no probe template is configured");
         return;
     }
-    let mut tick = tokio::time::interval(probes.check_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stop = shutdown.wait();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            _ = tick.tick() => match super::retrying(|| schedule(&state)).await {
+    let state = &state;
+    shutdown
+        .every(Duration::ZERO, probes.check_interval(), || async move {
+            match super::retrying(|| schedule(state)).await {
                 Ok(nodes) if !nodes.is_empty() => tracing::info!(?nodes, "probe renders queued for quarantined nodes"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot schedule probe renders; retrying next round"),
-            },
-        }
-    }
+            }
+        })
+        .await;
 }
 
 /// One scheduling round: queues a probe for every node due one, and returns those nodes. Does
@@ -279,7 +277,7 @@ async fn failed(tx: &mut PgTransaction<'_>, settings: &Settings, node: Uuid, why
 }
 
 /// "1h", "10m", "90s", "800ms": a wait as an operator reads it.
-fn describe(wait: std::time::Duration) -> String {
+fn describe(wait: Duration) -> String {
     let secs = wait.as_secs();
     match secs {
         0 => format!("{}ms", wait.as_millis()),

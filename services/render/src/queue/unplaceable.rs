@@ -43,24 +43,18 @@ pub fn check_interval(timeout: Duration) -> Duration {
 /// Runs the check until `shutdown`.
 pub async fn run(state: State, shutdown: ShutdownSignal) {
     let timeout = state.settings.no_eligible_node_timeout;
-    let mut tick = tokio::time::interval(check_interval(timeout));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stop = shutdown.wait();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            _ = tick.tick() => {
-                match super::retrying(|| check(&state.pool, timeout)).await {
-                    Ok(failed) if !failed.jobs.is_empty() || !failed.snapshots.is_empty() => {
-                        tracing::warn!(jobs = ?failed.jobs, snapshots = ?failed.snapshots, "work no node can take failed");
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot look for jobs no node can take"),
+    let pool = &state.pool;
+    shutdown
+        .every(Duration::ZERO, check_interval(timeout), || async move {
+            match super::retrying(|| check(pool, timeout)).await {
+                Ok(failed) if !failed.jobs.is_empty() || !failed.snapshots.is_empty() => {
+                    tracing::warn!(jobs = ?failed.jobs, snapshots = ?failed.snapshots, "work no node can take failed");
                 }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot look for jobs no node can take"),
             }
-        }
-    }
+        })
+        .await;
 }
 
 /// What a check failed.

@@ -326,16 +326,12 @@ impl HealthLog {
 /// Flushes `agents`' health log every `health_flush_interval` until `shutdown`, and once more
 /// then.
 pub async fn run_writer(agents: Arc<Agents>, shutdown: ShutdownSignal) {
-    let stop = shutdown.wait();
-    tokio::pin!(stop);
-    let mut every = tokio::time::interval(agents.state.settings.health_flush_interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = &mut stop => break,
-            _ = every.tick() => agents.health_log.flush(&agents.state.pool).await,
-        }
-    }
+    let agents = &agents;
+    shutdown
+        .every(Duration::ZERO, agents.state.settings.health_flush_interval, || {
+            agents.health_log.flush(&agents.state.pool)
+        })
+        .await;
     agents.health_log.flush(&agents.state.pool).await;
 }
 
