@@ -72,7 +72,7 @@ async fn operator_cancels_reach_agents_on_another_replica_with_their_reason() {
     // Each agent is held by replica B; the operator's calls go to replica A.
     let quarantined = b.agent(AgentSpec { behaviour: Behaviour::Hang, ..AgentSpec::default() }).await;
     let deleted = b.agent(AgentSpec { behaviour: Behaviour::Hang, ..AgentSpec::default() }).await;
-    seed_job(a.pool(), JobSeed { segments: vec![("Main".into(), 0, 19)], ..JobSeed::default() }).await;
+    let job = seed_job(a.pool(), JobSeed { segments: vec![("Main".into(), 0, 19)], ..JobSeed::default() }).await;
     let (first, second) = (quarantined.next_assign().await, deleted.next_assign().await);
     let mut admin = a.node_admin(Role::PlatformAdmin);
 
@@ -90,4 +90,23 @@ async fn operator_cancels_reach_agents_on_another_replica_with_their_reason() {
     assert_eq!(cancel.reason(), agent_pb::CancelReason::Operator, "{cancel:?}");
     let (code, _) = deleted.ended().await;
     assert_eq!(code, Some(tonic::Code::Unauthenticated));
+
+    // The job requeued through replica A while an agent on B runs one of its chunks and reports
+    // on it at once: its stale report resyncs the node itself, perhaps before the notification
+    // arrives; either way the reason comes from the database.
+    let requeued = b.agent(AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
+    let third = requeued.next_assign().await;
+    let request = pb::RequeueRenderRequest {
+        render_id: job.job_id.to_string(),
+        reason: "stuck".into(),
+        clear_excluded_nodes: false,
+    };
+    a.render_admin(Role::PlatformAdmin).requeue_render(request).await.unwrap();
+    requeued.send(support::agent::accepted(&third));
+    let cancel = requeued.cancel_of(&third.task_id).await;
+    assert_eq!(
+        (cancel.reason(), cancel.lease_epoch),
+        (agent_pb::CancelReason::Operator, third.lease_epoch),
+        "{cancel:?}"
+    );
 }

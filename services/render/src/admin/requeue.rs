@@ -5,8 +5,8 @@
 //!   and no backoff; DONE tasks and their frames are kept;
 //! - a task that still had a node (a lease, or one a failure ended without its result) gets a
 //!   new lease epoch and its open attempt is closed as `lease_lost`, so a late report of the old
-//!   lease is rejected (STALE_EPOCH); the nodes holding leases are notified and their replicas
-//!   send CancelTask(OPERATOR);
+//!   lease is rejected (STALE_EPOCH), and OPERATOR is stored as why it ended; the nodes
+//!   holding leases are notified and their replicas send CancelTask(OPERATOR);
 //! - frame repairs not done are queued again with their tasks (a chunk with repairs is done, so
 //!   only its repairs render again);
 //! - the job's nodes are forgotten when asked (`clear_excluded_nodes`);
@@ -15,7 +15,6 @@
 //!   RenderJobQueued is emitted with `requeued` set; dispatchers and watchers are woken.
 
 use flatrender_kit::outbox::{self, EventMeta};
-use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::events::v1 as ev;
 use flatrender_proto::flatrender::render::v1 as pb;
 use uuid::Uuid;
@@ -25,7 +24,7 @@ use crate::RenderApi;
 use crate::api::records::timestamp;
 use crate::error::{RenderError, Result};
 use crate::model::{JobState, validate};
-use crate::queue::{QUEUE_CHANNEL, notify, notify_jobs, notify_nodes_ended_by, retrying};
+use crate::queue::{QUEUE_CHANNEL, notify, notify_jobs, notify_nodes, retrying};
 
 /// Longest requeue reason, in characters.
 const MAX_REASON_CHARS: usize = 500;
@@ -63,7 +62,7 @@ impl RenderApi {
         sqlx::query(
             "UPDATE render.frame_job_attempts a
                 SET outcome = 'lease_lost', error_class = 'lost', error_code = 'lease_lost', error_message = $2,
-                    finished_at = now()
+                    finished_at = now(), cancel_reason = 'operator'
                FROM render.frame_jobs f
               WHERE f.id = a.frame_job_id AND f.job_id = $1 AND f.state <> 'done' AND a.outcome IS NULL",
         )
@@ -136,7 +135,7 @@ impl RenderApi {
         let render = any_job(&mut tx, id).await?.ok_or(RenderError::NotFound("render"))?;
         queued_again(&mut tx, &render).await?;
         let nodes: Vec<Uuid> = holders.into_iter().flatten().collect();
-        notify_nodes_ended_by(&mut tx, &nodes, agent_pb::CancelReason::Operator).await?;
+        notify_nodes(&mut tx, &nodes).await?;
         notify(&mut tx, QUEUE_CHANNEL, "").await?;
         notify_jobs(&mut tx, &[id]).await?;
         tx.commit().await?;

@@ -44,9 +44,6 @@ const MAX_CACHED_TEMPLATES: usize = 10_000;
 const MAX_CACHE_CHANGES: usize = 1000;
 /// Longest Reject message.
 const MAX_REJECT_CHARS: usize = 1000;
-/// How long a TaskUpdate about a lease that ended elsewhere waits before resyncing its node,
-/// leaving the ending's own notification (which carries the reason) time to arrive first.
-const STALE_RESYNC_DELAY: Duration = Duration::from_secs(1);
 
 /// The orchestrator's half of the stream.
 pub type SessionStream = BoxStream<agent_pb::SessionResponse>;
@@ -368,13 +365,13 @@ impl Session {
             self.send(Out::LeaseRenewal(agent_pb::LeaseRenewal { leases: renewed }));
         }
         if !cancel.is_empty() {
-            let ids: Vec<Uuid> = cancel.iter().filter_map(|t| parse_id(&t.task_id)).collect();
-            let rows = queue::task_leases(pool, &ids).await.unwrap_or_default();
+            let leases: Vec<(Uuid, i64)> =
+                cancel.iter().filter_map(|t| Some((parse_id(&t.task_id)?, t.lease_epoch as i64))).collect();
+            let rows = queue::task_leases(pool, &leases).await.unwrap_or_default();
             for task in cancel {
                 let row = parse_id(&task.task_id).and_then(|id| rows.iter().find(|r| r.task_id == id));
-                let same_lease =
-                    row.filter(|r| r.lease_epoch == task.lease_epoch as i64 && r.node_id == Some(self.node));
-                let reason = cancel_reason(same_lease.map(|r| r.state.as_str()));
+                let reason = row
+                    .map_or(agent_pb::CancelReason::LeaseLost, |r| r.cancel_reason(task.lease_epoch as i64, self.node));
                 self.send(Out::CancelTask(agent_pb::CancelTask {
                     task_id: task.task_id.clone(),
                     lease_epoch: task.lease_epoch,
@@ -622,15 +619,9 @@ impl Session {
             entry.progress_written = Some(now);
         } else if matches!(verdict, Ok(Verdict::Stale(_))) && held.is_some() {
             // The lease ended elsewhere (a canceled or failed job, a requeue): a resync tells the
-            // agent why with a CancelTask and frees the slot. Whoever ended it also notified
-            // `render_nodes`, with the reason when it knows one (OPERATOR), and that resync
-            // should go first; this one is the fallback for a missed notification, so it waits
-            // a moment (it finds nothing left to do when the other went first).
-            let agents = Arc::clone(&self.agents);
-            tokio::spawn(async move {
-                tokio::time::sleep(STALE_RESYNC_DELAY).await;
-                signals::resync(agents, conn).await;
-            });
+            // agent why with a CancelTask and frees the slot, at once: why it ended is in the
+            // database already (the report found it ended), whichever replica ended it.
+            tokio::spawn(signals::resync(Arc::clone(&self.agents), conn));
         }
         // TaskUpdate is not acknowledged.
         self.answer(seq, &update.task_id, verdict, false);
@@ -769,15 +760,6 @@ impl Session {
     }
 }
 
-/// Why a held task is canceled, from its row (same lease) — LEASE_LOST when it is not.
-pub fn cancel_reason(state_of_same_lease: Option<&str>) -> agent_pb::CancelReason {
-    match state_of_same_lease {
-        Some("canceled") => agent_pb::CancelReason::JobCanceled,
-        Some("failed") => agent_pb::CancelReason::JobFailed,
-        _ => agent_pb::CancelReason::LeaseLost,
-    }
-}
-
 /// Checks a Hello's facts.
 fn parse_hello(hello: &agent_pb::Hello) -> crate::Result<HelloFacts> {
     let facts = facts::machine_facts("hello.facts", hello.facts.as_ref())?;
@@ -812,14 +794,6 @@ fn parse_hello(hello: &agent_pb::Hello) -> crate::Result<HelloFacts> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cancel_reasons_follow_the_row() {
-        assert_eq!(cancel_reason(Some("canceled")), agent_pb::CancelReason::JobCanceled);
-        assert_eq!(cancel_reason(Some("failed")), agent_pb::CancelReason::JobFailed);
-        assert_eq!(cancel_reason(Some("queued")), agent_pb::CancelReason::LeaseLost);
-        assert_eq!(cancel_reason(None), agent_pb::CancelReason::LeaseLost);
-    }
 
     #[test]
     fn rejects_are_bounded() {

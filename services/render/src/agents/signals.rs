@@ -1,7 +1,8 @@
 //! What a `render_nodes` notification does (the listener is [`crate::notifications`]): this
 //! replica resyncs the node if it holds its stream — supersede an older stream,
 //! end a deleted node's stream, pass on admin-state changes (Drain), cancel tasks whose lease
-//! ended elsewhere (a canceled or failed job), and deliver queued commands.
+//! ended elsewhere (a canceled or failed job, an operator's action) with the reason the
+//! database holds, and deliver queued commands.
 
 use std::sync::Arc;
 
@@ -10,25 +11,23 @@ use tonic::Status;
 use uuid::Uuid;
 
 use super::registry::Connection;
-use super::session::cancel_reason;
 use super::{Agents, nodes};
 use crate::queue::{self, AdminState};
 
 use agent_pb::session_response::Payload as Out;
 
-/// A `render_nodes` notification (payload: the node id, optionally followed by why its leases
-/// ended, a CancelReason name): resyncs the node if this replica holds its stream.
+/// A `render_nodes` notification (payload: the node id): resyncs the node if this replica
+/// holds its stream.
 pub fn node_changed(agents: &Arc<Agents>, payload: &str) {
-    let (node, ended_by) = parse_payload(payload);
-    if let Some(conn) = node.and_then(|node| agents.registry.get(node)) {
-        tokio::spawn(resync_ended_by(Arc::clone(agents), conn, ended_by));
+    if let Some(conn) = node_of(payload).and_then(|node| agents.registry.get(node)) {
+        tokio::spawn(resync(Arc::clone(agents), conn));
     }
 }
 
-/// The node id of a `render_nodes` payload, and the reason it names, if any.
-fn parse_payload(payload: &str) -> (Option<Uuid>, Option<agent_pb::CancelReason>) {
-    let (node, why) = payload.trim().split_once(' ').unwrap_or((payload.trim(), ""));
-    (Uuid::try_parse(node).ok(), agent_pb::CancelReason::from_str_name(why.trim()))
+/// The node id of a `render_nodes` payload. An older replica's payload names a reason after
+/// the id; that reason is read from the database now.
+fn node_of(payload: &str) -> Option<Uuid> {
+    payload.split_whitespace().next().and_then(|id| Uuid::try_parse(id).ok())
 }
 
 /// Wakes the dispatcher and resyncs every node this replica holds (notifications may have
@@ -42,12 +41,6 @@ pub fn resync_all(agents: &Arc<Agents>) {
 
 /// Brings a connected node up to date with its row and its tasks' rows.
 pub async fn resync(agents: Arc<Agents>, conn: Arc<Connection>) {
-    resync_ended_by(agents, conn, None).await;
-}
-
-/// [`resync`], telling the agent `ended_by` (when known) for leases that ended under another
-/// epoch or node, instead of LEASE_LOST.
-async fn resync_ended_by(agents: Arc<Agents>, conn: Arc<Connection>, ended_by: Option<agent_pb::CancelReason>) {
     if conn.is_closed() {
         return;
     }
@@ -62,7 +55,7 @@ async fn resync_ended_by(agents: Arc<Agents>, conn: Arc<Connection>, ended_by: O
     let Some(row) = row.filter(|r| !r.deleted) else {
         // The tasks first, with why their leases ended (an operator's DeleteNode on another
         // replica), so the agent stops them before its stream ends.
-        cancel_ended_leases(&agents, &conn, ended_by).await;
+        cancel_ended_leases(&agents, &conn).await;
         tracing::info!(node = %conn.node_id, "node deleted; ending its stream");
         conn.end(Status::unauthenticated("invalid node credential"));
         return;
@@ -86,17 +79,17 @@ async fn resync_ended_by(agents: Arc<Agents>, conn: Arc<Connection>, ended_by: O
         agents.wake_dispatcher();
     }
 
-    cancel_ended_leases(&agents, &conn, ended_by).await;
+    cancel_ended_leases(&agents, &conn).await;
     deliver_commands(&agents, &conn).await;
 }
 
 /// CancelTask for each task the stream holds whose lease ended outside it (canceled, failed,
-/// requeued), with `ended_by` (when known) instead of LEASE_LOST.
-async fn cancel_ended_leases(agents: &Arc<Agents>, conn: &Connection, ended_by: Option<agent_pb::CancelReason>) {
+/// requeued), with why it ended ([`queue::TaskLease::cancel_reason`]).
+async fn cancel_ended_leases(agents: &Arc<Agents>, conn: &Connection) {
     let pool = &agents.state.pool;
     let held: Vec<(Uuid, i64)> = conn.view().tasks.iter().map(|(id, held)| (*id, held.epoch)).collect();
     if !held.is_empty() {
-        match queue::task_leases(pool, &held.iter().map(|(id, _)| *id).collect::<Vec<_>>()).await {
+        match queue::task_leases(pool, &held).await {
             Ok(rows) => {
                 let mut freed = false;
                 for (task, epoch) in held {
@@ -104,11 +97,8 @@ async fn cancel_ended_leases(agents: &Arc<Agents>, conn: &Connection, ended_by: 
                     if row.is_some_and(|r| r.is_current(epoch, conn.node_id)) {
                         continue;
                     }
-                    let same_lease = row.filter(|r| r.lease_epoch == epoch && r.node_id == Some(conn.node_id));
-                    let reason = match cancel_reason(same_lease.map(|r| r.state.as_str())) {
-                        agent_pb::CancelReason::LeaseLost => ended_by.unwrap_or(agent_pb::CancelReason::LeaseLost),
-                        reason => reason,
-                    };
+                    let reason =
+                        row.map_or(agent_pb::CancelReason::LeaseLost, |r| r.cancel_reason(epoch, conn.node_id));
                     tracing::debug!(node = %conn.node_id, task = %task, epoch, ?row, ?reason, "lease ended elsewhere");
                     // Released and told under the view's lock, so a Health handled meanwhile
                     // cannot answer with another reason first.
@@ -156,12 +146,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payloads_name_the_node_and_maybe_why() {
+    fn payloads_name_the_node() {
         let node = Uuid::new_v4();
-        assert_eq!(parse_payload(&node.to_string()), (Some(node), None));
-        let operator = format!("{node} CANCEL_REASON_OPERATOR");
-        assert_eq!(parse_payload(&operator), (Some(node), Some(agent_pb::CancelReason::Operator)));
-        assert_eq!(parse_payload(&format!("{node} NONSENSE")), (Some(node), None));
-        assert_eq!(parse_payload("nope"), (None, None));
+        assert_eq!(node_of(&node.to_string()), Some(node));
+        assert_eq!(node_of(&format!("{node} CANCEL_REASON_OPERATOR")), Some(node));
+        assert_eq!(node_of("nope"), None);
+        assert_eq!(node_of(""), None);
     }
 }

@@ -20,7 +20,9 @@
 //!
 //! Every state change notifies (`pg_notify` inside the transaction): `render_queue` when tasks
 //! became queued, `render_nodes` with a node id when a task that node holds changed outside its
-//! own report (followed by a CancelReason name when that is why it ended), `render_jobs` with a job id when a job or its tasks changed.
+//! own report, `render_jobs` with a job id when a job or its tasks changed. Why an operator or a
+//! drain deadline ended a lease is stored with its attempt (`frame_job_attempts.cancel_reason`),
+//! so whichever replica holds the node's stream tells the agent, whenever it learns of it.
 
 pub mod batch;
 pub mod claim;
@@ -81,26 +83,6 @@ pub async fn notify_nodes(tx: &mut PgTransaction<'_>, nodes: &[Uuid]) -> sqlx::R
     notify_each(tx, NODES_CHANNEL, nodes).await
 }
 
-/// Notifies `render_nodes` once for each of `nodes` (duplicates dropped), saying that the
-/// leases of theirs that ended were ended for `why` (payload `<node id> <CancelReason name>`):
-/// the replica holding each stream tells its agent that reason instead of LEASE_LOST.
-pub async fn notify_nodes_ended_by(
-    tx: &mut PgTransaction<'_>,
-    nodes: &[Uuid],
-    why: agent_pb::CancelReason,
-) -> sqlx::Result<()> {
-    if nodes.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("SELECT pg_notify($1, id::text || ' ' || $3) FROM (SELECT DISTINCT unnest($2::uuid[]) AS id) d")
-        .bind(NODES_CHANNEL)
-        .bind(nodes)
-        .bind(why.as_str_name())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 /// Notifies `render_jobs` once for each of `jobs` (duplicates dropped).
 pub async fn notify_jobs(tx: &mut PgTransaction<'_>, jobs: &[Uuid]) -> sqlx::Result<()> {
     notify_each(tx, JOBS_CHANNEL, jobs).await
@@ -149,6 +131,9 @@ pub struct TaskLease {
     pub lease_epoch: i64,
     /// The node of its current (or last) lease.
     pub node_id: Option<Uuid>,
+    /// Why the orchestrator ended the lease asked about, when it stored why
+    /// (`frame_job_attempts.cancel_reason`).
+    pub ended_by: Option<agent_pb::CancelReason>,
 }
 
 impl TaskLease {
@@ -156,21 +141,66 @@ impl TaskLease {
     pub fn is_current(&self, epoch: i64, node: Uuid) -> bool {
         matches!(self.state.as_str(), "leased" | "running") && self.lease_epoch == epoch && self.node_id == Some(node)
     }
+
+    /// What to tell the node holding lease `epoch` when it no longer is current: the stored
+    /// reason; else, when the row still is that lease, its job's end; else LEASE_LOST.
+    pub fn cancel_reason(&self, epoch: i64, node: Uuid) -> agent_pb::CancelReason {
+        if let Some(reason) = self.ended_by {
+            return reason;
+        }
+        let same_lease = self.lease_epoch == epoch && self.node_id == Some(node);
+        match self.state.as_str() {
+            "canceled" if same_lease => agent_pb::CancelReason::JobCanceled,
+            "failed" if same_lease => agent_pb::CancelReason::JobFailed,
+            _ => agent_pb::CancelReason::LeaseLost,
+        }
+    }
 }
 
-/// The rows of `tasks` (those that exist).
-pub async fn task_leases(pool: &sqlx::PgPool, tasks: &[Uuid]) -> sqlx::Result<Vec<TaskLease>> {
-    if tasks.is_empty() {
+/// `frame_job_attempts.cancel_reason` for `reason`.
+pub fn stored_cancel_reason(reason: agent_pb::CancelReason) -> &'static str {
+    match reason {
+        agent_pb::CancelReason::Operator => "operator",
+        agent_pb::CancelReason::DrainDeadline => "drain_deadline",
+        agent_pb::CancelReason::JobCanceled => "job_canceled",
+        agent_pb::CancelReason::JobFailed => "job_failed",
+        agent_pb::CancelReason::UnknownTask => "unknown_task",
+        agent_pb::CancelReason::LeaseLost | agent_pb::CancelReason::Unspecified => "lease_lost",
+    }
+}
+
+fn parse_cancel_reason(stored: &str) -> Option<agent_pb::CancelReason> {
+    agent_pb::CancelReason::from_str_name(&format!("CANCEL_REASON_{}", stored.to_ascii_uppercase()))
+}
+
+/// The rows of the tasks of `leases` (task, epoch) that exist, each with why that lease ended
+/// if that was stored.
+pub async fn task_leases(pool: &sqlx::PgPool, leases: &[(Uuid, i64)]) -> sqlx::Result<Vec<TaskLease>> {
+    if leases.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(Uuid, String, i64, Option<Uuid>)> =
-        sqlx::query_as("SELECT id, state, lease_epoch, node_id FROM render.frame_jobs WHERE id = ANY($1)")
-            .bind(tasks)
-            .fetch_all(pool)
-            .await?;
+    /// id, state, lease_epoch, node_id, the attempt's cancel_reason.
+    type Row = (Uuid, String, i64, Option<Uuid>, Option<String>);
+    let (tasks, epochs): (Vec<Uuid>, Vec<i64>) = leases.iter().copied().unzip();
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT f.id, f.state, f.lease_epoch, f.node_id, a.cancel_reason
+           FROM unnest($1::uuid[], $2::bigint[]) AS x(id, epoch)
+           JOIN render.frame_jobs f ON f.id = x.id
+           LEFT JOIN render.frame_job_attempts a ON a.frame_job_id = x.id AND a.lease_epoch = x.epoch",
+    )
+    .bind(&tasks)
+    .bind(&epochs)
+    .fetch_all(pool)
+    .await?;
     Ok(rows
         .into_iter()
-        .map(|(task_id, state, lease_epoch, node_id)| TaskLease { task_id, state, lease_epoch, node_id })
+        .map(|(task_id, state, lease_epoch, node_id, ended_by)| TaskLease {
+            task_id,
+            state,
+            lease_epoch,
+            node_id,
+            ended_by: ended_by.as_deref().and_then(parse_cancel_reason),
+        })
         .collect())
 }
 
@@ -185,7 +215,13 @@ pub async fn leases_of_node(pool: &sqlx::PgPool, node: Uuid) -> sqlx::Result<Vec
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(task_id, state, lease_epoch, node_id)| TaskLease { task_id, state, lease_epoch, node_id })
+        .map(|(task_id, state, lease_epoch, node_id)| TaskLease {
+            task_id,
+            state,
+            lease_epoch,
+            node_id,
+            ended_by: None,
+        })
         .collect())
 }
 
@@ -196,11 +232,48 @@ mod tests {
     #[test]
     fn a_lease_is_current_only_for_its_epoch_and_node() {
         let node = Uuid::new_v4();
-        let lease = TaskLease { task_id: Uuid::new_v4(), state: "running".into(), lease_epoch: 4, node_id: Some(node) };
+        let lease = TaskLease {
+            task_id: Uuid::new_v4(),
+            state: "running".into(),
+            lease_epoch: 4,
+            node_id: Some(node),
+            ended_by: None,
+        };
         assert!(lease.is_current(4, node));
         assert!(!lease.is_current(3, node));
         assert!(!lease.is_current(4, Uuid::new_v4()));
         assert!(!TaskLease { state: "queued".into(), ..lease.clone() }.is_current(4, node));
         assert!(!TaskLease { state: "canceled".into(), ..lease }.is_current(4, node));
+    }
+
+    #[test]
+    fn an_ended_lease_is_told_the_stored_reason_else_its_jobs_end_else_lease_lost() {
+        use agent_pb::CancelReason::{DrainDeadline, JobCanceled, JobFailed, LeaseLost, Operator};
+        let node = Uuid::new_v4();
+        let row = |state: &str, epoch, ended_by| TaskLease {
+            task_id: Uuid::nil(),
+            state: state.into(),
+            lease_epoch: epoch,
+            node_id: Some(node),
+            ended_by,
+        };
+        assert_eq!(row("canceled", 4, None).cancel_reason(4, node), JobCanceled);
+        assert_eq!(row("failed", 4, None).cancel_reason(4, node), JobFailed);
+        // The row moved on to another lease: its state says nothing about this one.
+        assert_eq!(row("canceled", 5, None).cancel_reason(4, node), LeaseLost);
+        assert_eq!(row("failed", 4, None).cancel_reason(4, Uuid::new_v4()), LeaseLost);
+        assert_eq!(row("queued", 4, None).cancel_reason(4, node), LeaseLost);
+        // A stored reason holds whatever the row did since.
+        assert_eq!(row("queued", 4, Some(Operator)).cancel_reason(4, node), Operator);
+        assert_eq!(row("running", 6, Some(DrainDeadline)).cancel_reason(4, node), DrainDeadline);
+    }
+
+    #[test]
+    fn stored_reasons_read_back() {
+        use agent_pb::CancelReason::*;
+        for reason in [JobCanceled, JobFailed, LeaseLost, DrainDeadline, Operator, UnknownTask] {
+            assert_eq!(parse_cancel_reason(stored_cancel_reason(reason)), Some(reason));
+        }
+        assert_eq!(parse_cancel_reason("nonsense"), None);
     }
 }

@@ -26,7 +26,7 @@ use crate::error::{RenderError, Result};
 use crate::queue::probes;
 use crate::queue::requeue::{lose_in_tx, requeue_row};
 use crate::queue::wire::digest_from_hex;
-use crate::queue::{NODES_CHANNEL, notify, notify_nodes_ended_by};
+use crate::queue::{NODES_CHANNEL, notify, stored_cancel_reason};
 use crate::settings::Settings;
 
 /// The attempt message of a task canceled by QuarantineNode with `cancel_running`.
@@ -68,8 +68,14 @@ async fn reload(pool: &sqlx::PgPool, settings: &Settings, node: Uuid) -> Result<
 }
 
 /// Hands the node's current leases back to the queue without using an attempt (the node did
-/// nothing wrong); their attempts end `handed_back` with `why`. Returns (task, epoch) of each.
-pub(super) async fn hand_back(tx: &mut PgTransaction<'_>, node: Uuid, why: &str) -> Result<Vec<(Uuid, i64)>> {
+/// nothing wrong); their attempts end `handed_back` with `why`, and `reason` for the agent.
+/// Returns (task, epoch) of each.
+pub(super) async fn hand_back(
+    tx: &mut PgTransaction<'_>,
+    node: Uuid,
+    why: &str,
+    reason: agent_pb::CancelReason,
+) -> Result<Vec<(Uuid, i64)>> {
     let leases: Vec<(Uuid, i64)> = sqlx::query_as(
         "SELECT id, lease_epoch FROM render.frame_jobs WHERE node_id = $1 AND state IN ('leased', 'running')
           ORDER BY id FOR NO KEY UPDATE",
@@ -81,12 +87,14 @@ pub(super) async fn hand_back(tx: &mut PgTransaction<'_>, node: Uuid, why: &str)
     for (task, epoch) in leases {
         if requeue_row(tx, task, epoch, node, true, None).await? {
             sqlx::query(
-                "UPDATE render.frame_job_attempts SET outcome = 'handed_back', error_message = $3, finished_at = now()
+                "UPDATE render.frame_job_attempts
+                    SET outcome = 'handed_back', error_message = $3, finished_at = now(), cancel_reason = $4
                   WHERE frame_job_id = $1 AND lease_epoch = $2 AND outcome IS NULL",
             )
             .bind(task)
             .bind(epoch)
             .bind(why)
+            .bind(stored_cancel_reason(reason))
             .execute(&mut **tx)
             .await?;
             back.push((task, epoch));
@@ -213,7 +221,8 @@ async fn drain_deadline(agents: &Agents, node: Uuid) -> Result<()> {
     if due.is_none() {
         return Ok(());
     }
-    let back = hand_back(&mut tx, node, "the node's drain deadline passed").await?;
+    let back =
+        hand_back(&mut tx, node, "the node's drain deadline passed", agent_pb::CancelReason::DrainDeadline).await?;
     notify(&mut tx, NODES_CHANNEL, &node.to_string()).await?;
     let taken = take_from_stream(agents, node, &back);
     tx.commit().await?;
@@ -274,7 +283,8 @@ pub async fn quarantine(
             if lose_in_tx(&mut tx, node, task, epoch).await? {
                 sqlx::query(
                     "UPDATE render.frame_job_attempts
-                        SET outcome = 'machine_error', error_class = 'machine', error_code = NULL, error_message = $3
+                        SET outcome = 'machine_error', error_class = 'machine', error_code = NULL, error_message = $3,
+                            cancel_reason = 'operator'
                       WHERE frame_job_id = $1 AND lease_epoch = $2",
                 )
                 .bind(task)
@@ -286,8 +296,9 @@ pub async fn quarantine(
             }
         }
     }
-    // A replica holding the stream tells the agent why its canceled leases ended (OPERATOR).
-    notify_nodes_ended_by(&mut tx, &[node], agent_pb::CancelReason::Operator).await?;
+    // A replica holding the stream tells the agent why its canceled leases ended (OPERATOR,
+    // stored with their attempts).
+    notify(&mut tx, NODES_CHANNEL, &node.to_string()).await?;
     let taken = take_from_stream(agents, node, &canceled);
     tx.commit().await?;
     tracing::info!(node = %node, name = %locked.name, %by, reason = %why, canceled = canceled.len(), "node quarantined by an operator");

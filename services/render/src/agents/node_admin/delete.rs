@@ -17,7 +17,7 @@ use super::control::{hand_back, lock, take_from_stream, tell_canceled};
 use super::parse_id;
 use crate::agents::Agents;
 use crate::error::{RenderError, Result};
-use crate::queue::{events, notify_nodes_ended_by, probes};
+use crate::queue::{events, notify_nodes, probes};
 
 /// DeleteNode.
 pub async fn delete(agents: &Agents, by: Uuid, request: &pb::DeleteNodeRequest) -> Result<pb::DeleteNodeResponse> {
@@ -38,7 +38,7 @@ pub async fn delete(agents: &Agents, by: Uuid, request: &pb::DeleteNodeRequest) 
             "the node runs {running} task(s); drain it and wait for them, or delete with force"
         )));
     }
-    let back = hand_back(&mut tx, node, "the node was deleted").await?;
+    let back = hand_back(&mut tx, node, "the node was deleted", agent_pb::CancelReason::Operator).await?;
     sqlx::query(
         "UPDATE render.nodes
             SET deleted_at = now(), credential_hash = NULL, orchestrator_id = NULL, state = 'offline',
@@ -57,8 +57,9 @@ pub async fn delete(agents: &Agents, by: Uuid, request: &pb::DeleteNodeRequest) 
     if locked.connected {
         events::node_offline(&mut tx, node, &locked.name, ev::NodeOfflineReason::Deleted, back.len()).await?;
     }
-    // A replica holding the stream cancels the tasks with OPERATOR, then ends the stream.
-    notify_nodes_ended_by(&mut tx, &[node], agent_pb::CancelReason::Operator).await?;
+    // A replica holding the stream cancels the tasks with OPERATOR (stored with their
+    // attempts), then ends the stream.
+    notify_nodes(&mut tx, &[node]).await?;
     // Told before the commit: the commit's resync ends the stream, after which nothing more
     // reaches the agent. Should the commit fail, the canceled leases lapse and are requeued.
     let taken = take_from_stream(agents, node, &back);
