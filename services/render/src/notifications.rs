@@ -1,8 +1,7 @@
 //! The process's one `LISTEN` connection for every render channel, fanned out in memory:
 //!
 //! - `render_queue`: tasks were queued or a slot freed: wake the dispatcher.
-//! - `render_nodes` (payload: node id, optionally a CancelReason name): resync that node if
-//!   this replica holds its stream.
+//! - `render_nodes` (payload: node id): resync that node if this replica holds its stream.
 //! - `render_jobs` / `render_snapshots` (payload: job / snapshot id): wake that id's watchers.
 //!
 //! One connection rather than one per concern: a `LISTEN` connection is held for the process's
