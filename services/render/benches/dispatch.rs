@@ -4,8 +4,9 @@
 //! - **throughput**: 1,000 agents with one slot each complete queued one-frame chunks;
 //!   assignments plus completions per second, beside pgbench's rate for a single-row UPDATE on
 //!   the same server in the same round. Per chunk an agent records its one frame's simulated
-//!   upload (one single-row INSERT into `render.object_uploads`, as UploadObject would, without
-//!   the bytes) before its FrameReport, and the orchestrator checks the frames against it.
+//!   upload (a `render.object_uploads` row, as UploadObject would, without the bytes; the
+//!   harness writes all agents' records group-committed) before its FrameReport, and the
+//!   orchestrator checks the frames against it.
 //! - **latency**: an idle orchestrator with 10 agents; one chunk queued (its transaction's
 //!   COMMIT) → the AssignTask received by an agent; p50 and p99.
 //! - **dead-node detection**: an agent in a child process holds a chunk; the child is killed
