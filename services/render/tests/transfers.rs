@@ -149,6 +149,38 @@ async fn a_task_downloads_what_its_assignment_names_whole_or_resumed() {
 }
 
 #[tokio::test]
+async fn a_download_stops_once_its_lease_ends() {
+    use flatrender_proto::flatrender::file::v1::FileKind;
+    let stack = Orchestrator::start_with_files().await;
+    let alice = Principal::user(TENANT_A);
+    let mut files = stack.assets(&alice).await;
+    let big = [TEMPLATE, &vec![7; 24 << 20]].concat();
+    files.template = stack.upload(&alice, alice.tenant, "big.zip", FileKind::TemplateBundle, &big).await;
+    let job = submit(&stack, &alice, &files, "0-9").await;
+    let node = stack.agent(manual()).await;
+    let task = node.next_assign().await;
+
+    let mut stream = node.download_stream(file_request(&task, &files.template.id, 0)).await.unwrap();
+    stream.message().await.unwrap().expect("the info");
+    stream.message().await.unwrap().expect("the first part");
+    cancel_job(stack.pool(), Uuid::try_parse(&job.id).unwrap()).await;
+    // What was on its way still arrives; the next lease check (every 8 MiB) ends the stream.
+    let mut received = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(message)) => match message.part {
+                Some(agent_pb::download_object_response::Part::Data(data)) => received += data.len(),
+                other => panic!("only data after the info, not {other:?}"),
+            },
+            Ok(None) => panic!("the whole template ({received} more bytes) came after its lease ended"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(received < big.len() - (1 << 20), "{received} bytes after the lease ended");
+}
+
+#[tokio::test]
 async fn uploaded_frames_are_reported_and_then_assembled_from_downloads() {
     let stack = Orchestrator::start_with_files().await;
     let alice = Principal::user(TENANT_A);

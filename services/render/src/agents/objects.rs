@@ -7,7 +7,8 @@
 //!
 //! A download serves only what the task's assignment names (the template bundle and media of
 //! an aerender task, the audio sources of an assembly, and an assembly's accepted frames by
-//! segment and frame); anything else is PERMISSION_DENIED.
+//! segment and frame); anything else is PERMISSION_DENIED. A long download checks its lease
+//! again every 8 MiB, so a task canceled or reassigned meanwhile stops pulling bytes.
 //!
 //! An upload checks its header before any byte is stored (INVALID_ARGUMENT naming the field,
 //! RESOURCE_EXHAUSTED over the kind's size limit), streams the bytes into the file service while
@@ -35,6 +36,9 @@ use crate::queue::wire::digest_from_hex;
 
 /// The largest `data` part either way.
 pub const MAX_PART_BYTES: usize = 1024 * 1024;
+/// A download checks its lease again after this many bytes: a template of gigabytes stops
+/// soon after its task is canceled or reassigned, at one indexed read per 8 MiB sent.
+const LEASE_CHECK_BYTES: u64 = 8 * 1024 * 1024;
 /// Longest file name of an upload.
 const MAX_FILE_NAME_CHARS: usize = 255;
 /// Longest content type of an upload.
@@ -123,7 +127,8 @@ fn task_and_epoch(task_id: &str, lease_epoch: u64, prefix: &str) -> Result<(Uuid
 pub type DownloadStream = BoxStream<agent_pb::DownloadObjectResponse>;
 
 /// `DownloadObject` for `node`: `info`, then the bytes from `request.offset` in parts of at most
-/// 1 MiB, as the file service sends them.
+/// 1 MiB, as the file service sends them; the stream ends FAILED_PRECONDITION when the lease
+/// ends meanwhile.
 pub async fn download(
     pool: &PgPool,
     files: Option<&FileClient>,
@@ -151,32 +156,56 @@ pub async fn download(
             offset: request.offset,
         })),
     };
-    let parts = futures_util::stream::unfold(Some(bytes), |state| async move {
-        let mut bytes = state?;
-        match bytes.message().await {
-            Ok(Some(file_pb::DownloadFileResponse {
-                payload: Some(file_pb::download_file_response::Payload::Chunk(chunk)),
-            })) => {
-                let part = agent_pb::DownloadObjectResponse {
-                    part: Some(agent_pb::download_object_response::Part::Data(chunk)),
-                };
-                Some((Ok(part), Some(bytes)))
-            }
+    let sending = Sending { bytes, pool: pool.clone(), lease, node, unchecked: 0 };
+    let parts = futures_util::stream::unfold(Some(sending), |state| async move {
+        let mut sending = state?;
+        match sending.next_part().await {
+            Ok(Some(part)) => Some((Ok(part), Some(sending))),
             Ok(None) => None,
-            Ok(Some(_)) => {
-                let err = RenderError::Upstream { service: "file", status: "a download part without bytes".into() };
-                Some((Err(err.into()), None))
-            }
-            Err(status) => {
-                tracing::warn!(%status, "a download from the file service broke off");
-                let err =
-                    RenderError::Unavailable("the file service stopped sending; resume from the last offset".into());
-                Some((Err(err.into()), None))
-            }
+            Err(err) => Some((Err(err.into()), None)),
         }
     });
     let first = futures_util::stream::once(async move { Ok(info) });
     Ok(Box::pin(futures_util::StreamExt::chain(first, parts)))
+}
+
+/// A download under way: the file service's stream, and the lease it is for.
+struct Sending {
+    bytes: crate::files::ByteStream,
+    pool: PgPool,
+    lease: Lease,
+    node: Uuid,
+    /// Bytes passed on since the lease was last checked.
+    unchecked: u64,
+}
+
+impl Sending {
+    /// The next part from the file service; FAILED_PRECONDITION once the lease has ended
+    /// (checked every [`LEASE_CHECK_BYTES`]).
+    async fn next_part(&mut self) -> Result<Option<agent_pb::DownloadObjectResponse>> {
+        if self.unchecked >= LEASE_CHECK_BYTES {
+            current_lease(&self.pool, self.lease.task, self.lease.epoch, self.node).await?;
+            self.unchecked = 0;
+        }
+        match self.bytes.message().await {
+            Ok(Some(file_pb::DownloadFileResponse {
+                payload: Some(file_pb::download_file_response::Payload::Chunk(chunk)),
+            })) => {
+                self.unchecked += chunk.len() as u64;
+                Ok(Some(agent_pb::DownloadObjectResponse {
+                    part: Some(agent_pb::download_object_response::Part::Data(chunk)),
+                }))
+            }
+            Ok(None) => Ok(None),
+            Ok(Some(_)) => {
+                Err(RenderError::Upstream { service: "file", status: "a download part without bytes".into() })
+            }
+            Err(status) => {
+                tracing::warn!(%status, "a download from the file service broke off");
+                Err(RenderError::Unavailable("the file service stopped sending; resume from the last offset".into()))
+            }
+        }
+    }
 }
 
 /// The expected digest of `file` when the task's assignment names it; PERMISSION_DENIED

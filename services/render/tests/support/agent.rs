@@ -359,8 +359,7 @@ impl SimAgent {
         request: agent_pb::DownloadObjectRequest,
     ) -> Result<(agent_pb::ObjectInfo, Vec<u8>), tonic::Status> {
         use agent_pb::download_object_response::Part;
-        let mut client = self.client.clone();
-        let mut stream = client.download_object(self.authed(request)).await?.into_inner();
+        let mut stream = self.download_stream(request).await?;
         let info = match stream.message().await?.and_then(|m| m.part) {
             Some(Part::Info(info)) => info,
             other => panic!("a download starts with its info, not {other:?}"),
@@ -376,6 +375,15 @@ impl SimAgent {
             }
         }
         Ok((info, bytes))
+    }
+
+    /// DownloadObject's response stream, to read at the test's own pace.
+    pub async fn download_stream(
+        &self,
+        request: agent_pb::DownloadObjectRequest,
+    ) -> Result<tonic::Streaming<agent_pb::DownloadObjectResponse>, tonic::Status> {
+        let mut client = self.client.clone();
+        Ok(client.download_object(self.authed(request)).await?.into_inner())
     }
 
     /// UploadObject of the messages of `stream`, as given.

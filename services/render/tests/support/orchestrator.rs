@@ -279,10 +279,14 @@ impl Orchestrator {
             sha256: super::api::sha256_hex(data),
             idempotency_key: String::new(),
         };
-        let messages = vec![
-            file_pb::UploadFileRequest { payload: Some(Payload::Metadata(metadata)) },
-            file_pb::UploadFileRequest { payload: Some(Payload::Chunk(data.to_vec().into())) },
-        ];
+        // In parts of 1 MiB, as clients must (a message is at most 4 MiB).
+        let parts = data
+            .chunks(1 << 20)
+            .map(|part| file_pb::UploadFileRequest { payload: Some(Payload::Chunk(part.to_vec().into())) });
+        let messages: Vec<_> =
+            std::iter::once(file_pb::UploadFileRequest { payload: Some(Payload::Metadata(metadata)) })
+                .chain(parts)
+                .collect();
         let response = uploads.upload_file(futures_util::stream::iter(messages)).await.expect("an upload");
         response.into_inner().file.expect("a file")
     }
