@@ -479,7 +479,10 @@ async fn a_quarantined_node_gets_no_work_until_released() {
     a.welcome().await;
     let id = a.identity.node_id;
     let node = quarantine(&mut admin, id, false).await;
-    assert_eq!(node.admin_state(), pb::NodeAdminState::Quarantined);
+    assert_eq!(
+        (node.admin_state(), node.quarantine_cause()),
+        (pb::NodeAdminState::Quarantined, pb::QuarantineCause::Operator)
+    );
     assert!(node.quarantined_at.is_some());
     // A quarantined node cannot be drained.
     assert_eq!(drain(&mut admin, id, "x").await.unwrap_err().code(), Code::FailedPrecondition);
@@ -541,6 +544,7 @@ async fn three_crashes_quarantine_a_node_and_are_listed() {
         .await;
     let node = get(&mut admin, id).await;
     assert_eq!(node.admin_reason, "3 crashes in 10 minutes");
+    assert_eq!(node.quarantine_cause(), pb::QuarantineCause::Crashes);
     let events = o.events("flatrender.events.v1.NodeQuarantined").await;
     let event = ev::NodeQuarantined::decode(events[0].as_slice()).unwrap();
     assert_eq!((event.cause(), event.recent_crashes), (pb::QuarantineCause::Crashes, 3));

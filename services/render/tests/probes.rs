@@ -175,6 +175,7 @@ async fn a_crashing_node_is_probed_and_released_to_normal_work() {
     let node = get(&mut admin, id).await;
     assert_eq!((node.admin_state(), node.state()), (pb::NodeAdminState::Active, pb::NodeState::Online));
     assert_eq!((node.recent_crashes, node.admin_reason.as_str()), (0, ""), "the crash window was reset");
+    assert_eq!(node.quarantine_cause(), pb::QuarantineCause::Unspecified);
     let released = o.events("flatrender.events.v1.NodeReleased").await;
     assert_eq!(released.len(), 1);
     let event = ev::NodeReleased::decode(released[0].as_slice()).unwrap();
@@ -215,7 +216,10 @@ async fn a_failed_probe_keeps_the_node_quarantined_until_a_later_probe_passes() 
             .unwrap();
     assert_eq!((cause.as_deref(), failures, waits), (Some("probe_failed"), 1, true));
     let node = get(&mut admin, id).await;
-    assert_eq!(node.admin_state(), pb::NodeAdminState::Quarantined);
+    assert_eq!(
+        (node.admin_state(), node.quarantine_cause()),
+        (pb::NodeAdminState::Quarantined, pb::QuarantineCause::ProbeFailed)
+    );
     assert!(
         node.admin_reason
             .starts_with("probe render failed (1 in a row; next probe in 800ms): machine error: After Effects crashed"),

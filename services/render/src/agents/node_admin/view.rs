@@ -26,7 +26,7 @@ pub fn select(settings: &Settings) -> String {
     format!(
         "SELECT n.id, n.name, n.hostname, n.os, n.os_version, n.arch, n.agent_version, n.ae_versions, n.has_ffmpeg,
                 n.cpu_cores, n.ram_bytes, n.gpus, n.slots, n.tags, n.cache_used_bytes, n.state, n.state_reason,
-                n.quarantined_at, n.connection_epoch, n.connected_at, n.orchestrator_id,
+                n.quarantined_at, n.quarantine_cause, n.connection_epoch, n.connected_at, n.orchestrator_id,
                 CASE WHEN n.silent_since IS NULL THEN greatest(n.last_seen_at, holder.heartbeat_at)
                      ELSE n.last_seen_at END AS last_seen_at,
                 n.deleted_at, n.created_at, n.updated_at,
@@ -133,7 +133,22 @@ pub fn node_of(row: &PgRow) -> Result<pb::Node> {
         last_seen_at: ts("last_seen_at")?,
         updated_at: ts("updated_at")?,
         deleted_at: ts("deleted_at")?,
+        quarantine_cause: if quarantined {
+            quarantine_cause(row.try_get::<Option<&str>, _>("quarantine_cause")?) as i32
+        } else {
+            pb::QuarantineCause::Unspecified as i32
+        },
     })
+}
+
+/// The protobuf form of `nodes.quarantine_cause`.
+fn quarantine_cause(stored: Option<&str>) -> pb::QuarantineCause {
+    match stored {
+        Some("crashes") => pb::QuarantineCause::Crashes,
+        Some("operator") => pb::QuarantineCause::Operator,
+        Some("probe_failed") => pb::QuarantineCause::ProbeFailed,
+        _ => pb::QuarantineCause::Unspecified,
+    }
 }
 
 /// The node `id` (deleted ones included), without tasks and health; `None` when unknown.
