@@ -146,6 +146,14 @@ pub async fn owner_pool(settings: &PoolSettings) -> Result<PgPool> {
         .map_err(|e| unreachable_database(&settings.url, &e))
 }
 
+/// Takes the transaction-scoped advisory lock named `name` if no one holds it, and says
+/// whether it did: work that one replica at a time must do runs only where this is true, and
+/// the lock ends with the transaction. It takes no transaction id, so holding it does not hold
+/// back the cluster's vacuum horizon as a row lock would.
+pub async fn try_advisory_xact_lock(tx: &mut sqlx::PgConnection, name: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))").bind(name).fetch_one(tx).await
+}
+
 /// Whether `err` is a unique violation (SQLSTATE 23505) of `constraint`, so a caller can turn
 /// exactly that race (a name taken, an idempotency key reused) into its own answer.
 pub fn is_unique_violation(err: &sqlx::Error, constraint: &str) -> bool {

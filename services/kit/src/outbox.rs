@@ -259,11 +259,8 @@ impl Consumer {
             let mut tx = self.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
             // Exclusivity without a transaction id (a row lock would take one and hold back
             // the horizon of every consumer in the cluster while the handlers run).
-            let locked: bool =
-                sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended('flatrender.outbox:' || $1, 0))")
-                    .bind(&self.name)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let locked =
+                crate::db::try_advisory_xact_lock(&mut tx, &format!("flatrender.outbox:{}", self.name)).await?;
             if !locked {
                 return Ok((Batch { busy: true, ..Batch::default() }, None));
             }

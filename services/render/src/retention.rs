@@ -82,9 +82,7 @@ pub async fn sweep(pool: &PgPool, batch: u32) -> Result<Swept> {
 /// One batch: `None` when another replica holds the sweep.
 async fn sweep_batch(pool: &PgPool, batch: i64) -> Result<Option<(u64, u64)>> {
     let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended('render.retention', 0))")
-        .fetch_one(&mut *tx)
-        .await?;
+    let locked = flatrender_kit::db::try_advisory_xact_lock(&mut tx, "render.retention").await?;
     if !locked {
         return Ok(None);
     }

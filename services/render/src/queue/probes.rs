@@ -110,10 +110,7 @@ pub async fn schedule(state: &State) -> Result<Vec<Uuid>> {
     let Some(digest) = template_digest(state, template).await? else { return Ok(Vec::new()) };
 
     let mut tx = state.pool.begin().await?;
-    let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(LOCK)
-        .fetch_one(&mut *tx)
-        .await?;
+    let ours = flatrender_kit::db::try_advisory_xact_lock(&mut tx, LOCK).await?;
     if !ours {
         return Ok(Vec::new());
     }

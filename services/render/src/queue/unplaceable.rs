@@ -77,10 +77,7 @@ enum Owner {
 /// longer than `timeout`, and returns them. Does nothing while another replica checks.
 pub async fn check(pool: &PgPool, timeout: Duration) -> Result<Failed> {
     let mut tx = pool.begin().await?;
-    let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(LOCK)
-        .fetch_one(&mut *tx)
-        .await?;
+    let ours = flatrender_kit::db::try_advisory_xact_lock(&mut tx, LOCK).await?;
     if !ours {
         return Ok(Failed::default());
     }

@@ -25,6 +25,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use uuid::Uuid;
 
+use flatrender_render::agents::reports::{BatchKind, GroupCommit};
+
 use super::api::AgentClient;
 use super::{Orchestrator, PATIENCE};
 
@@ -726,61 +728,43 @@ pub async fn record_frames(pool: &PgPool, task: &agent_pb::AssignTask, frames: &
     record_uploads(pool, &list).await.expect("the simulated uploads are recorded");
 }
 
-/// The simulated uploads of many agents, written together: each agent waits for its own, and
-/// every record that arrives while a batch is written goes in the next one. The orchestrator's
-/// group commit of reports does the same; without it the agents' per-frame commits queued on
+/// The simulated uploads of many agents, written together by the orchestrator's own group
+/// commit ([`GroupCommit`]): each agent waits for its own, and every record that arrives while
+/// a batch is written goes in the next one. Without it the agents' per-frame commits queued on
 /// their small pool and a benchmark measured that queue rather than the orchestrator.
 pub struct UploadLedger {
     pool: PgPool,
-    pending: Mutex<LedgerQueue>,
+    batches: Arc<GroupCommit<SimulatedUploads>>,
 }
 
 /// A simulated upload: task, lease epoch, frame.
 type Upload = (Uuid, u64, i32);
-type Recorded = tokio::sync::oneshot::Sender<Result<(), String>>;
 
-#[derive(Default)]
-struct LedgerQueue {
-    waiting: Vec<(Vec<Upload>, Recorded)>,
-    writing: bool,
+/// One message's simulated uploads, as a kind of batched write.
+struct SimulatedUploads;
+
+impl BatchKind for SimulatedUploads {
+    type Item = Vec<Upload>;
+    type Answer = ();
+    fn frames(item: &Vec<Upload>) -> usize {
+        item.len()
+    }
+    async fn write(pool: &PgPool, items: &[Vec<Upload>]) -> flatrender_render::Result<Vec<Option<()>>> {
+        let all: Vec<Upload> = items.iter().flatten().copied().collect();
+        record_uploads(pool, &all).await?;
+        Ok(vec![Some(()); items.len()])
+    }
 }
 
 impl UploadLedger {
     /// A ledger writing through `pool` (the database as its owner).
     pub fn new(pool: PgPool) -> Arc<Self> {
-        Arc::new(Self { pool, pending: Mutex::new(LedgerQueue::default()) })
+        Arc::new(Self { pool, batches: Arc::default() })
     }
 
-    /// Records `uploads` (task, epoch, frame) with the next batch; the error of that batch.
-    pub async fn record(self: &Arc<Self>, uploads: Vec<Upload>) -> Result<(), String> {
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let start = {
-            let mut pending = self.pending.lock().expect("the ledger");
-            pending.waiting.push((uploads, answer));
-            !std::mem::replace(&mut pending.writing, true)
-        };
-        if start {
-            tokio::spawn(Arc::clone(self).write_all());
-        }
-        answered.await.unwrap_or_else(|_| Err("the ledger's writer ended".into()))
-    }
-
-    async fn write_all(self: Arc<Self>) {
-        loop {
-            let taken = {
-                let mut pending = self.pending.lock().expect("the ledger");
-                if pending.waiting.is_empty() {
-                    pending.writing = false;
-                    return;
-                }
-                std::mem::take(&mut pending.waiting)
-            };
-            let all: Vec<_> = taken.iter().flat_map(|(uploads, _)| uploads.iter().copied()).collect();
-            let written = record_uploads(&self.pool, &all).await.map_err(|e| e.to_string());
-            for (_, answer) in taken {
-                let _ = answer.send(written.clone());
-            }
-        }
+    /// Records `uploads` (task, epoch, frame) with the next batch; whether it was written.
+    pub async fn record(&self, uploads: Vec<Upload>) -> bool {
+        self.batches.submit(&self.pool, uploads).await.is_some()
     }
 }
 
@@ -795,10 +779,10 @@ async fn upload_then_send(
     while let Some(message) = outbox.recv().await {
         let uploads: Vec<_> = simulated_uploads(&message).into_iter().filter(|u| !recorded.contains(u)).collect();
         if !uploads.is_empty() {
-            match ledger.record(uploads.clone()).await {
-                Ok(()) => recorded.extend(uploads),
-                // The database went away (the test is ending); the report will say so.
-                Err(error) => eprintln!("simulated uploads not recorded: {error}"),
+            // Not written: the database went away (the test is ending; the batch's writer
+            // logged why), and the report will say so.
+            if ledger.record(uploads.clone()).await {
+                recorded.extend(uploads);
             }
         }
         if stream.send(message).is_err() {
