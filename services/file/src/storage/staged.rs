@@ -371,6 +371,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn uneven_parts_are_stored_exactly_with_and_without_fsync() {
+        let data: Vec<u8> = (0..40_000_u32).map(|i| (i * 7 % 253) as u8).collect();
+        let data = Bytes::from(data);
+        let parts = [
+            vec![data.slice(..5_000)],
+            vec![data.slice(5_000..5_100)],
+            vec![data.slice(5_100..9_000), data.slice(9_000..21_111)],
+        ];
+        for fsync in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let target = LocalTarget { fsync, ..target(dir.path()) };
+            let mut write = StagedWrite::new(&target, &key()).unwrap();
+            for part in &parts {
+                write.write_part(part.clone()).await.unwrap();
+            }
+            let digest = write.finish_writing(vec![data.slice(21_111..)]).await.unwrap();
+            assert_eq!(digest, Sha256Digest::of(&data));
+            write.publish().await.unwrap();
+            assert_eq!(std::fs::read(dir.path().join("a/b/object")).unwrap(), data, "fsync {fsync}");
+            assert_eq!(files(dir.path()), ["object"]);
+        }
+    }
+
+    #[tokio::test]
     async fn the_staging_file_is_hidden_and_aborting_removes_it() {
         let dir = tempfile::tempdir().unwrap();
         let target = target(dir.path());
