@@ -26,6 +26,7 @@
 
 mod config;
 mod digest;
+mod direct;
 mod error;
 mod hashing;
 mod key;

@@ -4,14 +4,19 @@
 //!
 //! The thread that writes a part also hashes it, chunk by chunk just before writing it (while
 //! the chunk is still in the CPU's cache): the task receiving the upload only counts bytes and
-//! hands over parts, so receiving one part overlaps hashing and writing the one before. At most
-//! two parts are held: the one being written and the one being received.
+//! hands over parts, so receiving one part overlaps hashing and writing the one before.
+//!
+//! With fsync, the staging file is written with direct I/O where the file system allows it (see
+//! [`direct`](super::direct)): the thread that hashes a part copies it into aligned blocks, and a
+//! second thread writes the blocks of the part before to disk meanwhile. At most three parts are
+//! held then: the one being received, the one being hashed and the one being written. Without
+//! direct I/O, at most two: the one being received and the one being hashed and written.
 //!
 //! Why not `object_store`'s own multipart upload for local files: it writes into the same kind of
 //! staging file but flushes nothing before it completes, so with fsync on, a large upload sat in
 //! the page cache until the end and the disk only began writing once the transfer was over; the
-//! two took turns. Here the parts written so far are flushed while the next ones arrive and are
-//! written, and completing has about a part left to flush.
+//! two took turns. Here the parts written so far reach the disk while the next ones arrive (by
+//! direct writes, or flushes behind buffered ones), and completing has about a part left.
 //!
 //! Nothing appears under the destination before [`StagedWrite::publish`]: `LocalFileSystem` lists
 //! no `name#digits` file and the key rules forbid `#`, so a staging file is never taken for an
@@ -30,6 +35,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::digest::Sha256Digest;
+use super::direct::{self, AlignedBuf, Block, Blocks};
 use super::error::{Result, StorageError};
 use super::key::ObjectKey;
 
@@ -49,6 +55,9 @@ pub(crate) struct LocalTarget {
     pub(crate) fsync: bool,
 }
 
+/// What writing a part hands back: the staging file, and the blocks it filled (direct I/O).
+type Written = (Staging, Option<Block>);
+
 /// One object being written through a staging file.
 pub(crate) struct StagedWrite {
     key: ObjectKey,
@@ -56,12 +65,19 @@ pub(crate) struct StagedWrite {
     fsync: bool,
     /// The staging file between parts; `None` before the first part and while one is written.
     staging: Option<Staging>,
-    /// The part being written; the task holds the staging file meanwhile.
-    writing: Option<JoinHandle<io::Result<Staging>>>,
+    /// The part being hashed and written (or, with direct I/O, copied into blocks); the task
+    /// holds the staging file meanwhile and hands back the blocks it filled.
+    writing: Option<JoinHandle<io::Result<Written>>>,
     /// Parts written so far.
     parts_written: u64,
-    /// The flush in flight, and how many parts it covers.
+    /// The flush in flight, and how many parts it covers (buffered writes).
     flushing: Option<(JoinHandle<io::Result<()>>, u64)>,
+    /// Direct I/O: the blocks of the last part hashed, to write next.
+    pending: Option<Block>,
+    /// Direct I/O: the blocks being written; hands their buffer back.
+    writing_blocks: Option<JoinHandle<io::Result<AlignedBuf>>>,
+    /// Direct I/O: a buffer written out, for the next part to fill.
+    spare: Option<AlignedBuf>,
 }
 
 impl StagedWrite {
@@ -79,24 +95,30 @@ impl StagedWrite {
             writing: None,
             parts_written: 0,
             flushing: None,
+            pending: None,
+            writing_blocks: None,
+            spare: None,
         })
     }
 
     /// Hashes and appends `chunks` on a blocking thread once the part before is written, and
-    /// returns without waiting for it: the next part can arrive meanwhile. With fsync, the parts
-    /// written so far are flushed to disk beside it (see [`flush_behind`](Self::flush_behind)).
-    /// A failure shows on the next call.
+    /// returns without waiting for it: the next part can arrive meanwhile. With direct I/O, the
+    /// part before goes to disk beside it (see [`write_blocks_behind`](Self::write_blocks_behind));
+    /// else, with fsync, the parts written so far are flushed beside it (see
+    /// [`flush_behind`](Self::flush_behind)). A failure shows on the next call.
     pub(crate) async fn write_part(&mut self, chunks: Vec<Bytes>) -> Result<()> {
         self.wait_written().await?;
-        if self.fsync {
-            self.flush_behind().await?;
+        match &self.staging {
+            Some(staging) if staging.blocks.is_some() => self.write_blocks_behind().await?,
+            _ if self.fsync => self.flush_behind().await?,
+            _ => {}
         }
-        let staging = self.staging.take();
+        let (staging, spare) = (self.staging.take(), self.spare.take());
         let (dest, fsync) = (self.dest.clone(), self.fsync);
         self.writing = Some(tokio::task::spawn_blocking(move || {
             let mut staging = open(staging, &dest, fsync)?;
-            staging.append(&chunks)?;
-            Ok(staging)
+            let block = staging.append(&chunks, spare)?;
+            Ok((staging, block))
         }));
         Ok(())
     }
@@ -116,6 +138,8 @@ impl StagedWrite {
     /// `LocalFileSystem` gives the file.
     pub(crate) async fn publish(mut self) -> Result<String> {
         self.wait_written().await?;
+        self.write_blocks_behind().await?;
+        self.wait_blocks_written().await?;
         // Its error, if any, would not show again on the final flush (the descriptor is shared).
         self.wait_flushed().await?;
         let staging = self.staging.take();
@@ -128,8 +152,11 @@ impl StagedWrite {
 
     /// Removes the staging file, once the part being written is done.
     pub(crate) async fn abort(mut self) {
-        // A failed part has removed the file already (see `Staging`'s `Drop`).
-        if self.wait_written().await.is_ok()
+        // A failed part has removed the file already (see `Staging`'s `Drop`). Blocks still
+        // being written would land in the removed file; they are waited for, whatever the result.
+        let written = self.wait_written().await;
+        let _ = self.wait_blocks_written().await;
+        if written.is_ok()
             && let Some(staging) = self.staging.take()
         {
             let removed = tokio::task::spawn_blocking(move || staging.remove()).await;
@@ -139,12 +166,35 @@ impl StagedWrite {
         }
     }
 
-    /// Waits for the part being written, which hands back the staging file.
+    /// Waits for the part being written, which hands back the staging file (and the blocks it
+    /// filled, with direct I/O).
     async fn wait_written(&mut self) -> Result<()> {
         if let Some(writing) = self.writing.take() {
-            let staging = writing.await.map_err(|e| self.joined(e))?.map_err(|e| self.failed("write", e))?;
+            let (staging, block) = writing.await.map_err(|e| self.joined(e))?.map_err(|e| self.failed("write", e))?;
             self.staging = Some(staging);
+            self.pending = block;
             self.parts_written += 1;
+        }
+        Ok(())
+    }
+
+    /// Direct I/O: once the blocks before are on disk, starts writing the last part's blocks,
+    /// beside the hashing of the next part. Waiting here is what slows the upload to the disk's
+    /// pace when the disk is the slower.
+    async fn write_blocks_behind(&mut self) -> Result<()> {
+        self.wait_blocks_written().await?;
+        if let (Some(block), Some(staging)) = (self.pending.take(), &self.staging) {
+            let file = Arc::clone(&staging.file);
+            self.writing_blocks = Some(tokio::task::spawn_blocking(move || block.write(&file)));
+        }
+        Ok(())
+    }
+
+    /// Waits for the blocks being written, if any, and keeps their buffer for the next part.
+    async fn wait_blocks_written(&mut self) -> Result<()> {
+        if let Some(writing) = self.writing_blocks.take() {
+            let buf = writing.await.map_err(|e| self.joined(e))?.map_err(|e| self.failed("write", e))?;
+            self.spare = Some(buf);
         }
         Ok(())
     }
@@ -162,8 +212,7 @@ impl StagedWrite {
         {
             return Ok(());
         }
-        // The same open file: a flush through either descriptor flushes the file.
-        let file = staging.file.try_clone().map_err(|e| self.failed("write", e))?;
+        let file = Arc::clone(&staging.file);
         self.wait_flushed().await?;
         self.flushing = Some((tokio::task::spawn_blocking(move || file.sync_data()), self.parts_written));
         Ok(())
@@ -211,20 +260,36 @@ fn open(staging: Option<Staging>, dest: &FsPath, fsync: bool) -> io::Result<Stag
 /// An open staging file, and the hash of what it holds; removed when dropped unless published.
 struct Staging {
     path: PathBuf,
-    file: File,
+    /// Shared with the thread writing blocks or flushing.
+    file: Arc<File>,
     hasher: Sha256,
+    /// With direct I/O: where the next blocks go, and the bytes past the last whole block.
+    blocks: Option<Blocks>,
     published: bool,
 }
 
 impl Staging {
-    /// Creates `<dest>#<random digits>`, and `dest`'s missing directories.
+    /// Creates `<dest>#<random digits>`, and `dest`'s missing directories; with fsync, for
+    /// direct I/O where the file system allows it.
     fn create(dest: &FsPath, fsync: bool) -> io::Result<Self> {
         let mut created_dirs = false;
         let mut attempts = 0;
+        let mut direct = fsync;
         loop {
             let path = staging_path(dest);
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => return Ok(Self { path, file, hasher: Sha256::new(), published: false }),
+            let created = if direct {
+                direct::create_new(&path).transpose().unwrap_or_else(|| {
+                    direct = false;
+                    OpenOptions::new().write(true).create_new(true).open(&path)
+                })
+            } else {
+                OpenOptions::new().write(true).create_new(true).open(&path)
+            };
+            match created {
+                Ok(file) => {
+                    let blocks = direct.then(Blocks::default);
+                    return Ok(Self { path, file: Arc::new(file), hasher: Sha256::new(), blocks, published: false });
+                }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists && attempts < NAME_ATTEMPTS => attempts += 1,
                 Err(e) if e.kind() == ErrorKind::NotFound && !created_dirs => {
                     create_parent_dirs(dest, fsync)?;
@@ -235,17 +300,26 @@ impl Staging {
         }
     }
 
-    /// Hashes and writes `chunks`, each hashed just before it is written.
-    fn append(&mut self, chunks: &[Bytes]) -> io::Result<()> {
+    /// Hashes `chunks`, each just before it is written; with direct I/O, copies them into
+    /// aligned blocks (in `spare` when it is large enough) and returns the blocks to write.
+    fn append(&mut self, chunks: &[Bytes], spare: Option<AlignedBuf>) -> io::Result<Option<Block>> {
+        if let Some(blocks) = &mut self.blocks {
+            return blocks.fill(spare, chunks, &mut self.hasher);
+        }
         chunks.iter().try_for_each(|chunk| {
             self.hasher.update(chunk);
-            self.file.write_all(chunk)
-        })
+            self.file.as_ref().write_all(chunk)
+        })?;
+        Ok(None)
     }
 
-    /// Flushes (with fsync), renames onto `dest` and flushes the directory entry; returns the
-    /// entity tag.
+    /// Writes what is left (the last partial block, with direct I/O), flushes (with fsync),
+    /// renames onto `dest` and flushes the directory entry; returns the entity tag. Every block
+    /// handed out must be written first.
     fn publish(mut self, dest: &FsPath, fsync: bool) -> io::Result<String> {
+        if let Some(blocks) = self.blocks.take() {
+            blocks.finish(&self.file)?;
+        }
         if fsync {
             self.file.sync_all()?;
         }

@@ -14,6 +14,11 @@ use super::hashing::BackgroundHasher;
 use super::key::ObjectKey;
 use super::staged::{LocalTarget, StagedWrite};
 
+/// How many bytes a local staging file is handed at a time. No backend limit applies (S3's
+/// 5 MiB minimum part is for multipart uploads), and the fewer held, the less memory: a batch
+/// being received, one being hashed and, with direct I/O, one being written.
+const STAGING_BATCH_BYTES: usize = 2 * 1024 * 1024;
+
 /// What the written data must be; unset fields are not checked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Expected {
@@ -180,7 +185,7 @@ impl ObjectWriter {
             WriteState::Staging { file, chunks, len } => {
                 *len += chunk.len();
                 chunks.push(chunk);
-                if *len >= self.part_size {
+                if *len >= STAGING_BATCH_BYTES {
                     *len = 0;
                     file.write_part(std::mem::take(chunks)).await?;
                 }
