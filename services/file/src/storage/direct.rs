@@ -19,23 +19,35 @@ use sha2::{Digest, Sha256};
 /// 512-byte and 4 KiB logical blocks alike.
 pub(super) const ALIGN: usize = 4096;
 
-/// Creates `path` (which must not exist) open for direct writes. `None`, with nothing created,
-/// where the file system or platform does not do direct I/O: the caller writes through the page
-/// cache instead.
+/// Creates `path` (which must not exist) open for direct writes. `None`, with nothing left
+/// behind, where the file system or platform does not do direct I/O, or does not take blocks
+/// of [`ALIGN`] bytes: the caller writes through the page cache instead.
 pub(super) fn create_new(path: &Path) -> io::Result<Option<File>> {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::fs::OpenOptionsExt;
         let opened = std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_DIRECT).open(path);
-        match opened {
-            Ok(file) => Ok(Some(file)),
-            // Linux creates the file before it checks that the file system takes O_DIRECT.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => match std::fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(None),
+        // Linux creates the file before it checks that the file system takes O_DIRECT; some
+        // take the flag but refuse a write of this alignment. One block written now tells (the
+        // first real block overwrites it, and the file is cut to its true length at the end).
+        let refused = match opened {
+            Ok(file) => match write_at(&file, AlignedBuf::zeroed_block()?.as_slice(), 0) {
+                Ok(()) => return Ok(Some(file)),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => e,
+                Err(e) => return Err(e),
             },
-            Err(e) => Err(e),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => e,
+            Err(e) => return Err(e),
+        };
+        match std::fs::remove_file(path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                // Invisible to listings (see `staged`); worth a line, not a failed upload.
+                tracing::warn!(path = %path.display(), %error, "could not remove a refused direct-I/O file");
+            }
+            _ => {}
         }
+        tracing::debug!(path = %path.display(), error = %refused, "no direct I/O here; writing through the page cache");
+        Ok(None)
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -60,6 +72,13 @@ impl AlignedBuf {
             return Err(io::Error::other("could not align a buffer for direct I/O"));
         }
         Ok(Self { raw, start, len: 0 })
+    }
+
+    /// One block of zeros.
+    fn zeroed_block() -> io::Result<Self> {
+        let mut buf = Self::with_capacity(ALIGN)?;
+        buf.len = ALIGN;
+        Ok(buf)
     }
 
     fn capacity(&self) -> usize {
@@ -143,10 +162,9 @@ impl Blocks {
         if self.tail.is_empty() {
             return Ok(());
         }
-        let mut buf = AlignedBuf::with_capacity(ALIGN)?;
-        buf.push(&self.tail);
-        // The buffer starts zeroed: the padding is zeros.
-        buf.len = ALIGN;
+        // The padding is zeros.
+        let mut buf = AlignedBuf::zeroed_block()?;
+        buf.raw[buf.start..buf.start + self.tail.len()].copy_from_slice(&self.tail);
         write_at(file, buf.as_slice(), self.offset)?;
         file.set_len(self.offset + self.tail.len() as u64)
     }

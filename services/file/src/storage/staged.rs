@@ -43,8 +43,9 @@ use super::key::ObjectKey;
 /// second try already means something else is wrong).
 const NAME_ATTEMPTS: usize = 4;
 
-/// How many parts may be written past the flush in flight before the upload waits for it.
-const FLUSH_BACKLOG_PARTS: u64 = 4;
+/// How many parts may be written past the flush in flight before the upload waits for it
+/// (32 MiB of the writer's 2 MiB batches).
+const FLUSH_BACKLOG_PARTS: u64 = 16;
 
 /// The local backend, for writers that bypass `object_store`'s multipart upload.
 #[derive(Clone, Debug)]
