@@ -162,9 +162,10 @@ impl Blocks {
         if self.tail.is_empty() {
             return Ok(());
         }
-        // The padding is zeros.
-        let mut buf = AlignedBuf::zeroed_block()?;
-        buf.raw[buf.start..buf.start + self.tail.len()].copy_from_slice(&self.tail);
+        let mut buf = AlignedBuf::with_capacity(ALIGN)?;
+        buf.push(&self.tail);
+        // A new buffer is zeros past what was pushed: the padding.
+        buf.len = ALIGN;
         write_at(file, buf.as_slice(), self.offset)?;
         file.set_len(self.offset + self.tail.len() as u64)
     }
