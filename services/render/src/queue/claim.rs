@@ -1,9 +1,7 @@
 //! Claiming queued tasks for this replica's nodes, in one transaction:
 //!
-//! 1. The nodes are locked (`FOR SHARE`) at the connection epoch this replica holds, with their
-//!    admin state as stored (DRAINING left out); a node whose stream moved on is left out, and
-//!    a newer stream's epoch increment waits for the claim to commit, so its Hello sees every
-//!    lease made here.
+//! 1. The nodes offered are this replica's view of its streams (slots, capabilities, admin
+//!    state); the database confirms them in step 3, for the nodes placed on.
 //! 2. Candidates in dispatch order — lane, plan priority, fair share between tenants, submit
 //!    time — filtered coarsely by what the nodes together can do, and locked with
 //!    `FOR UPDATE SKIP LOCKED` (another replica's claim skips them). Fair share: each tenant's
@@ -18,7 +16,12 @@
 //!    that tenant with one that waits, the older job would win it back every time, and on a
 //!    one-slot farm (or when the other slots are busy) a huge job would starve every later one.
 //! 3. Placement in memory ([`super::placement`]); a frame repair carries the node it should
-//!    avoid if it can ([`super::repair::avoided_nodes`]).
+//!    avoid if it can ([`super::repair::avoided_nodes`]). The fence: the nodes placed on are
+//!    locked (`FOR SHARE`) at the connection epoch this replica holds, with their admin state
+//!    as stored; one whose stream moved on, or whose state is not the one it was placed with,
+//!    gets nothing. A newer stream's epoch increment (or an operator's drain or quarantine, which
+//!    then counts from its commit, not from when this replica's resync learns of it) waits for
+//!    the claim to commit, so its Hello sees every lease made here.
 //! 4. One statement leases the placed rows (new epoch, one more attempt) and one inserts their
 //!    attempt rows; jobs whose first task this is start, snapshots whose task this is render,
 //!    leased repairs run; the assignments are read back.
@@ -129,6 +132,39 @@ SELECT f.id, f.state, f.lane, f.template_sha256, f.min_ae_version, f.required_ta
  ORDER BY chosen.ord
    FOR NO KEY UPDATE OF f SKIP LOCKED";
 
+/// The stored admin state of each of `nodes` whose stream (connection epoch) this replica
+/// holds, the rows share-locked in id order.
+async fn held_nodes(
+    tx: &mut sqlx::PgTransaction<'_>,
+    orchestrator_id: &str,
+    nodes: impl Iterator<Item = &NodeOffer>,
+) -> Result<HashMap<Uuid, AdminState>> {
+    let (ids, epochs): (Vec<Uuid>, Vec<i64>) = nodes.map(|n| (n.node_id, n.connection_epoch)).unzip();
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT n.id, n.state FROM render.nodes n
+           JOIN unnest($1::uuid[], $2::bigint[]) AS x(id, epoch) ON n.id = x.id
+          WHERE n.connection_epoch = x.epoch AND n.orchestrator_id = $3 AND n.deleted_at IS NULL
+          ORDER BY n.id
+            FOR SHARE OF n",
+    )
+    .bind(&ids)
+    .bind(&epochs)
+    .bind(orchestrator_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, state)| {
+            let admin = match state.as_str() {
+                "draining" => AdminState::Draining,
+                "quarantined" => AdminState::Quarantined,
+                _ => AdminState::Active,
+            };
+            (id, admin)
+        })
+        .collect())
+}
+
 /// Claims and leases as many queued tasks as the offered nodes can take now.
 pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Lease>> {
     let free: u32 = request.nodes.iter().map(|n| n.free_slots).sum();
@@ -137,37 +173,9 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
     }
     let mut tx = super::begin_hot(pool).await?;
 
-    // 1. Fence: only nodes whose current stream this replica holds.
-    let ids: Vec<Uuid> = request.nodes.iter().map(|n| n.node_id).collect();
-    let epochs: Vec<i64> = request.nodes.iter().map(|n| n.connection_epoch).collect();
-    // The admin state is read here too: an operator's drain or quarantine (which locks the row)
-    // counts from its commit, not from when this replica's resync learns of it.
-    let held: HashMap<Uuid, String> = sqlx::query_as::<_, (Uuid, String)>(
-        "SELECT n.id, n.state FROM render.nodes n
-           JOIN unnest($1::uuid[], $2::bigint[]) AS x(id, epoch) ON n.id = x.id
-          WHERE n.connection_epoch = x.epoch AND n.orchestrator_id = $3 AND n.deleted_at IS NULL
-            FOR SHARE OF n",
-    )
-    .bind(&ids)
-    .bind(&epochs)
-    .bind(request.orchestrator_id)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
-    let nodes: Vec<NodeOffer> = request
-        .nodes
-        .iter()
-        .filter(|n| n.free_slots > 0)
-        .filter_map(|n| {
-            let admin = match held.get(&n.node_id)?.as_str() {
-                "draining" => return None,
-                "quarantined" => AdminState::Quarantined,
-                _ => AdminState::Active,
-            };
-            Some(NodeOffer { admin, ..n.clone() })
-        })
-        .collect();
+    // 1. The offered nodes, as this replica sees them; checked in step 3.
+    let nodes: Vec<NodeOffer> =
+        request.nodes.iter().filter(|n| n.free_slots > 0 && n.admin != AdminState::Draining).cloned().collect();
     if nodes.is_empty() {
         return Ok(Vec::new());
     }
@@ -256,8 +264,14 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
         }
     }
 
-    // 3. Placement.
+    // 3. Placement, then the fence. Only the nodes placed on are read and locked: reading every
+    // offered node cost more than any other statement of the claim, and the reports of the
+    // whole farm share-lock the same rows, so each lock is a multixact.
     let placed = placement::place(&candidates, &nodes);
+    let placed_on: BTreeSet<usize> = placed.iter().map(|(_, n)| *n).collect();
+    let fenced = held_nodes(&mut tx, request.orchestrator_id, placed_on.iter().map(|n| &nodes[*n])).await?;
+    let placed: Vec<(usize, usize)> =
+        placed.into_iter().filter(|(_, n)| fenced.get(&nodes[*n].node_id) == Some(&nodes[*n].admin)).collect();
     if placed.is_empty() {
         return Ok(Vec::new());
     }
