@@ -6,7 +6,8 @@
 //!   the same server in the same round. Per chunk an agent records its one frame's simulated
 //!   upload (a `render.object_uploads` row, as UploadObject would, without the bytes; the
 //!   harness writes all agents' records group-committed) before its FrameReport, and the
-//!   orchestrator checks the frames against it.
+//!   orchestrator checks the frames against it. Also the server's WAL records per chunk over
+//!   the timed part (writes the database must do, whatever the machine's speed that day).
 //! - **latency**: an idle orchestrator with 10 agents; one chunk queued (its transaction's
 //!   COMMIT) → the AssignTask received by an agent; p50 and p99.
 //! - **dead-node detection**: an agent in a child process holds a chunk; the child is killed
@@ -162,12 +163,14 @@ async fn throughput_section(rounds: usize) {
     let tasks = env_usize("FLATRENDER_BENCH_TASKS", 20_000);
     let mut rates = Vec::new();
     let mut references = Vec::new();
+    let mut wal = Vec::new();
     for round in 0..rounds {
         let o = Orchestrator::start_with(production).await;
         let pgbench = pgbench_rate(&o).await;
         let channels = channels(&o, agents).await;
         let identities = enroll_many(&o, agents).await;
         let connected = connect_many(&channels, &o.uploads, identities, Behaviour::Complete).await;
+        let wal_before = wal_records(&o).await;
         let started = Instant::now();
         queue_chunks(&o, tasks).await;
         // Every chunk of a job done moves the job on to assembly (its completion check, in the
@@ -183,6 +186,7 @@ async fn throughput_section(rounds: usize) {
         )
         .await;
         let elapsed = started.elapsed().as_secs_f64();
+        let wal_per_chunk = (wal_records(&o).await - wal_before) as f64 / tasks as f64;
         let done: i64 =
             sqlx::query_scalar("SELECT count(*) FROM render.frame_jobs WHERE lane = 'render' AND state = 'done'")
                 .fetch_one(o.pool())
@@ -191,10 +195,11 @@ async fn throughput_section(rounds: usize) {
         assert_eq!(done, tasks as i64, "every chunk is done once its job assembles");
         let rate = (2 * tasks) as f64 / elapsed;
         println!(
-            "throughput round {round}: {tasks} chunks on {agents} agents in {elapsed:.2} s: {rate:.0} assignments+completions/s; pgbench {pgbench:.0} tps"
+            "throughput round {round}: {tasks} chunks on {agents} agents in {elapsed:.2} s: {rate:.0} assignments+completions/s; pgbench {pgbench:.0} tps; {wal_per_chunk:.1} WAL records per chunk"
         );
         rates.push(rate);
         references.push(pgbench);
+        wal.push(wal_per_chunk);
         drop(connected);
     }
     let rate = median(&mut rates);
@@ -207,6 +212,13 @@ async fn throughput_section(rounds: usize) {
         rate / reference
     );
     println!();
+    println!("WAL records per chunk (median of {rounds}): {:.1}", median(&mut wal));
+    println!();
+}
+
+/// The server's WAL records so far (all databases: the bench's own is the only busy one).
+async fn wal_records(o: &Orchestrator) -> i64 {
+    sqlx::query_scalar("SELECT wal_records::bigint FROM pg_stat_wal").fetch_one(o.pool()).await.unwrap()
 }
 
 /// pgbench's rate (2 clients, 5 s) for `UPDATE … SET n = n + 1 WHERE id = :random` on a table of
