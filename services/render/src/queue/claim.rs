@@ -85,10 +85,10 @@ pub struct Lease {
 /// last column is the id) by scanning all of it, about 200 ms for 500 ids.
 const CANDIDATES: &str = "
 WITH RECURSIVE tenants AS (
-    (SELECT f.tenant_id FROM render.frame_jobs f WHERE f.state = 'queued' ORDER BY f.tenant_id LIMIT 1)
+    (SELECT f.tenant_id FROM render.frame_jobs f WHERE f.dispatch_state = 'queued' ORDER BY f.tenant_id LIMIT 1)
     UNION ALL
     SELECT (SELECT f.tenant_id FROM render.frame_jobs f
-             WHERE f.state = 'queued' AND f.tenant_id > t.tenant_id ORDER BY f.tenant_id LIMIT 1)
+             WHERE f.dispatch_state = 'queued' AND f.tenant_id > t.tenant_id ORDER BY f.tenant_id LIMIT 1)
       FROM tenants t WHERE t.tenant_id IS NOT NULL
 ), progressed AS MATERIALIZED (
     SELECT t.tenant_id,
@@ -97,7 +97,7 @@ WITH RECURSIVE tenants AS (
       FROM tenants t WHERE t.tenant_id IS NOT NULL
 ), active AS MATERIALIZED (
     SELECT f.tenant_id, f.lane_rank, count(*) AS n FROM render.frame_jobs f
-     WHERE f.state IN ('leased', 'running') AND f.lane <> 'probe' GROUP BY f.tenant_id, f.lane_rank
+     WHERE f.dispatch_state = 'leased' AND f.lane <> 'probe' GROUP BY f.tenant_id, f.lane_rank
 ), ranked AS (
     SELECT c.id, c.lane_rank, c.priority, c.submitted_at, p.progressed_at,
            row_number() OVER (PARTITION BY p.tenant_id, c.lane_rank, c.priority ORDER BY c.submitted_at, c.id)
@@ -106,7 +106,7 @@ WITH RECURSIVE tenants AS (
      CROSS JOIN LATERAL (
         SELECT f.id, f.lane_rank, f.priority, f.submitted_at
           FROM render.frame_jobs f
-         WHERE f.tenant_id = p.tenant_id AND f.state = 'queued'
+         WHERE f.tenant_id = p.tenant_id AND f.dispatch_state = 'queued'
            AND (f.not_before IS NULL OR f.not_before <= now())
            AND (f.pinned_node_id IS NULL OR f.pinned_node_id = ANY($1))
            AND f.required_tags <@ $2

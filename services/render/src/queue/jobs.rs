@@ -98,7 +98,7 @@ pub async fn after_chunk_done(tx: &mut PgTransaction<'_>, job: Uuid) -> Result<(
     }
     let remaining: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM render.frame_jobs
-          WHERE job_id = $1 AND lane IN ('render', 'repair') AND state <> 'done'",
+          WHERE job_id = $1 AND lane IN ('render', 'repair') AND dispatch_state <> 'done'",
     )
     .bind(job)
     .fetch_one(&mut **tx)

@@ -217,7 +217,7 @@ pub async fn task_leases(pool: &sqlx::PgPool, leases: &[(Uuid, i64)]) -> sqlx::R
 pub async fn leases_of_node(pool: &sqlx::PgPool, node: Uuid) -> sqlx::Result<Vec<TaskLease>> {
     let rows: Vec<(Uuid, String, i64, Option<Uuid>)> = sqlx::query_as(
         "SELECT id, state, lease_epoch, node_id FROM render.frame_jobs
-          WHERE node_id = $1 AND state IN ('leased', 'running')",
+          WHERE node_id = $1 AND dispatch_state = 'leased'",
     )
     .bind(node)
     .fetch_all(pool)

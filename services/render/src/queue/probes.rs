@@ -67,7 +67,7 @@ SELECT n.id FROM render.nodes n
                 WHERE o.id = n.orchestrator_id AND o.heartbeat_at >= now() - make_interval(secs => $1))
    AND NOT EXISTS (SELECT 1 FROM render.frame_jobs f
                     WHERE f.pinned_node_id = n.id AND f.lane = 'probe' AND f.state IN ('queued', 'leased', 'running'))
-   AND n.slots > (SELECT count(*) FROM render.frame_jobs f WHERE f.node_id = n.id AND f.state IN ('leased', 'running'))
+   AND n.slots > (SELECT count(*) FROM render.frame_jobs f WHERE f.node_id = n.id AND f.dispatch_state = 'leased')
  ORDER BY n.probe_due_at, n.id";
 
 /// Schedules probes every `probes.check_interval()` until `shutdown` (nothing when probes are

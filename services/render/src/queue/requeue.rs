@@ -204,7 +204,7 @@ pub async fn lost_node(
     .await?;
     let Some(name) = name else { return Ok(None) };
     let leases: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT id, lease_epoch FROM render.frame_jobs WHERE node_id = $1 AND state IN ('leased', 'running')",
+        "SELECT id, lease_epoch FROM render.frame_jobs WHERE node_id = $1 AND dispatch_state = 'leased'",
     )
     .bind(node)
     .fetch_all(&mut *tx)

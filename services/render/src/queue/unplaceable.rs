@@ -110,7 +110,7 @@ pub async fn check(pool: &PgPool, timeout: Duration) -> Result<Failed> {
         "SELECT DISTINCT f.job_id, f.snapshot_id, f.lane, f.min_ae_version, f.required_tags, f.min_ram_bytes,
                 f.needs_gpu
            FROM render.frame_jobs f
-          WHERE f.state = 'queued' AND (f.job_id IS NOT NULL OR f.snapshot_id IS NOT NULL)
+          WHERE f.dispatch_state = 'queued' AND (f.job_id IS NOT NULL OR f.snapshot_id IS NOT NULL)
             AND f.pinned_node_id IS NULL",
     )
     .fetch_all(&mut *tx)

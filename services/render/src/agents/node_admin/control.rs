@@ -77,7 +77,7 @@ pub(super) async fn hand_back(
     reason: agent_pb::CancelReason,
 ) -> Result<Vec<(Uuid, i64)>> {
     let leases: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT id, lease_epoch FROM render.frame_jobs WHERE node_id = $1 AND state IN ('leased', 'running')
+        "SELECT id, lease_epoch FROM render.frame_jobs WHERE node_id = $1 AND dispatch_state = 'leased'
           ORDER BY id FOR NO KEY UPDATE",
     )
     .bind(node)
@@ -271,7 +271,7 @@ pub async fn quarantine(
     let mut canceled = Vec::new();
     if request.cancel_running {
         let leases: Vec<(Uuid, i64)> = sqlx::query_as(
-            "SELECT id, lease_epoch FROM render.frame_jobs WHERE node_id = $1 AND state IN ('leased', 'running')
+            "SELECT id, lease_epoch FROM render.frame_jobs WHERE node_id = $1 AND dispatch_state = 'leased'
               ORDER BY id",
         )
         .bind(node)

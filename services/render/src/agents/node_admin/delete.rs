@@ -27,12 +27,11 @@ pub async fn delete(agents: &Agents, by: Uuid, request: &pb::DeleteNodeRequest) 
     if locked.deleted {
         return Ok(pb::DeleteNodeResponse {});
     }
-    let running: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM render.frame_jobs WHERE node_id = $1 AND state IN ('leased', 'running')",
-    )
-    .bind(node)
-    .fetch_one(&mut *tx)
-    .await?;
+    let running: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM render.frame_jobs WHERE node_id = $1 AND dispatch_state = 'leased'")
+            .bind(node)
+            .fetch_one(&mut *tx)
+            .await?;
     if running > 0 && !request.force {
         return Err(RenderError::FailedPrecondition(format!(
             "the node runs {running} task(s); drain it and wait for them, or delete with force"

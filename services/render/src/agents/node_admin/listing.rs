@@ -129,7 +129,7 @@ pub async fn cache(
     let rows = sqlx::query(
         "SELECT c.template_sha256, c.size_bytes, c.created_at, c.last_used_at,
                 EXISTS (SELECT 1 FROM render.frame_jobs f
-                         WHERE f.node_id = c.node_id AND f.state IN ('leased', 'running')
+                         WHERE f.node_id = c.node_id AND f.dispatch_state = 'leased'
                            AND f.template_sha256 = c.template_sha256) AS in_use
            FROM render.node_template_cache c
           WHERE c.node_id = $1 AND ($2::timestamptz IS NULL OR (c.last_used_at, c.template_sha256) < ($2, $3))

@@ -174,7 +174,7 @@ pub async fn tasks<'e>(db: impl PgExecutor<'e>, node: Uuid) -> Result<Vec<pb::No
     );
     let rows: Vec<Columns> = sqlx::query_as(
         "SELECT id, lane, job_id, snapshot_id, tenant_id, lease_epoch, lease_expires_at, phase, percent, leased_at
-           FROM render.frame_jobs WHERE node_id = $1 AND state IN ('leased', 'running')
+           FROM render.frame_jobs WHERE node_id = $1 AND dispatch_state = 'leased'
           ORDER BY leased_at, id",
     )
     .bind(node)
