@@ -6,7 +6,7 @@
 -- the node's row (locked by the whole farm's reports at once, so each lock
 -- became a multixact) and the job's row (shared by every chunk of the job and
 -- updated by each batch's progress). In the dispatch bench these checks were
--- about an eighth of the database's CPU time. The references dropped here
+-- about a tenth of the database's CPU time. The references dropped here
 -- protect nothing the row's owner does not already:
 --   * job_id of attempts and frames: the row belongs to its task
 --     (frame_job_id, kept, ON DELETE CASCADE), whose job_id it copies in the
