@@ -32,11 +32,13 @@ pub struct HelloFacts {
 
 /// A node's scheduling state from its `nodes.state`.
 pub fn admin_state(state: &str) -> (AdminState, pb::NodeAdminState) {
-    match state {
-        "draining" => (AdminState::Draining, pb::NodeAdminState::Draining),
-        "quarantined" => (AdminState::Quarantined, pb::NodeAdminState::Quarantined),
-        _ => (AdminState::Active, pb::NodeAdminState::Active),
-    }
+    let admin = AdminState::from_db(state);
+    let wire = match admin {
+        AdminState::Draining => pb::NodeAdminState::Draining,
+        AdminState::Quarantined => pb::NodeAdminState::Quarantined,
+        AdminState::Active => pb::NodeAdminState::Active,
+    };
+    (admin, wire)
 }
 
 /// A new stream's hold on its node.

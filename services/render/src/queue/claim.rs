@@ -152,17 +152,7 @@ async fn held_nodes(
     .bind(orchestrator_id)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, state)| {
-            let admin = match state.as_str() {
-                "draining" => AdminState::Draining,
-                "quarantined" => AdminState::Quarantined,
-                _ => AdminState::Active,
-            };
-            (id, admin)
-        })
-        .collect())
+    Ok(rows.into_iter().map(|(id, state)| (id, AdminState::from_db(&state))).collect())
 }
 
 /// Claims and leases as many queued tasks as the offered nodes can take now.

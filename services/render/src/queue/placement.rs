@@ -27,6 +27,17 @@ pub enum AdminState {
     Quarantined,
 }
 
+impl AdminState {
+    /// The scheduling state of a stored `nodes.state` (online and offline nodes are active).
+    pub fn from_db(state: &str) -> Self {
+        match state {
+            "draining" => Self::Draining,
+            "quarantined" => Self::Quarantined,
+            _ => Self::Active,
+        }
+    }
+}
+
 /// A connected node with free slots, as placement sees it.
 #[derive(Clone, Debug)]
 pub struct NodeOffer {
