@@ -1,5 +1,5 @@
-//! The render orchestrator's flags: its replica name, the agent protocol's timings, and probe
-//! renders of quarantined nodes.
+//! The render orchestrator's flags: its replica name, the agent protocol's timings, probe
+//! renders of quarantined nodes, and the watermark of exports.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use clap::Args;
 use flatrender_kit::Error;
 use flatrender_kit::config::parse_duration;
 use flatrender_render::Settings;
-use flatrender_render::settings::{ProbeSettings, ProbeTemplate};
+use flatrender_render::settings::{ProbeSettings, ProbeTemplate, WatermarkPosition, WatermarkSettings};
 
 /// Render orchestrator flags.
 #[derive(Debug, Args)]
@@ -84,6 +84,28 @@ pub struct RenderArgs {
     /// The frame of that composition that probes render.
     #[arg(long = "render-probe-frame", env = "FLATRENDER_RENDER_PROBE_FRAME", default_value_t = 0)]
     pub probe_frame: i32,
+
+    /// The watermark burnt into the exports of plans with one: this text (1..=100 characters),
+    /// unless --render-watermark-image is set and known.
+    #[arg(long = "render-watermark-text", env = "FLATRENDER_RENDER_WATERMARK_TEXT", default_value = "FlatRender")]
+    pub watermark_text: String,
+
+    /// The watermark as an image instead: the file id (UUID) of a PNG with alpha, an active
+    /// platform file of the default tenant.
+    #[arg(long = "render-watermark-image", env = "FLATRENDER_RENDER_WATERMARK_IMAGE")]
+    pub watermark_image: Option<String>,
+
+    /// Where the watermark sits: top-left, top-right, bottom-left, bottom-right or center.
+    #[arg(
+        long = "render-watermark-position",
+        env = "FLATRENDER_RENDER_WATERMARK_POSITION",
+        default_value = "bottom-right"
+    )]
+    pub watermark_position: String,
+
+    /// The watermark's opacity, 0.05..=1.0.
+    #[arg(long = "render-watermark-opacity", env = "FLATRENDER_RENDER_WATERMARK_OPACITY", default_value_t = 0.5)]
+    pub watermark_opacity: f64,
 }
 
 impl RenderArgs {
@@ -134,7 +156,33 @@ impl RenderArgs {
         settings.quarantine_window = self.quarantine_window;
         settings.health_log_interval = self.health_log_interval;
         settings.probes = self.probe_settings()?;
+        settings.watermark = self.watermark_settings()?;
         Ok(settings)
+    }
+
+    /// The watermark settings, checked.
+    fn watermark_settings(&self) -> Result<WatermarkSettings, Error> {
+        let text = self.watermark_text.trim();
+        if text.is_empty() || text.chars().count() > 100 || text.chars().any(char::is_control) {
+            return Err(Error::Config(
+                "--render-watermark-text must be 1..=100 characters without control characters".into(),
+            ));
+        }
+        let image_file_id = match &self.watermark_image {
+            None => None,
+            Some(id) => Some(
+                WatermarkSettings::image_id(id)
+                    .ok_or_else(|| Error::Config("--render-watermark-image must be a file id (UUID)".into()))?,
+            ),
+        };
+        let position = WatermarkPosition::parse(self.watermark_position.trim()).ok_or_else(|| {
+            let names: Vec<&str> = WatermarkPosition::NAMES.iter().map(|(name, _)| *name).collect();
+            Error::Config(format!("--render-watermark-position must be one of {}", names.join(", ")))
+        })?;
+        if !(0.05..=1.0).contains(&self.watermark_opacity) {
+            return Err(Error::Config("--render-watermark-opacity must be 0.05..=1.0".into()));
+        }
+        Ok(WatermarkSettings { text: text.to_owned(), image_file_id, position, opacity: self.watermark_opacity })
     }
 
     /// The probe settings, checked.
@@ -234,6 +282,44 @@ mod tests {
         assert!(parse(&["--render-probe-template", "nope", "--render-probe-composition", "Probe"]).is_err());
         assert!(parse(&["--render-probe-after", "0s"]).is_err());
         assert!(parse(&["--render-probe-after", "10m", "--render-probe-max-backoff", "5m"]).is_err());
+    }
+
+    #[test]
+    fn watermark_flags() {
+        assert_eq!(parse(&[]).unwrap().watermark, WatermarkSettings::default());
+        let image = "7d3f7c8e-5b9a-4f7e-9c1d-2a6b8e4f0c11";
+        let settings = parse(&[
+            "--render-watermark-text",
+            " Made with Example ",
+            "--render-watermark-image",
+            image,
+            "--render-watermark-position",
+            "top-left",
+            "--render-watermark-opacity",
+            "0.8",
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.watermark,
+            WatermarkSettings {
+                text: "Made with Example".into(),
+                image_file_id: Some(uuid::Uuid::parse_str(image).unwrap()),
+                position: WatermarkPosition::TopLeft,
+                opacity: 0.8,
+            }
+        );
+        for bad in [
+            ["--render-watermark-text", " "],
+            ["--render-watermark-text", "a\u{7}b"],
+            ["--render-watermark-image", "logo.png"],
+            ["--render-watermark-position", "middle"],
+            ["--render-watermark-opacity", "0"],
+            ["--render-watermark-opacity", "1.5"],
+        ] {
+            let err = parse(&bad).unwrap_err();
+            assert!(err.to_string().contains(bad[0]), "{bad:?}: {err}");
+        }
+        assert!(parse(&["--render-watermark-text", &"x".repeat(101)]).is_err());
     }
 
     #[test]

@@ -266,7 +266,7 @@ impl agent_pb::agent_service_server::AgentService for RenderApi {
     ) -> Result<Response<BoxStream<agent_pb::DownloadObjectResponse>>, Status> {
         let node = agents::auth::authenticate(&self.state.pool, request.metadata()).await?;
         let files = self.state.files.as_ref();
-        Ok(Response::new(agents::objects::download(&self.state.pool, files, node, request.get_ref()).await?))
+        Ok(Response::new(agents::objects::download(&self.state, files, node, request.get_ref()).await?))
     }
 
     async fn upload_object(

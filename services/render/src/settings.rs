@@ -48,8 +48,69 @@ pub struct Settings {
     pub no_eligible_node_timeout: Duration,
     /// Probe renders of nodes quarantined for crashes ([`crate::queue::probes`]).
     pub probes: ProbeSettings,
+    /// The mark burnt into the exports of plans with a watermark.
+    pub watermark: WatermarkSettings,
     /// The customer API's settings (`RenderService`).
     pub api: ApiSettings,
+}
+
+/// The watermark of exports whose plan has one (`render_jobs.watermark`): an image when one is
+/// configured and its facts are known, else the text, so a watermarked plan never gets an
+/// export without a mark.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatermarkSettings {
+    /// The text mark: 1..=100 characters (agent.v1 `Watermark.text`).
+    pub text: String,
+    /// A PNG with alpha: an active platform file of the default tenant.
+    pub image_file_id: Option<uuid::Uuid>,
+    /// Where the mark sits.
+    pub position: WatermarkPosition,
+    /// 0.05..=1.0.
+    pub opacity: f64,
+}
+
+impl WatermarkSettings {
+    /// The image's file id as configured (a UUID, surrounding blanks ignored).
+    pub fn image_id(file_id: &str) -> Option<uuid::Uuid> {
+        uuid::Uuid::try_parse(file_id.trim()).ok()
+    }
+}
+
+impl Default for WatermarkSettings {
+    fn default() -> Self {
+        Self { text: "FlatRender".into(), image_file_id: None, position: WatermarkPosition::BottomRight, opacity: 0.5 }
+    }
+}
+
+/// Where a watermark sits in the video.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatermarkPosition {
+    /// Top left corner.
+    TopLeft,
+    /// Top right corner.
+    TopRight,
+    /// Bottom left corner.
+    BottomLeft,
+    /// Bottom right corner.
+    BottomRight,
+    /// Centred.
+    Center,
+}
+
+impl WatermarkPosition {
+    /// Every position with its name in configuration.
+    pub const NAMES: [(&'static str, Self); 5] = [
+        ("top-left", Self::TopLeft),
+        ("top-right", Self::TopRight),
+        ("bottom-left", Self::BottomLeft),
+        ("bottom-right", Self::BottomRight),
+        ("center", Self::Center),
+    ];
+
+    /// The position named `name` (`top-left`, ..., `center`).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::NAMES.iter().find(|(n, _)| *n == name).map(|(_, p)| *p)
+    }
 }
 
 /// Probe renders: a node quarantined automatically proves itself healthy with a small
@@ -174,6 +235,7 @@ impl Default for Settings {
             enroll_attempts_per_minute: 10,
             no_eligible_node_timeout: Duration::from_secs(30 * 60),
             probes: ProbeSettings::default(),
+            watermark: WatermarkSettings::default(),
             api: ApiSettings::default(),
         }
     }

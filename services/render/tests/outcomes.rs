@@ -65,6 +65,69 @@ async fn a_rendered_job_moves_to_assembly() {
     assert_eq!(renderer.assigns().len(), 4);
 }
 
+/// A one-segment job of 10 frames; `marked` as a plan with a watermark makes it.
+async fn job_for_assembly(o: &Orchestrator, marked: bool) -> Uuid {
+    let job = seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 9)], ..JobSeed::default() }).await;
+    o.execute(&format!("UPDATE render.render_jobs SET watermark = {marked} WHERE id = '{}'", job.job_id)).await;
+    job.job_id
+}
+
+#[tokio::test]
+async fn a_watermarked_jobs_assembly_carries_the_mark() {
+    let image = Uuid::new_v4();
+    let o = Orchestrator::start_with(|s| {
+        s.watermark.text = "Made with FlatRender".into();
+        s.watermark.image_file_id = Some(image);
+    })
+    .await;
+    let assembler = o
+        .agent(AgentSpec {
+            ffmpeg: true,
+            ae_versions: vec![],
+            slots: 3,
+            behaviour: Behaviour::Hang,
+            ..AgentSpec::default()
+        })
+        .await;
+    let marked = job_for_assembly(&o, true).await;
+    let _renderer = o.agent(AgentSpec::default()).await;
+    let mark_of = |task: agent_pb::AssignTask| {
+        let Some(agent_pb::assign_task::Spec::Assemble(spec)) = task.spec else { panic!("an assemble spec") };
+        spec.watermark
+    };
+
+    // The image's facts are not recorded (no watermarked submit recorded them): the text.
+    let task = assembler.next_assign().await;
+    assert_eq!(task.render_id, marked.to_string());
+    let mark = mark_of(task).expect("a watermark");
+    assert_eq!(mark.mark, Some(agent_pb::watermark::Mark::Text("Made with FlatRender".into())));
+    assert_eq!((mark.position(), mark.opacity), (agent_pb::WatermarkPosition::BottomRight, 0.5));
+
+    // Recorded, the image; a job whose plan has no watermark gets none.
+    o.execute(&format!(
+        "INSERT INTO render.file_facts (file_id, sha256, size_bytes, content_type)
+         VALUES ('{image}', '\\x{}', 4096, 'image/png')",
+        "ab".repeat(32)
+    ))
+    .await;
+    let marked = job_for_assembly(&o, true).await;
+    let plain = job_for_assembly(&o, false).await;
+    let mut marks = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let task = assembler.next_assign().await;
+        marks.insert(task.render_id.clone(), mark_of(task));
+    }
+    let Some(agent_pb::watermark::Mark::Image(object)) = marks[&marked.to_string()].clone().expect("a watermark").mark
+    else {
+        panic!("the image: {marks:?}")
+    };
+    assert_eq!(
+        (object.file_id, object.sha256, object.size_bytes, object.content_type.as_str()),
+        (image.to_string(), "ab".repeat(32), 4096, "image/png")
+    );
+    assert_eq!(marks[&plain.to_string()], None);
+}
+
 #[tokio::test]
 async fn a_template_error_fails_the_job_without_retries() {
     let o = Orchestrator::start().await;

@@ -2,7 +2,8 @@
 //! PostgreSQL and simulated agents: DownloadObject serves what a task's assignment names (whole
 //! or from an offset, an assembly's frames by segment and frame) and nothing else; UploadObject
 //! stores a task's outputs in the file service only when they match their header and the lease
-//! is still current, and a retry gets the first file.
+//! is still current, and a retry gets the first file. An assembly of a plan with a watermark
+//! names the platform's watermark image, which its node may fetch.
 
 // Tests fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,7 +12,9 @@ mod support;
 
 use flatrender_kit::auth::Role;
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
+use flatrender_proto::flatrender::file::v1 as file_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
+use flatrender_render::files::CATALOGUE_TENANT;
 use support::agent::frame_header;
 use support::*;
 use tonic::Code;
@@ -183,10 +186,24 @@ async fn a_download_stops_once_its_lease_ends() {
 #[tokio::test]
 async fn uploaded_frames_are_reported_and_then_assembled_from_downloads() {
     let stack = Orchestrator::start_with_files().await;
+    // The platform's watermark image, and a replica marking the exports of plans with a
+    // watermark with it (set up once the image has its id); the customer and the node use it.
+    let platform = Principal::user(CATALOGUE_TENANT);
+    let mark = stack.upload(&platform, CATALOGUE_TENANT, "watermark.png", file_pb::FileKind::Asset, PNG).await;
+    let file_service = stack.settings.api.file_service.clone();
+    let image = Uuid::parse_str(&mark.id).unwrap();
+    let render = stack
+        .replica(|s| {
+            s.api.file_service = file_service;
+            s.watermark.image_file_id = Some(image);
+        })
+        .await;
     let alice = Principal::user(TENANT_A);
     let files = stack.assets(&alice).await;
-    let job = submit(&stack, &alice, &files, "0-2").await;
-    let node = stack.agent(manual()).await;
+    // Alice's plan is the free one: a watermark.
+    let job = submit(&render, &alice, &files, "0-2").await;
+    assert!(job.watermark);
+    let node = render.agent(manual()).await;
     let chunk = node.next_assign().await;
     node.send(agent::accepted(&chunk));
 
@@ -246,6 +263,14 @@ async fn uploaded_frames_are_reported_and_then_assembled_from_downloads() {
     assert_eq!(source.size_bytes, files.music.size_bytes);
     let (_, music) = node.download(file_request(&assembly, &files.music.id, 0)).await.unwrap();
     assert_eq!(music, b"ID3 music");
+    // The watermark is the image, recorded when the job was submitted, and the node may fetch it.
+    let Some(agent_pb::watermark::Mark::Image(object)) = spec.watermark.as_ref().and_then(|w| w.mark.clone()) else {
+        panic!("the image as the watermark: {:?}", spec.watermark)
+    };
+    assert_eq!((object.file_id.as_str(), object.sha256.as_str()), (mark.id.as_str(), mark.sha256.as_str()));
+    assert_eq!(object.size_bytes, PNG.len() as u64);
+    let (_, bytes) = node.download(file_request(&assembly, &mark.id, 0)).await.unwrap();
+    assert_eq!(bytes, PNG);
 
     let frame = |segment_index, frame| agent_pb::DownloadObjectRequest {
         object: Some(Object::Frame(agent_pb::FrameSelector { segment_index, frame })),
@@ -440,8 +465,34 @@ async fn an_uploaded_snapshot_image_and_log_are_what_the_result_delivers() {
     let log_row = format!(
         "SELECT count(*) FROM render.frame_job_attempts a JOIN file_mgr.files f ON f.id = a.log_file_id
           WHERE a.frame_job_id = '{}' AND f.kind = 'other' AND f.tenant_id = '{}' AND f.owner_user_id IS NULL",
-        task.task_id,
-        flatrender_render::files::CATALOGUE_TENANT
+        task.task_id, CATALOGUE_TENANT
     );
     assert_eq!(stack.count(&log_row).await, 1, "the log is the platform's");
+}
+
+#[tokio::test]
+async fn a_watermark_image_that_is_no_platform_file_refuses_no_submit() {
+    let alice = Principal::user(TENANT_A);
+    // An id the file service does not know.
+    let unknown = Uuid::new_v4();
+    let stack = Orchestrator::start_with_files_and(|s| s.watermark.image_file_id = Some(unknown)).await;
+    let files = stack.assets(&alice).await;
+    let job = submit(&stack, &alice, &files, "0-2").await;
+    assert!(job.watermark);
+    let recorded = |file: &str| format!("SELECT count(*) FROM render.file_facts WHERE file_id = '{file}'");
+    assert_eq!(stack.count(&recorded(&unknown.to_string())).await, 0, "the assembly will carry the text");
+
+    // A customer's file (one no submit names) is not the platform's either.
+    let file_service = stack.settings.api.file_service.clone();
+    let voice = Uuid::parse_str(&files.voice.id).unwrap();
+    let render = stack
+        .replica(|s| {
+            s.api.file_service = file_service;
+            s.watermark.image_file_id = Some(voice);
+        })
+        .await;
+    let job = submit(&render, &alice, &files, "0-2").await;
+    assert!(job.watermark);
+    assert_eq!(stack.count(&recorded(&files.voice.id)).await, 0);
+    assert_eq!(stack.count(&recorded(&files.music.id)).await, 1, "what the submits name is recorded");
 }

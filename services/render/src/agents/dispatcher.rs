@@ -35,8 +35,12 @@ pub async fn dispatch(agents: &Agents) {
         if offers.is_empty() {
             return;
         }
-        let request =
-            ClaimRequest { orchestrator_id: &settings.orchestrator_id, lease_ttl: settings.lease_ttl, nodes: &offers };
+        let request = ClaimRequest {
+            orchestrator_id: &settings.orchestrator_id,
+            lease_ttl: settings.lease_ttl,
+            nodes: &offers,
+            watermark: &settings.watermark,
+        };
         match queue::claim(&agents.state.pool, &request).await {
             Ok(leases) if leases.is_empty() => return,
             Ok(leases) => deliver(agents, leases),

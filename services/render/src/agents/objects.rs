@@ -33,6 +33,7 @@ use crate::files::{CATALOGUE_TENANT, FileClient, NewFile};
 use crate::model::{Lane, Sha256Digest};
 use crate::queue::spec::{Inputs, TaskRow};
 use crate::queue::wire::digest_from_hex;
+use crate::state::State;
 
 /// The largest `data` part either way.
 pub const MAX_PART_BYTES: usize = 1024 * 1024;
@@ -130,18 +131,19 @@ pub type DownloadStream = BoxStream<agent_pb::DownloadObjectResponse>;
 /// 1 MiB, as the file service sends them; the stream ends FAILED_PRECONDITION when the lease
 /// ends meanwhile.
 pub async fn download(
-    pool: &PgPool,
+    state: &State,
     files: Option<&FileClient>,
     node: Uuid,
     request: &agent_pb::DownloadObjectRequest,
 ) -> Result<DownloadStream> {
     use agent_pb::download_object_request::Object;
+    let pool = &state.pool;
     let (task, epoch) = task_and_epoch(&request.task_id, request.lease_epoch, "")?;
     let lease = current_lease(pool, task, epoch, node).await?;
     let (file, expected) = match &request.object {
         Some(Object::FileId(file_id)) => {
             let file = crate::model::validate::uuid("file_id", file_id)?;
-            (file, named_input(pool, &lease, file).await?)
+            (file, named_input(pool, &lease, file, state.settings.watermark.image_file_id).await?)
         }
         Some(Object::Frame(frame)) => accepted_frame(pool, &lease, frame).await?,
         None => return Err(RenderError::invalid("object", "is required: a file_id or a frame")),
@@ -208,9 +210,14 @@ impl Sending {
     }
 }
 
-/// The expected digest of `file` when the task's assignment names it; PERMISSION_DENIED
-/// otherwise.
-async fn named_input(pool: &PgPool, lease: &Lease, file: Uuid) -> Result<Option<Sha256Digest>> {
+/// The expected digest of `file` when the task's assignment names it (`watermark_image` being
+/// the configured watermark's); PERMISSION_DENIED otherwise.
+async fn named_input(
+    pool: &PgPool,
+    lease: &Lease,
+    file: Uuid,
+    watermark_image: Option<Uuid>,
+) -> Result<Option<Sha256Digest>> {
     let mut conn = pool.acquire().await?;
     let row = sqlx::query(TaskRow::QUERY).bind([lease.task].as_slice()).fetch_optional(&mut *conn).await?;
     let Some(row) = row else { return Err(RenderError::NotFound("task")) };
@@ -218,7 +225,7 @@ async fn named_input(pool: &PgPool, lease: &Lease, file: Uuid) -> Result<Option<
     let jobs: Vec<Uuid> = if lease.lane == Lane::Assemble { lease.job.into_iter().collect() } else { Vec::new() };
     let mut inputs = Inputs { audio: records::audio_of(&mut *conn, &jobs).await?, ..Inputs::default() };
     let audio = lease.job.and_then(|job| inputs.audio.get(&job)).map(Vec::as_slice).unwrap_or_default();
-    if !row.input_files(audio).contains(&file) {
+    if !row.input_files(audio, watermark_image).contains(&file) {
         return Err(RenderError::PermissionDenied(format!("file {file} is not an input of task {}", lease.task)));
     }
     inputs.load_facts(&mut conn, &[file]).await?;

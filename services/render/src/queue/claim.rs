@@ -39,6 +39,7 @@ use super::spec::{self, Inputs, LeaseTerms, SegmentRow, TaskRow};
 use super::{jobs, repair, snapshots};
 use crate::error::Result;
 use crate::model::Lane;
+use crate::settings::WatermarkSettings;
 
 /// Most candidates read per claim.
 const MAX_CANDIDATES: i64 = 500;
@@ -52,6 +53,8 @@ pub struct ClaimRequest<'a> {
     pub lease_ttl: Duration,
     /// Nodes with free slots.
     pub nodes: &'a [NodeOffer],
+    /// The mark of watermarked jobs' assemblies.
+    pub watermark: &'a WatermarkSettings,
 }
 
 /// A task leased to a node: what to send it.
@@ -351,7 +354,7 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
         .values()
         .flat_map(|row| {
             let audio = row.job_id.and_then(|job| inputs.audio.get(&job)).map(Vec::as_slice).unwrap_or_default();
-            row.input_files(audio)
+            row.input_files(audio, request.watermark.image_file_id)
         })
         .collect();
     inputs.load_facts(&mut tx, &named).await?;
@@ -373,7 +376,7 @@ pub async fn claim(pool: &PgPool, request: &ClaimRequest<'_>) -> Result<Vec<Leas
             task_id,
             job_id: row.job_id,
             lease_epoch,
-            assign: spec::assign_task(row, terms, job_segments, &inputs),
+            assign: spec::assign_task(row, terms, job_segments, &inputs, request.watermark),
         });
     }
     Ok(leases)

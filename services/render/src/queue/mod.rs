@@ -30,6 +30,7 @@ pub mod events;
 pub mod jobs;
 pub mod outputs;
 pub mod placement;
+pub mod platform_files;
 pub mod probes;
 pub mod repair;
 pub mod report;

@@ -32,16 +32,16 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use sqlx::PgTransaction;
 use uuid::Uuid;
 
+use super::platform_files;
 use super::report::{Ended, Fence, fail_task, mark_done};
 use super::requeue::requeue_row;
 use super::{QUEUE_CHANNEL, notify};
 use crate::agents::node_admin::crashes;
 use crate::agents::node_admin::events::{self, Quarantine};
-use crate::error::{RenderError, Result};
+use crate::error::Result;
 use crate::files::CATALOGUE_TENANT;
-use crate::model::submit::FileRef;
 use crate::model::text;
-use crate::settings::{ProbeTemplate, Settings};
+use crate::settings::Settings;
 use crate::state::State;
 
 /// The advisory lock one replica's scheduling round holds (`hashtextextended` of this).
@@ -107,7 +107,9 @@ pub async fn schedule(state: &State) -> Result<Vec<Uuid>> {
     if any.is_none() {
         return Ok(Vec::new());
     }
-    let Some(digest) = template_digest(state, template).await? else { return Ok(Vec::new()) };
+    let Some(digest) = platform_files::recorded_digest(state, template.file_id, "render-probe-template").await? else {
+        return Ok(Vec::new());
+    };
 
     let mut tx = state.pool.begin().await?;
     let ours = flatrender_kit::db::try_advisory_xact_lock(&mut tx, LOCK).await?;
@@ -139,36 +141,6 @@ pub async fn schedule(state: &State) -> Result<Vec<Uuid>> {
     notify(&mut tx, QUEUE_CHANNEL, "").await?;
     tx.commit().await?;
     Ok(due)
-}
-
-/// The template bundle's SHA-256: as recorded (`render.file_facts`), else asked of the file
-/// service (the file must be an active platform file of the default tenant) and recorded.
-/// `None`, logged, when it cannot be known now.
-async fn template_digest(state: &State, template: &ProbeTemplate) -> Result<Option<Vec<u8>>> {
-    let recorded: Option<Vec<u8>> = sqlx::query_scalar("SELECT sha256 FROM render.file_facts WHERE file_id = $1")
-        .bind(template.file_id)
-        .fetch_optional(&state.pool)
-        .await?;
-    if recorded.is_some() {
-        return Ok(recorded);
-    }
-    let Some(files) = state.files.as_ref() else {
-        tracing::warn!(file = %template.file_id, "the probe template's digest is unknown and no file service is configured; no probes");
-        return Ok(None);
-    };
-    let wanted = [FileRef { field: "template_file_id".into(), file_id: template.file_id }];
-    let facts = match files.visible(PROBE_TENANT, &wanted).await {
-        Ok(facts) => facts,
-        Err(RenderError::FileNotFound { .. }) => {
-            tracing::error!(file = %template.file_id, "the probe template is not an active file of the default tenant; no probes");
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    let digest = facts.get(&template.file_id).map(|f| f.sha256.as_bytes().to_vec());
-    let mut conn = state.pool.acquire().await?;
-    super::spec::record_facts(&mut conn, &facts).await?;
-    Ok(digest)
 }
 
 /// Cancels the probe still queued for `node`, if any (the operator decides now).

@@ -6,6 +6,10 @@
 //! Every file an assignment names goes out as an `ObjectRef` with the digest, size and content
 //! type recorded when the request was checked (`render.file_facts`, [`Inputs`]); the same list
 //! ([`TaskRow::input_files`]) is what `DownloadObject` lets the task's node fetch.
+//!
+//! An assembly of a job whose plan has a watermark (`render_jobs.watermark`) carries the
+//! configured mark ([`WatermarkSettings`]): the image when one is configured and its facts are
+//! recorded, else the text; the exports of such plans are never without one.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,6 +23,7 @@ use uuid::Uuid;
 
 use super::wire::{duration, id_text, timestamp};
 use crate::model::{Lane, SceneData};
+use crate::settings::{WatermarkPosition, WatermarkSettings};
 
 /// The no-output watchdog the agent applies (the protocol's default).
 const NO_OUTPUT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -60,13 +65,15 @@ pub struct TaskRow {
     pub codec: Option<String>,
     /// What the customer's data makes of the template (merged; empty for assemblies).
     pub scene_data: SceneData,
+    /// Whether the job's plan burns a watermark into the export.
+    pub watermark: bool,
 }
 
 impl TaskRow {
     /// The files an assignment of this task names, in order, without duplicates: the template
     /// bundle and the media of the scene data for an aerender task; the sources of `audio`
-    /// (the job's tracks) for an assembly.
-    pub fn input_files(&self, audio: &[pb::AudioTrack]) -> Vec<Uuid> {
+    /// (the job's tracks) and, for a watermarked job, the `watermark_image` for an assembly.
+    pub fn input_files(&self, audio: &[pb::AudioTrack], watermark_image: Option<Uuid>) -> Vec<Uuid> {
         let mut files: Vec<Uuid> = Vec::new();
         let mut add = |file: Uuid| {
             if !files.contains(&file) {
@@ -75,6 +82,7 @@ impl TaskRow {
         };
         if self.lane == Lane::Assemble {
             audio.iter().filter_map(|track| Uuid::try_parse(&track.file_id).ok()).for_each(&mut add);
+            watermark_image.filter(|_| self.watermark).into_iter().for_each(&mut add);
         } else {
             self.template_file_id.into_iter().for_each(&mut add);
             self.scene_data.media_file_ids().into_iter().for_each(&mut add);
@@ -91,7 +99,7 @@ impl TaskRow {
                coalesce(s.width, j.output_width) AS width, coalesce(s.height, j.output_height) AS height,
                j.output_fps AS fps, j.output_quality AS quality, j.output_format AS format, j.output_codec AS codec,
                j.scene_data AS job_scene_data, seg.scene_data AS segment_scene_data,
-               s.scene_data AS snapshot_scene_data
+               s.scene_data AS snapshot_scene_data, coalesce(j.watermark, false) AS watermark
           FROM render.frame_jobs f
           LEFT JOIN render.render_jobs j ON j.id = f.job_id
           LEFT JOIN render.render_job_segments seg ON seg.id = f.segment_id
@@ -139,6 +147,7 @@ impl TaskRow {
             format: row.try_get("format")?,
             codec: row.try_get("codec")?,
             scene_data,
+            watermark: row.try_get("watermark")?,
         })
     }
 }
@@ -293,9 +302,40 @@ fn output_settings(row: &TaskRow) -> pb::OutputSettings {
     }
 }
 
+/// The watermark of an assembly: the image when configured and its facts are known (an
+/// ObjectRef without digest or size would fail the agent's check), else the text.
+fn watermark(settings: &WatermarkSettings, inputs: &Inputs) -> agent_pb::Watermark {
+    let mark = match settings.image_file_id.filter(|image| inputs.facts.contains_key(image)) {
+        Some(image) => agent_pb::watermark::Mark::Image(inputs.object(image, None, "image/png")),
+        None => agent_pb::watermark::Mark::Text(settings.text.clone()),
+    };
+    let position = match settings.position {
+        WatermarkPosition::TopLeft => agent_pb::WatermarkPosition::TopLeft,
+        WatermarkPosition::TopRight => agent_pb::WatermarkPosition::TopRight,
+        WatermarkPosition::BottomLeft => agent_pb::WatermarkPosition::BottomLeft,
+        WatermarkPosition::BottomRight => agent_pb::WatermarkPosition::BottomRight,
+        WatermarkPosition::Center => agent_pb::WatermarkPosition::Center,
+    };
+    agent_pb::Watermark {
+        mark: Some(mark),
+        position: position as i32,
+        opacity: settings.opacity,
+        // The protocol's defaults: 15 % of the width, 2 % of the height from the edges.
+        scale: 0.0,
+        margin_px: 0,
+    }
+}
+
 /// The AssignTask for `row` under `terms`; `segments` are the job's (assembly only), `inputs`
-/// the facts of the files it names and the job's audio.
-pub fn assign_task(row: &TaskRow, terms: LeaseTerms, segments: &[SegmentRow], inputs: &Inputs) -> agent_pb::AssignTask {
+/// the facts of the files it names and the job's audio, `marks` the watermark of watermarked
+/// jobs' assemblies.
+pub fn assign_task(
+    row: &TaskRow,
+    terms: LeaseTerms,
+    segments: &[SegmentRow],
+    inputs: &Inputs,
+    marks: &WatermarkSettings,
+) -> agent_pb::AssignTask {
     let watchdog = agent_pb::Watchdog { no_output_timeout: Some(duration(NO_OUTPUT_TIMEOUT)), ..Default::default() };
     let spec = if row.lane == Lane::Assemble {
         let expected: i32 = segments.iter().map(|s| s.frame_count).sum();
@@ -333,6 +373,7 @@ pub fn assign_task(row: &TaskRow, terms: LeaseTerms, segments: &[SegmentRow], in
             output_file_name: format!("render-{}.{format}", id_text(row.job_id)),
             watchdog: Some(watchdog),
             faststart: format == "mp4",
+            watermark: row.watermark.then(|| watermark(marks, inputs)),
             ..Default::default()
         })
     } else {
@@ -402,14 +443,19 @@ mod tests {
             format: Some("mp4".into()),
             codec: Some("h264".into()),
             scene_data: SceneData::default(),
+            watermark: false,
         }
+    }
+
+    fn no_marks() -> WatermarkSettings {
+        WatermarkSettings::default()
     }
 
     #[test]
     fn a_chunk_assignment() {
         let row = chunk();
         let terms = LeaseTerms { lease_epoch: 7, expires_at: OffsetDateTime::UNIX_EPOCH, attempt: 2 };
-        let task = assign_task(&row, terms, &[], &Inputs::default());
+        let task = assign_task(&row, terms, &[], &Inputs::default(), &no_marks());
         assert_eq!((task.lease_epoch, task.attempt), (7, 2));
         assert_eq!(task.kind(), pb::TaskKind::RenderChunk);
         let Some(agent_pb::assign_task::Spec::Render(spec)) = task.spec else { panic!("a render spec") };
@@ -444,12 +490,54 @@ mod tests {
             },
         ];
         let terms = LeaseTerms { lease_epoch: 1, expires_at: OffsetDateTime::UNIX_EPOCH, attempt: 1 };
-        let task = assign_task(&row, terms, &segments, &Inputs::default());
+        let task = assign_task(&row, terms, &segments, &Inputs::default(), &no_marks());
         let Some(agent_pb::assign_task::Spec::Assemble(spec)) = task.spec else { panic!("an assemble spec") };
         assert_eq!(spec.expected_frame_count, 90);
         assert_eq!(spec.expected_duration_ms, 3000);
         assert!(spec.faststart);
         assert_eq!(spec.segments.len(), 2);
+        // The job's plan has no watermark.
+        assert_eq!(spec.watermark, None);
+    }
+
+    #[test]
+    fn a_watermarked_jobs_assembly_carries_the_mark() {
+        let image = Uuid::new_v4();
+        let marks = WatermarkSettings {
+            text: "Made with FlatRender".into(),
+            image_file_id: Some(image),
+            position: WatermarkPosition::TopLeft,
+            opacity: 0.8,
+        };
+        let row = TaskRow { lane: Lane::Assemble, watermark: true, scene_data: SceneData::default(), ..chunk() };
+        let terms = LeaseTerms { lease_epoch: 1, expires_at: OffsetDateTime::UNIX_EPOCH, attempt: 1 };
+        let mark_of = |inputs: &Inputs| {
+            let Some(agent_pb::assign_task::Spec::Assemble(spec)) = assign_task(&row, terms, &[], inputs, &marks).spec
+            else {
+                panic!("an assemble spec")
+            };
+            spec.watermark.expect("a watermark")
+        };
+
+        // The image's facts are not recorded: the text, never no mark.
+        let mark = mark_of(&Inputs::default());
+        assert_eq!(mark.mark, Some(agent_pb::watermark::Mark::Text("Made with FlatRender".into())));
+        assert_eq!((mark.position(), mark.opacity), (agent_pb::WatermarkPosition::TopLeft, 0.8));
+
+        let mut inputs = Inputs::default();
+        let facts = InputFacts { sha256: vec![0x11; 32], size_bytes: 2048, content_type: "image/png".into() };
+        inputs.facts.insert(image, facts);
+        let Some(agent_pb::watermark::Mark::Image(object)) = mark_of(&inputs).mark else { panic!("the image") };
+        assert_eq!((object.file_id, object.sha256, object.size_bytes), (image.to_string(), "11".repeat(32), 2048));
+
+        // Its node may fetch the image; nobody's render task may, nor an unmarked job's assembly.
+        assert_eq!(row.input_files(&[], Some(image)), [image]);
+        assert_eq!(TaskRow { watermark: false, ..row.clone() }.input_files(&[], Some(image)), Vec::<Uuid>::new());
+        let chunk = TaskRow { watermark: true, ..chunk() };
+        assert!(!chunk.input_files(&[], Some(image)).contains(&image));
+        let Some(agent_pb::assign_task::Spec::Render(_)) = assign_task(&chunk, terms, &[], &inputs, &marks).spec else {
+            panic!("a render spec")
+        };
     }
 
     #[test]
@@ -464,7 +552,7 @@ mod tests {
         let scene = SceneData::from_pb("scene_data", Some(pb::SceneData { edits: vec![edit], custom_data: None }));
         let row = TaskRow { scene_data: scene.unwrap(), ..chunk() };
         let template = row.template_file_id.unwrap();
-        assert_eq!(row.input_files(&[]), [template, image]);
+        assert_eq!(row.input_files(&[], None), [template, image]);
 
         let mut inputs = Inputs::default();
         let facts = |size: i64, content_type: &str| InputFacts {
@@ -475,7 +563,8 @@ mod tests {
         inputs.facts.insert(template, facts(7, "application/zip"));
         inputs.facts.insert(image, facts(9, "image/png"));
         let terms = LeaseTerms { lease_epoch: 1, expires_at: OffsetDateTime::UNIX_EPOCH, attempt: 1 };
-        let Some(agent_pb::assign_task::Spec::Render(spec)) = assign_task(&row, terms, &[], &inputs).spec else {
+        let Some(agent_pb::assign_task::Spec::Render(spec)) = assign_task(&row, terms, &[], &inputs, &no_marks()).spec
+        else {
             panic!("a render spec")
         };
         let bundle = spec.template_bundle.unwrap();
@@ -487,10 +576,12 @@ mod tests {
         // An assembly's inputs are its job's audio; it names no template.
         let track = pb::AudioTrack { file_id: music.to_string(), volume: 1.0, ..Default::default() };
         let assembly = TaskRow { lane: Lane::Assemble, scene_data: SceneData::default(), ..row };
-        assert_eq!(assembly.input_files(std::slice::from_ref(&track)), [music]);
+        assert_eq!(assembly.input_files(std::slice::from_ref(&track), Some(Uuid::new_v4())), [music]);
         inputs.audio.insert(assembly.job_id.unwrap(), vec![track]);
         inputs.facts.insert(music, facts(3, "audio/mpeg"));
-        let Some(agent_pb::assign_task::Spec::Assemble(spec)) = assign_task(&assembly, terms, &[], &inputs).spec else {
+        let Some(agent_pb::assign_task::Spec::Assemble(spec)) =
+            assign_task(&assembly, terms, &[], &inputs, &no_marks()).spec
+        else {
             panic!("an assemble spec")
         };
         let source = spec.audio_tracks[0].source.clone().unwrap();

@@ -27,6 +27,7 @@ use crate::error::{RenderError, Result};
 use crate::files::FileFacts;
 use crate::model::{self, RenderRequest, Sha256Digest};
 use crate::plans::{self, EffectivePlan, PlanLimits};
+use crate::queue::platform_files;
 use crate::settings::ApiSettings;
 
 /// The states of a job that still counts against the plan's concurrent renders.
@@ -63,6 +64,9 @@ impl RenderApi {
         let plan = plans::effective(&self.state.pool, viewer.tenant, Some(viewer.user), &api.default_plan).await?;
         let output = output_within(&request, &plan.limits, api)?;
         let files = self.checked_files(viewer.tenant, &request.file_refs(), &request.template_sha256).await?;
+        if plan.limits.watermark {
+            self.watermark_image_known().await;
+        }
 
         let mut tx = self.state.pool.begin().await?;
         match self.queue(&mut tx, viewer, &request, &digest, &plan, output, &files).await {
@@ -108,6 +112,16 @@ impl RenderApi {
         let mut conn = self.state.pool.acquire().await?;
         crate::queue::spec::record_facts(&mut conn, &files).await?;
         Ok(files)
+    }
+
+    /// Records the configured watermark image's facts if they are not yet, so the job's
+    /// assembly can name it. Not a reason to refuse the submit: without them, the assembly
+    /// carries the text mark instead.
+    async fn watermark_image_known(&self) {
+        let Some(image) = self.state.settings.watermark.image_file_id else { return };
+        if let Err(error) = platform_files::recorded_digest(&self.state, image, "render-watermark-image").await {
+            tracing::warn!(%image, %error, "could not record the watermark image's facts; assemblies use the text");
+        }
     }
 
     /// Stores the job, its segments, audio tracks and chunks, the event and the queue signal in
