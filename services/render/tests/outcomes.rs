@@ -175,13 +175,20 @@ async fn a_template_error_fails_the_job_without_retries() {
 }
 
 #[tokio::test]
-async fn customers_see_a_template_error_without_the_node_paths_operators_see_it_raw() {
+async fn customers_see_a_template_error_without_the_node_paths_or_names_operators_see_it_raw() {
     let o = Orchestrator::start().await;
-    let node = o.agent(AgentSpec { behaviour: Behaviour::Manual, ..AgentSpec::default() }).await;
+    let node = o
+        .agent(AgentSpec {
+            behaviour: Behaviour::Manual,
+            hostname: "AE-07.farm.internal".into(),
+            name: "ae-07".into(),
+            ..AgentSpec::default()
+        })
+        .await;
     let job = seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 9)], ..JobSeed::default() }).await;
     let task = node.next_assign().await;
     let raw = format!(
-        r"After Effects error: missing footage C:\Users\render\cache\{}\footage\logo.png (layer 'Logo'), project /var/lib/flatrender/work/{}/project.aep",
+        r"After Effects error: missing footage C:\Users\render\cache\{}\footage\logo.png (layer 'Logo'), project /var/lib/flatrender/work/{}/project.aep, scratch \\AE-07\scratch\frame.tmp; ae-07.farm.internal gave up (ae-07)",
         "ab".repeat(32),
         task.task_id
     );
@@ -192,7 +199,7 @@ async fn customers_see_a_template_error_without_the_node_paths_operators_see_it_
     node.send(accepted(&task));
     let seq = node.send(In::TaskResult(failed));
     node.ack_of(seq).await;
-    const SHOWN: &str = r"After Effects error: missing footage footage\logo.png (layer 'Logo'), project project.aep";
+    const SHOWN: &str = r"After Effects error: missing footage footage\logo.png (layer 'Logo'), project project.aep, scratch frame.tmp; the render node gave up (the render node)";
 
     // The customer: GetRender and the RenderJobFailed event (webhooks).
     let mut renders = o.renders(&Principal::tenant_admin(job.tenant));

@@ -39,7 +39,7 @@ pub use digest::Sha256Digest;
 pub use errors::{ErrorClass, ErrorCode, ErrorInfo};
 pub use frames::{FrameRange, FrameSpecError, format_frames, parse_frames};
 pub use labels::Labels;
-pub use node_paths::strip_node_paths;
+pub use node_paths::{strip_node_names, strip_node_paths};
 pub use output::{ImageFormat, OutputFormat, OutputSettings, Quality, VideoCodec};
 pub use resolution::Resolution;
 pub use scene::{

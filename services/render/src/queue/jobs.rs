@@ -127,7 +127,8 @@ pub async fn after_chunk_done(tx: &mut PgTransaction<'_>, job: Uuid) -> Result<(
     Ok(())
 }
 
-/// Fails `job` with `error` (RenderJobFailed; the message without the node's paths) unless it already ended, and fails its other
+/// Fails `job` with `error` (RenderJobFailed; the message without the node's paths, and without
+/// its names where a node reported it, see `report::for_customers`) unless it already ended, and fails its other
 /// unfinished tasks, keeping their node and epoch so the replicas holding them send
 /// CancelTask(JOB_FAILED) (the nodes are notified), and its open frame repairs. Returns whether
 /// the job was failed now.

@@ -37,7 +37,10 @@ use super::{QUEUE_CHANNEL, notify};
 use super::{jobs, repair, snapshots};
 use crate::error::Result;
 use crate::files::FileClient;
-use crate::model::{ErrorClass, ErrorCode, ErrorInfo, Lane, RepairReason, TaskOutcome, TaskPhase, text};
+use crate::model::{
+    ErrorClass, ErrorCode, ErrorInfo, Lane, RepairReason, TaskOutcome, TaskPhase, strip_node_names, strip_node_paths,
+    text,
+};
 use crate::settings::Settings;
 
 /// Most frames in one FrameReport.
@@ -451,6 +454,7 @@ pub async fn task_result(
         pb::TaskOutcome::TemplateError => {
             fail_task(&mut tx, fence.task_id).await?;
             let error = ErrorInfo { class: ErrorClass::Template, code: error_code, message };
+            let error = for_customers(&mut tx, fence.node_id, &error).await?;
             if let Some(job) = lease.job_id {
                 jobs::fail(&mut tx, job, &error).await?;
             }
@@ -685,13 +689,30 @@ async fn machine_failure(
         return Ok(Ended::Requeued);
     }
     fail_task(tx, fence.task_id).await?;
+    let error = for_customers(tx, fence.node_id, error).await?;
     if let Some(job) = lease.job_id {
-        jobs::fail(tx, job, error).await?;
+        jobs::fail(tx, job, &error).await?;
     }
     if let Some(snapshot) = lease.snapshot_id {
-        snapshots::fail(tx, snapshot, error).await?;
+        snapshots::fail(tx, snapshot, &error).await?;
     }
     Ok(Ended::Failed)
+}
+
+/// `error` as customers may read it: without the node's paths and without its names (host
+/// name and enrolled name of `node`, the one that reported it). Paths go first: a UNC path
+/// starts with the host name.
+async fn for_customers(tx: &mut PgTransaction<'_>, node: Uuid, error: &ErrorInfo) -> Result<ErrorInfo> {
+    let names: Option<(String, String)> = sqlx::query_as("SELECT name, hostname FROM render.nodes WHERE id = $1")
+        .bind(node)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let message = strip_node_paths(&error.message);
+    let message = match &names {
+        Some((name, hostname)) => strip_node_names(&message, &[name, hostname]),
+        None => message,
+    };
+    Ok(ErrorInfo { message, ..error.clone() })
 }
 
 /// Seconds before a failed task may be claimed again: 0.5 s after the first failure, doubling,
