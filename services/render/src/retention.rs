@@ -4,8 +4,10 @@
 //! - An export past its expiry becomes EXPIRED (`exports.state`); the file service's cleanup
 //!   removes the video once render's retention on it (`retained_until`, the same instant) ends.
 //! - A snapshot has no EXPIRED state: per the API, an expired snapshot is "deleted by
-//!   retention" (GetSnapshot answers NOT_FOUND), so its row goes, with its task. An identical
-//!   request afterwards renders it again under a new row.
+//!   retention" (GetSnapshot answers NOT_FOUND), so its row goes. Its task and attempts stay
+//!   for the operators' record, and its rows of the hourly rate keep counting (their
+//!   `snapshot_id` becomes NULL, migration 30). An identical request afterwards renders it again
+//!   under a new row.
 //!
 //! Reads do not wait for the sweep: GetExport and ListExports show an export past its expiry as
 //! EXPIRED, GetSnapshot and WatchSnapshot treat an expired snapshot as gone, and a cache hit

@@ -128,10 +128,10 @@ pub async fn after_chunk_done(tx: &mut PgTransaction<'_>, job: Uuid) -> Result<(
 }
 
 /// Fails `job` with `error` (RenderJobFailed; the message without the node's paths, and without
-/// its names where a node reported it, see `report::for_customers`) unless it already ended, and fails its other
-/// unfinished tasks, keeping their node and epoch so the replicas holding them send
-/// CancelTask(JOB_FAILED) (the nodes are notified), and its open frame repairs. Returns whether
-/// the job was failed now.
+/// its names where a node reported it, see `report::for_customers`) unless it already ended,
+/// and fails its other unfinished tasks, keeping their node and epoch so the replicas holding
+/// them send CancelTask(JOB_FAILED) (the nodes are notified), and its open frame repairs.
+/// Returns whether the job was failed now.
 pub async fn fail(tx: &mut PgTransaction<'_>, job: Uuid, error: &ErrorInfo) -> Result<bool> {
     // The customer's copy (the job and its event): without the node's paths. The attempt and
     // the task keep the agent's message for operators.
