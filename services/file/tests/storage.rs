@@ -504,13 +504,19 @@ async fn missing_objects_are_not_found(backend: &Backend) {
 // The local backend's own writer for objects larger than a part: a staging file beside the
 // destination, flushed part by part, renamed into place when complete and checked.
 
-/// A local store under a fresh directory, with or without fsync.
+/// A local store under a fresh directory, with or without fsync (and with it, direct I/O).
 fn local_store(fsync: bool) -> (tempfile::TempDir, std::path::PathBuf, Storage) {
+    local_store_with(fsync, true)
+}
+
+/// [`local_store`], direct I/O on or off.
+fn local_store_with(fsync: bool, direct_io: bool) -> (tempfile::TempDir, std::path::PathBuf, Storage) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("objects");
     let mut config = StorageConfig::local(&root).with_part_size(PART);
     if let BackendConfig::Local(local) = &mut config.backend {
         local.fsync = fsync;
+        local.direct_io = direct_io;
     }
     let storage = Storage::open(&config).unwrap();
     (dir, root, storage)
@@ -533,8 +539,8 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn local_large_writes_land_where_the_store_reads_them() {
-    for fsync in [true, false] {
-        let (_dir, root, storage) = local_store(fsync);
+    for (fsync, direct_io) in [(true, true), (true, false), (false, true)] {
+        let (_dir, root, storage) = local_store_with(fsync, direct_io);
         // Directories that do not exist yet, and three parts and a bit.
         let key = ObjectKey::new("new/nested/dirs/object.bin").unwrap();
         let body = data(3 * PART + 777, 40);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use flatrender_file::storage::{S3Config, SecretAccessKey, StorageConfig};
+use flatrender_file::storage::{BackendConfig, S3Config, SecretAccessKey, StorageConfig};
 use flatrender_file::{CleanupSettings, Settings};
 use flatrender_kit::Error;
 use flatrender_kit::config::parse_duration;
@@ -30,6 +30,12 @@ pub struct FileArgs {
     /// Directory of the local backend; default `<data-dir>/objects`.
     #[arg(long, env = "FLATRENDER_STORAGE_DIR")]
     pub storage_dir: Option<PathBuf>,
+
+    /// Local backend: write large uploads with direct I/O where the file system allows it
+    /// (`false`: through the page cache, flushed part by part; more CPU per byte, but a fresh
+    /// upload stays in the page cache for downloads right after it).
+    #[arg(long, env = "FLATRENDER_STORAGE_DIRECT_IO", default_value_t = true, action = clap::ArgAction::Set)]
+    pub storage_direct_io: bool,
 
     /// S3 endpoint, e.g. `http://127.0.0.1:9000`; default: AWS for the region.
     #[arg(long, env = "FLATRENDER_S3_ENDPOINT")]
@@ -105,10 +111,16 @@ impl FileArgs {
     /// under `public_url` (see [`FileArgs::public_url`] and [`default_public_url`]).
     pub fn settings(&self, data_dir: &Path, public_url: String) -> Result<Settings, Error> {
         let storage = match self.backend {
-            StorageBackend::Local => match &self.storage_dir {
-                Some(dir) => StorageConfig::local(dir),
-                None => StorageConfig::under_data_dir(data_dir),
-            },
+            StorageBackend::Local => {
+                let mut config = match &self.storage_dir {
+                    Some(dir) => StorageConfig::local(dir),
+                    None => StorageConfig::under_data_dir(data_dir),
+                };
+                if let BackendConfig::Local(local) = &mut config.backend {
+                    local.direct_io = self.storage_direct_io;
+                }
+                config
+            }
             StorageBackend::S3 => {
                 let required = |value: &Option<String>, flag: &str| {
                     value.clone().filter(|v| !v.is_empty()).ok_or_else(|| {
@@ -202,7 +214,27 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        file: FileArgs,
+    }
+
+    #[test]
+    fn direct_io_is_on_unless_turned_off() {
+        let direct_io = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("flatrender").chain(args.iter().copied())).unwrap();
+            let settings = cli.file.settings(Path::new("/tmp/data"), "http://127.0.0.1:50051".into()).unwrap();
+            let BackendConfig::Local(local) = settings.storage.backend else { panic!("the local backend") };
+            (local.fsync, local.direct_io)
+        };
+        assert_eq!(direct_io(&[]), (true, true));
+        assert_eq!(direct_io(&["--storage-direct-io", "false"]), (true, false));
+    }
 
     #[test]
     fn sizes() {

@@ -99,7 +99,7 @@ impl Storage {
                     // Deleting the last part of an upload removes its emptied directory too.
                     .with_automatic_cleanup(true);
                 let store = Arc::new(store);
-                let target = LocalTarget { store: Arc::clone(&store), fsync: local.fsync };
+                let target = LocalTarget { store: Arc::clone(&store), fsync: local.fsync, direct_io: local.direct_io };
                 (store, Some(target), BackendKind::Local)
             }
             BackendConfig::S3(s3) => {

@@ -54,6 +54,8 @@ pub(crate) struct LocalTarget {
     pub(crate) store: Arc<LocalFileSystem>,
     /// Flush data and directory entries before a write reports success.
     pub(crate) fsync: bool,
+    /// With fsync, write staging files with direct I/O where the file system allows it.
+    pub(crate) direct_io: bool,
 }
 
 /// What writing a part hands back: the staging file, and the blocks it filled (direct I/O).
@@ -64,6 +66,8 @@ pub(crate) struct StagedWrite {
     key: ObjectKey,
     dest: PathBuf,
     fsync: bool,
+    /// Try direct I/O for the staging file (with fsync).
+    direct_io: bool,
     /// The staging file between parts; `None` before the first part and while one is written.
     staging: Option<Staging>,
     /// The part being hashed and written (or, with direct I/O, copied into blocks); the task
@@ -92,6 +96,7 @@ impl StagedWrite {
             key: key.clone(),
             dest,
             fsync: target.fsync,
+            direct_io: target.direct_io,
             staging: None,
             writing: None,
             parts_written: 0,
@@ -115,9 +120,9 @@ impl StagedWrite {
             _ => {}
         }
         let (staging, spare) = (self.staging.take(), self.spare.take());
-        let (dest, fsync) = (self.dest.clone(), self.fsync);
+        let (dest, fsync, direct_io) = (self.dest.clone(), self.fsync, self.direct_io);
         self.writing = Some(tokio::task::spawn_blocking(move || {
-            let mut staging = open(staging, &dest, fsync)?;
+            let mut staging = open(staging, &dest, fsync, direct_io)?;
             let block = staging.append(&chunks, spare)?;
             Ok((staging, block))
         }));
@@ -144,8 +149,8 @@ impl StagedWrite {
         // Its error, if any, would not show again on the final flush (the descriptor is shared).
         self.wait_flushed().await?;
         let staging = self.staging.take();
-        let (dest, fsync) = (self.dest.clone(), self.fsync);
-        tokio::task::spawn_blocking(move || open(staging, &dest, fsync)?.publish(&dest, fsync))
+        let (dest, fsync, direct_io) = (self.dest.clone(), self.fsync, self.direct_io);
+        tokio::task::spawn_blocking(move || open(staging, &dest, fsync, direct_io)?.publish(&dest, fsync))
             .await
             .map_err(|e| self.joined(e))?
             .map_err(|e| self.failed("store", e))
@@ -251,10 +256,10 @@ impl Drop for StagedWrite {
 }
 
 /// The staging file given, or a new one for `dest`.
-fn open(staging: Option<Staging>, dest: &FsPath, fsync: bool) -> io::Result<Staging> {
+fn open(staging: Option<Staging>, dest: &FsPath, fsync: bool, direct_io: bool) -> io::Result<Staging> {
     match staging {
         Some(staging) => Ok(staging),
-        None => Staging::create(dest, fsync),
+        None => Staging::create(dest, fsync, direct_io),
     }
 }
 
@@ -270,12 +275,12 @@ struct Staging {
 }
 
 impl Staging {
-    /// Creates `<dest>#<random digits>`, and `dest`'s missing directories; with fsync, for
-    /// direct I/O where the file system allows it.
-    fn create(dest: &FsPath, fsync: bool) -> io::Result<Self> {
+    /// Creates `<dest>#<random digits>`, and `dest`'s missing directories; with fsync and
+    /// `direct_io`, for direct I/O where the file system allows it.
+    fn create(dest: &FsPath, fsync: bool, direct_io: bool) -> io::Result<Self> {
         let mut created_dirs = false;
         let mut attempts = 0;
-        let mut direct = fsync;
+        let mut direct = fsync && direct_io;
         loop {
             let path = staging_path(dest);
             let created = if direct {
@@ -413,7 +418,7 @@ mod tests {
     use super::*;
 
     fn target(root: &FsPath) -> LocalTarget {
-        LocalTarget { store: Arc::new(LocalFileSystem::new_with_prefix(root).unwrap()), fsync: true }
+        LocalTarget { store: Arc::new(LocalFileSystem::new_with_prefix(root).unwrap()), fsync: true, direct_io: true }
     }
 
     fn key() -> ObjectKey {
@@ -446,7 +451,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn uneven_parts_are_stored_exactly_with_and_without_fsync() {
+    async fn uneven_parts_are_stored_exactly_with_and_without_fsync_or_direct_io() {
         let data: Vec<u8> = (0..40_000_u32).map(|i| (i * 7 % 253) as u8).collect();
         let data = Bytes::from(data);
         let parts = [
@@ -454,17 +459,25 @@ mod tests {
             vec![data.slice(5_000..5_100)],
             vec![data.slice(5_100..9_000), data.slice(9_000..21_111)],
         ];
-        for fsync in [true, false] {
+        // Direct I/O is tried only with fsync; refused by the file system, or turned off, the
+        // staging file is written through the page cache and flushed part by part.
+        for (fsync, direct_io) in [(true, true), (true, false), (false, true)] {
             let dir = tempfile::tempdir().unwrap();
-            let target = LocalTarget { fsync, ..target(dir.path()) };
+            let target = LocalTarget { fsync, direct_io, ..target(dir.path()) };
             let mut write = StagedWrite::new(&target, &key()).unwrap();
             for part in &parts {
                 write.write_part(part.clone()).await.unwrap();
             }
             let digest = write.finish_writing(vec![data.slice(21_111..)]).await.unwrap();
             assert_eq!(digest, Sha256Digest::of(&data));
+            let direct = write.staging.as_ref().is_some_and(|staging| staging.blocks.is_some());
+            assert!(!direct || (fsync && direct_io), "direct I/O only when asked for");
             write.publish().await.unwrap();
-            assert_eq!(std::fs::read(dir.path().join("a/b/object")).unwrap(), data, "fsync {fsync}");
+            assert_eq!(
+                std::fs::read(dir.path().join("a/b/object")).unwrap(),
+                data,
+                "fsync {fsync}, direct {direct_io}"
+            );
             assert_eq!(files(dir.path()), ["object"]);
         }
     }
