@@ -11,13 +11,15 @@
 --
 -- Now the snapshot's id is cleared instead: its tasks (lane 'snapshot', created
 -- with snapshot_id set, NULL once the snapshot is deleted) and their attempts
--- stay, as do the rate's rows.
+-- stay, as do the rate's rows. The migrator applies this file in one
+-- transaction: frame_jobs is locked while its rows are checked against the
+-- (only loosened) constraints, once.
 -- =============================================================================
 
 ALTER TABLE render.frame_jobs
     DROP CONSTRAINT frame_jobs_snapshot_id_fkey,
     ADD CONSTRAINT frame_jobs_snapshot_id_fkey
-        FOREIGN KEY (snapshot_id) REFERENCES render.snapshots (id) ON DELETE SET NULL NOT VALID,
+        FOREIGN KEY (snapshot_id) REFERENCES render.snapshots (id) ON DELETE SET NULL,
     DROP CONSTRAINT frame_jobs_lane_refs_check,
     ADD CONSTRAINT frame_jobs_lane_refs_check CHECK (
         (lane = 'snapshot' AND job_id IS NULL AND segment_id IS NULL AND repair_job_id IS NULL)
@@ -25,11 +27,7 @@ ALTER TABLE render.frame_jobs
         OR (lane = 'repair' AND job_id IS NOT NULL AND repair_job_id IS NOT NULL AND snapshot_id IS NULL)
         OR (lane = 'assemble' AND job_id IS NOT NULL AND segment_id IS NULL AND snapshot_id IS NULL AND repair_job_id IS NULL)
         OR (lane = 'probe' AND pinned_node_id IS NOT NULL AND job_id IS NULL AND segment_id IS NULL
-            AND snapshot_id IS NULL AND repair_job_id IS NULL)) NOT VALID;
--- Every row satisfies both (the check only got looser); validating takes no lock
--- that blocks writers.
-ALTER TABLE render.frame_jobs VALIDATE CONSTRAINT frame_jobs_snapshot_id_fkey;
-ALTER TABLE render.frame_jobs VALIDATE CONSTRAINT frame_jobs_lane_refs_check;
+            AND snapshot_id IS NULL AND repair_job_id IS NULL));
 
 ALTER TABLE render.snapshot_tasks
     ALTER COLUMN snapshot_id DROP NOT NULL,

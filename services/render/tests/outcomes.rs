@@ -95,10 +95,24 @@ async fn a_watermarked_jobs_assembly_carries_the_mark() {
         let Some(agent_pb::assign_task::Spec::Assemble(spec)) = task.spec else { panic!("an assemble spec") };
         spec.watermark
     };
+    // Whether the node may fetch the image for `task`: PERMISSION_DENIED if not, else the call
+    // gets as far as the file service, which this orchestrator has none of.
+    let image_code = |task: &agent_pb::AssignTask| {
+        let request = agent_pb::DownloadObjectRequest {
+            task_id: task.task_id.clone(),
+            lease_epoch: task.lease_epoch,
+            object: Some(agent_pb::download_object_request::Object::FileId(image.to_string())),
+            offset: 0,
+        };
+        let download = assembler.download(request);
+        async move { download.await.map(|_| ()).unwrap_err().code() }
+    };
 
-    // The image's facts are not recorded (no watermarked submit recorded them): the text.
+    // The image's facts are not recorded (no watermarked submit recorded them): the text, and
+    // the image is no input of the assembly.
     let task = assembler.next_assign().await;
     assert_eq!(task.render_id, marked.to_string());
+    assert_eq!(image_code(&task).await, tonic::Code::PermissionDenied);
     let mark = mark_of(task).expect("a watermark");
     assert_eq!(mark.mark, Some(agent_pb::watermark::Mark::Text("Made with FlatRender".into())));
     assert_eq!((mark.position(), mark.opacity), (agent_pb::WatermarkPosition::BottomRight, 0.5));
@@ -115,6 +129,9 @@ async fn a_watermarked_jobs_assembly_carries_the_mark() {
     let mut marks = std::collections::HashMap::new();
     for _ in 0..2 {
         let task = assembler.next_assign().await;
+        let expected =
+            if task.render_id == marked.to_string() { tonic::Code::Unavailable } else { tonic::Code::PermissionDenied };
+        assert_eq!(image_code(&task).await, expected, "the image is an input of the marked job's assembly only");
         marks.insert(task.render_id.clone(), mark_of(task));
     }
     let Some(agent_pb::watermark::Mark::Image(object)) = marks[&marked.to_string()].clone().expect("a watermark").mark

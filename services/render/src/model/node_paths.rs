@@ -18,9 +18,8 @@
 //! at the first space). Relative paths are left alone: they name no node directory.
 //!
 //! The node's own names are no business of the customer either: [`strip_node_names`] replaces
-//! the reporting node's host name and enrolled name ("cannot write to \\render-07\scratch",
-//! "render-07.farm.internal: out of memory") with "the render node", a domain that follows a
-//! name included.
+//! the reporting node's host name (also its first label alone) and enrolled name
+//! ("render-07.farm.internal: out of memory", "render-07 gave up") with "the render node".
 //!
 //! Operators keep the raw message (attempts, chunks, crash reports); this applies only where
 //! the customer's copy is written.
@@ -221,19 +220,25 @@ const NODE: &str = "the render node";
 /// Names shorter than this are left alone: they would match ordinary words.
 const MIN_NAME_CHARS: usize = 3;
 
-/// `message` with each of `names` (a node's host name and enrolled name) replaced by "the
-/// render node" wherever it stands as a word of its own, matched without regard to ASCII case,
-/// together with any domain after it (`render-07` also takes `render-07.farm.internal`).
+/// `message` with each of `names` (a node's host name and enrolled name) and the first label of
+/// each dotted one (`ae-07` of `ae-07.farm.internal`) replaced by "the render node" wherever it
+/// stands as a word of its own, matched without regard to ASCII case.
 pub fn strip_node_names(message: &str, names: &[&str]) -> String {
-    let mut names: Vec<Vec<char>> =
-        names.iter().map(|n| n.trim().chars().collect::<Vec<char>>()).filter(|n| n.len() >= MIN_NAME_CHARS).collect();
+    let mut names: Vec<Vec<char>> = names
+        .iter()
+        .map(|n| n.trim())
+        .flat_map(|n| [n, n.split('.').next().unwrap_or(n)])
+        .map(|n| n.chars().collect::<Vec<char>>())
+        .filter(|n| n.len() >= MIN_NAME_CHARS)
+        .collect();
     // The longer first, so a fully qualified host name wins over its first label.
     names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    names.dedup();
     let chars: Vec<char> = message.chars().collect();
     let mut out = String::with_capacity(message.len());
     let mut i = 0;
     while i < chars.len() {
-        let matched = (i == 0 || !is_host_char(chars[i - 1]))
+        let matched = (i == 0 || !is_word_char(chars[i - 1]))
             .then(|| names.iter().find_map(|name| name_at(&chars, i, name)))
             .flatten();
         match matched {
@@ -250,28 +255,16 @@ pub fn strip_node_names(message: &str, names: &[&str]) -> String {
     out
 }
 
-/// Where `name` standing at `i` ends, its domain labels included; `None` unless it is there as
-/// a word of its own.
+/// Where `name` standing at `i` ends; `None` unless it is there as a word of its own.
 fn name_at(chars: &[char], i: usize, name: &[char]) -> Option<usize> {
     let end = i + name.len();
     let found = chars.get(i..end)?.iter().zip(name).all(|(a, b)| a.eq_ignore_ascii_case(b));
-    if !found || chars.get(end).is_some_and(|c| is_host_char(*c)) {
-        return None;
-    }
-    // ".label" after it is its domain; a dot that ends a sentence is not.
-    let mut end = end;
-    while chars.get(end) == Some(&'.') && chars.get(end + 1).is_some_and(|c| c.is_ascii_alphanumeric()) {
-        end += 1;
-        while chars.get(end).is_some_and(|c| is_host_char(*c)) {
-            end += 1;
-        }
-    }
-    Some(end)
+    (found && !chars.get(end).is_some_and(|c| is_word_char(*c))).then_some(end)
 }
 
-/// A character a host name's label may contain.
-fn is_host_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+/// A character that continues a word or a host name's label.
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '-' || c == '_'
 }
 
 #[cfg(test)]
@@ -391,22 +384,21 @@ mod tests {
     }
 
     #[test]
-    fn the_nodes_names_are_replaced_with_their_domains() {
-        let names = ["render-07", "RENDER-07.farm.internal"];
+    fn the_nodes_names_and_short_host_name_are_replaced() {
+        let names = ["gpu-3", "AE-07.farm.internal"];
         let cases = [
-            ("render-07.farm.internal: out of memory", "the render node: out of memory"),
-            ("cannot reach render-07.", "cannot reach the render node."),
-            ("lost Render-07.farm.internal.backup.lan, retrying", "lost the render node, retrying"),
-            ("(render-07) crashed", "(the render node) crashed"),
-            // Part of another word or name: left alone.
-            ("render-070 and prerender-07 and render-07x", "render-070 and prerender-07 and render-07x"),
+            ("ae-07.farm.internal: out of memory", "the render node: out of memory"),
+            ("AE-07: out of memory on gpu-3.", "the render node: out of memory on the render node."),
+            ("(gpu-3) crashed", "(the render node) crashed"),
+            // Part of another word or name: left alone, whatever the script.
+            ("ae-070 and preae-07 and ae-07x and äae-07", "ae-070 and preae-07 and ae-07x and äae-07"),
             ("", ""),
         ];
         for (raw, shown) in cases {
             assert_eq!(strip_node_names(raw, &names), shown, "{raw:?}");
         }
         // Names too short to tell from words are not touched, blanks around a name do not count.
-        assert_eq!(strip_node_names("an ae error on ae", &["ae", " "]), "an ae error on ae");
+        assert_eq!(strip_node_names("an ae error on ae", &["ae", " ", "ae.farm"]), "an ae error on ae");
         assert_eq!(strip_node_names("node ws1 failed", &[" ws1 "]), "node the render node failed");
     }
 
