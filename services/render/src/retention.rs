@@ -8,6 +8,8 @@
 //!   for the operators' record, and its rows of the hourly rate keep counting (their
 //!   `snapshot_id` becomes NULL, migration 30). An identical request afterwards renders it again
 //!   under a new row.
+//! - The hourly snapshot rate's rows (`snapshot_tasks`) older than the hour count for nothing;
+//!   they go too.
 //!
 //! Reads do not wait for the sweep: GetExport and ListExports show an export past its expiry as
 //! EXPIRED, GetSnapshot and WatchSnapshot treat an expired snapshot as gone, and a cache hit
@@ -36,6 +38,8 @@ pub struct Swept {
     pub exports: u64,
     /// Expired snapshots deleted.
     pub snapshots: u64,
+    /// Rows of the hourly snapshot rate older than the hour, deleted.
+    pub rate_rows: u64,
     /// Whether another replica held the sweep (this one did nothing).
     pub busy: bool,
 }
@@ -49,11 +53,12 @@ pub async fn run(state: State, shutdown: ShutdownSignal) {
     shutdown
         .every(every, every, || async move {
             match sweep(pool, api.retention_batch).await {
-                Ok(swept) if swept.exports + swept.snapshots > 0 => {
+                Ok(swept) if swept.exports + swept.snapshots + swept.rate_rows > 0 => {
                     tracing::info!(
                         exports = swept.exports,
                         snapshots = swept.snapshots,
-                        "expired exports and snapshots marked"
+                        rate_rows = swept.rate_rows,
+                        "expired exports, snapshots and snapshot-rate rows swept"
                     );
                 }
                 Ok(_) => {}
@@ -69,20 +74,21 @@ pub async fn sweep(pool: &PgPool, batch: u32) -> Result<Swept> {
     let batch = i64::from(batch.max(1));
     let mut swept = Swept::default();
     loop {
-        let Some((exports, snapshots)) = sweep_batch(pool, batch).await? else {
+        let Some(batch_swept) = sweep_batch(pool, batch).await? else {
             swept.busy = true;
             return Ok(swept);
         };
-        swept.exports += exports;
-        swept.snapshots += snapshots;
-        if exports < batch as u64 && snapshots < batch as u64 {
+        swept.exports += batch_swept.exports;
+        swept.snapshots += batch_swept.snapshots;
+        swept.rate_rows += batch_swept.rate_rows;
+        if [batch_swept.exports, batch_swept.snapshots, batch_swept.rate_rows].iter().all(|n| *n < batch as u64) {
             return Ok(swept);
         }
     }
 }
 
 /// One batch: `None` when another replica holds the sweep.
-async fn sweep_batch(pool: &PgPool, batch: i64) -> Result<Option<(u64, u64)>> {
+async fn sweep_batch(pool: &PgPool, batch: i64) -> Result<Option<Swept>> {
     let mut tx = pool.begin().await?;
     let locked = flatrender_kit::db::try_advisory_xact_lock(&mut tx, "render.retention").await?;
     if !locked {
@@ -113,6 +119,18 @@ async fn sweep_batch(pool: &PgPool, batch: i64) -> Result<Option<(u64, u64)>> {
     .await?;
     // Watchers of a snapshot read again (and find it gone).
     notify_each(&mut tx, SNAPSHOTS_CHANNEL, &snapshots).await?;
+    // Only the last hour counts toward the rate; a caller's own next snapshot prunes their
+    // older rows, and this those of callers who do not come back. Oldest first by id.
+    let rate_rows = sqlx::query(
+        "DELETE FROM render.snapshot_tasks t
+          USING (SELECT id FROM render.snapshot_tasks WHERE created_at <= now() - interval '1 hour'
+                  ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) due
+          WHERE t.id = due.id",
+    )
+    .bind(batch)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     tx.commit().await?;
-    Ok(Some((exports, snapshots.len() as u64)))
+    Ok(Some(Swept { exports, snapshots: snapshots.len() as u64, rate_rows, busy: false }))
 }

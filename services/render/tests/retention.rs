@@ -186,6 +186,15 @@ async fn one_replica_sweeps_at_a_time() {
     let alice = Principal::tenant_admin(TENANT);
     let due = [export(&stack, Some("-1 minute")).await, export(&stack, Some("-1 minute")).await];
     let pool = stack.db.pool();
+    // The hourly snapshot rate: two rows past the hour (a caller who did not come back), one
+    // within it.
+    stack
+        .execute(&format!(
+            "INSERT INTO render.snapshot_tasks (tenant_id, user_id, created_at)
+             VALUES ('{TENANT}', NULL, now() - interval '2 hours'), ('{TENANT}', NULL, now() - interval '61 minutes'),
+                    ('{TENANT}', NULL, now() - interval '59 minutes')"
+        ))
+        .await;
 
     // While another holds the sweep, this one does nothing.
     let mut other = pool.begin().await.unwrap();
@@ -194,14 +203,16 @@ async fn one_replica_sweeps_at_a_time() {
         .await
         .unwrap();
     let swept = flatrender_render::retention::sweep(pool, 1).await.unwrap();
-    assert_eq!(swept, flatrender_render::retention::Swept { exports: 0, snapshots: 0, busy: true });
+    assert_eq!(swept, flatrender_render::retention::Swept { busy: true, ..Default::default() });
     assert_eq!(stored_export_states(&stack, &due).await, ["available", "available"]);
     other.rollback().await.unwrap();
 
     // Then it marks everything due, a batch of one at a time.
     let swept = flatrender_render::retention::sweep(pool, 1).await.unwrap();
-    assert_eq!(swept, flatrender_render::retention::Swept { exports: 2, snapshots: 0, busy: false });
+    assert_eq!(swept, flatrender_render::retention::Swept { exports: 2, rate_rows: 2, ..Default::default() });
     assert_eq!(stored_export_states(&stack, &due).await, ["expired", "expired"]);
+    let left = "SELECT count(*) FROM render.snapshot_tasks WHERE created_at > now() - interval '1 hour'";
+    assert_eq!((stack.count("SELECT count(*) FROM render.snapshot_tasks").await, stack.count(left).await), (1, 1));
     assert_eq!(export_state(&stack, &alice, &due[0]).await, pb::ExportState::Expired);
     let swept = flatrender_render::retention::sweep(pool, 1).await.unwrap();
     assert_eq!(swept, flatrender_render::retention::Swept::default());
