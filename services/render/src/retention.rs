@@ -94,17 +94,16 @@ async fn sweep_batch(pool: &PgPool, batch: i64) -> Result<Option<Swept>> {
     if !locked {
         return Ok(None);
     }
-    let exports = sqlx::query(
+    let exports = in_batch(
+        &mut tx,
         "UPDATE render.exports e SET state = 'expired'
            FROM (SELECT id FROM render.exports
                   WHERE state = 'available' AND expires_at IS NOT NULL AND expires_at <= now()
                   ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) due
           WHERE e.id = due.id",
+        batch,
     )
-    .bind(batch)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .await?;
     // Only READY snapshots carry an expiry (a requeued one loses it until its image is back).
     let snapshots: Vec<Uuid> = sqlx::query_scalar(
         "DELETE FROM render.snapshots s
@@ -121,16 +120,20 @@ async fn sweep_batch(pool: &PgPool, batch: i64) -> Result<Option<Swept>> {
     notify_each(&mut tx, SNAPSHOTS_CHANNEL, &snapshots).await?;
     // Only the last hour counts toward the rate; a caller's own next snapshot prunes their
     // older rows, and this those of callers who do not come back. Oldest first by id.
-    let rate_rows = sqlx::query(
+    let rate_rows = in_batch(
+        &mut tx,
         "DELETE FROM render.snapshot_tasks t
           USING (SELECT id FROM render.snapshot_tasks WHERE created_at <= now() - interval '1 hour'
                   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) due
           WHERE t.id = due.id",
+        batch,
     )
-    .bind(batch)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .await?;
     tx.commit().await?;
     Ok(Some(Swept { exports, snapshots: snapshots.len() as u64, rate_rows, busy: false }))
+}
+
+/// Runs `sql`, a statement over at most `$1` rows, in `tx`; returns the rows it changed.
+async fn in_batch(tx: &mut sqlx::PgTransaction<'_>, sql: &'static str, batch: i64) -> Result<u64> {
+    Ok(sqlx::query(sql).bind(batch).execute(&mut **tx).await?.rows_affected())
 }

@@ -224,16 +224,12 @@ async fn named_input(
     let row = TaskRow::from_row(&row)?;
     let jobs: Vec<Uuid> = if lease.lane == Lane::Assemble { lease.job.into_iter().collect() } else { Vec::new() };
     let mut inputs = Inputs { audio: records::audio_of(&mut *conn, &jobs).await?, ..Inputs::default() };
-    let audio = lease.job.and_then(|job| inputs.audio.get(&job)).map(Vec::as_slice).unwrap_or_default();
-    let denied = || RenderError::PermissionDenied(format!("file {file} is not an input of task {}", lease.task));
-    if !row.input_files(audio, watermark_image).contains(&file) {
-        return Err(denied());
-    }
-    let named_otherwise = row.input_files(audio, None).contains(&file);
     inputs.load_facts(&mut conn, &[file]).await?;
-    // The watermark image is named only once its facts are recorded (else the text is).
-    if watermark_image == Some(file) && !named_otherwise && !inputs.facts.contains_key(&file) {
-        return Err(denied());
+    // The assignment names the watermark image only once its facts are recorded (else the text).
+    let image = watermark_image.filter(|image| inputs.facts.contains_key(image));
+    let audio = lease.job.and_then(|job| inputs.audio.get(&job)).map(Vec::as_slice).unwrap_or_default();
+    if !row.input_files(audio, image).contains(&file) {
+        return Err(RenderError::PermissionDenied(format!("file {file} is not an input of task {}", lease.task)));
     }
     let recorded = inputs.facts.get(&file).map(|f| f.sha256.clone());
     let template = (row.template_file_id == Some(file)).then(|| row.template_sha256.clone()).flatten();

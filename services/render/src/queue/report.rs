@@ -701,7 +701,8 @@ async fn machine_failure(
 
 /// `error` as customers may read it: without the node's paths and without its names (host
 /// name and enrolled name of `node`, the one that reported it). Paths go first: a UNC path
-/// starts with the host name.
+/// starts with the host name. (`jobs::fail` and `snapshots::fail` strip paths again, for the
+/// orchestrator's own messages; on this text that changes nothing.)
 async fn for_customers(tx: &mut PgTransaction<'_>, node: Uuid, error: &ErrorInfo) -> Result<ErrorInfo> {
     let names: Option<(String, String)> = sqlx::query_as("SELECT name, hostname FROM render.nodes WHERE id = $1")
         .bind(node)
