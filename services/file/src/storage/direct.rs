@@ -13,7 +13,6 @@ use std::io;
 use std::path::Path;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 /// The alignment of memory, offsets and lengths for direct I/O: 4 KiB covers devices with
 /// 512-byte and 4 KiB logical blocks alike.
@@ -122,14 +121,9 @@ pub(super) struct Blocks {
 }
 
 impl Blocks {
-    /// Hashes `chunks` and copies them, after the tail, into `spare` (when it is large enough)
+    /// Copies `chunks`, after the tail, into `spare` (when it is large enough)
     /// or a new buffer; returns the whole blocks to write, if there are any yet.
-    pub(super) fn fill(
-        &mut self,
-        spare: Option<AlignedBuf>,
-        chunks: &[Bytes],
-        hasher: &mut Sha256,
-    ) -> io::Result<Option<Block>> {
+    pub(super) fn fill(&mut self, spare: Option<AlignedBuf>, chunks: &[Bytes]) -> io::Result<Option<Block>> {
         let len = self.tail.len() + chunks.iter().map(Bytes::len).sum::<usize>();
         let mut buf = match spare {
             Some(mut buf) if buf.capacity() >= len => {
@@ -140,8 +134,6 @@ impl Blocks {
         };
         buf.push(&self.tail);
         for chunk in chunks {
-            // Hashed just before it is copied, so the copy reads it from the CPU's cache.
-            hasher.update(chunk);
             buf.push(chunk);
         }
         let whole = len - len % ALIGN;
@@ -193,12 +185,11 @@ mod tests {
         assert!(buf.capacity() >= 10);
 
         let mut blocks = Blocks::default();
-        let mut hasher = Sha256::new();
         let part = Bytes::from(vec![7_u8; 3 * ALIGN]);
-        let block = blocks.fill(None, std::slice::from_ref(&part), &mut hasher).unwrap().unwrap();
+        let block = blocks.fill(None, std::slice::from_ref(&part)).unwrap().unwrap();
         let first = block.buf.as_slice().as_ptr();
         // A part of the same size fits the buffer handed back.
-        let block = blocks.fill(Some(block.buf), std::slice::from_ref(&part), &mut hasher).unwrap().unwrap();
+        let block = blocks.fill(Some(block.buf), std::slice::from_ref(&part)).unwrap().unwrap();
         assert_eq!(block.buf.as_slice().as_ptr(), first);
         assert_eq!(block.offset, 3 * ALIGN as u64);
     }
@@ -206,20 +197,18 @@ mod tests {
     #[test]
     fn parts_become_whole_blocks_with_the_rest_carried_over() {
         let mut blocks = Blocks::default();
-        let mut hasher = Sha256::new();
         let data: Vec<u8> = (0..3 * ALIGN + 100).map(|i| (i % 251) as u8).collect();
         let data = Bytes::from(data);
 
         // Less than a block: nothing to write yet.
-        assert!(blocks.fill(None, &[data.slice(..100)], &mut hasher).unwrap().is_none());
+        assert!(blocks.fill(None, &[data.slice(..100)]).unwrap().is_none());
         // The carried bytes come first.
-        let block = blocks.fill(None, &[data.slice(100..ALIGN), data.slice(ALIGN..ALIGN + 5)], &mut hasher);
+        let block = blocks.fill(None, &[data.slice(100..ALIGN), data.slice(ALIGN..ALIGN + 5)]);
         let block = block.unwrap().unwrap();
         assert_eq!((block.offset, block.buf.as_slice()), (0, &data[..ALIGN]));
-        let block = blocks.fill(None, &[data.slice(ALIGN + 5..)], &mut hasher).unwrap().unwrap();
+        let block = blocks.fill(None, &[data.slice(ALIGN + 5..)]).unwrap().unwrap();
         assert_eq!((block.offset, block.buf.as_slice()), (ALIGN as u64, &data[ALIGN..3 * ALIGN]));
         assert_eq!(blocks.tail, &data[3 * ALIGN..]);
-        assert_eq!(hasher.finalize().as_slice(), Sha256::digest(&data).as_slice());
     }
 
     #[test]
@@ -233,7 +222,7 @@ mod tests {
         };
         let data: Vec<u8> = (0..2 * ALIGN + 10).map(|i| (i % 13) as u8).collect();
         let mut blocks = Blocks::default();
-        let block = blocks.fill(None, &[Bytes::from(data.clone())], &mut Sha256::new()).unwrap().unwrap();
+        let block = blocks.fill(None, &[Bytes::from(data.clone())]).unwrap().unwrap();
         block.write(&file).unwrap();
         blocks.finish(&file).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);

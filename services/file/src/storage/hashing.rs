@@ -2,9 +2,9 @@
 //! meanwhile: the thread that receives an upload only counts and forwards its bytes, so hashing
 //! and receiving run on different cores.
 //!
-//! Large writes to local disk hash on the thread that writes the file instead (see `staged`);
-//! this is for the rest: an S3 multipart upload (hashed beside its parts' requests) and objects
-//! small enough for one request (hashed before it).
+//! Used for every write larger than one request: an S3 multipart upload (hashed beside its
+//! parts' requests) and a local staging file (hashed beside the thread that copies and writes
+//! it); and for objects small enough for one request (hashed before it).
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
