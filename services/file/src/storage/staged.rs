@@ -81,7 +81,7 @@ pub(crate) struct StagedWrite {
     parts_written: u64,
     /// The flush in flight, and how many parts it covers (buffered writes).
     flushing: Option<(JoinHandle<io::Result<()>>, u64)>,
-    /// Direct I/O: the blocks of the last part hashed, to write next.
+    /// Direct I/O: the blocks of the last part copied, to write next.
     pending: Option<Block>,
     /// Direct I/O: the blocks being written; hands their buffer back.
     writing_blocks: Option<JoinHandle<io::Result<AlignedBuf>>>,
