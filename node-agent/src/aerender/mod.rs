@@ -1,0 +1,4 @@
+//! Driving aerender: its command line, its output, and the process tree it starts.
+
+pub mod argv;
+pub mod transcript;

@@ -1,0 +1,8 @@
+//! The FlatRender node agent: the daemon on every render machine that drives `aerender` and
+//! ffmpeg for the orchestrator, and the aerender simulator that stands in for After Effects
+//! where it is absent (tests, benchmarks, `make run` on Linux).
+
+pub mod aerender;
+pub mod injection;
+pub mod process;
+pub mod simulator;
