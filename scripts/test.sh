@@ -15,6 +15,13 @@ if ! command -v openssl >/dev/null; then
   $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >&2
 fi
 
+# ffmpeg (and a font for its text watermark) for the agent's assembly tests.
+if ! command -v ffmpeg >/dev/null; then
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd=sudo
+  $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg fonts-dejavu-core >&2
+fi
+
 # An off-the-shelf gRPC client (Python grpcio) for the tests that look at the server as an
 # operator's tooling would.
 venv=target/probe-venv

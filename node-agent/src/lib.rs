@@ -3,6 +3,10 @@
 //! where it is absent (tests, benchmarks, `make run` on Linux).
 
 pub mod aerender;
+pub mod assembly;
+pub mod cache;
+pub mod config;
 pub mod injection;
+pub mod machine;
 pub mod process;
 pub mod simulator;
