@@ -1,6 +1,72 @@
-//! `flatrender-agent`: the node agent daemon.
+//! `flatrender-agent`: the node agent daemon. See node-agent/README.md for how to run it.
 
-fn main() {
-    eprintln!("flatrender-agent: the daemon is not built yet; see issue 5");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use flatrender_agent::config::{Cli, Command, Config, LogFormat};
+use flatrender_agent::daemon;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_process_args();
+    let config = match Config::load_from_process(&cli.flags) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("flatrender-agent: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.command == Some(Command::Config) {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logs(&config);
+    // One thread: the agent waits on a stream, a timer and a child process; a small runtime keeps
+    // its idle footprint small. Blocking work (hashing, unpacking) goes to tokio's blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("flatrender-agent: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(daemon::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "the agent stopped");
+            eprintln!("flatrender-agent: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Ctrl-C, or SIGTERM from a service manager.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

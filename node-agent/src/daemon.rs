@@ -1,0 +1,264 @@
+//! The daemon: the configuration turned into a running agent — the node credential (enrolling
+//! once if there is none), the machine sampler, the template cache, the worker and the session,
+//! until a shutdown signal.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flatrender_proto::flatrender::agent::v1 as agent_pb;
+use flatrender_proto::flatrender::render::v1 as pb;
+use tokio::sync::mpsc;
+
+use crate::cache::{Cache, CacheEvent, EvictOutcome, EvictReason};
+use crate::config::Config;
+use crate::machine::ae::{self, AeInstall};
+use crate::machine::{Sampler, Software, TaskLoad};
+use crate::session::credential::NodeCredential;
+use crate::session::outbox::Outbox;
+use crate::session::stream::{self, AgentInfo, NodeView, Session};
+use crate::session::tasks::{TaskEvent, TaskTable};
+use crate::transfer::Transfers;
+use crate::work::{self, BundleSources, Resources, WorkConfig, Worker};
+
+/// The agent's version, reported in Hello and at enrolment.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Session(#[from] stream::SessionError),
+}
+
+fn setup(what: &str) -> impl Fn(&dyn std::fmt::Display) -> DaemonError + '_ {
+    move |e| DaemonError::Setup(format!("{what}: {e}"))
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    if config.tls() {
+        return Err(DaemonError::Setup(
+            "https orchestrator addresses need TLS, which this build does not include yet; use http on a trusted network"
+                .into(),
+        ));
+    }
+    for dir in [&config.state_dir, &config.work_dir, &config.cache_dir] {
+        std::fs::create_dir_all(dir).map_err(|e| setup(&format!("cannot create {}", dir.display()))(&e))?;
+    }
+    let installs = installs(&config).await;
+    if installs.is_empty() {
+        tracing::warn!("no After Effects install found: this node will get no render work");
+    }
+    let ffmpeg_version = crate::machine::probe_ffmpeg(&config.ffmpeg, Duration::from_secs(10)).await;
+    let mut sampler =
+        Sampler::new(&config.work_dir, &config.cache_dir).map_err(|e| setup("the machine sampler")(&e))?;
+    let software = Software { ae_installs: installs.clone(), ffmpeg_version, simulated: config.simulator };
+    let facts: pb::MachineFacts = sampler.facts(software.clone()).into();
+
+    let endpoint = stream::endpoint(&config.orchestrator)?;
+    let credential = credential(&config, &endpoint, &facts).await?;
+    tracing::info!(node = credential.node_id(), orchestrator = %config.orchestrator, "starting");
+
+    // The byte RPCs share one lazily connected channel; the session opens its own per stream.
+    let transfers = Transfers::new(endpoint.connect_lazy(), &credential).map_err(|e| setup("transfers")(&e))?;
+    let bundles = BundleSources::new(transfers.clone());
+    let (cache, cache_events) = Cache::open(&config.cache_dir, config.cache_size.bytes(), bundles.clone())
+        .await
+        .map_err(|e| setup("the template cache")(&e))?;
+    let work_config = WorkConfig {
+        work_root: config.work_dir.clone(),
+        installs: installs
+            .iter()
+            .map(|i| work::AeInstall { version: i.version.clone(), aerender: i.aerender.clone() })
+            .collect(),
+        env: Vec::new(),
+        default_limits: config.render_limits(),
+    };
+    let worker = Arc::new(Worker::new(Resources { config: work_config, transfers, cache: cache.clone(), bundles }));
+    let info = AgentInfo {
+        agent_version: AGENT_VERSION.into(),
+        instance_id: uuid::Uuid::new_v4().to_string(),
+        tags: config.tags.clone(),
+    };
+    let outbox = Outbox::open(&config.state_dir.join("outbox")).map_err(|e| setup("the outbox")(&e))?;
+    let node = Machine {
+        sampler: Mutex::new(sampler),
+        software,
+        cache: cache.clone(),
+        cache_limit: config.cache_size.bytes(),
+    };
+    let session = Session::new(
+        &config.orchestrator,
+        credential,
+        info,
+        node,
+        worker,
+        TaskTable::new(config.slots, config.draining),
+        outbox,
+    )?;
+    tokio::spawn(forward_cache_events(cache_events, session.events(), cache));
+    session.run(shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The configured installs (or those found in the standard places); an `aerender` override
+/// (the simulator) stands in for each, or for one reporting its own version when none is found.
+async fn installs(config: &Config) -> Vec<AeInstall> {
+    let mut installs = ae::installs(config);
+    if let Some(aerender) = &config.aerender {
+        if installs.is_empty() {
+            let build = ae::probe_build(aerender, Duration::from_secs(10)).await;
+            let version = build.as_deref().map(major_minor).unwrap_or_else(|| "0.0".into());
+            installs.push(AeInstall {
+                version,
+                install_dir: aerender.parent().map(PathBuf::from).unwrap_or_default(),
+                aerender: aerender.clone(),
+                build,
+                script_patch_version: 0,
+            });
+        } else {
+            for install in &mut installs {
+                install.aerender = aerender.clone();
+            }
+        }
+    }
+    installs
+}
+
+/// "24.2.1x2" → "24.2".
+fn major_minor(build: &str) -> String {
+    build.split(['.', 'x']).take(2).collect::<Vec<_>>().join(".")
+}
+
+/// The stored node credential, or a new one from the join token.
+async fn credential(
+    config: &Config,
+    endpoint: &tonic::transport::Endpoint,
+    facts: &pb::MachineFacts,
+) -> Result<NodeCredential, DaemonError> {
+    if let Some(credential) = NodeCredential::load(&config.state_dir).map_err(|e| setup("the node credential")(&e))? {
+        return Ok(credential);
+    }
+    let token = config.join_token.as_ref().ok_or_else(|| {
+        DaemonError::Setup(format!(
+            "this machine is not enrolled: set a join token (--join-token or FLATRENDER_AGENT_JOIN_TOKEN) once; the node credential is then kept in {}",
+            config.state_dir.display()
+        ))
+    })?;
+    let request = agent_pb::EnrollRequest {
+        join_token: token.expose().to_string(),
+        facts: Some(facts.clone()),
+        agent_version: AGENT_VERSION.into(),
+        name: config.node_name.clone().unwrap_or_default(),
+        slots: config.slots,
+        tags: config.tags.clone(),
+    };
+    let channel = endpoint.connect().await.map_err(|e| setup("cannot reach the orchestrator to enrol")(&e))?;
+    let (credential, response) =
+        stream::enroll(channel, request).await.map_err(|e| setup("enrolment failed")(&e.message()))?;
+    credential.store(&config.state_dir).map_err(|e| setup("the node credential")(&e))?;
+    tracing::info!(node = credential.node_id(), name = %response.name, "enrolled");
+    Ok(credential)
+}
+
+/// The machine as the session reports it.
+struct Machine {
+    sampler: Mutex<Sampler>,
+    software: Software,
+    cache: Cache<BundleSources>,
+    cache_limit: u64,
+}
+
+impl NodeView for Machine {
+    fn facts(&mut self) -> pb::MachineFacts {
+        match self.sampler.get_mut() {
+            Ok(sampler) => sampler.facts(self.software.clone()).into(),
+            Err(_) => pb::MachineFacts::default(),
+        }
+    }
+
+    fn health(&mut self, running_tasks: u32, slots: u32) -> pb::NodeHealthSample {
+        let usage = self.cache.usage();
+        let load = TaskLoad {
+            running_tasks,
+            slots,
+            cache_used_bytes: usage.used,
+            cache_limit_bytes: usage.bound,
+            task_roots: Vec::new(),
+        };
+        match self.sampler.get_mut() {
+            Ok(sampler) => sampler.sample(load).into(),
+            Err(_) => pb::NodeHealthSample::default(),
+        }
+    }
+
+    fn cache(&self) -> (Vec<pb::CachedTemplate>, u64) {
+        let entries = self
+            .cache
+            .snapshot()
+            .into_iter()
+            .map(|e| pb::CachedTemplate { sha256: e.sha256, size_bytes: e.bytes, ..pb::CachedTemplate::default() })
+            .collect();
+        (entries, self.cache_limit)
+    }
+
+    fn evict(&mut self, sha256: &str) -> Result<(), String> {
+        // The cache works off the async threads; the outcome is reported as a cache change.
+        let cache = self.cache.clone();
+        let sha256 = sha256.to_string();
+        tokio::spawn(async move {
+            match cache.evict(&sha256).await {
+                Ok(EvictOutcome::Deferred { pins }) => {
+                    tracing::info!(%sha256, pins, "eviction deferred until running tasks release the template")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%sha256, %error, "could not evict a template"),
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Cache additions and evictions, as CacheChange messages.
+async fn forward_cache_events(
+    mut events: mpsc::UnboundedReceiver<CacheEvent>,
+    session: mpsc::UnboundedSender<TaskEvent>,
+    cache: Cache<BundleSources>,
+) {
+    while let Some(event) = events.recv().await {
+        let (kind, sha256, bytes) = match event {
+            CacheEvent::Added { sha256, bytes } => (agent_pb::CacheChangeKind::Added, sha256, bytes),
+            CacheEvent::Evicted { sha256, bytes, reason } => {
+                let kind = match reason {
+                    EvictReason::Lru => agent_pb::CacheChangeKind::EvictedLru,
+                    EvictReason::Requested => agent_pb::CacheChangeKind::EvictedByRequest,
+                    EvictReason::Corrupt => agent_pb::CacheChangeKind::RemovedCorrupt,
+                };
+                (kind, sha256, bytes)
+            }
+        };
+        let change = agent_pb::CacheChange {
+            changes: vec![agent_pb::CacheChangeEntry { kind: kind as i32, sha256, size_bytes: bytes }],
+            cache_used_bytes: cache.usage().used,
+        };
+        if session.send(TaskEvent::Cache(change)).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_name_their_version() {
+        assert_eq!(major_minor("24.2.1x2"), "24.2");
+        assert_eq!(major_minor("25.0x13"), "25.0");
+    }
+}

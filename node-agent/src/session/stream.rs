@@ -1,0 +1,468 @@
+//! The control stream, for the agent's whole life: connect, Hello, Welcome, then heartbeats,
+//! work, cancels and acks until the stream breaks — and again, with jittered backoff, until the
+//! agent shuts down. The protocol is described in `proto/flatrender/agent/v1/agent_service.proto`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use flatrender_proto::flatrender::agent::v1 as agent_pb;
+use flatrender_proto::flatrender::agent::v1::agent_service_client::AgentServiceClient;
+use flatrender_proto::flatrender::agent::v1::session_request::Payload as Out;
+use flatrender_proto::flatrender::agent::v1::session_response::Payload as In;
+use flatrender_proto::flatrender::render::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use super::backoff::Backoff;
+use super::credential::NodeCredential;
+use super::outbox::Outbox;
+use super::tasks::{Executor, StopReason, TaskEvent, TaskTable};
+
+/// How long the orchestrator has to answer Hello with Welcome.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often coalesced task updates go out (the protocol allows 2 per second per task).
+const UPDATE_FLUSH: Duration = Duration::from_millis(500);
+/// The largest message either side decodes (the protocol's transport limit).
+pub const TRANSPORT_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+
+/// What the stream needs to know about the machine, asked at each Hello and heartbeat.
+pub trait NodeView: Send + 'static {
+    fn facts(&mut self) -> pb::MachineFacts;
+    fn health(&mut self, running_tasks: u32, slots: u32) -> pb::NodeHealthSample;
+    /// The cached templates and the cache's byte bound.
+    fn cache(&self) -> (Vec<pb::CachedTemplate>, u64);
+    /// Drops a template from the cache (EvictTemplate); an error says why not (e.g. in use).
+    fn evict(&mut self, sha256: &str) -> Result<(), String>;
+}
+
+/// Who this agent is on the stream.
+#[derive(Clone, Debug)]
+pub struct AgentInfo {
+    pub agent_version: String,
+    /// Drawn at process start: a new value tells the orchestrator the agent restarted.
+    pub instance_id: String,
+    pub tags: Vec<String>,
+}
+
+/// Why the session stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("the orchestrator refused the node credential ({0}); the node may have been deleted: enrol again")]
+    Unauthenticated(String),
+    #[error("the orchestrator address {0:?} is not a valid URL")]
+    BadAddress(String),
+    #[error("the outbox could not be written: {0}")]
+    Outbox(#[from] std::io::Error),
+}
+
+/// One agent's session with the orchestrator.
+pub struct Session<N, E> {
+    endpoint: Endpoint,
+    credential: NodeCredential,
+    info: AgentInfo,
+    node: N,
+    executor: Arc<E>,
+    tasks: TaskTable,
+    outbox: Outbox,
+    events: mpsc::UnboundedReceiver<TaskEvent>,
+    events_tx: mpsc::UnboundedSender<TaskEvent>,
+}
+
+/// How one stream ended, when it was not an error.
+enum StreamEnd {
+    /// The agent is shutting down; Goodbye was sent.
+    Shutdown,
+    /// The orchestrator closed the stream or the connection broke: reconnect.
+    Lost(String),
+}
+
+impl<N: NodeView, E: Executor> Session<N, E> {
+    pub fn new(
+        address: &str,
+        credential: NodeCredential,
+        info: AgentInfo,
+        node: N,
+        executor: Arc<E>,
+        tasks: TaskTable,
+        outbox: Outbox,
+    ) -> Result<Self, SessionError> {
+        let endpoint = endpoint(address)?;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        Ok(Self { endpoint, credential, info, node, executor, tasks, outbox, events, events_tx })
+    }
+
+    /// A sender for reports that do not come from a task runner (cache changes).
+    pub fn events(&self) -> mpsc::UnboundedSender<TaskEvent> {
+        self.events_tx.clone()
+    }
+
+    /// Keeps a stream up until `shutdown` completes: reconnecting with jittered backoff, the held
+    /// tasks and unacked messages carried across.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), SessionError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut backoff = Backoff::new();
+        loop {
+            let started = Instant::now();
+            match self.serve_stream(&mut shutdown).await? {
+                StreamEnd::Shutdown => {
+                    self.tasks.stop_all();
+                    return Ok(());
+                }
+                StreamEnd::Lost(why) => {
+                    // A stream that lived a while was a working connection: start over fast.
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%why, delay_ms = delay.as_millis() as u64, "the control stream ended; reconnecting");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = &mut shutdown => {
+                            self.tasks.stop_all();
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn serve_stream(
+        &mut self,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Result<StreamEnd, SessionError> {
+        let opened = tokio::select! {
+            opened = self.open_stream() => opened?,
+            () = &mut *shutdown => return Ok(StreamEnd::Shutdown),
+        };
+        let (mut out, mut inbound, welcome) = match opened {
+            Ok(opened) => opened,
+            Err(why) => return Ok(StreamEnd::Lost(why)),
+        };
+        let clock = ServerClock::from_welcome(&welcome);
+        let heartbeat_every = duration(welcome.heartbeat_interval.as_ref()).unwrap_or(Duration::from_secs(5));
+        tracing::info!(node = %welcome.node_name, orchestrator = %welcome.orchestrator_id, "connected");
+
+        // Whatever waited for an ack goes again (the orchestrator deduplicates).
+        self.outbox.new_stream();
+        let waiting: Vec<(String, Out)> = self.outbox.waiting().map(|(k, p)| (k.to_string(), p.clone())).collect();
+        for (key, payload) in waiting {
+            let seq = out.send(payload).await;
+            self.outbox.sent(&key, seq);
+        }
+
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        let mut flush = tokio::time::interval(UPDATE_FLUSH);
+        let mut updates: HashMap<String, agent_pb::TaskUpdate> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    for task in self.tasks.expire(Instant::now()) {
+                        tracing::warn!(%task, "the lease ran out without renewal; the task is stopped");
+                    }
+                    let health = agent_pb::Health {
+                        sample: Some(self.node.health(self.tasks.running(), self.tasks.slots())),
+                        tasks: self.tasks.held_list(),
+                        draining: self.tasks.draining(),
+                    };
+                    out.send(Out::Health(health)).await;
+                }
+                _ = flush.tick() => {
+                    for (_, update) in updates.drain() {
+                        out.send(Out::TaskUpdate(update)).await;
+                    }
+                }
+                Some(event) = self.events.recv() => self.on_event(event, &mut out, &mut updates).await?,
+                message = inbound.next() => match message {
+                    Some(Ok(message)) => self.on_message(message, &mut out, &clock).await,
+                    Some(Err(status)) => return lost_or_fatal(status),
+                    None => return Ok(StreamEnd::Lost("the orchestrator closed the stream".into())),
+                },
+                () = &mut *shutdown => {
+                    let goodbye = agent_pb::Goodbye { reason: agent_pb::GoodbyeReason::Shutdown as i32, message: String::new() };
+                    out.send(Out::Goodbye(goodbye)).await;
+                    return Ok(StreamEnd::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// Connects, sends Hello and waits for Welcome.
+    async fn open_stream(&mut self) -> Result<Result<Opened, String>, SessionError> {
+        let channel = match self.endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(e) => return Ok(Err(format!("cannot connect: {e}"))),
+        };
+        let (tx, rx) = mpsc::channel::<agent_pb::SessionRequest>(256);
+        let mut out = Outlet { tx, seq: 0 };
+        let (cached, cache_limit) = self.node.cache();
+        let hello = agent_pb::Hello {
+            protocol_version: agent_pb::ProtocolVersion::V1 as i32,
+            node_id: self.credential.node_id().to_string(),
+            agent_version: self.info.agent_version.clone(),
+            instance_id: self.info.instance_id.clone(),
+            facts: Some(self.node.facts()),
+            slots: self.tasks.slots(),
+            tags: self.info.tags.clone(),
+            cached_templates: cached,
+            cache_limit_bytes: cache_limit,
+            held_tasks: self.tasks.held_list(),
+            draining: self.tasks.draining(),
+        };
+        out.send(Out::Hello(hello)).await;
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        match self.credential.authorization().parse() {
+            Ok(value) => {
+                request.metadata_mut().insert("authorization", value);
+            }
+            Err(_) => return Err(SessionError::Unauthenticated("the credential is not a valid header".into())),
+        }
+        let mut client = AgentServiceClient::new(channel)
+            .max_decoding_message_size(TRANSPORT_LIMIT_BYTES)
+            .max_encoding_message_size(TRANSPORT_LIMIT_BYTES);
+        let mut inbound = match client.session(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return opening_failed(status),
+        };
+
+        let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.next()).await {
+            Ok(Some(Ok(agent_pb::SessionResponse { payload: Some(In::Welcome(welcome)), .. }))) => welcome,
+            Ok(Some(Ok(other))) => return Ok(Err(format!("the first message was not Welcome: {other:?}"))),
+            Ok(Some(Err(status))) => return opening_failed(status),
+            Ok(None) => return Ok(Err("the stream closed before Welcome".into())),
+            Err(_) => return Ok(Err("no Welcome within 10 s".into())),
+        };
+        Ok(Ok((out, inbound, welcome)))
+    }
+
+    async fn on_event(
+        &mut self,
+        event: TaskEvent,
+        out: &mut Outlet,
+        updates: &mut HashMap<String, agent_pb::TaskUpdate>,
+    ) -> Result<(), SessionError> {
+        match event {
+            TaskEvent::Update(update) => {
+                self.tasks.set_phase(&update.task_id, update.lease_epoch, update.phase);
+                // The latest update of a task replaces one not yet sent.
+                updates.insert(update.task_id.clone(), update);
+            }
+            TaskEvent::Frames(report) => {
+                let first = report.frames.first().map_or(0, |f| f.frame);
+                let key = format!("frames.{}.{}.{first}", report.task_id, report.lease_epoch);
+                self.outbox.put(&key, Out::FrameReport(report.clone()))?;
+                let seq = out.send(Out::FrameReport(report)).await;
+                self.outbox.sent(&key, seq);
+            }
+            TaskEvent::Cache(change) => {
+                out.send(Out::CacheChange(change)).await;
+            }
+            TaskEvent::Result(result) => {
+                updates.remove(&result.task_id);
+                let key = format!("result.{}.{}", result.task_id, result.lease_epoch);
+                self.tasks.result_pending(&result.task_id, result.lease_epoch);
+                self.outbox.put(&key, Out::TaskResult(result.clone()))?;
+                let seq = out.send(Out::TaskResult(result)).await;
+                self.outbox.sent(&key, seq);
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, message: agent_pb::SessionResponse, out: &mut Outlet, clock: &ServerClock) {
+        let seq = message.seq;
+        match message.payload {
+            Some(In::AssignTask(task)) => self.on_assign(seq, task, out, clock).await,
+            Some(In::CancelTask(cancel)) => {
+                if !self.tasks.stop(&cancel.task_id, cancel.lease_epoch, StopReason::Canceled) {
+                    tracing::debug!(task = %cancel.task_id, "cancel for a task not held");
+                }
+                out.send(Out::Ack(agent_pb::Ack { seq })).await;
+            }
+            Some(In::LeaseRenewal(renewal)) => {
+                for lease in renewal.leases {
+                    if let Some(ttl) = lease.lease_expires_at.as_ref().and_then(|at| clock.remaining(at)) {
+                        self.tasks.renew(&lease.task_id, lease.lease_epoch, ttl);
+                    }
+                }
+            }
+            Some(In::Drain(drain)) => {
+                self.tasks.set_draining(drain.enabled);
+                out.send(Out::Ack(agent_pb::Ack { seq })).await;
+            }
+            Some(In::EvictTemplate(evict)) => match self.node.evict(&evict.sha256) {
+                Ok(()) => {
+                    out.send(Out::Ack(agent_pb::Ack { seq })).await;
+                }
+                Err(why) => {
+                    let reject = agent_pb::Reject {
+                        seq,
+                        reason: agent_pb::RejectReason::Unavailable as i32,
+                        message: why,
+                        task_id: String::new(),
+                    };
+                    out.send(Out::Reject(reject)).await;
+                }
+            },
+            Some(In::Ack(ack)) => self.settle(ack.seq),
+            Some(In::Reject(reject)) => {
+                let reason = agent_pb::RejectReason::try_from(reject.reason).unwrap_or_default();
+                tracing::warn!(seq = reject.seq, ?reason, message = %reject.message, "the orchestrator refused a message");
+                // These three are worth another try (the next stream resends); the rest are final.
+                let retry = matches!(
+                    reason,
+                    agent_pb::RejectReason::Oversized
+                        | agent_pb::RejectReason::RateLimited
+                        | agent_pb::RejectReason::Unavailable
+                );
+                if !retry {
+                    self.settle(reject.seq);
+                }
+            }
+            Some(In::Welcome(_)) => tracing::debug!("a second Welcome; ignored"),
+            None => {
+                let reject = agent_pb::Reject {
+                    seq,
+                    reason: agent_pb::RejectReason::Unsupported as i32,
+                    message: "unknown message".into(),
+                    task_id: String::new(),
+                };
+                out.send(Out::Reject(reject)).await;
+            }
+        };
+    }
+
+    async fn on_assign(&mut self, seq: u64, task: agent_pb::AssignTask, out: &mut Outlet, clock: &ServerClock) {
+        let lease_until =
+            task.lease_expires_at.as_ref().and_then(|at| clock.remaining(at)).map(|ttl| Instant::now() + ttl);
+        let admitted = self.executor.check(&task).and_then(|()| self.tasks.admit(&task, lease_until));
+        match admitted {
+            Ok(stop) => {
+                let accepted = agent_pb::TaskUpdate {
+                    task_id: task.task_id.clone(),
+                    lease_epoch: task.lease_epoch,
+                    phase: pb::TaskPhase::Accepted as i32,
+                    ..agent_pb::TaskUpdate::default()
+                };
+                out.send(Out::TaskUpdate(accepted)).await;
+                self.executor.start(task, self.events_tx.clone(), stop);
+            }
+            Err((reason, message)) => {
+                let reject = agent_pb::Reject { seq, reason: reason as i32, message, task_id: task.task_id };
+                out.send(Out::Reject(reject)).await;
+            }
+        }
+    }
+
+    /// An outbox message was recorded (or refused for good): drop it, and forget a task whose
+    /// result it was.
+    fn settle(&mut self, seq: u64) {
+        match self.outbox.settle(seq) {
+            Ok(Some(key)) => {
+                if let Some((task, epoch)) = key.strip_prefix("result.").and_then(|rest| rest.rsplit_once('.'))
+                    && let Ok(epoch) = epoch.parse()
+                {
+                    self.tasks.forget(task, epoch);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "could not remove an acked message from the outbox"),
+        }
+    }
+}
+
+/// An open stream: the sending half, the receiving half and the Welcome.
+type Opened = (Outlet, tonic::Streaming<agent_pb::SessionResponse>, agent_pb::Welcome);
+
+/// A stream that could not open: try again later, unless the credential was refused.
+fn opening_failed(status: tonic::Status) -> Result<Result<Opened, String>, SessionError> {
+    match lost_or_fatal(status)? {
+        StreamEnd::Lost(why) => Ok(Err(why)),
+        StreamEnd::Shutdown => Ok(Err("shutting down".into())),
+    }
+}
+
+/// The sending half of one stream, numbering what it sends.
+struct Outlet {
+    tx: mpsc::Sender<agent_pb::SessionRequest>,
+    seq: u64,
+}
+
+impl Outlet {
+    /// Sends `payload` with the next sequence number and returns it. A broken stream shows on
+    /// the receiving side, so a failed send is not an error here.
+    async fn send(&mut self, payload: Out) -> u64 {
+        self.seq += 1;
+        let message =
+            agent_pb::SessionRequest { seq: self.seq, sent_at: Some(SystemTime::now().into()), payload: Some(payload) };
+        let _ = self.tx.send(message).await;
+        self.seq
+    }
+}
+
+/// The server's clock as seen from here: leases are judged on it.
+struct ServerClock {
+    /// Server time minus agent time, in seconds.
+    offset_secs: f64,
+}
+
+impl ServerClock {
+    fn from_welcome(welcome: &agent_pb::Welcome) -> Self {
+        let offset_secs = welcome.server_time.as_ref().map_or(0.0, |server| seconds(server) - now_secs());
+        Self { offset_secs }
+    }
+
+    /// How long until `at` (server clock); `None` if already past.
+    fn remaining(&self, at: &prost_types::Timestamp) -> Option<Duration> {
+        let left = seconds(at) - (now_secs() + self.offset_secs);
+        (left > 0.0).then(|| Duration::from_secs_f64(left))
+    }
+}
+
+fn seconds(t: &prost_types::Timestamp) -> f64 {
+    t.seconds as f64 + f64::from(t.nanos) / 1e9
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn duration(d: Option<&prost_types::Duration>) -> Option<Duration> {
+    let d = d?;
+    let total = d.seconds as f64 + f64::from(d.nanos) / 1e9;
+    (total > 0.0).then(|| Duration::from_secs_f64(total))
+}
+
+/// A broken stream means reconnect, except a refused credential, which no retry fixes.
+fn lost_or_fatal(status: tonic::Status) -> Result<StreamEnd, SessionError> {
+    match status.code() {
+        tonic::Code::Unauthenticated => Err(SessionError::Unauthenticated(status.message().to_string())),
+        _ => Ok(StreamEnd::Lost(format!("{}: {}", status.code(), status.message()))),
+    }
+}
+
+/// The orchestrator endpoint: HTTP/2 keepalive every 10 s (the protocol's rule), so a dead peer
+/// behind a silent network is noticed.
+pub fn endpoint(address: &str) -> Result<Endpoint, SessionError> {
+    let endpoint = Endpoint::from_shared(address.to_string()).map_err(|_| SessionError::BadAddress(address.into()))?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+/// Exchanges a one-time join token for the node's credential (`AgentService.Enroll`).
+pub async fn enroll(
+    channel: Channel,
+    request: agent_pb::EnrollRequest,
+) -> Result<(NodeCredential, agent_pb::EnrollResponse), tonic::Status> {
+    let response = AgentServiceClient::new(channel).enroll(request).await?.into_inner();
+    let credential = NodeCredential::parse(&response.node_credential)
+        .ok_or_else(|| tonic::Status::internal("the orchestrator answered a malformed node credential"))?;
+    Ok((credential, response))
+}

@@ -1,0 +1,192 @@
+//! The work a node does for the orchestrator: each accepted task runs here, in the background,
+//! and reports through the session (progress, frames, one result).
+
+mod bundles;
+mod render;
+mod report;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flatrender_proto::flatrender::agent::v1 as agent_pb;
+use flatrender_proto::flatrender::render::v1 as pb;
+use tokio::sync::mpsc;
+
+pub use bundles::BundleSources;
+
+use crate::cache::Cache;
+use crate::process::Limits;
+use crate::session::tasks::{Executor, StopSignal, TaskEvent};
+use crate::transfer::{TaskLease, Transfers};
+
+/// An After Effects installation (or the simulator standing in for one).
+#[derive(Clone, Debug)]
+pub struct AeInstall {
+    pub version: String,
+    pub aerender: PathBuf,
+}
+
+/// How work runs on this node.
+#[derive(Clone, Debug)]
+pub struct WorkConfig {
+    /// Each task works in `<work_root>/<task>-<epoch>/`, removed when it ends.
+    pub work_root: PathBuf,
+    /// Newest first.
+    pub installs: Vec<AeInstall>,
+    /// Extra environment for aerender (the simulator's knobs, licensing variables).
+    pub env: Vec<(OsString, OsString)>,
+    /// Watchdog limits when the task sets none.
+    pub default_limits: Limits,
+}
+
+impl WorkConfig {
+    /// The aerender of the install the task asks for; the newest when it names none.
+    fn aerender_for(&self, version: &str) -> Option<PathBuf> {
+        let install = if version.is_empty() {
+            self.installs.first()
+        } else {
+            self.installs.iter().find(|i| i.version == version)
+        };
+        install.map(|i| i.aerender.clone())
+    }
+
+    /// The task's watchdog, filled in from the defaults.
+    fn limits(&self, watchdog: Option<&agent_pb::Watchdog>) -> Limits {
+        let pick = |d: Option<&prost_types::Duration>, default: Duration| {
+            d.and_then(|d| Duration::try_from(*d).ok()).filter(|d| !d.is_zero()).unwrap_or(default)
+        };
+        Limits {
+            no_output: pick(watchdog.and_then(|w| w.no_output_timeout.as_ref()), self.default_limits.no_output),
+            max_run: pick(watchdog.and_then(|w| w.max_render_time.as_ref()), self.default_limits.max_run),
+        }
+    }
+}
+
+/// What every task shares.
+pub struct Resources {
+    pub config: WorkConfig,
+    pub transfers: Transfers,
+    pub cache: Cache<BundleSources>,
+    pub bundles: BundleSources,
+}
+
+/// Runs the tasks the session accepts.
+pub struct Worker {
+    resources: Arc<Resources>,
+}
+
+impl Worker {
+    pub fn new(resources: Resources) -> Self {
+        Self { resources: Arc::new(resources) }
+    }
+}
+
+impl Executor for Worker {
+    fn check(&self, task: &agent_pb::AssignTask) -> Result<(), (agent_pb::RejectReason, String)> {
+        match &task.spec {
+            Some(agent_pb::assign_task::Spec::Render(spec)) => {
+                match self.resources.config.aerender_for(&spec.ae_version) {
+                    Some(_) => Ok(()),
+                    None => Err((
+                        agent_pb::RejectReason::CapabilityMissing,
+                        format!("After Effects {:?} is not installed here", spec.ae_version),
+                    )),
+                }
+            }
+            // Assembly is announced only by nodes that report ffmpeg; this agent does not yet.
+            Some(agent_pb::assign_task::Spec::Assemble(_)) => {
+                Err((agent_pb::RejectReason::CapabilityMissing, "this agent does not assemble".into()))
+            }
+            None => Err((agent_pb::RejectReason::Malformed, "the task has no specification".into())),
+        }
+    }
+
+    fn start(&self, task: agent_pb::AssignTask, events: mpsc::UnboundedSender<TaskEvent>, stop: StopSignal) {
+        let resources = Arc::clone(&self.resources);
+        tokio::spawn(async move {
+            match task.spec.clone() {
+                Some(agent_pb::assign_task::Spec::Render(spec)) => {
+                    render::run(&resources, task, spec, events, stop).await;
+                }
+                _ => {
+                    let result = agent_pb::TaskResult {
+                        task_id: task.task_id,
+                        lease_epoch: task.lease_epoch,
+                        outcome: pb::TaskOutcome::MachineError as i32,
+                        error: Some(report::machine_error(pb::ErrorCode::UnknownFailure, "not a render task")),
+                        ..agent_pb::TaskResult::default()
+                    };
+                    let _ = events.send(TaskEvent::Result(result));
+                }
+            }
+        });
+    }
+}
+
+/// One task's identity and its line back to the session.
+pub(crate) struct TaskContext {
+    task_id: String,
+    lease_epoch: u64,
+    kind: i32,
+    events: mpsc::UnboundedSender<TaskEvent>,
+    phase: Mutex<(i32, Option<Instant>)>,
+}
+
+impl TaskContext {
+    fn new(task: &agent_pb::AssignTask, events: mpsc::UnboundedSender<TaskEvent>) -> Self {
+        Self {
+            task_id: task.task_id.clone(),
+            lease_epoch: task.lease_epoch,
+            kind: task.kind,
+            events,
+            phase: Mutex::new((pb::TaskPhase::Accepted as i32, None)),
+        }
+    }
+
+    fn lease(&self) -> TaskLease {
+        TaskLease { task_id: self.task_id.clone(), lease_epoch: self.lease_epoch }
+    }
+
+    fn update(&self, phase: pb::TaskPhase) -> agent_pb::TaskUpdate {
+        agent_pb::TaskUpdate {
+            task_id: self.task_id.clone(),
+            lease_epoch: self.lease_epoch,
+            phase: phase as i32,
+            current_frame: -1,
+            ..agent_pb::TaskUpdate::default()
+        }
+    }
+
+    fn phase(&self, phase: pb::TaskPhase, detail: &str) {
+        if let Ok(mut current) = self.phase.lock() {
+            *current = (phase as i32, Some(Instant::now()));
+        }
+        let update = agent_pb::TaskUpdate { detail: detail.into(), ..self.update(phase) };
+        let _ = self.events.send(TaskEvent::Update(update));
+    }
+
+    /// Progress while rendering (the session coalesces to the protocol's rate).
+    fn progress(&self, frames_done: u32, frames_total: u32, current_frame: i32) {
+        let percent = if frames_total == 0 { 0.0 } else { 100.0 * f64::from(frames_done) / f64::from(frames_total) };
+        let update = agent_pb::TaskUpdate {
+            current_frame,
+            frames_done,
+            frames_total,
+            percent: percent.min(100.0),
+            ..self.update(pb::TaskPhase::Rendering)
+        };
+        let _ = self.events.send(TaskEvent::Update(update));
+    }
+
+    fn frames(&self, segment_index: i32, frames: Vec<agent_pb::FrameOutput>) {
+        let report = agent_pb::FrameReport {
+            task_id: self.task_id.clone(),
+            lease_epoch: self.lease_epoch,
+            segment_index,
+            frames,
+        };
+        let _ = self.events.send(TaskEvent::Frames(report));
+    }
+}

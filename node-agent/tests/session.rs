@@ -1,0 +1,219 @@
+//! The agent's control stream against the real orchestrator (the render service in this
+//! process over a fresh PostgreSQL database, started by the render service's own test harness):
+//! enrolment once, heartbeats, reconnects, work accepted and its results acked through the
+//! on-disk outbox, cancels reaching the running task.
+//!
+//! Tasks here run in a test executor that answers at once (or when stopped): what is under test
+//! is the session, not rendering.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../../services/render/tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::TestNode;
+use flatrender_agent::session::credential::NodeCredential;
+use flatrender_agent::session::outbox::Outbox;
+use flatrender_agent::session::stream::{AgentInfo, Session, enroll};
+use flatrender_agent::session::tasks::{Executor, StopReason, StopSignal, TaskEvent, TaskTable};
+use flatrender_proto::flatrender::agent::v1 as agent_pb;
+use flatrender_proto::flatrender::render::v1 as pb;
+use support::{AgentSpec, JobSeed, Orchestrator, cancel_job, seed_job};
+use tokio::sync::{mpsc, oneshot};
+
+/// How the test executor ends each task.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// At once, as a template error.
+    TemplateError,
+    /// Only when stopped, as canceled.
+    WhenStopped,
+}
+
+struct TestExecutor {
+    answer: Answer,
+    stops: Arc<Mutex<Vec<StopReason>>>,
+}
+
+impl Executor for TestExecutor {
+    fn check(&self, _task: &agent_pb::AssignTask) -> Result<(), (agent_pb::RejectReason, String)> {
+        Ok(())
+    }
+
+    fn start(&self, task: agent_pb::AssignTask, events: mpsc::UnboundedSender<TaskEvent>, mut stop: StopSignal) {
+        let (answer, stops) = (self.answer, Arc::clone(&self.stops));
+        tokio::spawn(async move {
+            let (outcome, error) = match answer {
+                Answer::TemplateError => (
+                    pb::TaskOutcome::TemplateError,
+                    Some(pb::RenderError {
+                        error_class: pb::ErrorClass::Template as i32,
+                        code: pb::ErrorCode::CompNotFound as i32,
+                        message: "aerender ERROR: No comp was found with the given name.".into(),
+                    }),
+                ),
+                Answer::WhenStopped => {
+                    let reason = stop.stopped().await;
+                    stops.lock().unwrap().push(reason);
+                    (pb::TaskOutcome::Canceled, None)
+                }
+            };
+            let result = agent_pb::TaskResult {
+                task_id: task.task_id,
+                lease_epoch: task.lease_epoch,
+                outcome: outcome as i32,
+                exit_code: Some(1),
+                error,
+                log_tail: "test".into(),
+                timings: Some(agent_pb::TaskTimings { total_ms: 10, ..Default::default() }),
+                ..Default::default()
+            };
+            let _ = events.send(TaskEvent::Result(result));
+        });
+    }
+}
+
+/// An agent process, as far as the session goes: enrolled once into `state`, then running.
+struct Agent {
+    stop: Option<oneshot::Sender<()>>,
+    running: tokio::task::JoinHandle<()>,
+    stops: Arc<Mutex<Vec<StopReason>>>,
+}
+
+impl Agent {
+    async fn start(o: &Orchestrator, state: &Path, answer: Answer) -> (Agent, NodeCredential) {
+        let spec = AgentSpec::default();
+        let credential = match NodeCredential::load(state).unwrap() {
+            Some(credential) => credential,
+            None => {
+                let token = o.join_token(&[]).await;
+                let (credential, _) = enroll(o.channel(), spec.enroll_request(&token)).await.unwrap();
+                credential.store(state).unwrap();
+                credential
+            }
+        };
+        let info = AgentInfo {
+            agent_version: "0.1.0".into(),
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            tags: Vec::new(),
+        };
+        let stops = Arc::new(Mutex::new(Vec::new()));
+        let executor = Arc::new(TestExecutor { answer, stops: Arc::clone(&stops) });
+        let outbox = Outbox::open(&state.join("outbox")).unwrap();
+        let session = Session::new(
+            &format!("http://{}", o.addr),
+            credential.clone(),
+            info,
+            TestNode { facts: spec.facts() },
+            executor,
+            TaskTable::new(2, false),
+            outbox,
+        )
+        .unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(async move {
+            session
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        (Agent { stop: Some(stop), running, stops }, credential)
+    }
+
+    async fn shut_down(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), self.running).await.unwrap().unwrap();
+    }
+}
+
+fn outbox_len(state: &Path) -> usize {
+    std::fs::read_dir(state.join("outbox")).map_or(0, |d| d.filter(|e| e.is_ok()).count())
+}
+
+async fn until_outbox_empty(state: &Path) {
+    for _ in 0..500 {
+        if outbox_len(state) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the outbox still holds {} messages", outbox_len(state));
+}
+
+#[tokio::test]
+async fn an_agent_enrols_once_and_comes_back_online_after_a_restart() {
+    let o = Orchestrator::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let (agent, credential) = Agent::start(&o, state.path(), Answer::TemplateError).await;
+    let node = credential.node_id().to_string();
+    let online = format!("SELECT orchestrator_id IS NOT NULL FROM render.nodes WHERE id = '{node}'");
+    o.until("the node is online", &online).await;
+    o.until(
+        "a heartbeat is recorded",
+        &format!("SELECT count(*) >= 1 FROM render.node_health_logs WHERE node_id = '{node}'"),
+    )
+    .await;
+    agent.shut_down().await;
+    o.until("the node is offline", &format!("SELECT orchestrator_id IS NULL FROM render.nodes WHERE id = '{node}'"))
+        .await;
+
+    // The restarted agent uses its stored credential: no second node, no second token.
+    let (agent, again) = Agent::start(&o, state.path(), Answer::TemplateError).await;
+    assert_eq!(again.node_id(), node);
+    o.until("the node is online again", &online).await;
+    assert_eq!(o.count("SELECT count(*) FROM render.nodes").await, 1);
+    agent.shut_down().await;
+}
+
+#[tokio::test]
+async fn work_is_accepted_and_its_result_is_acked_out_of_the_outbox() {
+    let o = Orchestrator::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let (agent, _) = Agent::start(&o, state.path(), Answer::TemplateError).await;
+    let job =
+        seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 4)], chunk_size: 5, ..JobSeed::default() })
+            .await;
+    o.until(
+        "the job failed on the template error",
+        &format!("SELECT state = 'failed' FROM render.render_jobs WHERE id = '{}'", job.job_id),
+    )
+    .await;
+    until_outbox_empty(state.path()).await;
+    agent.shut_down().await;
+}
+
+#[tokio::test]
+async fn a_canceled_job_stops_the_running_task() {
+    let o = Orchestrator::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let (agent, _) = Agent::start(&o, state.path(), Answer::WhenStopped).await;
+    let job =
+        seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 4)], chunk_size: 5, ..JobSeed::default() })
+            .await;
+    o.until(
+        "the chunk is running",
+        &format!(
+            "SELECT count(*) = 1 FROM render.frame_jobs WHERE job_id = '{}' AND state IN ('leased', 'running')",
+            job.job_id
+        ),
+    )
+    .await;
+    cancel_job(o.pool(), job.job_id).await;
+    for _ in 0..500 {
+        if !agent.stops.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(agent.stops.lock().unwrap().as_slice(), [StopReason::Canceled]);
+    agent.shut_down().await;
+}

@@ -1,0 +1,218 @@
+//! A render from submission to accepted frames through the real pieces: the orchestrator and the
+//! file service in this process over a fresh PostgreSQL database, the agent's session, cache,
+//! transfers and driver, and the aerender simulator writing real frames. The template is a real
+//! bundle (a zip with a simulator project) uploaded to the file service.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../../services/render/tests/support/mod.rs"]
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestNode;
+use flatrender_agent::cache::Cache;
+use flatrender_agent::process::Limits;
+use flatrender_agent::session::credential::NodeCredential;
+use flatrender_agent::session::outbox::Outbox;
+use flatrender_agent::session::stream::{self, AgentInfo, Session};
+use flatrender_agent::session::tasks::TaskTable;
+use flatrender_agent::simulator::raster::Frame;
+use flatrender_agent::transfer::Transfers;
+use flatrender_agent::work::{AeInstall, BundleSources, Resources, WorkConfig, Worker};
+use flatrender_proto::flatrender::file::v1 as file_pb;
+use flatrender_proto::flatrender::render::v1 as pb;
+use support::{AgentSpec, Orchestrator, Principal, request, segment, test_settings, text_edit};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+const SIM: &str = env!("CARGO_BIN_EXE_aerender-sim");
+
+/// The simulator project of the bundle: one 1280x720 comp with an editable title.
+const PROJECT: &str = r##"{
+    "compositions": [{
+        "name": "Main", "width": 1280, "height": 720, "fps": 30, "duration": 300,
+        "background": "#203040",
+        "layers": [
+            {"name": "Title", "kind": "text", "text": "Template", "font": "Montserrat-Bold",
+             "font_size": 48, "fill": "#ffffff", "position": [40, 60]}
+        ]
+    }]
+}"##;
+
+fn bundle() -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    zip.start_file("project.aepx.json", options).unwrap();
+    zip.write_all(PROJECT.as_bytes()).unwrap();
+    zip.finish().unwrap().into_inner()
+}
+
+/// Enrols an agent into `state` and runs it with the real worker until the sender is used.
+async fn agent(o: &Orchestrator, state: &Path) -> oneshot::Sender<()> {
+    let spec = AgentSpec::default();
+    let token = o.join_token(&[]).await;
+    let (credential, _) = stream::enroll(o.channel(), spec.enroll_request(&token)).await.unwrap();
+    credential.store(state).unwrap();
+    let credential = NodeCredential::load(state).unwrap().unwrap();
+    let channel = stream::endpoint(&format!("http://{}", o.addr)).unwrap().connect().await.unwrap();
+    let transfers = Transfers::new(channel, &credential).unwrap();
+    let bundles = BundleSources::new(transfers.clone());
+    let (cache, _events) = Cache::open(state.join("cache"), 1 << 30, bundles.clone()).await.unwrap();
+    let config = WorkConfig {
+        work_root: state.join("work"),
+        installs: spec.ae_versions.iter().map(|v| AeInstall { version: v.clone(), aerender: SIM.into() }).collect(),
+        env: Vec::new(),
+        default_limits: Limits { no_output: Duration::from_secs(30), max_run: Duration::from_secs(120) },
+    };
+    let worker = Arc::new(Worker::new(Resources { config, transfers, cache, bundles }));
+    let info = AgentInfo { agent_version: "0.1.0".into(), instance_id: Uuid::new_v4().to_string(), tags: Vec::new() };
+    let session = Session::new(
+        &format!("http://{}", o.addr),
+        credential,
+        info,
+        TestNode { facts: spec.facts() },
+        worker,
+        TaskTable::new(1, false),
+        Outbox::open(&state.join("outbox")).unwrap(),
+    )
+    .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        session
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    stop
+}
+
+/// The orchestrator and the file service with short timings, a customer, and the template
+/// bundle uploaded as theirs.
+async fn stack() -> (Orchestrator, Principal, file_pb::File) {
+    let o = Orchestrator::start_with_files_and(|settings| {
+        let api = settings.api.clone();
+        *settings = test_settings();
+        settings.api = api;
+    })
+    .await;
+    let alice = Principal::user(Uuid::new_v4());
+    let template = o.upload(&alice, alice.tenant, "template.zip", file_pb::FileKind::TemplateBundle, &bundle()).await;
+    (o, alice, template)
+}
+
+#[tokio::test]
+async fn a_submitted_render_is_rendered_and_every_frame_accepted() {
+    let (o, alice, template) = stack().await;
+    let state = tempfile::tempdir().unwrap();
+    let stop = agent(&o, state.path()).await;
+
+    let submit = pb::SubmitRenderRequest {
+        segments: vec![segment("Main", "0-9")],
+        scene_data: Some(pb::SceneData { edits: vec![text_edit("Title", "Hello FlatRender")], custom_data: None }),
+        ..request(&template, "agent-e2e")
+    };
+    let job = o.renders(&alice).submit_render(submit).await.unwrap().into_inner().render.unwrap();
+    o.until(
+        "every frame of the job is accepted",
+        &format!("SELECT count(*) = 10 FROM render.frame_results WHERE job_id = '{}'", job.id),
+    )
+    .await;
+    assert_eq!(
+        o.count(&format!(
+            "SELECT count(*) FROM render.frame_results WHERE job_id = '{}' AND width = 1280 AND height = 720 AND file_id IS NOT NULL",
+            job.id
+        ))
+        .await,
+        10
+    );
+    // The customer's text is in the pixels of a stored frame.
+    let job_id: Uuid = job.id.parse().unwrap();
+    let file_id: Uuid =
+        sqlx::query_scalar("SELECT file_id FROM render.frame_results WHERE job_id = $1 ORDER BY frame_number LIMIT 1")
+            .bind(job_id)
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+    // Frames belong to the tenant, not to the person: its admin may read them.
+    let admin = Principal { role: flatrender_kit::auth::Role::TenantAdmin, ..Principal::user(alice.tenant) };
+    let mut files = file_pb::file_service_client::FileServiceClient::new(o.authed(&o.token_for(&admin)));
+    let request = file_pb::DownloadFileRequest { file_id: file_id.to_string(), ..Default::default() };
+    let mut parts = files.download_file(request).await.unwrap().into_inner();
+    let mut png = Vec::new();
+    while let Some(part) = parts.message().await.unwrap() {
+        if let Some(file_pb::download_file_response::Payload::Chunk(chunk)) = part.payload {
+            png.extend_from_slice(&chunk);
+        }
+    }
+    let frame = Frame::decode_png(&png).unwrap();
+    assert!(frame.find_text("Hello FlatRender", 48.0, [255, 255, 255]).is_some(), "the injected title is drawn");
+    assert!(frame.find_text("Template", 48.0, [255, 255, 255]).is_none(), "the template's text is replaced");
+
+    // The chunks are done and the job waits for a node that assembles (this one does not).
+    o.until(
+        "the chunks are done",
+        &format!(
+            "SELECT bool_and(state = 'done') FROM render.frame_jobs WHERE job_id = '{}' AND lane <> 'assemble'",
+            job.id
+        ),
+    )
+    .await;
+    o.until(
+        "the job is assembling",
+        &format!("SELECT state = 'assembling' FROM render.render_jobs WHERE id = '{}'", job.id),
+    )
+    .await;
+    // Nothing is left behind: the outbox is empty once the result is acked, and the task's work
+    // directory is gone.
+    for _ in 0..250 {
+        if std::fs::read_dir(state.path().join("outbox")).unwrap().count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(std::fs::read_dir(state.path().join("outbox")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(state.path().join("work")).unwrap().count(), 0);
+    let _ = stop.send(());
+}
+
+/// The `flatrender-agent` binary itself, configured only through its environment as a service
+/// manager would: it enrols with the join token, keeps its credential, and renders.
+#[tokio::test]
+async fn the_agent_binary_enrols_and_renders() {
+    let (o, alice, template) = stack().await;
+    let state = tempfile::tempdir().unwrap();
+    let token = o.join_token(&[]).await;
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_flatrender-agent"))
+        .env("FLATRENDER_AGENT_ORCHESTRATOR", format!("http://{}", o.addr))
+        .env("FLATRENDER_AGENT_JOIN_TOKEN", token)
+        .env("FLATRENDER_AGENT_STATE_DIR", state.path())
+        .env("FLATRENDER_AGENT_AERENDER", SIM)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    o.until("the agent's node is online", "SELECT count(*) = 1 FROM render.nodes WHERE orchestrator_id IS NOT NULL")
+        .await;
+    let submit =
+        pb::SubmitRenderRequest { segments: vec![segment("Main", "0-4")], ..request(&template, "agent-binary") };
+    let job = o.renders(&alice).submit_render(submit).await.unwrap().into_inner().render.unwrap();
+    o.until(
+        "every frame of the job is accepted",
+        &format!("SELECT count(*) = 5 FROM render.frame_results WHERE job_id = '{}'", job.id),
+    )
+    .await;
+    assert!(state.path().join("node-credential").is_file(), "the credential is kept for the next start");
+    // A service manager's stop: the agent says goodbye and exits cleanly.
+    let pid = agent.id().unwrap();
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), agent.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+    o.until("the node is offline", "SELECT count(*) = 0 FROM render.nodes WHERE orchestrator_id IS NOT NULL").await;
+}
