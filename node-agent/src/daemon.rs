@@ -83,6 +83,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         agent_version: AGENT_VERSION.into(),
         instance_id: uuid::Uuid::new_v4().to_string(),
         tags: config.tags.clone(),
+        heartbeat_fallback: config.health_interval,
     };
     let outbox = Outbox::open(&config.state_dir.join("outbox")).map_err(|e| setup("the outbox")(&e))?;
     let node = Machine {

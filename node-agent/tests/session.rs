@@ -101,6 +101,7 @@ impl Agent {
             agent_version: "0.1.0".into(),
             instance_id: uuid::Uuid::new_v4().to_string(),
             tags: Vec::new(),
+            heartbeat_fallback: Duration::from_secs(5),
         };
         let stops = Arc::new(Mutex::new(Vec::new()));
         let executor = Arc::new(TestExecutor { answer, stops: Arc::clone(&stops) });

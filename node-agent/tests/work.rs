@@ -70,7 +70,12 @@ async fn agent(o: &Orchestrator, state: &Path) -> oneshot::Sender<()> {
         default_limits: Limits { no_output: Duration::from_secs(30), max_run: Duration::from_secs(120) },
     };
     let worker = Arc::new(Worker::new(Resources { config, transfers, cache, bundles }));
-    let info = AgentInfo { agent_version: "0.1.0".into(), instance_id: Uuid::new_v4().to_string(), tags: Vec::new() };
+    let info = AgentInfo {
+        agent_version: "0.1.0".into(),
+        instance_id: Uuid::new_v4().to_string(),
+        tags: Vec::new(),
+        heartbeat_fallback: Duration::from_secs(5),
+    };
     let session = Session::new(
         &format!("http://{}", o.addr),
         credential,

@@ -46,6 +46,8 @@ pub struct AgentInfo {
     /// Drawn at process start: a new value tells the orchestrator the agent restarted.
     pub instance_id: String,
     pub tags: Vec<String>,
+    /// How often to send Health when the orchestrator's Welcome names no interval.
+    pub heartbeat_fallback: Duration,
 }
 
 /// Why the session stopped for good.
@@ -144,7 +146,7 @@ impl<N: NodeView, E: Executor> Session<N, E> {
             Err(why) => return Ok(StreamEnd::Lost(why)),
         };
         let clock = ServerClock::from_welcome(&welcome);
-        let heartbeat_every = duration(welcome.heartbeat_interval.as_ref()).unwrap_or(Duration::from_secs(5));
+        let heartbeat_every = duration(welcome.heartbeat_interval.as_ref()).unwrap_or(self.info.heartbeat_fallback);
         tracing::info!(node = %welcome.node_name, orchestrator = %welcome.orchestrator_id, "connected");
 
         // Whatever waited for an ack goes again (the orchestrator deduplicates).
