@@ -12,3 +12,4 @@ export FLATRENDER_PGBENCH
 cargo bench --locked -p flatrender --bench startup
 cargo bench --locked -p flatrender --bench file_transfer
 cargo bench --locked -p flatrender-render --bench dispatch
+cargo bench --locked -p flatrender-agent --bench agent
