@@ -179,7 +179,17 @@ pub struct Sampler {
     disks: Disks,
     gpus: gpu::Gpus,
     watched: [(DiskRole, PathBuf); 2],
+    /// Samples taken, to space out process scans while idle.
+    samples: u64,
+    /// Whether the last process scan found After Effects processes.
+    saw_ae: bool,
 }
+
+/// While no task runs and no After Effects process was seen, the process table (the costliest
+/// part of a sample: every process's memory and CPU) is scanned only every this many samples,
+/// every 30 s at the default 5 s interval: strays still show within half a minute, and the idle
+/// agent stays near zero CPU.
+const IDLE_PROCESS_SCAN_EVERY: u64 = 6;
 
 impl std::fmt::Debug for Sampler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -206,6 +216,8 @@ impl Sampler {
             disks,
             gpus: gpu::Gpus::init(),
             watched: [(DiskRole::Work, work_dir.to_path_buf()), (DiskRole::Cache, cache_dir.to_path_buf())],
+            samples: 0,
+            saw_ae: false,
         })
     }
 
@@ -237,9 +249,15 @@ impl Sampler {
     pub fn sample(&mut self, tasks: TaskLoad) -> HealthSample {
         self.system.refresh_cpu_usage();
         self.system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-        self.system.refresh_processes_specifics(ProcessesToUpdate::All, true, process_refresh());
-
-        let ae_processes = self.ae_processes(&tasks.task_roots);
+        let scan = tasks.running_tasks > 0 || self.saw_ae || self.samples % IDLE_PROCESS_SCAN_EVERY == 0;
+        self.samples += 1;
+        let ae_processes = if scan {
+            self.system.refresh_processes_specifics(ProcessesToUpdate::All, true, process_refresh());
+            self.ae_processes(&tasks.task_roots)
+        } else {
+            Vec::new()
+        };
+        self.saw_ae = !ae_processes.is_empty();
         HealthSample {
             recorded_at: SystemTime::now(),
             cpu_percent: f64::from(self.system.global_cpu_usage()).clamp(0.0, 100.0),
