@@ -249,7 +249,7 @@ impl Sampler {
     pub fn sample(&mut self, tasks: TaskLoad) -> HealthSample {
         self.system.refresh_cpu_usage();
         self.system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-        let scan = tasks.running_tasks > 0 || self.saw_ae || self.samples % IDLE_PROCESS_SCAN_EVERY == 0;
+        let scan = tasks.running_tasks > 0 || self.saw_ae || self.samples.is_multiple_of(IDLE_PROCESS_SCAN_EVERY);
         self.samples += 1;
         let ae_processes = if scan {
             self.system.refresh_processes_specifics(ProcessesToUpdate::All, true, process_refresh());
