@@ -93,6 +93,14 @@ impl<N: NodeView, E: Executor> Session<N, E> {
         outbox: Outbox,
     ) -> Result<Self, SessionError> {
         let endpoint = endpoint(address)?;
+        let mut tasks = tasks;
+        // Results an earlier run could not get acked: their tasks are still held (Hello lists
+        // them; the orchestrator renews or cancels each) until the resent result is acked.
+        for (key, _) in outbox.waiting() {
+            if let Some((task, epoch)) = result_key(key) {
+                tasks.restore_pending(task, epoch);
+            }
+        }
         let (events_tx, events) = mpsc::unbounded_channel();
         Ok(Self { endpoint, credential, info, node, executor, tasks, outbox, events, events_tx })
     }
@@ -365,9 +373,7 @@ impl<N: NodeView, E: Executor> Session<N, E> {
     fn settle(&mut self, seq: u64) {
         match self.outbox.settle(seq) {
             Ok(Some(key)) => {
-                if let Some((task, epoch)) = key.strip_prefix("result.").and_then(|rest| rest.rsplit_once('.'))
-                    && let Ok(epoch) = epoch.parse()
-                {
+                if let Some((task, epoch)) = result_key(&key) {
                     self.tasks.forget(task, epoch);
                 }
             }
@@ -375,6 +381,12 @@ impl<N: NodeView, E: Executor> Session<N, E> {
             Err(error) => tracing::error!(%error, "could not remove an acked message from the outbox"),
         }
     }
+}
+
+/// The task and epoch of an outbox key `result.<task>.<epoch>`.
+fn result_key(key: &str) -> Option<(&str, u64)> {
+    let (task, epoch) = key.strip_prefix("result.")?.rsplit_once('.')?;
+    Some((task, epoch.parse().ok()?))
 }
 
 /// An open stream: the sending half, the receiving half and the Welcome.

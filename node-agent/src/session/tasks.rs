@@ -143,6 +143,21 @@ impl TaskTable {
         Ok(StopSignal(signal))
     }
 
+    /// A task whose result an earlier run of the agent left in the outbox: held, not running,
+    /// until the result is acked, so that Hello lists it and the orchestrator settles it.
+    pub fn restore_pending(&mut self, task_id: &str, epoch: u64) {
+        let (stop, _) = watch::channel(None);
+        let held = Held {
+            epoch,
+            kind: pb::TaskKind::Unspecified as i32,
+            phase: pb::TaskPhase::Unspecified as i32,
+            lease_until: None,
+            stop,
+            result_pending: true,
+        };
+        self.held.entry(task_id.to_string()).or_insert(held);
+    }
+
     /// Notes a task's phase (for Health and Hello).
     pub fn set_phase(&mut self, task_id: &str, epoch: u64, phase: i32) {
         if let Some(task) = self.held.get_mut(task_id).filter(|t| t.epoch == epoch) {
@@ -251,6 +266,18 @@ mod tests {
         );
         table.forget("a", 6);
         assert!(!table.holds("a", 6));
+    }
+
+    #[test]
+    fn results_left_by_an_earlier_run_are_held_without_a_slot() {
+        let mut table = TaskTable::new(1, false);
+        table.restore_pending("old", 3);
+        assert!(table.holds("old", 3));
+        assert_eq!(table.running(), 0, "a result waiting for its ack uses no slot");
+        assert!(table.held_list()[0].result_pending);
+        assert!(table.admit(&assign("new", 1), None).is_ok());
+        table.forget("old", 3);
+        assert!(!table.holds("old", 3));
     }
 
     #[tokio::test]
