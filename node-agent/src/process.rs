@@ -80,9 +80,9 @@ pub async fn supervise(
     cancel: impl Future<Output = ()>,
     mut on_output: impl FnMut(&[u8]),
 ) -> io::Result<Ending> {
-    let mut child = spawn(program)?;
-    let (Some(mut stdout), Some(mut stderr)) = (child.stdout().take(), child.stderr().take()) else {
-        kill_tree(child.as_mut()).await;
+    let mut child = TreeGuard(spawn(program)?, true);
+    let (Some(mut stdout), Some(mut stderr)) = (child.0.stdout().take(), child.0.stderr().take()) else {
+        kill_tree(child.0.as_mut()).await;
         return Err(io::Error::other("the child's output pipes were not set up"));
     };
     let started = Instant::now();
@@ -95,44 +95,69 @@ pub async fn supervise(
     // Once the process has exited, what it wrote is still read to the end, unless something it
     // left running holds the pipes open: then only for a moment.
     let mut exited: Option<(ExitStatus, Instant)> = None;
-    let ending = loop {
+    let ending: io::Result<Ending> = loop {
         if let Some((status, _)) = exited
             && !out_open
             && !err_open
         {
-            break Ending::Exited(status);
+            break Ok(Ending::Exited(status));
         }
         let drained_by = exited.map_or(deadline, |(_, at)| at + EXIT_DRAIN);
         tokio::select! {
-            read = read_some(&mut stdout, &mut out_buf), if out_open => match read? {
-                0 => out_open = false,
-                n => {
+            read = read_some(&mut stdout, &mut out_buf), if out_open => match read {
+                Err(e) => break Err(e),
+                Ok(0) => out_open = false,
+                Ok(n) => {
                     silent_until = Instant::now() + limits.no_output;
                     on_output(&out_buf[..n]);
                 }
             },
-            read = read_some(&mut stderr, &mut err_buf), if err_open => match read? {
-                0 => err_open = false,
-                n => {
+            read = read_some(&mut stderr, &mut err_buf), if err_open => match read {
+                Err(e) => break Err(e),
+                Ok(0) => err_open = false,
+                Ok(n) => {
                     silent_until = Instant::now() + limits.no_output;
                     on_output(&err_buf[..n]);
                 }
             },
-            status = child.wait(), if exited.is_none() => exited = Some((status?, Instant::now())),
+            status = child.0.wait(), if exited.is_none() => match status {
+                Ok(status) => exited = Some((status, Instant::now())),
+                Err(e) => break Err(e),
+            },
             () = activity.0.notified() => silent_until = Instant::now() + limits.no_output,
             () = sleep_until(drained_by), if exited.is_some() => {
                 if let Some((status, _)) = exited {
-                    break Ending::Exited(status);
+                    break Ok(Ending::Exited(status));
                 }
             }
-            () = sleep_until(silent_until), if exited.is_none() => break Ending::Silent { for_: limits.no_output },
-            () = sleep_until(deadline), if exited.is_none() => break Ending::OverTime { after: limits.max_run },
-            () = &mut cancel, if exited.is_none() => break Ending::Canceled,
+            () = sleep_until(silent_until), if exited.is_none() => break Ok(Ending::Silent { for_: limits.no_output }),
+            () = sleep_until(deadline), if exited.is_none() => break Ok(Ending::OverTime { after: limits.max_run }),
+            () = &mut cancel, if exited.is_none() => break Ok(Ending::Canceled),
         }
     };
-    // Also after a normal exit: whatever the process left running in its group goes with it.
-    kill_tree(child.as_mut()).await;
-    Ok(ending)
+    // Also after a normal exit, and after a failed read: whatever the process left running in
+    // its group goes with it.
+    kill_tree(child.0.as_mut()).await;
+    child.1 = false;
+    ending
+}
+
+/// Kills the whole tree if the supervising future is dropped mid-run (the agent shutting down,
+/// a task dropped): the child's own kill-on-drop reaches only the process we spawned, not the
+/// After Effects it started.
+/// The second field is whether the tree may still be running (not yet killed and reaped).
+struct TreeGuard(Box<dyn ChildWrapper>, bool);
+
+impl Drop for TreeGuard {
+    fn drop(&mut self) {
+        if !self.1 {
+            return;
+        }
+        #[cfg(unix)]
+        let _ = self.0.signal(libc::SIGKILL);
+        #[cfg(not(unix))]
+        let _ = self.0.start_kill();
+    }
 }
 
 async fn read_some(pipe: &mut (impl AsyncRead + Unpin), buf: &mut [u8]) -> io::Result<usize> {
@@ -283,6 +308,21 @@ mod tests {
         let text = String::from_utf8(output).unwrap();
         let pid: i32 = text.lines().find_map(|l| l.strip_prefix("pid=")).unwrap().trim().parse().unwrap();
         assert!(!alive(pid), "the left-behind process {pid} survived");
+    }
+
+    #[tokio::test]
+    async fn dropping_a_run_midway_kills_the_tree() {
+        let output = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&output);
+        let (program, activity) = (sh("sleep 600 & echo pid=$!; sleep 600"), Activity::default());
+        let run = supervise(&program, limits(60_000, 60_000), &activity, std::future::pending(), move |bytes| {
+            seen.lock().unwrap().extend_from_slice(bytes)
+        });
+        // The agent shutting down drops the task running this future.
+        assert!(tokio::time::timeout(Duration::from_millis(500), run).await.is_err());
+        let text = String::from_utf8(output.lock().unwrap().clone()).unwrap();
+        let pid: i32 = text.lines().find_map(|l| l.strip_prefix("pid=")).unwrap().trim().parse().unwrap();
+        assert!(!alive(pid), "the grandchild {pid} outlived the dropped run");
     }
 
     #[tokio::test]

@@ -186,7 +186,7 @@ impl<N: NodeView, E: Executor> Session<N, E> {
                         out.send(Out::TaskUpdate(update)).await;
                     }
                 }
-                Some(event) = self.events.recv() => self.on_event(event, &mut out, &mut updates).await?,
+                Some(event) = self.events.recv() => self.on_event(event, &mut out, &mut updates).await,
                 message = inbound.next() => match message {
                     Some(Ok(message)) => self.on_message(message, &mut out, &clock).await,
                     Some(Err(status)) => return lost_or_fatal(status),
@@ -254,7 +254,7 @@ impl<N: NodeView, E: Executor> Session<N, E> {
         event: TaskEvent,
         out: &mut Outlet,
         updates: &mut HashMap<String, agent_pb::TaskUpdate>,
-    ) -> Result<(), SessionError> {
+    ) {
         match event {
             TaskEvent::Update(update) => {
                 self.tasks.set_phase(&update.task_id, update.lease_epoch, update.phase);
@@ -262,9 +262,9 @@ impl<N: NodeView, E: Executor> Session<N, E> {
                 updates.insert(update.task_id.clone(), update);
             }
             TaskEvent::Frames(report) => {
-                let first = report.frames.first().map_or(0, |f| f.frame);
-                let key = format!("frames.{}.{}.{first}", report.task_id, report.lease_epoch);
-                self.outbox.put(&key, Out::FrameReport(report.clone()))?;
+                // Unique per report: two reports of one task never replace each other.
+                let key = format!("frames.{}.{}.{}", report.task_id, report.lease_epoch, uuid::Uuid::new_v4().simple());
+                self.keep(&key, Out::FrameReport(report.clone()));
                 let seq = out.send(Out::FrameReport(report)).await;
                 self.outbox.sent(&key, seq);
             }
@@ -272,15 +272,24 @@ impl<N: NodeView, E: Executor> Session<N, E> {
                 out.send(Out::CacheChange(change)).await;
             }
             TaskEvent::Result(result) => {
-                updates.remove(&result.task_id);
+                if updates.get(&result.task_id).is_some_and(|u| u.lease_epoch == result.lease_epoch) {
+                    updates.remove(&result.task_id);
+                }
                 let key = format!("result.{}.{}", result.task_id, result.lease_epoch);
                 self.tasks.result_pending(&result.task_id, result.lease_epoch);
-                self.outbox.put(&key, Out::TaskResult(result.clone()))?;
+                self.keep(&key, Out::TaskResult(result.clone()));
                 let seq = out.send(Out::TaskResult(result)).await;
                 self.outbox.sent(&key, seq);
             }
         }
-        Ok(())
+    }
+
+    /// Puts a message in the outbox. A full or failing state disk must not stop the agent: the
+    /// message is still sent now, and only a restart before its ack would lose it.
+    fn keep(&mut self, key: &str, payload: Out) {
+        if let Err(error) = self.outbox.put(key, payload) {
+            tracing::error!(%key, %error, "could not keep a message in the outbox; sending it unkept");
+        }
     }
 
     async fn on_message(&mut self, message: agent_pb::SessionResponse, out: &mut Outlet, clock: &ServerClock) {
@@ -295,8 +304,8 @@ impl<N: NodeView, E: Executor> Session<N, E> {
             }
             Some(In::LeaseRenewal(renewal)) => {
                 for lease in renewal.leases {
-                    if let Some(ttl) = lease.lease_expires_at.as_ref().and_then(|at| clock.remaining(at)) {
-                        self.tasks.renew(&lease.task_id, lease.lease_epoch, ttl);
+                    if let Some(at) = lease.lease_expires_at.as_ref() {
+                        self.tasks.renew(&lease.task_id, lease.lease_epoch, clock.remaining(at));
                     }
                 }
             }
@@ -347,9 +356,24 @@ impl<N: NodeView, E: Executor> Session<N, E> {
     }
 
     async fn on_assign(&mut self, seq: u64, task: agent_pb::AssignTask, out: &mut Outlet, clock: &ServerClock) {
-        let lease_until =
-            task.lease_expires_at.as_ref().and_then(|at| clock.remaining(at)).map(|ttl| Instant::now() + ttl);
-        let admitted = self.executor.check(&task).and_then(|()| self.tasks.admit(&task, lease_until));
+        let lease_until = task.lease_expires_at.as_ref().map(|at| Instant::now() + clock.remaining(at));
+        // The same assignment again (a resend): it is running already; say so again.
+        if self.tasks.holds(&task.task_id, task.lease_epoch) {
+            let accepted = agent_pb::TaskUpdate {
+                task_id: task.task_id,
+                lease_epoch: task.lease_epoch,
+                phase: pb::TaskPhase::Accepted as i32,
+                ..agent_pb::TaskUpdate::default()
+            };
+            out.send(Out::TaskUpdate(accepted)).await;
+            return;
+        }
+        // Task ids name work directories and outbox files: only a UUID is taken.
+        let well_formed = uuid::Uuid::parse_str(&task.task_id)
+            .map(|_| ())
+            .map_err(|_| (agent_pb::RejectReason::Malformed, format!("the task id {:?} is not a UUID", task.task_id)));
+        let admitted =
+            well_formed.and_then(|()| self.executor.check(&task)).and_then(|()| self.tasks.admit(&task, lease_until));
         match admitted {
             Ok(stop) => {
                 let accepted = agent_pb::TaskUpdate {
@@ -430,10 +454,11 @@ impl ServerClock {
         Self { offset_secs }
     }
 
-    /// How long until `at` (server clock); `None` if already past.
-    fn remaining(&self, at: &prost_types::Timestamp) -> Option<Duration> {
+    /// How long until `at` (server clock): zero if already past, at most a day (a lease is
+    /// seconds long; a wild timestamp must not overflow the agent's clock).
+    fn remaining(&self, at: &prost_types::Timestamp) -> Duration {
         let left = seconds(at) - (now_secs() + self.offset_secs);
-        (left > 0.0).then(|| Duration::from_secs_f64(left))
+        if left.is_finite() && left > 0.0 { Duration::from_secs_f64(left.min(86_400.0)) } else { Duration::ZERO }
     }
 }
 

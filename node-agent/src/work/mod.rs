@@ -87,6 +87,18 @@ impl Executor for Worker {
     fn check(&self, task: &agent_pb::AssignTask) -> Result<(), (agent_pb::RejectReason, String)> {
         match &task.spec {
             Some(agent_pb::assign_task::Spec::Render(spec)) => {
+                // The protocol's bound; more is a malformed task, not a reason to allocate.
+                let frames: u64 = spec
+                    .frames
+                    .iter()
+                    .map(|r| {
+                        let span = i64::from(r.end) - i64::from(r.start);
+                        u64::try_from(span).map_or(0, |n| n / u64::from(r.step.max(1).unsigned_abs()) + 1)
+                    })
+                    .sum();
+                if frames > 10_000 || frames == 0 {
+                    return Err((agent_pb::RejectReason::Malformed, format!("{frames} frames: 1..=10,000 expected")));
+                }
                 match self.resources.config.aerender_for(&spec.ae_version) {
                     Some(_) => Ok(()),
                     None => Err((

@@ -20,6 +20,18 @@ use crate::process::Activity;
 use crate::session::tasks::{StopReason, StopSignal, TaskEvent};
 use crate::transfer::Object;
 
+/// The protocol's limit on an error message.
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncated(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
 /// The default output pattern when the task names none: comp frame numbers, five digits.
 const DEFAULT_PATTERN: &str = "frame_[#####].png";
 
@@ -126,7 +138,7 @@ async fn render(
     let output = spec.output.clone().unwrap_or_default();
     let pattern =
         if output.file_pattern.is_empty() { DEFAULT_PATTERN.to_string() } else { output.file_pattern.clone() };
-    if pattern.contains(['/', '\\']) || pattern.contains("..") {
+    if pattern.contains(['/', '\\', ':']) || pattern.contains("..") {
         return Err(Failed::template(
             pb::ErrorCode::BundleInvalid,
             format!("the output pattern {pattern:?} is not a file name"),
@@ -139,7 +151,7 @@ async fn render(
         .iter()
         .map(|r| FrameSpan { start: r.start.max(0) as u32, end: r.end.max(0) as u32, step: r.step.max(1) as u32 })
         .collect();
-    let frames_total: u32 = spans.iter().map(|s| s.len()).sum();
+    let frames_total: u32 = spans.iter().fold(0_u32, |total, s| total.saturating_add(s.len()));
     // A set output size is the output module's job, so assembly never rescales.
     let mut output_settings: std::collections::BTreeMap<String, String> =
         output.output_settings.clone().into_iter().collect();
@@ -178,14 +190,19 @@ async fn render(
             stopper.stopped().await;
         };
         let report = driver::render(&run, &Activity::default(), cancel, |progress| {
-            let done = done_before + progress.position as u32;
+            let done = done_before.saturating_add(u32::try_from(progress.position).unwrap_or(u32::MAX));
             ctx.progress(done, frames_total, progress.comp_frame.map_or(-1, |f| f as i32));
         })
         .await
         .map_err(|e| Failed::machine(pb::ErrorCode::AeUnavailable, e.to_string()))?;
         result.exit_code = report.exit_code;
         result.log_tail = report.log_tail.clone();
-        result.warnings.extend(report.verdict.warnings.iter().cloned());
+        // The protocol's limits: at most 100 warnings of at most 1,000 characters.
+        for warning in &report.verdict.warnings {
+            if result.warnings.len() < 100 {
+                result.warnings.push(warning.chars().take(1000).collect());
+            }
+        }
         if let Some((code, message)) = &report.verdict.error {
             let outcome = match (report.verdict.outcome, stop_reason(&stop)) {
                 // A task the agent gives up because it is shutting down goes back to the queue.
@@ -195,7 +212,7 @@ async fn render(
             let error = pb::RenderError {
                 error_class: report::class(report.verdict.outcome) as i32,
                 code: report::code(*code) as i32,
-                message: message.clone(),
+                message: truncated(message, MAX_MESSAGE_BYTES),
             };
             timings.render_ms = rendering.elapsed().as_millis() as u64;
             return Err(Failed { outcome, error });
@@ -292,10 +309,10 @@ fn content_type(path: &Path) -> &'static str {
 fn project_path(root: &Path, named: &str) -> Result<PathBuf, Failed> {
     let bad = |why: String| Failed::template(pb::ErrorCode::ProjectOpenFailed, why);
     if !named.is_empty() {
-        if named.starts_with('/')
-            || named.contains('\\')
-            || named.split('/').any(|part| part == ".." || part.is_empty())
-        {
+        // Only plain names: no root, drive, `..` or `.` anywhere, on any platform.
+        let plain = !named.contains(['\\', ':'])
+            && named.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+        if !plain {
             return Err(bad(format!("the project path {named:?} is not a relative path inside the template")));
         }
         let path = root.join(named);
