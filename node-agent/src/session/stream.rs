@@ -271,6 +271,9 @@ impl<N: NodeView, E: Executor> Session<N, E> {
             TaskEvent::Cache(change) => {
                 out.send(Out::CacheChange(change)).await;
             }
+            TaskEvent::Result(result) if self.tasks.drop_result(&result.task_id, result.lease_epoch) => {
+                tracing::info!(task = %result.task_id, "the lease is gone; the result is dropped");
+            }
             TaskEvent::Result(result) => {
                 if updates.get(&result.task_id).is_some_and(|u| u.lease_epoch == result.lease_epoch) {
                     updates.remove(&result.task_id);
@@ -297,7 +300,13 @@ impl<N: NodeView, E: Executor> Session<N, E> {
         match message.payload {
             Some(In::AssignTask(task)) => self.on_assign(seq, task, out, clock).await,
             Some(In::CancelTask(cancel)) => {
-                if !self.tasks.stop(&cancel.task_id, cancel.lease_epoch, StopReason::Canceled) {
+                let reason = match agent_pb::CancelReason::try_from(cancel.reason) {
+                    Ok(agent_pb::CancelReason::LeaseLost | agent_pb::CancelReason::UnknownTask) => {
+                        StopReason::LeaseLost
+                    }
+                    _ => StopReason::Canceled,
+                };
+                if !self.tasks.stop(&cancel.task_id, cancel.lease_epoch, reason) {
                     tracing::debug!(task = %cancel.task_id, "cancel for a task not held");
                 }
                 out.send(Out::Ack(agent_pb::Ack { seq })).await;

@@ -16,6 +16,9 @@ pub enum StopReason {
     Canceled,
     /// The lease ran out without renewal (agent clock, corrected by the server's offset).
     LeaseExpired,
+    /// The orchestrator says the lease is gone (CancelTask LEASE_LOST or UNKNOWN_TASK): the
+    /// task belongs to another node now, and no result is sent.
+    LeaseLost,
     /// The agent is shutting down.
     Shutdown,
 }
@@ -138,7 +141,7 @@ impl TaskTable {
         };
         // A newer epoch of a task held before replaces it: the old run is told to stop.
         if let Some(old) = self.held.insert(task.task_id.clone(), held) {
-            let _ = old.stop.send(Some(StopReason::Canceled));
+            let _ = old.stop.send_replace(Some(StopReason::Canceled));
         }
         Ok(StopSignal(signal))
     }
@@ -183,7 +186,7 @@ impl TaskTable {
     pub fn stop(&mut self, task_id: &str, epoch: u64, reason: StopReason) -> bool {
         match self.held.get(task_id).filter(|t| t.epoch == epoch) {
             Some(task) => {
-                let _ = task.stop.send(Some(reason));
+                let _ = task.stop.send_replace(Some(reason));
                 true
             }
             None => false,
@@ -203,17 +206,31 @@ impl TaskTable {
         let mut expired = Vec::new();
         for (id, task) in &self.held {
             if !task.result_pending && task.lease_until.is_some_and(|until| until < now) {
-                let _ = task.stop.send(Some(StopReason::LeaseExpired));
+                let _ = task.stop.send_replace(Some(StopReason::LeaseExpired));
                 expired.push(id.clone());
             }
         }
         expired
     }
 
+    /// Whether a result of this task must be dropped rather than sent: its lease is gone, so
+    /// fencing would refuse it anyway (the protocol says to send none). The task is forgotten.
+    pub fn drop_result(&mut self, task_id: &str, epoch: u64) -> bool {
+        let lost = self
+            .held
+            .get(task_id)
+            .filter(|t| t.epoch == epoch)
+            .is_some_and(|t| matches!(*t.stop.borrow(), Some(StopReason::LeaseLost | StopReason::LeaseExpired)));
+        if lost {
+            self.held.remove(task_id);
+        }
+        lost
+    }
+
     /// Stops everything (shutdown).
     pub fn stop_all(&mut self) {
         for task in self.held.values() {
-            let _ = task.stop.send(Some(StopReason::Shutdown));
+            let _ = task.stop.send_replace(Some(StopReason::Shutdown));
         }
     }
 
@@ -289,7 +306,12 @@ mod tests {
         table.renew("b", 1, Duration::from_secs(60));
         assert_eq!(table.expire(now + Duration::from_millis(20)), ["a"]);
         assert_eq!(a.stopped().await, StopReason::LeaseExpired);
+        assert!(table.drop_result("a", 1), "an expired task's result is not sent");
+        assert!(!table.holds("a", 1));
         assert!(table.stop("b", 1, StopReason::Canceled));
+        assert!(!table.drop_result("b", 1), "a canceled task still reports CANCELED");
         assert!(!table.stop("b", 2, StopReason::Canceled), "another epoch is not this task");
+        assert!(table.stop("b", 1, StopReason::LeaseLost));
+        assert!(table.drop_result("b", 1));
     }
 }
