@@ -53,7 +53,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if installs.is_empty() {
         tracing::warn!("no After Effects install found: this node will get no render work");
     }
-    let ffmpeg_version = crate::machine::probe_ffmpeg(&config.ffmpeg, Duration::from_secs(10)).await;
+    // The orchestrator sends assembly to nodes that report ffmpeg, and this agent does not run
+    // assembly tasks yet: it reports none, or it would be sent assemblies only to refuse them.
+    if let Some(version) = crate::machine::probe_ffmpeg(&config.ffmpeg, Duration::from_secs(10)).await {
+        tracing::info!(%version, "ffmpeg found; not offered for assembly by this version of the agent");
+    }
+    let ffmpeg_version = None;
     let mut sampler =
         Sampler::new(&config.work_dir, &config.cache_dir).map_err(|e| setup("the machine sampler")(&e))?;
     let software = Software { ae_installs: installs.clone(), ffmpeg_version, simulated: config.simulator };

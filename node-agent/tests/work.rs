@@ -214,6 +214,9 @@ async fn the_agent_binary_enrols_and_renders() {
     )
     .await;
     assert!(state.path().join("node-credential").is_file(), "the credential is kept for the next start");
+    // ffmpeg is installed here (make test installs it), but the agent does not run assembly
+    // yet, so it must not offer it.
+    assert_eq!(o.count("SELECT count(*) FROM render.nodes WHERE has_ffmpeg").await, 0);
     // A service manager's stop: the agent says goodbye and exits cleanly.
     let pid = agent.id().unwrap();
     std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
