@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
@@ -54,10 +54,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracing::warn!("no After Effects install found: this node will get no render work");
     }
     // The orchestrator sends assembly to nodes that report ffmpeg, and this agent does not run
-    // assembly tasks yet: it reports none, or it would be sent assemblies only to refuse them.
-    if let Some(version) = crate::machine::probe_ffmpeg(&config.ffmpeg, Duration::from_secs(10)).await {
-        tracing::info!(%version, "ffmpeg found; not offered for assembly by this version of the agent");
-    }
+    // assembly tasks yet: it reports none (and spends no start-up time finding it), or it would
+    // be sent assemblies only to refuse them.
     let ffmpeg_version = None;
     let mut sampler =
         Sampler::new(&config.work_dir, &config.cache_dir).map_err(|e| setup("the machine sampler")(&e))?;
@@ -91,12 +89,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         heartbeat_fallback: config.health_interval,
     };
     let outbox = Outbox::open(&config.state_dir.join("outbox")).map_err(|e| setup("the outbox")(&e))?;
-    let node = Machine {
-        sampler: Mutex::new(sampler),
-        software,
-        cache: cache.clone(),
-        cache_limit: config.cache_size.bytes(),
-    };
+    let node = Machine { sampler, software, cache: cache.clone(), cache_limit: config.cache_size.bytes() };
     let session = Session::new(
         &config.orchestrator,
         credential,
@@ -174,7 +167,7 @@ async fn credential(
 
 /// The machine as the session reports it.
 struct Machine {
-    sampler: Mutex<Sampler>,
+    sampler: Sampler,
     software: Software,
     cache: Cache<BundleSources>,
     cache_limit: u64,
@@ -182,10 +175,7 @@ struct Machine {
 
 impl NodeView for Machine {
     fn facts(&mut self) -> pb::MachineFacts {
-        match self.sampler.get_mut() {
-            Ok(sampler) => sampler.facts(self.software.clone()).into(),
-            Err(_) => pb::MachineFacts::default(),
-        }
+        self.sampler.facts(self.software.clone()).into()
     }
 
     fn health(&mut self, running_tasks: u32, slots: u32) -> pb::NodeHealthSample {
@@ -197,10 +187,7 @@ impl NodeView for Machine {
             cache_limit_bytes: usage.bound,
             task_roots: Vec::new(),
         };
-        match self.sampler.get_mut() {
-            Ok(sampler) => sampler.sample(load).into(),
-            Err(_) => pb::NodeHealthSample::default(),
-        }
+        self.sampler.sample(load).into()
     }
 
     fn cache(&self) -> (Vec<pb::CachedTemplate>, u64) {

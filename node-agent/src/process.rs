@@ -246,6 +246,11 @@ mod tests {
         assert!(text.contains("one\n") && text.contains("two\n"), "{text:?}");
     }
 
+    /// The pid a test script printed as `pid=<n>`.
+    fn printed_pid(text: &str) -> i32 {
+        text.lines().find_map(|l| l.strip_prefix("pid=")).unwrap().trim().parse().unwrap()
+    }
+
     /// Starts a shell that leaves a background grandchild and prints its pid, then behaves as
     /// `rest` says; returns the run's ending and the grandchild's pid.
     async fn run_with_grandchild(rest: &str, limits: Limits, cancel_after: Option<Duration>) -> (Ending, i32) {
@@ -262,7 +267,7 @@ mod tests {
                 .await
                 .unwrap();
         let text = String::from_utf8(output).unwrap();
-        let pid = text.lines().find_map(|l| l.strip_prefix("pid=")).unwrap().trim().parse().unwrap();
+        let pid = printed_pid(&text);
         (ending, pid)
     }
 
@@ -306,7 +311,7 @@ mod tests {
         .unwrap();
         assert!(matches!(ending, Ending::Exited(status) if status.success()));
         let text = String::from_utf8(output).unwrap();
-        let pid: i32 = text.lines().find_map(|l| l.strip_prefix("pid=")).unwrap().trim().parse().unwrap();
+        let pid = printed_pid(&text);
         assert!(!alive(pid), "the left-behind process {pid} survived");
     }
 
@@ -321,7 +326,7 @@ mod tests {
         // The agent shutting down drops the task running this future.
         assert!(tokio::time::timeout(Duration::from_millis(500), run).await.is_err());
         let text = String::from_utf8(output.lock().unwrap().clone()).unwrap();
-        let pid: i32 = text.lines().find_map(|l| l.strip_prefix("pid=")).unwrap().trim().parse().unwrap();
+        let pid = printed_pid(&text);
         assert!(!alive(pid), "the grandchild {pid} outlived the dropped run");
     }
 

@@ -70,7 +70,7 @@ impl Verdict {
 pub(super) fn frames_matter(ending: &Ending, status: &RenderStatus, allow_missing_footage: bool) -> bool {
     match ending {
         Ending::Exited(_) => status.log_shows_success(allow_missing_footage),
-        Ending::Silent { .. } => finished_then_hung(status, allow_missing_footage),
+        Ending::Silent { .. } => status.finished_cleanly(allow_missing_footage),
         Ending::OverTime { .. } | Ending::Canceled => false,
     }
 }
@@ -98,7 +98,7 @@ pub(super) fn decide(
     }
     if let Some(for_) = silent_for {
         // A hang after `Finished composition` whose frames all verify is a finished render.
-        if finished_then_hung(status, allow_missing_footage) && bad_frame.is_none() {
+        if status.finished_cleanly(allow_missing_footage) && bad_frame.is_none() {
             let mut warnings = warnings;
             warnings
                 .push(format!("aerender hung after finishing and was stopped after {} s of silence", for_.as_secs()));
@@ -138,13 +138,6 @@ pub(super) fn decide(
         return Verdict::failed(Outcome::MachineError, ErrorCode::FramesInvalid, message, warnings);
     }
     Verdict { outcome: Outcome::Success, error: None, warnings }
-}
-
-/// A log that finished the composition cleanly but never printed its total time: aerender hung
-/// on the way out (`docs/aerender.md`: about 1 render in 50 on busy farms).
-fn finished_then_hung(status: &RenderStatus, allow_missing_footage: bool) -> bool {
-    let with_total = RenderStatus { total_elapsed: Some(std::time::Duration::ZERO), ..status.clone() };
-    status.comp_finished && with_total.log_shows_success(allow_missing_footage)
 }
 
 /// The first failure signal of the log, classified.

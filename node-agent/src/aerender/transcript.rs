@@ -283,13 +283,16 @@ impl RenderStatus {
     /// What the log alone says: the composition finished, the total time was printed, no error
     /// line and no failure signal. Exit code and output verification are the caller's part.
     pub fn log_shows_success(&self, allow_missing_footage: bool) -> bool {
+        self.finished_cleanly(allow_missing_footage) && self.total_elapsed.is_some()
+    }
+
+    /// The composition finished with no error line and no failure signal, whether or not the
+    /// total time followed (aerender may hang after `Finished composition`).
+    pub fn finished_cleanly(&self, allow_missing_footage: bool) -> bool {
         let tolerated = |signal: &Signal| {
             !signal.fails_render() || (allow_missing_footage && matches!(signal, Signal::MissingFootage { .. }))
         };
-        self.comp_finished
-            && self.total_elapsed.is_some()
-            && self.first_error.is_none()
-            && self.signals.iter().all(tolerated)
+        self.comp_finished && self.first_error.is_none() && self.signals.iter().all(tolerated)
     }
 }
 

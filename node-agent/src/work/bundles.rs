@@ -14,15 +14,15 @@ use crate::cache::{BundleRef, Fetch, FetchBody};
 use crate::transfer::{Object, TaskLease, Transfers};
 
 /// Who may fetch which bundle: the latest task that asked for it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct BundleSources {
     by_sha256: Arc<Mutex<HashMap<String, (TaskLease, String)>>>,
-    transfers: Arc<Mutex<Option<Transfers>>>,
+    transfers: Transfers,
 }
 
 impl BundleSources {
     pub fn new(transfers: Transfers) -> Self {
-        Self { by_sha256: Arc::default(), transfers: Arc::new(Mutex::new(Some(transfers))) }
+        Self { by_sha256: Arc::default(), transfers }
     }
 
     /// Notes that `lease`'s task needs the bundle `sha256`, stored as file `file_id`.
@@ -34,8 +34,7 @@ impl BundleSources {
 
     fn source(&self, sha256: &str) -> Option<(TaskLease, String, Transfers)> {
         let (lease, file) = self.by_sha256.lock().ok()?.get(sha256).cloned()?;
-        let transfers = self.transfers.lock().ok()?.clone()?;
-        Some((lease, file, transfers))
+        Some((lease, file, self.transfers.clone()))
     }
 }
 

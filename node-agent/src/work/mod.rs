@@ -7,8 +7,8 @@ mod report;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
@@ -143,18 +143,11 @@ pub(crate) struct TaskContext {
     lease_epoch: u64,
     kind: i32,
     events: mpsc::UnboundedSender<TaskEvent>,
-    phase: Mutex<(i32, Option<Instant>)>,
 }
 
 impl TaskContext {
     fn new(task: &agent_pb::AssignTask, events: mpsc::UnboundedSender<TaskEvent>) -> Self {
-        Self {
-            task_id: task.task_id.clone(),
-            lease_epoch: task.lease_epoch,
-            kind: task.kind,
-            events,
-            phase: Mutex::new((pb::TaskPhase::Accepted as i32, None)),
-        }
+        Self { task_id: task.task_id.clone(), lease_epoch: task.lease_epoch, kind: task.kind, events }
     }
 
     fn lease(&self) -> TaskLease {
@@ -172,9 +165,6 @@ impl TaskContext {
     }
 
     fn phase(&self, phase: pb::TaskPhase, detail: &str) {
-        if let Ok(mut current) = self.phase.lock() {
-            *current = (phase as i32, Some(Instant::now()));
-        }
         let update = agent_pb::TaskUpdate { detail: detail.into(), ..self.update(phase) };
         let _ = self.events.send(TaskEvent::Update(update));
     }

@@ -204,7 +204,7 @@ async fn render(
             }
         }
         if let Some((code, message)) = &report.verdict.error {
-            let outcome = match (report.verdict.outcome, stop_reason(&stop)) {
+            let outcome = match (report.verdict.outcome, stop.reason()) {
                 // A task the agent gives up because it is shutting down goes back to the queue.
                 (Outcome::Canceled, Some(StopReason::Shutdown)) => pb::TaskOutcome::HandedBack,
                 (outcome, _) => report::outcome(outcome),
@@ -243,10 +243,6 @@ async fn render(
     timings.upload_ms = uploading.elapsed().as_millis() as u64;
     result.outcome = pb::TaskOutcome::Success as i32;
     Ok(())
-}
-
-fn stop_reason(stop: &StopSignal) -> Option<StopReason> {
-    stop.reason()
 }
 
 /// Fetches every media file of the task into `<work>/media/`, by file id.
