@@ -125,8 +125,10 @@ async fn a_clean_render_succeeds_with_every_frame_verified() {
     let frames: Vec<u32> = report.frames.iter().map(|f| f.frame).collect();
     assert_eq!(frames, [60, 61, 62, 63, 64, 65]);
     assert!(report.frames.iter().all(|f| f.path.ends_with(format!("frame_{:05}.png", f.frame))));
-    assert_eq!(percents.len(), 6, "one progress report per frame");
-    assert!((percents[5] - 100.0).abs() < 1e-9 && percents.windows(2).all(|w| w[0] <= w[1]), "{percents:?}");
+    // Frame lines that arrive in one read are reported once, as the latest progress.
+    assert!((1..=6).contains(&percents.len()), "at most one progress report per frame: {percents:?}");
+    let last = percents.last().copied().unwrap_or_default();
+    assert!((last - 100.0).abs() < 1e-9 && percents.windows(2).all(|w| w[0] < w[1]), "{percents:?}");
     assert!(report.log_tail.contains("Finished composition"));
 }
 
