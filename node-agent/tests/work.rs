@@ -54,6 +54,11 @@ fn bundle() -> Vec<u8> {
 
 /// Enrols an agent into `state` and runs it with the real worker until the sender is used.
 async fn agent(o: &Orchestrator, state: &Path) -> oneshot::Sender<()> {
+    agent_with(o, state, &[]).await
+}
+
+/// [`agent`] with extra environment for the simulator.
+async fn agent_with(o: &Orchestrator, state: &Path, env: &[(&str, &str)]) -> oneshot::Sender<()> {
     let spec = AgentSpec::default();
     let token = o.join_token(&[]).await;
     let (credential, _) = stream::enroll(o.channel(), spec.enroll_request(&token)).await.unwrap();
@@ -66,7 +71,7 @@ async fn agent(o: &Orchestrator, state: &Path) -> oneshot::Sender<()> {
     let config = WorkConfig {
         work_root: state.join("work"),
         installs: spec.ae_versions.iter().map(|v| AeInstall { version: v.clone(), aerender: SIM.into() }).collect(),
-        env: Vec::new(),
+        env: env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
         default_limits: Limits { no_output: Duration::from_secs(30), max_run: Duration::from_secs(120) },
     };
     let worker = Arc::new(Worker::new(Resources { config, transfers, cache, bundles }));
@@ -184,6 +189,40 @@ async fn a_submitted_render_is_rendered_and_every_frame_accepted() {
     }
     assert_eq!(std::fs::read_dir(state.path().join("outbox")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(state.path().join("work")).unwrap().count(), 0);
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn frames_are_stored_while_the_chunk_still_renders() {
+    let (o, alice, template) = stack().await;
+    let state = tempfile::tempdir().unwrap();
+    // One chunk of ten frames at 300 ms each: three seconds of rendering.
+    let stop = agent_with(&o, state.path(), &[("FLATRENDER_SIM_FRAME_MS", "300")]).await;
+    let submit = pb::SubmitRenderRequest { segments: vec![segment("Main", "0-9")], ..request(&template, "landing") };
+    let job = o.renders(&alice).submit_render(submit).await.unwrap().into_inner().render.unwrap();
+    // Stored after the run, the chunk's frames would arrive in one report, all ten at once.
+    o.until(
+        "some but not all frames are accepted while the chunk renders",
+        &format!(
+            "SELECT count(*) BETWEEN 1 AND 8 FROM render.frame_results WHERE job_id = '{}' \
+             AND NOT EXISTS (SELECT 1 FROM render.frame_jobs WHERE job_id = '{0}' AND lane <> 'assemble' AND state = 'done')",
+            job.id
+        ),
+    )
+    .await;
+    o.until(
+        "every frame of the job is accepted",
+        &format!("SELECT count(*) = 10 FROM render.frame_results WHERE job_id = '{}'", job.id),
+    )
+    .await;
+    o.until(
+        "the chunk is done",
+        &format!(
+            "SELECT bool_and(state = 'done') FROM render.frame_jobs WHERE job_id = '{}' AND lane <> 'assemble'",
+            job.id
+        ),
+    )
+    .await;
     let _ = stop.send(());
 }
 

@@ -140,7 +140,7 @@ async fn verify_frames(run: &RenderRun) -> Result<Vec<RenderedFrame>, (Vec<Rende
 
 /// A frame exists, decodes to the end, and (for PNG) has the expected size. Other formats are
 /// only checked to exist and be non-empty.
-fn check_frame(path: &std::path::Path, size: Option<(u32, u32)>) -> Result<(), String> {
+pub fn check_frame(path: &std::path::Path, size: Option<(u32, u32)>) -> Result<(), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{} is missing or unreadable: {e}", path.display()))?;
     if bytes.is_empty() {
         return Err(format!("{} is empty", path.display()));

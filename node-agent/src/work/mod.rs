@@ -2,6 +2,7 @@
 //! and reports through the session (progress, frames, one result).
 
 mod bundles;
+mod landing;
 mod render;
 mod report;
 

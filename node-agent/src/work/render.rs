@@ -2,7 +2,7 @@
 //! from the cache, the media it needs, the injection script, one aerender run per frame range,
 //! the frames verified and uploaded, and a result in the protocol's terms.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -10,6 +10,7 @@ use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
 use tokio::sync::mpsc;
 
+use super::landing::{self, Landing, Shipped, Sign};
 use super::report;
 use super::{Resources, TaskContext};
 use crate::aerender::argv::{AerenderCommand, FrameSpan, MemUsage, Mfr};
@@ -153,17 +154,18 @@ async fn render(
         .collect();
     let frames_total: u32 = spans.iter().fold(0_u32, |total, s| total.saturating_add(s.len()));
     // A set output size is the output module's job, so assembly never rescales.
-    let mut output_settings: std::collections::BTreeMap<String, String> =
-        output.output_settings.clone().into_iter().collect();
+    let mut output_settings: BTreeMap<String, String> = output.output_settings.clone().into_iter().collect();
     if let Some((width, height)) = frame_size {
         output_settings.entry("Resize".into()).or_insert_with(|| "true".into());
         output_settings.entry("Resize to".into()).or_insert_with(|| format!("{width}x{height}"));
     }
 
-    // One aerender run per range.
+    // One aerender run per range; with frames wanted, each is stored as it lands.
     ctx.phase(pb::TaskPhase::Rendering, "rendering");
     let rendering = Instant::now();
     let mut rendered: Vec<RenderedFrame> = Vec::new();
+    let mut stored: BTreeMap<u32, agent_pb::FrameOutput> = BTreeMap::new();
+    let out_dir = work_dir.join("out");
     for span in spans {
         let command = AerenderCommand {
             project: project.clone(),
@@ -189,12 +191,40 @@ async fn render(
         let cancel = async move {
             stopper.stopped().await;
         };
-        let report = driver::render(&run, &Activity::default(), cancel, |progress| {
-            let done = done_before.saturating_add(u32::try_from(progress.position).unwrap_or(u32::MAX));
-            ctx.progress(done, frames_total, progress.comp_frame.map_or(-1, |f| f as i32));
-        })
-        .await
-        .map_err(|e| Failed::machine(pb::ErrorCode::AeUnavailable, e.to_string()))?;
+        let activity = Activity::default();
+        let (signs, landed) = mpsc::unbounded_channel();
+        let watcher = if output.upload_frames {
+            landing::watch(&out_dir, signs.clone(), activity.clone())
+                .inspect_err(|error| tracing::warn!(%error, "frames are stored after the run: the output directory cannot be watched"))
+                .ok()
+        } else {
+            None
+        };
+        let landing = Landing::new(&run.command.output, span.frames());
+        let shipping = async {
+            if !output.upload_frames {
+                return Shipped::default();
+            }
+            let store = move |frame: u32, path: PathBuf| async move {
+                store_frame(resources, ctx, frame, &path, frame_size).await.map_err(|failed| failed.error.message)
+            };
+            landing::ship(landing, landed, frame_size, store, |batch| ctx.frames(spec.segment_index, batch)).await
+        };
+        let driving = async {
+            let report = driver::render(&run, &activity, cancel, |progress| {
+                let done = done_before.saturating_add(u32::try_from(progress.position).unwrap_or(u32::MAX));
+                ctx.progress(done, frames_total, progress.comp_frame.map_or(-1, |f| f as i32));
+                let _ = signs.send(Sign::Progress(progress.position));
+            })
+            .await;
+            // The run is over: no more signs, so shipping finishes what has landed.
+            drop(watcher);
+            drop(signs);
+            report
+        };
+        let (report, shipped) = tokio::join!(driving, shipping);
+        stored.extend(shipped.frames);
+        let report = report.map_err(|e| Failed::machine(pb::ErrorCode::AeUnavailable, e.to_string()))?;
         result.exit_code = report.exit_code;
         result.log_tail = report.log_tail.clone();
         // The protocol's limits: at most 100 warnings of at most 1,000 characters.
@@ -217,6 +247,9 @@ async fn render(
             timings.render_ms = rendering.elapsed().as_millis() as u64;
             return Err(Failed { outcome, error });
         }
+        if let Some(error) = shipped.error {
+            return Err(Failed::machine(pb::ErrorCode::UploadFailed, error));
+        }
         rendered.extend(report.frames);
     }
     timings.render_ms = rendering.elapsed().as_millis() as u64;
@@ -226,7 +259,9 @@ async fn render(
     let uploading = Instant::now();
     let kind = pb::TaskKind::try_from(ctx.kind).unwrap_or_default();
     if output.upload_frames {
-        result.frames = upload_frames(resources, ctx, spec.segment_index, &rendered, frame_size).await?;
+        let rest: Vec<&RenderedFrame> = rendered.iter().filter(|f| !stored.contains_key(&f.frame)).collect();
+        stored.extend(upload_frames(resources, ctx, spec.segment_index, &rest, frame_size).await?);
+        result.frames = stored.into_values().collect();
     } else if kind == pb::TaskKind::Snapshot {
         let frame =
             rendered.first().ok_or_else(|| Failed::machine(pb::ErrorCode::FramesInvalid, "no frame rendered"))?;
@@ -331,31 +366,21 @@ fn project_path(root: &Path, named: &str) -> Result<PathBuf, Failed> {
     }
 }
 
-/// Uploads every rendered frame, reporting them in batches as they are stored.
+/// Uploads frames the run left that were not stored as they landed, reporting them in batches.
 async fn upload_frames(
     resources: &Resources,
     ctx: &TaskContext,
     segment_index: i32,
-    frames: &[RenderedFrame],
+    frames: &[&RenderedFrame],
     size: Option<(u32, u32)>,
-) -> Result<Vec<agent_pb::FrameOutput>, Failed> {
+) -> Result<Vec<(u32, agent_pb::FrameOutput)>, Failed> {
     const BATCH: usize = 32;
     let mut all = Vec::with_capacity(frames.len());
     let mut batch = Vec::new();
     for frame in frames {
-        let stored = upload(resources, ctx, agent_pb::ObjectKind::Frame, frame.frame as i32, &frame.path).await?;
-        let output = agent_pb::FrameOutput {
-            frame: frame.frame as i32,
-            status: agent_pb::FrameStatus::Ok as i32,
-            file_id: stored.file_id,
-            sha256: stored.sha256,
-            size_bytes: stored.size_bytes,
-            resolution: size
-                .map(|(width, height)| flatrender_proto::flatrender::common::v1::Resolution { width, height }),
-            render_ms: 0,
-        };
+        let output = store_frame(resources, ctx, frame.frame, &frame.path, size).await?;
         batch.push(output.clone());
-        all.push(output);
+        all.push((frame.frame, output));
         if batch.len() == BATCH {
             ctx.frames(segment_index, std::mem::take(&mut batch));
         }
@@ -364,6 +389,26 @@ async fn upload_frames(
         ctx.frames(segment_index, batch);
     }
     Ok(all)
+}
+
+/// Uploads one verified frame.
+async fn store_frame(
+    resources: &Resources,
+    ctx: &TaskContext,
+    frame: u32,
+    path: &Path,
+    size: Option<(u32, u32)>,
+) -> Result<agent_pb::FrameOutput, Failed> {
+    let stored = upload(resources, ctx, agent_pb::ObjectKind::Frame, frame as i32, path).await?;
+    Ok(agent_pb::FrameOutput {
+        frame: frame as i32,
+        status: agent_pb::FrameStatus::Ok as i32,
+        file_id: stored.file_id,
+        sha256: stored.sha256,
+        size_bytes: stored.size_bytes,
+        resolution: size.map(|(width, height)| flatrender_proto::flatrender::common::v1::Resolution { width, height }),
+        render_ms: 0,
+    })
 }
 
 async fn upload(
