@@ -11,6 +11,7 @@ use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
 use tokio::sync::mpsc;
 
+use crate::aerender::script_patch::{self, PatchOutcome};
 use crate::cache::{Cache, CacheEvent, EvictOutcome, EvictReason};
 use crate::config::Config;
 use crate::machine::ae::{self, AeInstall};
@@ -49,7 +50,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     for dir in [&config.state_dir, &config.work_dir, &config.cache_dir] {
         std::fs::create_dir_all(dir).map_err(|e| setup(&format!("cannot create {}", dir.display()))(&e))?;
     }
-    let installs = installs(&config).await;
+    let installs = patched(installs(&config).await);
     if installs.is_empty() {
         tracing::warn!("no After Effects install found: this node will get no render work");
     }
@@ -127,6 +128,54 @@ async fn installs(config: &Config) -> Vec<AeInstall> {
         }
     }
     installs
+}
+
+/// The installs whose `commandLineRenderer.jsx` takes `-r` (patched now if it was not): one
+/// that cannot be patched could not run a task's injection script, so it is left out, loudly.
+fn patched(installs: Vec<AeInstall>) -> Vec<AeInstall> {
+    installs
+        .into_iter()
+        .filter_map(|mut install| match script_patch::ensure_patched(&install.aerender) {
+            Ok(outcome) => {
+                install.script_patch_version = match outcome {
+                    PatchOutcome::NothingToPatch => 0,
+                    PatchOutcome::NewerPatchPresent { version } => version,
+                    _ => script_patch::PATCH_VERSION,
+                };
+                if !matches!(outcome, PatchOutcome::AlreadyCurrent | PatchOutcome::NothingToPatch) {
+                    tracing::info!(version = %install.version, ?outcome, script = %script_patch::script_path(&install.aerender).display(), "aerender can now run scripts (-r)");
+                }
+                Some(install)
+            }
+            Err(error) => {
+                tracing::error!(version = %install.version, %error, "this After Effects install is not used: its commandLineRenderer.jsx cannot run injection scripts");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Patches (or with `undo`, restores) every install's `commandLineRenderer.jsx`, for
+/// `flatrender-agent patch-ae` run once with the rights to write into the After Effects folder.
+pub async fn patch_installs(config: &Config, undo: bool) -> Result<Vec<String>, DaemonError> {
+    let mut done = Vec::new();
+    for install in installs(config).await {
+        let script = script_patch::script_path(&install.aerender);
+        let what = if undo {
+            match script_patch::unpatch(&install.aerender) {
+                Ok(true) => "restored".to_string(),
+                Ok(false) => "not patched".to_string(),
+                Err(error) => return Err(DaemonError::Setup(error.to_string())),
+            }
+        } else {
+            match script_patch::ensure_patched(&install.aerender) {
+                Ok(outcome) => format!("{outcome:?}"),
+                Err(error) => return Err(DaemonError::Setup(error.to_string())),
+            }
+        };
+        done.push(format!("After Effects {}: {} ({what})", install.version, script.display()));
+    }
+    Ok(done)
 }
 
 /// "24.2.1x2" → "24.2".

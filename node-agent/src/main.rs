@@ -19,19 +19,45 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logs(&config);
-    // One thread: the agent waits on a stream, a timer and a child process; a small runtime keeps
-    // its idle footprint small. Blocking work (hashing, unpacking) goes to tokio's blocking pool.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("flatrender-agent: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
+    if let Some(command @ (Command::PatchAe | Command::UnpatchAe)) = cli.command {
+        return patch_ae(&config, command == Command::UnpatchAe);
+    }
+    let Some(runtime) = runtime() else { return ExitCode::FAILURE };
     match runtime.block_on(daemon::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "the agent stopped");
+            eprintln!("flatrender-agent: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One thread: the agent waits on a stream, a timer and a child process; a small runtime keeps
+/// its idle footprint small. Blocking work (hashing, unpacking) goes to tokio's blocking pool.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .inspect_err(|error| eprintln!("flatrender-agent: cannot start the runtime: {error}"))
+        .ok()
+}
+
+/// `patch-ae` / `unpatch-ae`: one line per install.
+fn patch_ae(config: &Config, undo: bool) -> ExitCode {
+    let Some(runtime) = runtime() else { return ExitCode::FAILURE };
+    match runtime.block_on(daemon::patch_installs(config, undo)) {
+        Ok(lines) if lines.is_empty() => {
+            eprintln!("flatrender-agent: no After Effects install found");
+            ExitCode::FAILURE
+        }
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
             eprintln!("flatrender-agent: {error}");
             ExitCode::FAILURE
         }

@@ -516,3 +516,52 @@ fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
 }
+
+/// Like aerender, the simulator knows `-r` only where `commandLineRenderer.jsx` is patched: laid
+/// out as an install with a stock script, it refuses the flag until `flatrender-agent patch-ae`
+/// has patched the script, and takes it again after `unpatch-ae` is undone.
+#[test]
+fn a_stock_install_runs_no_script_until_the_agent_patches_it() {
+    let install = tempfile::tempdir().unwrap();
+    let aerender = install.path().join("aerender");
+    std::fs::copy(SIM, &aerender).unwrap();
+    let startup = install.path().join("Scripts/Startup");
+    std::fs::create_dir_all(&startup).unwrap();
+    let stock = include_str!("fixtures/commandLineRenderer.synthetic.jsx");
+    std::fs::write(startup.join("commandLineRenderer.jsx"), stock).unwrap();
+    let bundle = Bundle::new();
+    let script = bundle.write_injection(title_and_panel_edits());
+    let render = || {
+        let mut installed = Command::new(&aerender);
+        installed.args(bundle.command(&["-r", &script]).get_args());
+        run(installed)
+    };
+    let agent = |subcommand: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_flatrender-agent"))
+            .arg(subcommand)
+            .env("FLATRENDER_AGENT_AERENDER", &aerender)
+            .env("FLATRENDER_AGENT_STATE_DIR", install.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{subcommand}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+
+    let (code, lines, _) = render();
+    assert_eq!((code, lines.last().unwrap().as_str()), (3, "aerender SYNTAX ERROR: Illegal argument flag: -r"));
+    assert!(bundle.outputs().is_empty());
+
+    let patched = agent("patch-ae");
+    assert!(patched.contains("commandLineRenderer.jsx (Patched)"), "{patched}");
+    assert!(install.path().join("Scripts/Startup/commandLineRenderer.jsx.flatrender-original").is_file());
+    let (code, lines, _) = render();
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(lines.contains(&format!("Running Script: {script}")));
+    let frame = Frame::decode_png(&std::fs::read(bundle.path("out/frame_00060.png")).unwrap()).unwrap();
+    assert!(frame.find_text("Acme Summer Sale", 24.0, RED).is_some(), "the script ran");
+
+    assert!(agent("patch-ae").contains("(AlreadyCurrent)"));
+    assert!(agent("unpatch-ae").contains("(restored)"));
+    assert_eq!(std::fs::read_to_string(startup.join("commandLineRenderer.jsx")).unwrap(), stock);
+    assert_eq!(render().0, 3, "stock again");
+}

@@ -3,5 +3,6 @@
 pub mod argv;
 pub mod driver;
 pub mod outcome;
+pub mod script_patch;
 pub mod sequence;
 pub mod transcript;

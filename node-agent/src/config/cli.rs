@@ -37,6 +37,12 @@ pub enum Command {
     /// Print the effective configuration (defaults, file, environment and flags merged) as TOML
     /// and exit. The join token is not printed.
     Config,
+    /// Patch each After Effects install's Scripts/Startup/commandLineRenderer.jsx so aerender
+    /// runs the task's injection script (-r), and exit. The agent does this itself at start;
+    /// run this once as administrator when the agent's account cannot write there.
+    PatchAe,
+    /// Restore each install's original commandLineRenderer.jsx (before uninstalling), and exit.
+    UnpatchAe,
 }
 
 impl Cli {

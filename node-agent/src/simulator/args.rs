@@ -53,9 +53,11 @@ pub struct SyntaxError {
     pub log: Option<String>,
 }
 
-/// How many values each flag takes; `None` for flags aerender does not know.
-fn arity(flag: &str) -> Option<usize> {
+/// How many values each flag takes; `None` for flags aerender does not know. `-r` exists only
+/// where `commandLineRenderer.jsx` is patched (`script_flag`).
+fn arity(flag: &str, script_flag: bool) -> Option<usize> {
     Some(match flag {
+        "-r" if !script_flag => return None,
         "-continueOnMissingFootage" | "-reuse" | "-version" | "-help" => 0,
         "-mem_usage" | "-mfr" => 2,
         "-project" | "-teamproject" | "-comp" | "-rqindex" | "-RStemplate" | "-OMtemplate" | "-renderSettings"
@@ -64,19 +66,25 @@ fn arity(flag: &str) -> Option<usize> {
     })
 }
 
-/// Parses the arguments after the program name.
+/// Parses the arguments after the program name, as a patched install does (with `-r`).
 pub fn parse(argv: &[String]) -> Result<Command, SyntaxError> {
+    parse_for(argv, true)
+}
+
+/// Parses the arguments after the program name; without `script_flag`, as a stock install
+/// does, which knows no `-r`.
+pub fn parse_for(argv: &[String], script_flag: bool) -> Result<Command, SyntaxError> {
     let mut args = Args::default();
     let mut i = 0;
     while i < argv.len() {
         let flag = argv[i].as_str();
         let fail = |message: String, args: &Args| SyntaxError { message, log: args.log.clone() };
-        let Some(count) = arity(flag) else {
+        let Some(count) = arity(flag, script_flag) else {
             return Err(fail(format!("Illegal argument flag: {flag}"), &args));
         };
         // A value must be there and must not be another flag: `-comp -output x` lacks the comp.
         let values: Vec<String> = argv.iter().skip(i + 1).take(count).cloned().collect();
-        if values.len() < count || values.iter().any(|v| arity(v).is_some()) {
+        if values.len() < count || values.iter().any(|v| arity(v, script_flag).is_some()) {
             return Err(fail(format!("no value given for flag: {flag}"), &args));
         }
         let number = |what: &str, range: std::ops::RangeInclusive<u32>| {

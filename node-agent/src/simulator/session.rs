@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::aerender::script_patch::{self, PatchState};
 use crate::injection::Injection;
 use crate::simulator::args::{self, Args, Command};
 use crate::simulator::faults::Fault;
@@ -53,10 +54,18 @@ pub fn main_with_env(argv: &[String]) -> i32 {
     run(argv, &|name| std::env::var(name).ok())
 }
 
+/// Whether `-r` exists: like aerender, the simulator takes it only when no stock (unpatched)
+/// `Scripts/Startup/commandLineRenderer.jsx` lies beside it. Without one (how it is usually
+/// run), it behaves as a patched install.
+fn script_flag() -> bool {
+    let Ok(exe) = std::env::current_exe() else { return true };
+    !matches!(script_patch::inspect(&exe), Ok(PatchState::Stock))
+}
+
 /// Runs aerender with `argv` (without the program name); `env` looks up `FLATRENDER_SIM_*`.
 /// Returns the exit code; crash and hang faults never return.
 pub fn run(argv: &[String], env: &dyn Fn(&str) -> Option<String>) -> i32 {
-    let (args, syntax_error) = match args::parse(argv) {
+    let (args, syntax_error) = match args::parse_for(argv, script_flag()) {
         Ok(Command::Help) => {
             println!("{USAGE}");
             return exit::USAGE;
