@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use flatrender_agent::aerender::argv::{AerenderCommand, FrameSpan};
-use flatrender_agent::aerender::driver::{RenderReport, RenderRun, render};
+use flatrender_agent::aerender::driver::{RenderReport, RenderRun, RunEvent, render};
 use flatrender_agent::aerender::outcome::{ErrorCode, Outcome};
 use flatrender_agent::injection::{Change, Injection, LayerEdit, LayerRef, TextChange};
 use flatrender_agent::process::{Activity, Limits};
@@ -68,8 +68,10 @@ impl Case {
     async fn render(&self) -> (RenderReport, Duration, Vec<f64>) {
         let started = Instant::now();
         let mut percents = Vec::new();
-        let report = render(&self.run, &Activity::default(), std::future::pending(), |p| {
-            percents.extend(p.percent);
+        let report = render(&self.run, &Activity::default(), std::future::pending(), |event| {
+            if let RunEvent::Progress(p) = event {
+                percents.extend(p.percent);
+            }
         })
         .await
         .unwrap();
@@ -144,6 +146,23 @@ async fn template_errors_are_not_machine_errors() {
         assert_eq!(error(&report), (Outcome::TemplateError, Some(code)), "{fault}: {}", report.log_tail);
         assert!(report.frames.is_empty(), "{fault}: a failed render keeps no frames");
     }
+}
+
+/// A missing font is warned about when the project opens: the run is known to fail before its
+/// first frame, so nothing it renders is shipped.
+#[tokio::test]
+async fn a_template_error_is_known_before_the_first_frame() {
+    let case = Case::new("missing-font");
+    let mut events = Vec::new();
+    let report = render(&case.run, &Activity::default(), std::future::pending(), |event| {
+        events.push(matches!(event, RunEvent::Failing));
+    })
+    .await
+    .unwrap();
+    assert_eq!(error(&report), (Outcome::TemplateError, Some(ErrorCode::MissingFont)));
+    assert_eq!(events.first(), Some(&true), "failing first: {events:?}");
+    assert_eq!(events.iter().filter(|failing| **failing).count(), 1, "once: {events:?}");
+    assert!(events.len() > 1, "the simulator renders on after the warning, as After Effects does");
 }
 
 #[tokio::test]

@@ -6,122 +6,26 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod farm;
 #[path = "../../services/render/tests/support/mod.rs"]
 mod support;
 
-use std::io::Write;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestNode;
-use flatrender_agent::cache::Cache;
-use flatrender_agent::process::Limits;
-use flatrender_agent::session::credential::NodeCredential;
-use flatrender_agent::session::outbox::Outbox;
-use flatrender_agent::session::stream::{self, AgentInfo, Session};
-use flatrender_agent::session::tasks::TaskTable;
+use farm::{AgentOptions, agent, stack};
 use flatrender_agent::simulator::raster::Frame;
-use flatrender_agent::transfer::Transfers;
-use flatrender_agent::work::{AeInstall, BundleSources, Resources, WorkConfig, Worker};
 use flatrender_proto::flatrender::file::v1 as file_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
-use support::{AgentSpec, Orchestrator, Principal, request, segment, test_settings, text_edit};
-use tokio::sync::oneshot;
+use support::{Principal, request, segment, text_edit};
 use uuid::Uuid;
 
-const SIM: &str = env!("CARGO_BIN_EXE_aerender-sim");
-
-/// The simulator project of the bundle: one 1280x720 comp with an editable title.
-const PROJECT: &str = r##"{
-    "compositions": [{
-        "name": "Main", "width": 1280, "height": 720, "fps": 30, "duration": 300,
-        "background": "#203040",
-        "layers": [
-            {"name": "Title", "kind": "text", "text": "Template", "font": "Montserrat-Bold",
-             "font_size": 48, "fill": "#ffffff", "position": [40, 60]}
-        ]
-    }]
-}"##;
-
-fn bundle() -> Vec<u8> {
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default();
-    zip.start_file("project.aepx.json", options).unwrap();
-    zip.write_all(PROJECT.as_bytes()).unwrap();
-    zip.finish().unwrap().into_inner()
-}
-
-/// Enrols an agent into `state` and runs it with the real worker until the sender is used.
-async fn agent(o: &Orchestrator, state: &Path) -> oneshot::Sender<()> {
-    agent_with(o, state, &[]).await
-}
-
-/// [`agent`] with extra environment for the simulator.
-async fn agent_with(o: &Orchestrator, state: &Path, env: &[(&str, &str)]) -> oneshot::Sender<()> {
-    let spec = AgentSpec::default();
-    let token = o.join_token(&[]).await;
-    let (credential, _) = stream::enroll(o.channel(), spec.enroll_request(&token)).await.unwrap();
-    credential.store(state).unwrap();
-    let credential = NodeCredential::load(state).unwrap().unwrap();
-    let channel = stream::endpoint(&format!("http://{}", o.addr)).unwrap().connect().await.unwrap();
-    let transfers = Transfers::new(channel, &credential).unwrap();
-    let bundles = BundleSources::new(transfers.clone());
-    let (cache, _events) = Cache::open(state.join("cache"), 1 << 30, bundles.clone()).await.unwrap();
-    let config = WorkConfig {
-        work_root: state.join("work"),
-        installs: spec.ae_versions.iter().map(|v| AeInstall { version: v.clone(), aerender: SIM.into() }).collect(),
-        env: env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
-        default_limits: Limits { no_output: Duration::from_secs(30), max_run: Duration::from_secs(120) },
-    };
-    let worker = Arc::new(Worker::new(Resources { config, transfers, cache, bundles }));
-    let info = AgentInfo {
-        agent_version: "0.1.0".into(),
-        instance_id: Uuid::new_v4().to_string(),
-        tags: Vec::new(),
-        heartbeat_fallback: Duration::from_secs(5),
-    };
-    let session = Session::new(
-        &format!("http://{}", o.addr),
-        credential,
-        info,
-        TestNode { facts: spec.facts() },
-        worker,
-        TaskTable::new(1, false),
-        Outbox::open(&state.join("outbox")).unwrap(),
-    )
-    .unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        session
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
-    stop
-}
-
-/// The orchestrator and the file service with short timings, a customer, and the template
-/// bundle uploaded as theirs.
-async fn stack() -> (Orchestrator, Principal, file_pb::File) {
-    let o = Orchestrator::start_with_files_and(|settings| {
-        let api = settings.api.clone();
-        *settings = test_settings();
-        settings.api = api;
-    })
-    .await;
-    let alice = Principal::user(Uuid::new_v4());
-    let template = o.upload(&alice, alice.tenant, "template.zip", file_pb::FileKind::TemplateBundle, &bundle()).await;
-    (o, alice, template)
-}
+const SIM: &str = farm::SIM;
 
 #[tokio::test]
 async fn a_submitted_render_is_rendered_and_every_frame_accepted() {
     let (o, alice, template) = stack().await;
     let state = tempfile::tempdir().unwrap();
-    let stop = agent(&o, state.path()).await;
+    let agent = agent(&o, state.path(), AgentOptions::default()).await;
 
     let submit = pb::SubmitRenderRequest {
         segments: vec![segment("Main", "0-9")],
@@ -189,7 +93,7 @@ async fn a_submitted_render_is_rendered_and_every_frame_accepted() {
     }
     assert_eq!(std::fs::read_dir(state.path().join("outbox")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(state.path().join("work")).unwrap().count(), 0);
-    let _ = stop.send(());
+    agent.stop().await;
 }
 
 #[tokio::test]
@@ -197,7 +101,8 @@ async fn frames_are_stored_while_the_chunk_still_renders() {
     let (o, alice, template) = stack().await;
     let state = tempfile::tempdir().unwrap();
     // One chunk of ten frames at 300 ms each: three seconds of rendering.
-    let stop = agent_with(&o, state.path(), &[("FLATRENDER_SIM_FRAME_MS", "300")]).await;
+    let options = AgentOptions { env: &[("FLATRENDER_SIM_FRAME_MS", "300")], ..AgentOptions::default() };
+    let agent = agent(&o, state.path(), options).await;
     let submit = pb::SubmitRenderRequest { segments: vec![segment("Main", "0-9")], ..request(&template, "landing") };
     let job = o.renders(&alice).submit_render(submit).await.unwrap().into_inner().render.unwrap();
     // Stored after the run, the chunk's frames would arrive in one report, all ten at once.
@@ -223,7 +128,7 @@ async fn frames_are_stored_while_the_chunk_still_renders() {
         ),
     )
     .await;
-    let _ = stop.send(());
+    agent.stop().await;
 }
 
 /// The `flatrender-agent` binary itself, configured only through its environment as a service

@@ -60,28 +60,47 @@ pub enum DriverError {
     Spawn { path: PathBuf, source: io::Error },
 }
 
-/// Runs `run` until it ends, reporting each rendered frame's progress to `on_progress`, and
-/// decides the outcome. `activity` lets a frame watcher hold off the no-output watchdog;
-/// `cancel` stops the run (the whole process tree is killed).
+/// What a run says while it goes on.
+#[derive(Debug)]
+pub enum RunEvent<'a> {
+    /// A frame was rendered.
+    Progress(&'a Progress),
+    /// The log rules success out (an error, a missing font or footage): once, before any
+    /// progress that follows it.
+    Failing,
+}
+
+/// Runs `run` until it ends, telling `on_event` each rendered frame's progress and whether the
+/// run is failing, and decides the outcome. `activity` lets a frame watcher hold off the
+/// no-output watchdog; `cancel` stops the run (the whole process tree is killed).
 pub async fn render(
     run: &RenderRun,
     activity: &Activity,
     cancel: impl Future<Output = ()>,
-    mut on_progress: impl FnMut(&Progress),
+    mut on_event: impl FnMut(RunEvent<'_>),
 ) -> Result<RenderReport, DriverError> {
     let program = Program { path: run.aerender.clone(), args: run.command.argv()?, dir: None, env: run.env.clone() };
     let mut transcript = Transcript::new().with_expected_frames(u64::from(run.command.frames.len()));
+    let allow_missing_footage = run.command.continue_on_missing_footage;
+    let mut failing = false;
+    let mut take = |transcript: &Transcript, progress: Option<Progress>| {
+        if !failing && transcript.status().failing(allow_missing_footage) {
+            failing = true;
+            on_event(RunEvent::Failing);
+        }
+        if let Some(progress) = progress {
+            on_event(RunEvent::Progress(&progress));
+        }
+    };
     let started = Instant::now();
     let ending = process::supervise(&program, run.limits, activity, cancel, |bytes| {
-        if let Some(progress) = transcript.push_bytes(bytes) {
-            on_progress(&progress);
-        }
+        let progress = transcript.push_bytes(bytes);
+        take(&transcript, progress);
     })
     .await
     .map_err(|source| DriverError::Spawn { path: run.aerender.clone(), source })?;
-    if let Some(progress) = transcript.finish() {
-        on_progress(&progress);
-    }
+    let progress = transcript.finish();
+    take(&transcript, progress);
     let status = transcript.status().clone();
     let exit_code = match &ending {
         Ending::Exited(exit) => exit.code(),

@@ -289,10 +289,16 @@ impl RenderStatus {
     /// The composition finished with no error line and no failure signal, whether or not the
     /// total time followed (aerender may hang after `Finished composition`).
     pub fn finished_cleanly(&self, allow_missing_footage: bool) -> bool {
+        self.comp_finished && !self.failing(allow_missing_footage)
+    }
+
+    /// Whether the log already rules success out (an error line or a failure signal): what the
+    /// run writes from now on must not be shipped.
+    pub fn failing(&self, allow_missing_footage: bool) -> bool {
         let tolerated = |signal: &Signal| {
             !signal.fails_render() || (allow_missing_footage && matches!(signal, Signal::MissingFootage { .. }))
         };
-        self.comp_finished && self.first_error.is_none() && self.signals.iter().all(tolerated)
+        self.first_error.is_some() || !self.signals.iter().all(tolerated)
     }
 }
 

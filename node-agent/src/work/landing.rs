@@ -29,6 +29,8 @@ pub enum Sign {
     File { path: PathBuf, complete: bool },
     /// aerender printed the progress line of the `position`-th frame of the run (1-based).
     Progress(u64),
+    /// The log rules success out: nothing more is shipped (a template error is never shipped).
+    Failing,
 }
 
 /// Watches `dir` for the run's frames, sending [`Sign`]s and touching `activity` (a frame landing
@@ -66,6 +68,8 @@ pub struct Landing {
     complete: Vec<bool>,
     /// Frames already handed out (whether or not they verified).
     taken: Vec<bool>,
+    /// The run fails: nothing is ready any more.
+    failing: bool,
 }
 
 impl Landing {
@@ -75,7 +79,7 @@ impl Landing {
         let frames: Vec<(u32, PathBuf)> = frames.map(|f| (f, PathBuf::from(frame_path(&pattern, f)))).collect();
         let by_path = frames.iter().enumerate().map(|(i, (_, path))| (path.clone(), i)).collect();
         let n = frames.len();
-        Self { frames, by_path, complete_below: 0, complete: vec![false; n], taken: vec![false; n] }
+        Self { frames, by_path, complete_below: 0, complete: vec![false; n], taken: vec![false; n], failing: false }
     }
 
     /// Takes a sign into account.
@@ -92,12 +96,16 @@ impl Landing {
                 let done = usize::try_from(*position).unwrap_or(usize::MAX).min(self.frames.len());
                 self.complete_below = self.complete_below.max(done);
             }
+            Sign::Failing => self.failing = true,
         }
     }
 
-    /// Complete frames not handed out before, in render order.
+    /// Complete frames not handed out before, in render order; none once the run fails.
     pub fn take_ready(&mut self) -> Vec<(u32, PathBuf)> {
         let mut ready = Vec::new();
+        if self.failing {
+            return ready;
+        }
         for i in 0..self.frames.len() {
             if !self.taken[i] && (i < self.complete_below || self.complete[i]) {
                 self.taken[i] = true;
@@ -221,6 +229,15 @@ mod tests {
         assert_eq!(numbers(landing.take_ready()), [10, 11, 12]);
         landing.observe(&Sign::Progress(99));
         assert_eq!(numbers(landing.take_ready()), [13]);
+    }
+
+    #[test]
+    fn nothing_is_ready_once_the_run_fails() {
+        let mut landing = landing(4);
+        landing.observe(&Sign::Progress(1));
+        landing.observe(&Sign::Failing);
+        landing.observe(&Sign::Progress(4));
+        assert!(landing.take_ready().is_empty());
     }
 
     #[test]

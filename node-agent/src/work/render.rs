@@ -14,7 +14,7 @@ use super::landing::{self, Landing, Shipped, Sign};
 use super::report;
 use super::{Resources, TaskContext};
 use crate::aerender::argv::{AerenderCommand, FrameSpan, MemUsage, Mfr};
-use crate::aerender::driver::{self, RenderRun, RenderedFrame};
+use crate::aerender::driver::{self, RenderRun, RenderedFrame, RunEvent};
 use crate::aerender::outcome::Outcome;
 use crate::cache::BundleRef;
 use crate::process::Activity;
@@ -211,10 +211,15 @@ async fn render(
             landing::ship(landing, landed, frame_size, store, |batch| ctx.frames(spec.segment_index, batch)).await
         };
         let driving = async {
-            let report = driver::render(&run, &activity, cancel, |progress| {
-                let done = done_before.saturating_add(u32::try_from(progress.position).unwrap_or(u32::MAX));
-                ctx.progress(done, frames_total, progress.comp_frame.map_or(-1, |f| f as i32));
-                let _ = signs.send(Sign::Progress(progress.position));
+            let report = driver::render(&run, &activity, cancel, |event| match event {
+                RunEvent::Progress(progress) => {
+                    let done = done_before.saturating_add(u32::try_from(progress.position).unwrap_or(u32::MAX));
+                    ctx.progress(done, frames_total, progress.comp_frame.map_or(-1, |f| f as i32));
+                    let _ = signs.send(Sign::Progress(progress.position));
+                }
+                RunEvent::Failing => {
+                    let _ = signs.send(Sign::Failing);
+                }
             })
             .await;
             // The run is over: no more signs, so shipping finishes what has landed.

@@ -12,7 +12,6 @@
 //! recorded, else the text; the exports of such plans are never without one.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::common::v1::Resolution;
@@ -21,12 +20,9 @@ use sqlx::postgres::PgRow;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::wire::{duration, id_text, timestamp};
+use super::wire::{id_text, timestamp};
 use crate::model::{Lane, SceneData};
 use crate::settings::{WatermarkPosition, WatermarkSettings};
-
-/// The no-output watchdog the agent applies (the protocol's default).
-const NO_OUTPUT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The columns of a leased task and its job that the assignment needs.
 #[derive(Clone, Debug)]
@@ -336,7 +332,9 @@ pub fn assign_task(
     inputs: &Inputs,
     marks: &WatermarkSettings,
 ) -> agent_pb::AssignTask {
-    let watchdog = agent_pb::Watchdog { no_output_timeout: Some(duration(NO_OUTPUT_TIMEOUT)), ..Default::default() };
+    // No limits of its own: each node applies its configured watchdog (60 s without output by
+    // default), which its operator tunes to the machine.
+    let watchdog = agent_pb::Watchdog::default();
     let spec = if row.lane == Lane::Assemble {
         let expected: i32 = segments.iter().map(|s| s.frame_count).sum();
         let fps = row.fps.unwrap_or(30.0);

@@ -1,0 +1,197 @@
+//! Every aerender failure mode through the whole system: the simulator fails as asked, the agent
+//! classifies the run and kills its process tree, and the real orchestrator does what DESIGN §4
+//! says — a template error fails the job at once with its message and no retry; a machine error
+//! (crash, hang, output-module failure, another instance, instant exit) is retried on another
+//! node, which completes the job.
+//!
+//! Template faults travel in the template's project (they belong to the template); machine faults
+//! are set on one agent's simulator (they belong to the machine).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod farm;
+#[path = "../../services/render/tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use farm::{AgentOptions, RunningAgent, agent, stack_with, upload_template};
+use flatrender_proto::flatrender::render::v1 as pb;
+use support::{Orchestrator, Principal, request, segment};
+use uuid::Uuid;
+
+/// Submits ten frames (one chunk) of `template`.
+async fn submit(o: &Orchestrator, owner: &Principal, template: &flatrender_proto::flatrender::file::v1::File) -> Uuid {
+    let key = Uuid::new_v4().to_string();
+    let submit = pb::SubmitRenderRequest { segments: vec![segment("Main", "0-9")], ..request(template, &key) };
+    let job = o.renders(owner).submit_render(submit).await.unwrap().into_inner().render.unwrap();
+    job.id.parse().unwrap()
+}
+
+/// The attempts of the job's render chunk, in order: (node, outcome, error class, error code,
+/// seconds from start to finish).
+async fn attempts(o: &Orchestrator, job: Uuid) -> Vec<(Option<Uuid>, String, String, String, f64)> {
+    sqlx::query_as(
+        "SELECT a.node_id, coalesce(a.outcome, ''), coalesce(a.error_class, ''), coalesce(a.error_code, ''),
+                coalesce(extract(epoch FROM a.finished_at - coalesce(a.started_at, a.assigned_at))::float8, -1)
+           FROM render.frame_job_attempts a JOIN render.frame_jobs t ON t.id = a.frame_job_id
+          WHERE a.job_id = $1 AND t.lane = 'render' ORDER BY a.attempt",
+    )
+    .bind(job)
+    .fetch_all(o.pool())
+    .await
+    .unwrap()
+}
+
+/// The processes that carry `marker` in their environment (the simulator and any child it
+/// started inherit it from the agent's work environment), zombies aside.
+fn processes_with(marker: &str) -> Vec<String> {
+    let needle = format!("FLATRENDER_TEST_FARM={marker}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter_map(|e| {
+            let environ = std::fs::read(e.path().join("environ")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat.rsplit(") ").next().is_some_and(|s| s.starts_with('Z'));
+            let ours = environ.split(|b| *b == 0).any(|var| var == needle.as_bytes());
+            (ours && !zombie).then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// A template error: the job fails on its first attempt with the code, and nothing is retried.
+#[tokio::test]
+async fn template_errors_fail_the_job_without_a_retry() {
+    let (o, alice) = stack_with(|_| {}).await;
+    let state = tempfile::tempdir().unwrap();
+    let marker = Uuid::new_v4().to_string();
+    let env = [("FLATRENDER_TEST_FARM", marker.as_str())];
+    let node = agent(&o, state.path(), AgentOptions { env: &env, ..AgentOptions::default() }).await;
+    let cases = [
+        ("missing-comp", "comp_not_found"),
+        ("missing-font", "missing_font"),
+        ("missing-footage", "missing_footage"),
+        // The simulated script error is a value the injection rejects.
+        ("script-error", "value_rejected"),
+    ];
+    // One at a time: the customer's plan allows one unfinished render.
+    for (fault, code) in cases {
+        let template = upload_template(&o, &alice, &[fault]).await;
+        let job = submit(&o, &alice, &template).await;
+        o.until(
+            &format!("the {fault} job fails"),
+            &format!("SELECT state = 'failed' FROM render.render_jobs WHERE id = '{job}'"),
+        )
+        .await;
+        let (class, job_code): (String, String) =
+            sqlx::query_as("SELECT error_class, error_code FROM render.render_jobs WHERE id = $1")
+                .bind(job)
+                .fetch_one(o.pool())
+                .await
+                .unwrap();
+        assert_eq!((class.as_str(), job_code.as_str()), ("template", code), "{fault}");
+        let tried = attempts(&o, job).await;
+        assert_eq!(tried.len(), 1, "{fault}: a template error is not retried: {tried:?}");
+        assert_eq!((tried[0].1.as_str(), tried[0].3.as_str()), ("template_error", code), "{fault}");
+        assert_eq!(o.count(&format!("SELECT count(*) FROM render.frame_results WHERE job_id = '{job}'")).await, 0);
+    }
+    assert_eq!(processes_with(&marker), Vec::<String>::new(), "no process of a render is left");
+    node.stop().await;
+}
+
+/// A machine fault on one node: that node's attempt fails with `code` (in `class`) within the
+/// watchdog's window where there is one, leaves no process behind, and the chunk is retried on a
+/// healthy node that completes the job.
+async fn retried_elsewhere(fault: &str, no_output: Duration, class: &str, code: &str) {
+    let (o, alice) = stack_with(|settings| settings.max_attempts = 3).await;
+    let template = upload_template(&o, &alice, &[]).await;
+    let marker = Uuid::new_v4().to_string();
+    let faulty_state = tempfile::tempdir().unwrap();
+    let env =
+        [("FLATRENDER_TEST_FARM", marker.as_str()), ("FLATRENDER_SIM_FAULT", fault), ("FLATRENDER_SIM_CHILD", "1")];
+    let faulty = agent(&o, faulty_state.path(), AgentOptions { env: &env, no_output }).await;
+    let job = submit(&o, &alice, &template).await;
+    o.until_within(
+        &format!("the {fault} node's attempt fails"),
+        &format!(
+            "SELECT count(*) = 1 FROM render.frame_job_attempts WHERE job_id = '{job}' AND node_id = '{}' AND outcome IS NOT NULL",
+            faulty.node_id
+        ),
+        no_output + Duration::from_secs(30),
+    )
+    .await;
+    let tried = attempts(&o, job).await;
+    let (node, outcome, error_class, error_code, seconds) = &tried[0];
+    assert_eq!(*node, Some(faulty.node_id));
+    assert_eq!(
+        (outcome.as_str(), error_class.as_str(), error_code.as_str()),
+        (class_outcome(class), class, code),
+        "{fault}"
+    );
+    if code == "no_output_timeout" {
+        let window = no_output.as_secs_f64();
+        assert!(*seconds >= window && *seconds < window + 8.0, "{fault}: stopped after {seconds} s, window {window} s");
+    }
+    assert_eq!(processes_with(&marker), Vec::<String>::new(), "{fault}: no process of the failed render is left");
+    assert_eq!(
+        o.count(&format!(
+            "SELECT count(*) FROM render.render_jobs WHERE id = '{job}' AND state IN ('failed', 'canceled')"
+        ))
+        .await,
+        0,
+        "{fault}: a machine error does not fail the job"
+    );
+    faulty.stop().await;
+
+    let healthy_state = tempfile::tempdir().unwrap();
+    let healthy: RunningAgent = agent(&o, healthy_state.path(), AgentOptions::default()).await;
+    o.until(
+        &format!("the {fault} job's chunk is done on the other node"),
+        &format!("SELECT bool_and(state = 'done') FROM render.frame_jobs WHERE job_id = '{job}' AND lane = 'render'"),
+    )
+    .await;
+    assert_eq!(
+        o.count(&format!(
+            "SELECT count(*) FROM render.frame_results WHERE job_id = '{job}' AND node_id = '{}'",
+            healthy.node_id
+        ))
+        .await,
+        10,
+        "{fault}: the retry delivered every frame"
+    );
+    let tried = attempts(&o, job).await;
+    assert_eq!(tried.len(), 2, "{fault}: {tried:?}");
+    assert_eq!((tried[1].0, tried[1].1.as_str()), (Some(healthy.node_id), "success"));
+    healthy.stop().await;
+}
+
+fn class_outcome(class: &str) -> &'static str {
+    match class {
+        "timeout" => "timeout",
+        _ => "machine_error",
+    }
+}
+
+#[tokio::test]
+async fn a_crash_mid_render_is_retried_on_another_node() {
+    retried_elsewhere("crash:2", Duration::from_secs(30), "machine", "ae_crash").await;
+}
+
+#[tokio::test]
+async fn a_hang_is_stopped_by_the_watchdog_and_retried_on_another_node() {
+    retried_elsewhere("hang:2", Duration::from_secs(2), "machine", "no_output_timeout").await;
+}
+
+#[tokio::test]
+async fn an_output_module_failure_is_retried_on_another_node() {
+    retried_elsewhere("output-module", Duration::from_secs(30), "machine", "output_module_failed").await;
+}
+
+#[tokio::test]
+async fn another_instance_and_an_instant_exit_are_retried_on_another_node() {
+    retried_elsewhere("another-instance", Duration::from_secs(30), "machine", "another_instance").await;
+    retried_elsewhere("instant-exit", Duration::from_secs(30), "machine", "instant_exit").await;
+}
