@@ -20,11 +20,13 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flatrender_agent::aerender::argv::{AerenderCommand, FrameSpan};
 use flatrender_agent::aerender::driver::{RenderRun, render};
 use flatrender_agent::process::{Activity, Limits};
+use flatrender_agent::strays::Tracker;
 
 const SIM: &str = env!("CARGO_BIN_EXE_aerender-sim");
 const AGENT: &str = env!("CARGO_BIN_EXE_flatrender-agent");
@@ -80,6 +82,7 @@ async fn driver_overhead() {
         continue_on_missing_footage: false,
     };
     let env = [("FLATRENDER_SIM_FRAME_MS", frame_ms.to_string())];
+    let tracker = Arc::new(Tracker::open(dir.path().join("renderers.json"), &["aerender-sim"]).unwrap());
     let (mut direct, mut driven) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let out = dir.path().join(format!("direct-{round}"));
@@ -96,6 +99,8 @@ async fn driver_overhead() {
             limits: Limits { no_output: Duration::from_secs(60), max_run: Duration::from_secs(3600) },
             frame_size: Some((1920, 1080)),
             env: env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            // As the agent runs it: recorded for cleanup after a crash.
+            tracker: Some(tracker.clone()),
         };
         let started = Instant::now();
         let report = render(&run, &Activity::default(), std::future::pending(), |_| {}).await.unwrap();

@@ -20,6 +20,7 @@ use crate::session::credential::NodeCredential;
 use crate::session::outbox::Outbox;
 use crate::session::stream::{self, AgentInfo, NodeView, Session};
 use crate::session::tasks::{TaskEvent, TaskTable};
+use crate::strays::Tracker;
 use crate::transfer::Transfers;
 use crate::work::{self, BundleSources, Resources, WorkConfig, Worker};
 
@@ -81,6 +82,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .collect(),
         env: Vec::new(),
         default_limits: config.render_limits(),
+        tracker: Some(Arc::new(tracker(&config, &installs)?)),
     };
     let worker = Arc::new(Worker::new(Resources { config: work_config, transfers, cache: cache.clone(), bundles }));
     let info = AgentInfo {
@@ -176,6 +178,20 @@ pub async fn patch_installs(config: &Config, undo: bool) -> Result<Vec<String>, 
         done.push(format!("After Effects {}: {} ({what})", install.version, script.display()));
     }
     Ok(done)
+}
+
+/// The record of the renderers this agent starts, kept in the state directory so that what a
+/// crashed agent left running is found after its restart; swept once now, and before each task.
+fn tracker(config: &Config, installs: &[AeInstall]) -> Result<Tracker, DaemonError> {
+    let mut names: Vec<String> =
+        ["AfterFX", "AfterFX.exe", "After Effects", "aerender", "aerender.exe"].map(String::from).into();
+    names.extend(installs.iter().filter_map(|i| Some(i.aerender.file_name()?.to_string_lossy().into_owned())));
+    let tracker =
+        Tracker::open(config.state_dir.join("renderers.json"), &names).map_err(|e| setup("the renderer ledger")(&e))?;
+    if let Err(error) = tracker.sweep() {
+        tracing::warn!(%error, "renderer processes left by an earlier run were not looked for");
+    }
+    Ok(tracker)
 }
 
 /// "24.2.1x2" → "24.2".

@@ -13,5 +13,6 @@ pub mod process;
 pub mod scene;
 pub mod session;
 pub mod simulator;
+pub mod strays;
 pub mod transfer;
 pub mod work;

@@ -21,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
+use crate::strays::Tracker;
+
 /// How long output is still read after the process exited, while something it left running
 /// holds its pipes open.
 const EXIT_DRAIN: Duration = Duration::from_secs(2);
@@ -34,6 +36,8 @@ pub struct Program {
     pub dir: Option<PathBuf>,
     /// Extra environment.
     pub env: Vec<(OsString, OsString)>,
+    /// Where the run is recorded while it lives, so a later agent can clean up after a crash.
+    pub tracker: Option<Arc<Tracker>>,
 }
 
 /// When a run is stopped.
@@ -81,6 +85,13 @@ pub async fn supervise(
     mut on_output: impl FnMut(&[u8]),
 ) -> io::Result<Ending> {
     let mut child = TreeGuard(spawn(program)?, true);
+    let token = match (&program.tracker, child.0.id()) {
+        (Some(tracker), Some(pid)) => {
+            let tracker = Arc::clone(tracker);
+            tokio::task::spawn_blocking(move || tracker.started(pid)).await.ok().flatten()
+        }
+        _ => None,
+    };
     let (Some(mut stdout), Some(mut stderr)) = (child.0.stdout().take(), child.0.stderr().take()) else {
         kill_tree(child.0.as_mut()).await;
         return Err(io::Error::other("the child's output pipes were not set up"));
@@ -139,6 +150,10 @@ pub async fn supervise(
     // its group goes with it.
     kill_tree(child.0.as_mut()).await;
     child.1 = false;
+    if let (Some(tracker), Some(token)) = (&program.tracker, token) {
+        let tracker = Arc::clone(tracker);
+        let _ = tokio::task::spawn_blocking(move || tracker.ended(token)).await;
+    }
     ending
 }
 
@@ -203,7 +218,13 @@ mod tests {
     use super::*;
 
     fn sh(script: &str) -> Program {
-        Program { path: "/bin/sh".into(), args: vec!["-c".into(), script.into()], dir: None, env: Vec::new() }
+        Program {
+            path: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            dir: None,
+            env: Vec::new(),
+            tracker: None,
+        }
     }
 
     fn limits(no_output_ms: u64, max_run_ms: u64) -> Limits {
@@ -350,7 +371,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_program_is_an_error() {
-        let program = Program { path: "/nonexistent/aerender".into(), args: Vec::new(), dir: None, env: Vec::new() };
+        let program = Program {
+            path: "/nonexistent/aerender".into(),
+            args: Vec::new(),
+            dir: None,
+            env: Vec::new(),
+            tracker: None,
+        };
         let result = supervise(&program, limits(100, 100), &Activity::default(), std::future::pending(), |_| {}).await;
         assert_eq!(result.unwrap_err().kind(), io::ErrorKind::NotFound);
     }

@@ -55,7 +55,10 @@ impl Case {
             continue_on_missing_footage: false,
         };
         let limits = Limits { no_output: Duration::from_millis(1_500), max_run: Duration::from_secs(30) };
-        Case { dir, run: RenderRun { aerender: SIM.into(), command, limits, frame_size: Some((160, 90)), env } }
+        Case {
+            dir,
+            run: RenderRun { aerender: SIM.into(), command, limits, frame_size: Some((160, 90)), env, tracker: None },
+        }
     }
 
     fn with_script(mut self, edits: Vec<LayerEdit>) -> Case {

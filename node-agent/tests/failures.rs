@@ -195,3 +195,55 @@ async fn another_instance_and_an_instant_exit_are_retried_on_another_node() {
     retried_elsewhere("another-instance", Duration::from_secs(30), "machine", "another_instance").await;
     retried_elsewhere("instant-exit", Duration::from_secs(30), "machine", "instant_exit").await;
 }
+
+/// After Effects refuses to render while an instance an earlier run lost is still there: a
+/// renderer recorded by an agent that then died (here: started by hand and recorded in the
+/// ledger) is killed before the next task renders, and the task succeeds.
+#[tokio::test]
+async fn a_renderer_an_earlier_agent_lost_is_killed_before_the_next_task() {
+    use std::os::unix::process::CommandExt;
+
+    let (o, alice) = stack_with(|_| {}).await;
+    let template = upload_template(&o, &alice, &[]).await;
+    let state = tempfile::tempdir().unwrap();
+    let project = state.path().join("lost.aepx.json");
+    std::fs::write(&project, farm::project(&[])).unwrap();
+    let output = state.path().join("lost/frame_[#####].png");
+    let stray = std::process::Command::new(farm::SIM)
+        .arg("-project")
+        .arg(&project)
+        .args(["-comp", "Main", "-output"])
+        .arg(&output)
+        .env("FLATRENDER_SIM_FAULT", "hang:0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Whatever the test's fate, the stray does not outlive it.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stray = Reaped(stray);
+    let mut ledger =
+        flatrender_agent::strays::Ledger::open(state.path().join("renderers.json"), &["aerender-sim"]).unwrap();
+    ledger.record(stray.0.id()).unwrap();
+    drop(ledger);
+    assert!(stray.0.try_wait().unwrap().is_none(), "the stray runs");
+
+    let node = agent(&o, state.path(), AgentOptions::default()).await;
+    let job = submit(&o, &alice, &template).await;
+    o.until(
+        "the job's chunk is done",
+        &format!("SELECT bool_and(state = 'done') FROM render.frame_jobs WHERE job_id = '{job}' AND lane = 'render'"),
+    )
+    .await;
+    let status = stray.0.try_wait().unwrap();
+    assert!(status.is_some_and(|s| !s.success()), "the stray was killed: {status:?}");
+    node.stop().await;
+}

@@ -26,6 +26,8 @@ pub struct RenderRun {
     pub frame_size: Option<(u32, u32)>,
     /// Extra environment for the process.
     pub env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    /// Where the run is recorded while it lives (see [`crate::strays`]).
+    pub tracker: Option<std::sync::Arc<crate::strays::Tracker>>,
 }
 
 /// A frame the run left on disk, verified.
@@ -79,7 +81,13 @@ pub async fn render(
     cancel: impl Future<Output = ()>,
     mut on_event: impl FnMut(RunEvent<'_>),
 ) -> Result<RenderReport, DriverError> {
-    let program = Program { path: run.aerender.clone(), args: run.command.argv()?, dir: None, env: run.env.clone() };
+    let program = Program {
+        path: run.aerender.clone(),
+        args: run.command.argv()?,
+        dir: None,
+        env: run.env.clone(),
+        tracker: run.tracker.clone(),
+    };
     let mut transcript = Transcript::new().with_expected_frames(u64::from(run.command.frames.len()));
     let allow_missing_footage = run.command.continue_on_missing_footage;
     let mut failing = false;

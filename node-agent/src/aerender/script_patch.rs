@@ -572,6 +572,7 @@ fn write_atomic(target: &Path, data: &[u8], like: &Path) -> Result<(), PatchErro
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

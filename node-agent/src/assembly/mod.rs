@@ -147,7 +147,7 @@ async fn run(
 }
 
 fn program(path: &Path, args: Vec<OsString>) -> Program {
-    Program { path: path.to_path_buf(), args, dir: None, env: Vec::new() }
+    Program { path: path.to_path_buf(), args, dir: None, env: Vec::new(), tracker: None }
 }
 
 /// Runs a tool whose output is not progress; its output is the error tail.

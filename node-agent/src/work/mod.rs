@@ -20,6 +20,7 @@ pub use bundles::BundleSources;
 use crate::cache::Cache;
 use crate::process::Limits;
 use crate::session::tasks::{Executor, StopSignal, TaskEvent};
+use crate::strays::Tracker;
 use crate::transfer::{TaskLease, Transfers};
 
 /// An After Effects installation (or the simulator standing in for one).
@@ -40,6 +41,8 @@ pub struct WorkConfig {
     pub env: Vec<(OsString, OsString)>,
     /// Watchdog limits when the task sets none.
     pub default_limits: Limits,
+    /// The record of running renderers: what an earlier run left is killed before each task.
+    pub tracker: Option<Arc<Tracker>>,
 }
 
 impl WorkConfig {

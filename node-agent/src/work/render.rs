@@ -129,6 +129,19 @@ async fn render(
     timings.download_ms = fetching.elapsed().as_millis() as u64;
 
     ctx.phase(pb::TaskPhase::Preparing, "writing the injection script");
+    // After Effects will not render while an instance an earlier run lost is still there.
+    if let Some(tracker) = resources.config.tracker.clone() {
+        match tokio::task::spawn_blocking(move || tracker.sweep()).await {
+            Ok(Ok(report)) if !report.is_clean() => {
+                return Err(Failed::machine(
+                    pb::ErrorCode::AnotherInstance,
+                    format!("renderer processes an earlier run left could not be killed: {:?}", report.failed),
+                ));
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "renderer processes left by earlier runs were not looked for"),
+            _ => {}
+        }
+    }
     let project = project_path(template.path(), &spec.project_path)?;
     let scene = spec.scene_data.clone().unwrap_or_default();
     let injection = crate::scene::injection(&scene, |id| media.get(id).cloned())
@@ -184,8 +197,14 @@ async fn render(
             }),
             continue_on_missing_footage: spec.continue_on_missing_footage,
         };
-        let run =
-            RenderRun { aerender: aerender.clone(), command, limits, frame_size, env: resources.config.env.clone() };
+        let run = RenderRun {
+            aerender: aerender.clone(),
+            command,
+            limits,
+            frame_size,
+            env: resources.config.env.clone(),
+            tracker: resources.config.tracker.clone(),
+        };
         let done_before = rendered.len() as u32;
         let mut stopper = stop.clone();
         let cancel = async move {

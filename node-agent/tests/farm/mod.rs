@@ -17,6 +17,7 @@ use flatrender_agent::session::credential::NodeCredential;
 use flatrender_agent::session::outbox::Outbox;
 use flatrender_agent::session::stream::{self, AgentInfo, Session};
 use flatrender_agent::session::tasks::TaskTable;
+use flatrender_agent::strays::Tracker;
 use flatrender_agent::transfer::Transfers;
 use flatrender_agent::work::{AeInstall, BundleSources, Resources, WorkConfig, Worker};
 use flatrender_proto::flatrender::file::v1 as file_pb;
@@ -132,6 +133,7 @@ pub async fn agent(o: &Orchestrator, state: &Path, options: AgentOptions<'_>) ->
         installs: spec.ae_versions.iter().map(|v| AeInstall { version: v.clone(), aerender: SIM.into() }).collect(),
         env: options.env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
         default_limits: Limits { no_output: options.no_output, max_run: Duration::from_secs(120) },
+        tracker: Some(Arc::new(Tracker::open(state.join("renderers.json"), &["aerender-sim"]).unwrap())),
     };
     let worker = Arc::new(Worker::new(Resources { config, transfers, cache, bundles }));
     let info = AgentInfo {
