@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::aerender::script_patch::{self, PatchOutcome};
 use crate::cache::{Cache, CacheEvent, EvictOutcome, EvictReason};
 use crate::config::Config;
+use crate::crash_watch::CrashWatch;
 use crate::machine::ae::{self, AeInstall};
 use crate::machine::{Sampler, Software, TaskLoad};
 use crate::session::credential::NodeCredential;
@@ -83,6 +84,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         env: Vec::new(),
         default_limits: config.render_limits(),
         tracker: Some(Arc::new(tracker(&config, &installs)?)),
+        crash_watch: crash_watch(&config),
+        crash_settle: work::DEFAULT_CRASH_SETTLE,
     };
     let worker = Arc::new(Worker::new(Resources { config: work_config, transfers, cache: cache.clone(), bundles }));
     let info = AgentInfo {
@@ -192,6 +195,18 @@ fn tracker(config: &Config, installs: &[AeInstall]) -> Result<Tracker, DaemonErr
         tracing::warn!(%error, "renderer processes left by an earlier run were not looked for");
     }
     Ok(tracker)
+}
+
+/// The crash-report folders, watched for the whole run (a crash report is written while the
+/// crashing process dies, before the agent knows of the crash).
+fn crash_watch(config: &Config) -> Option<Arc<CrashWatch>> {
+    match CrashWatch::start(config.crash_dirs.clone()) {
+        Ok(watch) => Some(Arc::new(watch)),
+        Err(error) => {
+            tracing::warn!(%error, "crash-report folders are not watched: crash reports go without the reporter's file");
+            None
+        }
+    }
 }
 
 /// "24.2.1x2" → "24.2".

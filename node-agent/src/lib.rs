@@ -6,6 +6,7 @@ pub mod aerender;
 pub mod assembly;
 pub mod cache;
 pub mod config;
+pub mod crash_watch;
 pub mod daemon;
 pub mod injection;
 pub mod machine;

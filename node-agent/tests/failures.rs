@@ -110,9 +110,16 @@ async fn retried_elsewhere(fault: &str, no_output: Duration, class: &str, code: 
     let template = upload_template(&o, &alice, &[]).await;
     let marker = Uuid::new_v4().to_string();
     let faulty_state = tempfile::tempdir().unwrap();
-    let env =
-        [("FLATRENDER_TEST_FARM", marker.as_str()), ("FLATRENDER_SIM_FAULT", fault), ("FLATRENDER_SIM_CHILD", "1")];
-    let faulty = agent(&o, faulty_state.path(), AgentOptions { env: &env, no_output }).await;
+    let crash_dir = faulty_state.path().join("crash-reports");
+    let crash_dir_text = crash_dir.to_string_lossy().into_owned();
+    let env = [
+        ("FLATRENDER_TEST_FARM", marker.as_str()),
+        ("FLATRENDER_SIM_FAULT", fault),
+        ("FLATRENDER_SIM_CHILD", "1"),
+        ("FLATRENDER_SIM_CRASH_DIR", crash_dir_text.as_str()),
+    ];
+    let options = AgentOptions { env: &env, no_output, crash_dir: Some(&crash_dir) };
+    let faulty = agent(&o, faulty_state.path(), options).await;
     let job = submit(&o, &alice, &template).await;
     o.until_within(
         &format!("the {fault} node's attempt fails"),
@@ -144,6 +151,38 @@ async fn retried_elsewhere(fault: &str, no_output: Duration, class: &str, code: 
         0,
         "{fault}: a machine error does not fail the job"
     );
+    // A crash or a hang reaches the orchestrator as the node's crash, with the task; a crash
+    // with the report the crash reporter wrote.
+    let crash_kind = match code {
+        "ae_crash" => Some("ae_crash"),
+        "no_output_timeout" => Some("ae_hang"),
+        _ => None,
+    };
+    if let Some(kind) = crash_kind {
+        o.until(
+            &format!("the {fault} crash is recorded"),
+            &format!("SELECT count(*) = 1 FROM render.node_crashes WHERE node_id = '{}'", faulty.node_id),
+        )
+        .await;
+        let (recorded, task_job, signal, message, report): (String, Option<Uuid>, Option<i32>, String, String) =
+            sqlx::query_as(
+                "SELECT kind, job_id, signal, coalesce(message, ''), coalesce(details->>'report_text', '')
+                   FROM render.node_crashes WHERE node_id = $1",
+            )
+            .bind(faulty.node_id)
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+        assert_eq!((recorded.as_str(), task_job), (kind, Some(job)), "{fault}");
+        if kind == "ae_crash" {
+            assert_eq!(signal, Some(6), "{fault}: SIGABRT");
+            assert!(message.starts_with("Process:") && message.contains("aerender-sim"), "{fault}: {message}");
+            assert!(report.contains("Thread 0 Crashed"), "{fault}: {report}");
+        }
+    } else {
+        let crashes = format!("SELECT count(*) FROM render.node_crashes WHERE node_id = '{}'", faulty.node_id);
+        assert_eq!(o.count(&crashes).await, 0, "{fault}: not a crash");
+    }
     faulty.stop().await;
 
     let healthy_state = tempfile::tempdir().unwrap();

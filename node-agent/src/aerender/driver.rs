@@ -44,6 +44,9 @@ pub struct RenderReport {
     pub verdict: Verdict,
     /// The exit code, when the process exited by itself with one.
     pub exit_code: Option<i32>,
+    /// The signal that ended the process, when one did by itself (Unix; a crash's SIGABRT or
+    /// SIGSEGV, not the agent's own kill).
+    pub signal: Option<i32>,
     /// The verified frames (all expected ones on success, else those that verified).
     pub frames: Vec<RenderedFrame>,
     /// What the log told.
@@ -114,6 +117,11 @@ pub async fn render(
         Ending::Exited(exit) => exit.code(),
         _ => None,
     };
+    let signal = match &ending {
+        #[cfg(unix)]
+        Ending::Exited(exit) => std::os::unix::process::ExitStatusExt::signal(exit),
+        _ => None,
+    };
     // Frames are looked at only when the log leaves success possible: a failed run's frames
     // are not kept either way.
     let checked = if outcome::frames_matter(&ending, &status, run.command.continue_on_missing_footage) {
@@ -131,6 +139,7 @@ pub async fn render(
     Ok(RenderReport {
         verdict,
         exit_code,
+        signal,
         frames,
         status,
         log_tail: transcript.tail_text(),

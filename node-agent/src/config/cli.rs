@@ -83,6 +83,9 @@ impl Cli {
     }
 }
 
+/// Between the folders of a list, as in PATH.
+const PATH_LIST_SEPARATOR: char = if cfg!(windows) { ';' } else { ':' };
+
 /// Log line format.
 #[derive(ValueEnum, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -166,6 +169,11 @@ pub struct Flags {
     /// ffprobe executable [default: ffprobe on PATH].
     #[arg(long, global = true, value_name = "PATH")]
     pub ffprobe: Option<PathBuf>,
+
+    /// Folders where After Effects' crash reports land, watched while renders run, separated as
+    /// in PATH [default: the platform's crash-report folders].
+    #[arg(long, global = true, value_name = "DIR", value_delimiter = PATH_LIST_SEPARATOR)]
+    pub crash_dirs: Option<Vec<PathBuf>>,
 
     /// Kill a render that prints nothing (and writes no frame) for this long, e.g. 60s.
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]

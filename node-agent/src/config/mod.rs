@@ -69,6 +69,9 @@ pub struct Config {
     pub simulator: bool,
     pub ffmpeg: PathBuf,
     pub ffprobe: PathBuf,
+    /// Folders where After Effects' crash reports land, watched while renders run
+    /// ([`crate::crash_watch::default_dirs`] by default).
+    pub crash_dirs: Vec<PathBuf>,
     pub no_output_timeout: Duration,
     pub max_render_time: Duration,
     pub health_interval: Duration,
@@ -154,6 +157,7 @@ struct Layer {
     simulator: Option<bool>,
     ffmpeg: Option<PathBuf>,
     ffprobe: Option<PathBuf>,
+    crash_dirs: Option<Vec<PathBuf>>,
     no_output_timeout: Option<HumanDuration>,
     max_render_time: Option<HumanDuration>,
     health_interval: Option<HumanDuration>,
@@ -226,6 +230,7 @@ impl Config {
             simulator: false,
             ffmpeg: PathBuf::from(exe_name("ffmpeg")),
             ffprobe: PathBuf::from(exe_name("ffprobe")),
+            crash_dirs: crate::crash_watch::default_dirs(),
             no_output_timeout: DEFAULT_NO_OUTPUT_TIMEOUT,
             max_render_time: DEFAULT_MAX_RENDER_TIME,
             health_interval: DEFAULT_HEALTH_INTERVAL,
@@ -321,6 +326,12 @@ impl Config {
             non_empty_path(&path).map_err(|m| invalid("ffprobe", m))?;
             self.ffprobe = path;
         }
+        if let Some(dirs) = layer.crash_dirs {
+            for dir in &dirs {
+                non_empty_path(dir).map_err(|m| invalid("crash_dirs", m))?;
+            }
+            self.crash_dirs = dirs;
+        }
         for (key, value, slot) in [
             ("no_output_timeout", layer.no_output_timeout, &mut self.no_output_timeout),
             ("max_render_time", layer.max_render_time, &mut self.max_render_time),
@@ -381,6 +392,7 @@ impl Config {
             simulator: bool,
             ffmpeg: &'a Path,
             ffprobe: &'a Path,
+            crash_dirs: &'a [PathBuf],
             no_output_timeout: HumanDuration,
             max_render_time: HumanDuration,
             health_interval: HumanDuration,
@@ -405,6 +417,7 @@ impl Config {
             simulator: self.simulator,
             ffmpeg: &self.ffmpeg,
             ffprobe: &self.ffprobe,
+            crash_dirs: &self.crash_dirs,
             no_output_timeout: HumanDuration(self.no_output_timeout),
             max_render_time: HumanDuration(self.max_render_time),
             health_interval: HumanDuration(self.health_interval),
@@ -482,6 +495,8 @@ impl Layer {
             simulator: boolean(env, "simulator")?,
             ffmpeg: path("ffmpeg")?,
             ffprobe: path("ffprobe")?,
+            // A list like PATH (`:` or `;` between folders).
+            crash_dirs: env(&env_name("crash_dirs"))?.map(|v| std::env::split_paths(&v).collect()),
             no_output_timeout: parsed(env, "no_output_timeout")?,
             max_render_time: parsed(env, "max_render_time")?,
             health_interval: parsed(env, "health_interval")?,
@@ -518,6 +533,7 @@ impl Layer {
             simulator: flags.simulator,
             ffmpeg: flags.ffmpeg,
             ffprobe: flags.ffprobe,
+            crash_dirs: flags.crash_dirs,
             no_output_timeout: flags.no_output_timeout.map(HumanDuration),
             max_render_time: flags.max_render_time.map(HumanDuration),
             health_interval: flags.health_interval.map(HumanDuration),

@@ -271,6 +271,12 @@ impl<N: NodeView, E: Executor> Session<N, E> {
             TaskEvent::Cache(change) => {
                 out.send(Out::CacheChange(change)).await;
             }
+            TaskEvent::Crash(crash) => {
+                let key = format!("crash.{}", crash.crash_id);
+                self.keep(&key, Out::CrashReport(crash.clone()));
+                let seq = out.send(Out::CrashReport(crash)).await;
+                self.outbox.sent(&key, seq);
+            }
             TaskEvent::Result(result) if self.tasks.drop_result(&result.task_id, result.lease_epoch) => {
                 tracing::info!(task = %result.task_id, "the lease is gone; the result is dropped");
             }

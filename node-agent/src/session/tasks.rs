@@ -31,6 +31,9 @@ pub enum TaskEvent {
     Result(agent_pb::TaskResult),
     /// Templates added to or evicted from the cache (not a task's, but sent the same way).
     Cache(agent_pb::CacheChange),
+    /// After Effects crashed or hung during a task (sent after the task's result; kept in the
+    /// outbox until acked).
+    Crash(agent_pb::CrashReport),
 }
 
 /// A task's stop signal, as its runner sees it.

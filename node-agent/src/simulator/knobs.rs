@@ -16,6 +16,10 @@ pub const MISSING_FONTS: &str = "FLATRENDER_SIM_MISSING_FONTS";
 /// but a tree kill, so that the agent's tree kill can be tested.
 pub const CHILD: &str = "FLATRENDER_SIM_CHILD";
 
+/// A directory where a crash leaves a crash report (`aerender-sim_<time>_<pid>.crash`), as
+/// After Effects' crash reporter does in the user's crash-report folder.
+pub const CRASH_DIR: &str = "FLATRENDER_SIM_CRASH_DIR";
+
 /// The settings of one run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Knobs {
@@ -24,6 +28,7 @@ pub struct Knobs {
     pub faults: Faults,
     pub missing_fonts: Vec<String>,
     pub spawn_child: bool,
+    pub crash_dir: Option<std::path::PathBuf>,
 }
 
 impl Knobs {
@@ -49,6 +54,7 @@ impl Knobs {
             faults,
             missing_fonts,
             spawn_child: env(CHILD).is_some_and(|v| v.trim() == "1"),
+            crash_dir: env(CRASH_DIR).filter(|v| !v.trim().is_empty()).map(std::path::PathBuf::from),
         })
     }
 }

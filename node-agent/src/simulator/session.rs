@@ -295,6 +295,9 @@ impl Session<'_> {
         for (done, frame) in (start..=end).step_by(increment as usize).enumerate() {
             let done = done as u32;
             if faults.crash_after() == Some(done) {
+                if let Some(dir) = &self.knobs.crash_dir {
+                    write_crash_report(dir, &comp.name, frame);
+                }
                 std::process::abort();
             }
             if faults.hang_after() == Some(done) {
@@ -358,6 +361,27 @@ impl Session<'_> {
             self.console.progress(&format!("PROGRESS:  {line}"));
         }
     }
+}
+
+/// What a crash reporter leaves: a text report in `dir`, written whole (temporary name, then
+/// renamed) just before the process dies. Best effort, as a crash reporter's is.
+fn write_crash_report(dir: &std::path::Path, comp: &str, frame: u32) {
+    let pid = std::process::id();
+    let stamp = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let text = format!(
+        "Process:               aerender-sim [{pid}]\n\
+         Version:               {}\n\
+         Exception Type:        EXC_CRASH (SIGABRT)\n\
+         Crashed while:         rendering frame {frame} of composition \"{comp}\"\n\
+         \n\
+         Thread 0 Crashed:\n\
+         0   aerender-sim   render_frame + 42\n\
+         1   aerender-sim   render_queue + 7\n",
+        VERSION.trim_start_matches("aerender version ")
+    );
+    let path = dir.join(format!("aerender-sim_{stamp}_{pid}.crash"));
+    let _ = std::fs::create_dir_all(dir);
+    let _ = sequence::write_atomically(&path, text.as_bytes());
 }
 
 /// Renders and writes one frame; `truncate` writes only half of it, in place, as a failed

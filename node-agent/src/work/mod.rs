@@ -2,6 +2,7 @@
 //! and reports through the session (progress, frames, one result).
 
 mod bundles;
+mod crash;
 mod landing;
 mod render;
 mod report;
@@ -16,8 +17,10 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use tokio::sync::mpsc;
 
 pub use bundles::BundleSources;
+pub use crash::DEFAULT_SETTLE as DEFAULT_CRASH_SETTLE;
 
 use crate::cache::Cache;
+use crate::crash_watch::CrashWatch;
 use crate::process::Limits;
 use crate::session::tasks::{Executor, StopSignal, TaskEvent};
 use crate::strays::Tracker;
@@ -43,6 +46,10 @@ pub struct WorkConfig {
     pub default_limits: Limits,
     /// The record of running renderers: what an earlier run left is killed before each task.
     pub tracker: Option<Arc<Tracker>>,
+    /// The crash-report folders, watched; `None` sends crash reports without the reporter's file.
+    pub crash_watch: Option<Arc<CrashWatch>>,
+    /// How long a crash reporter gets to finish writing its report.
+    pub crash_settle: Duration,
 }
 
 impl WorkConfig {

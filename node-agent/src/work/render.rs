@@ -10,12 +10,13 @@ use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
 use tokio::sync::mpsc;
 
+use super::crash::{self, Crash};
 use super::landing::{self, Landing, Shipped, Sign};
 use super::report;
 use super::{Resources, TaskContext};
 use crate::aerender::argv::{AerenderCommand, FrameSpan, MemUsage, Mfr};
 use crate::aerender::driver::{self, RenderRun, RenderedFrame, RunEvent};
-use crate::aerender::outcome::Outcome;
+use crate::aerender::outcome::{ErrorCode, Outcome};
 use crate::cache::BundleRef;
 use crate::process::Activity;
 use crate::session::tasks::{StopReason, StopSignal, TaskEvent};
@@ -57,6 +58,13 @@ impl Failed {
     }
 }
 
+/// What a task comes to: its result, its timings, and a crash to report after the result.
+struct Ended {
+    result: agent_pb::TaskResult,
+    timings: agent_pb::TaskTimings,
+    crashed: Option<Crash>,
+}
+
 /// Runs the task and always ends with exactly one result event.
 pub async fn run(
     resources: &Resources,
@@ -68,20 +76,18 @@ pub async fn run(
     let started = Instant::now();
     let ctx = TaskContext::new(&task, events.clone());
     let work_dir = resources.config.work_root.join(format!("{}-{}", task.task_id, task.lease_epoch));
-    let mut result = agent_pb::TaskResult {
+    let result = agent_pb::TaskResult {
         task_id: task.task_id.clone(),
         lease_epoch: task.lease_epoch,
         started_at: Some(std::time::SystemTime::now().into()),
         ..agent_pb::TaskResult::default()
     };
-    let mut timings = agent_pb::TaskTimings::default();
-    match render(resources, &ctx, &spec, &work_dir, stop, &mut result, &mut timings).await {
-        Ok(()) => {}
-        Err(failed) => {
-            result.outcome = failed.outcome as i32;
-            result.error = Some(failed.error);
-        }
+    let mut out = Ended { result, timings: agent_pb::TaskTimings::default(), crashed: None };
+    if let Err(failed) = render(resources, &ctx, &spec, &work_dir, stop, &mut out).await {
+        out.result.outcome = failed.outcome as i32;
+        out.result.error = Some(failed.error);
     }
+    let Ended { mut result, mut timings, crashed } = out;
     timings.total_ms = started.elapsed().as_millis() as u64;
     result.timings = Some(timings);
     result.finished_at = Some(std::time::SystemTime::now().into());
@@ -91,6 +97,9 @@ pub async fn run(
         tracing::warn!(dir = %work_dir.display(), %error, "could not remove a task's work directory");
     }
     let _ = events.send(TaskEvent::Result(result));
+    if let Some(crash) = crashed {
+        crash::report(resources, &ctx, crash).await;
+    }
 }
 
 async fn render(
@@ -99,8 +108,7 @@ async fn render(
     spec: &agent_pb::RenderSpec,
     work_dir: &Path,
     stop: StopSignal,
-    result: &mut agent_pb::TaskResult,
-    timings: &mut agent_pb::TaskTimings,
+    out: &mut Ended,
 ) -> Result<(), Failed> {
     let disk = |e: std::io::Error| Failed::machine(pb::ErrorCode::DiskFull, format!("the work directory: {e}"));
     tokio::fs::create_dir_all(work_dir.join("out")).await.map_err(disk)?;
@@ -126,7 +134,7 @@ async fn render(
         _ => Failed::machine(pb::ErrorCode::DownloadFailed, e.to_string()),
     })?;
     let media = fetch_media(resources, ctx, &spec.assets, work_dir).await?;
-    timings.download_ms = fetching.elapsed().as_millis() as u64;
+    out.timings.download_ms = fetching.elapsed().as_millis() as u64;
 
     ctx.phase(pb::TaskPhase::Preparing, "writing the injection script");
     // After Effects will not render while an instance an earlier run lost is still there.
@@ -246,18 +254,34 @@ async fn render(
             drop(signs);
             report
         };
+        let run_started = Instant::now();
         let (report, shipped) = tokio::join!(driving, shipping);
         stored.extend(shipped.frames);
         let report = report.map_err(|e| Failed::machine(pb::ErrorCode::AeUnavailable, e.to_string()))?;
-        result.exit_code = report.exit_code;
-        result.log_tail = report.log_tail.clone();
+        out.result.exit_code = report.exit_code;
+        out.result.log_tail = report.log_tail.clone();
         // The protocol's limits: at most 100 warnings of at most 1,000 characters.
         for warning in &report.verdict.warnings {
-            if result.warnings.len() < 100 {
-                result.warnings.push(warning.chars().take(1000).collect());
+            if out.result.warnings.len() < 100 {
+                out.result.warnings.push(warning.chars().take(1000).collect());
             }
         }
         if let Some((code, message)) = &report.verdict.error {
+            let kind = match code {
+                ErrorCode::AeCrash => Some(pb::CrashKind::AeCrash),
+                ErrorCode::NoOutputTimeout => Some(pb::CrashKind::AeHang),
+                _ => None,
+            };
+            out.crashed = kind.map(|kind| Crash {
+                kind,
+                run_started,
+                ae_version: report.status.version.clone().unwrap_or_else(|| spec.ae_version.clone()),
+                process_name: aerender.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                exit_code: report.exit_code,
+                signal: report.signal,
+                message: message.clone(),
+                log_tail: report.log_tail.clone(),
+            });
             let outcome = match (report.verdict.outcome, stop.reason()) {
                 // A task the agent gives up because it is shutting down goes back to the queue.
                 (Outcome::Canceled, Some(StopReason::Shutdown)) => pb::TaskOutcome::HandedBack,
@@ -268,7 +292,7 @@ async fn render(
                 code: report::code(*code) as i32,
                 message: truncated(message, MAX_MESSAGE_BYTES),
             };
-            timings.render_ms = rendering.elapsed().as_millis() as u64;
+            out.timings.render_ms = rendering.elapsed().as_millis() as u64;
             return Err(Failed { outcome, error });
         }
         if let Some(error) = shipped.error {
@@ -276,7 +300,7 @@ async fn render(
         }
         rendered.extend(report.frames);
     }
-    timings.render_ms = rendering.elapsed().as_millis() as u64;
+    out.timings.render_ms = rendering.elapsed().as_millis() as u64;
 
     // Outputs.
     ctx.phase(pb::TaskPhase::Uploading, "uploading");
@@ -285,12 +309,12 @@ async fn render(
     if output.upload_frames {
         let rest: Vec<&RenderedFrame> = rendered.iter().filter(|f| !stored.contains_key(&f.frame)).collect();
         stored.extend(upload_frames(resources, ctx, spec.segment_index, &rest, frame_size).await?);
-        result.frames = stored.into_values().collect();
+        out.result.frames = stored.into_values().collect();
     } else if kind == pb::TaskKind::Snapshot {
         let frame =
             rendered.first().ok_or_else(|| Failed::machine(pb::ErrorCode::FramesInvalid, "no frame rendered"))?;
         let stored = upload(resources, ctx, agent_pb::ObjectKind::SnapshotImage, -1, &frame.path).await?;
-        result.outputs.push(agent_pb::TaskOutput {
+        out.result.outputs.push(agent_pb::TaskOutput {
             kind: agent_pb::ObjectKind::SnapshotImage as i32,
             file_id: stored.file_id,
             sha256: stored.sha256,
@@ -299,8 +323,8 @@ async fn render(
             media: None,
         });
     }
-    timings.upload_ms = uploading.elapsed().as_millis() as u64;
-    result.outcome = pb::TaskOutcome::Success as i32;
+    out.timings.upload_ms = uploading.elapsed().as_millis() as u64;
+    out.result.outcome = pb::TaskOutcome::Success as i32;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flatrender_agent::cache::Cache;
+use flatrender_agent::crash_watch::CrashWatch;
 use flatrender_agent::process::Limits;
 use flatrender_agent::session::credential::NodeCredential;
 use flatrender_agent::session::outbox::Outbox;
@@ -88,11 +89,13 @@ pub struct AgentOptions<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// The no-output watchdog.
     pub no_output: Duration,
+    /// A crash-report folder to watch.
+    pub crash_dir: Option<&'a Path>,
 }
 
 impl Default for AgentOptions<'_> {
     fn default() -> Self {
-        Self { env: &[], no_output: Duration::from_secs(30) }
+        Self { env: &[], no_output: Duration::from_secs(30), crash_dir: None }
     }
 }
 
@@ -134,6 +137,8 @@ pub async fn agent(o: &Orchestrator, state: &Path, options: AgentOptions<'_>) ->
         env: options.env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
         default_limits: Limits { no_output: options.no_output, max_run: Duration::from_secs(120) },
         tracker: Some(Arc::new(Tracker::open(state.join("renderers.json"), &["aerender-sim"]).unwrap())),
+        crash_watch: options.crash_dir.map(|dir| Arc::new(CrashWatch::start(vec![dir.to_path_buf()]).unwrap())),
+        crash_settle: Duration::from_millis(300),
     };
     let worker = Arc::new(Worker::new(Resources { config, transfers, cache, bundles }));
     let info = AgentInfo {
