@@ -12,6 +12,7 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use tokio::sync::mpsc;
 
 use crate::aerender::script_patch::{self, PatchOutcome};
+use crate::assembly::Tools;
 use crate::cache::{Cache, CacheEvent, EvictOutcome, EvictReason};
 use crate::config::Config;
 use crate::crash_watch::CrashWatch;
@@ -56,10 +57,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if installs.is_empty() {
         tracing::warn!("no After Effects install found: this node will get no render work");
     }
-    // The orchestrator sends assembly to nodes that report ffmpeg, and this agent does not run
-    // assembly tasks yet: it reports none (and spends no start-up time finding it), or it would
-    // be sent assemblies only to refuse them.
-    let ffmpeg_version = None;
+    // The orchestrator sends assembly to nodes that report ffmpeg: only when ffmpeg and ffprobe
+    // both run.
+    let (tools, ffmpeg_version) = assembly_tools(&config).await;
     let mut sampler =
         Sampler::new(&config.work_dir, &config.cache_dir).map_err(|e| setup("the machine sampler")(&e))?;
     let software = Software { ae_installs: installs.clone(), ffmpeg_version, simulated: config.simulator };
@@ -86,6 +86,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracker: Some(Arc::new(tracker(&config, &installs)?)),
         crash_watch: crash_watch(&config),
         crash_settle: work::DEFAULT_CRASH_SETTLE,
+        tools,
     };
     let worker = Arc::new(Worker::new(Resources { config: work_config, transfers, cache: cache.clone(), bundles }));
     let info = AgentInfo {
@@ -205,6 +206,28 @@ fn crash_watch(config: &Config) -> Option<Arc<CrashWatch>> {
         Err(error) => {
             tracing::warn!(%error, "crash-report folders are not watched: crash reports go without the reporter's file");
             None
+        }
+    }
+}
+
+/// ffmpeg and ffprobe as configured, and ffmpeg's version, when both run.
+async fn assembly_tools(config: &Config) -> (Option<Tools>, Option<String>) {
+    let timeout = Duration::from_secs(10);
+    let ffmpeg = crate::machine::probe_ffmpeg(&config.ffmpeg, timeout).await;
+    let ffprobe = crate::machine::probe_ffmpeg(&config.ffprobe, timeout).await;
+    match (ffmpeg, ffprobe) {
+        (Some(version), Some(_)) => {
+            let tools = Tools {
+                ffmpeg: config.ffmpeg.clone(),
+                ffprobe: config.ffprobe.clone(),
+                font: crate::assembly::default_font(),
+            };
+            tracing::info!(%version, "ffmpeg found: this node assembles");
+            (Some(tools), Some(version))
+        }
+        _ => {
+            tracing::info!(ffmpeg = %config.ffmpeg.display(), ffprobe = %config.ffprobe.display(), "ffmpeg or ffprobe does not run: this node does not assemble");
+            (None, None)
         }
     }
 }

@@ -118,7 +118,7 @@ async fn retried_elsewhere(fault: &str, no_output: Duration, class: &str, code: 
         ("FLATRENDER_SIM_CHILD", "1"),
         ("FLATRENDER_SIM_CRASH_DIR", crash_dir_text.as_str()),
     ];
-    let options = AgentOptions { env: &env, no_output, crash_dir: Some(&crash_dir) };
+    let options = AgentOptions { env: &env, no_output, crash_dir: Some(&crash_dir), ..AgentOptions::default() };
     let faulty = agent(&o, faulty_state.path(), options).await;
     let job = submit(&o, &alice, &template).await;
     o.until_within(

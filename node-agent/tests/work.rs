@@ -56,15 +56,7 @@ async fn a_submitted_render_is_rendered_and_every_frame_accepted() {
             .unwrap();
     // Frames belong to the tenant, not to the person: its admin may read them.
     let admin = Principal { role: flatrender_kit::auth::Role::TenantAdmin, ..Principal::user(alice.tenant) };
-    let mut files = file_pb::file_service_client::FileServiceClient::new(o.authed(&o.token_for(&admin)));
-    let request = file_pb::DownloadFileRequest { file_id: file_id.to_string(), ..Default::default() };
-    let mut parts = files.download_file(request).await.unwrap().into_inner();
-    let mut png = Vec::new();
-    while let Some(part) = parts.message().await.unwrap() {
-        if let Some(file_pb::download_file_response::Payload::Chunk(chunk)) = part.payload {
-            png.extend_from_slice(&chunk);
-        }
-    }
+    let png = download(&o, &admin, file_id).await;
     let frame = Frame::decode_png(&png).unwrap();
     assert!(frame.find_text("Hello FlatRender", 48.0, [255, 255, 255]).is_some(), "the injected title is drawn");
     assert!(frame.find_text("Template", 48.0, [255, 255, 255]).is_none(), "the template's text is replaced");
@@ -93,6 +85,77 @@ async fn a_submitted_render_is_rendered_and_every_frame_accepted() {
     }
     assert_eq!(std::fs::read_dir(state.path().join("outbox")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(state.path().join("work")).unwrap().count(), 0);
+    agent.stop().await;
+}
+
+/// A stored file's bytes, read through the file service as `who`.
+async fn download(o: &support::Orchestrator, who: &Principal, file_id: Uuid) -> Vec<u8> {
+    let mut files = file_pb::file_service_client::FileServiceClient::new(o.authed(&o.token_for(who)));
+    let request = file_pb::DownloadFileRequest { file_id: file_id.to_string(), ..Default::default() };
+    let mut parts = files.download_file(request).await.unwrap().into_inner();
+    let mut bytes = Vec::new();
+    while let Some(part) = parts.message().await.unwrap() {
+        if let Some(file_pb::download_file_response::Payload::Chunk(chunk)) = part.payload {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    bytes
+}
+
+/// The whole pipeline on one node that renders and assembles: a 30-frame job with music at half
+/// volume becomes an export whose MP4 ffprobe confirms (H.264, 30 frames, one second, an
+/// AAC stream).
+#[tokio::test]
+async fn a_job_is_rendered_and_assembled_into_a_checked_mp4() {
+    let (o, alice, template) = stack().await;
+    let state = tempfile::tempdir().unwrap();
+    let agent = agent(&o, state.path(), AgentOptions { assemble: true, ..AgentOptions::default() }).await;
+    let wav = state.path().join("music.wav");
+    let made = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-f", "lavfi", "-i", "sine=frequency=1000:duration=1:sample_rate=48000"])
+        .arg(&wav)
+        .status()
+        .expect("ffmpeg is installed by make test");
+    assert!(made.success());
+    let music =
+        o.upload(&alice, alice.tenant, "music.wav", file_pb::FileKind::Audio, &std::fs::read(&wav).unwrap()).await;
+    let submit = pb::SubmitRenderRequest {
+        segments: vec![segment("Main", "0-29")],
+        audio_tracks: vec![pb::AudioTrack { volume: 0.5, ..support::track(pb::AudioTrackKind::Music, &music.id) }],
+        ..request(&template, "assembled")
+    };
+    let job = o.renders(&alice).submit_render(submit).await.unwrap().into_inner().render.unwrap();
+    o.until(
+        "the job is completed",
+        &format!("SELECT state = 'completed' FROM render.render_jobs WHERE id = '{}'", job.id),
+    )
+    .await;
+    let job_id: Uuid = job.id.parse().unwrap();
+    let (file_id, frames, has_audio): (Uuid, i32, bool) =
+        sqlx::query_as("SELECT file_id, frame_count, has_audio FROM render.exports WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+    assert_eq!((frames, has_audio), (30, true));
+    let mp4 = state.path().join("export.mp4");
+    std::fs::write(&mp4, download(&o, &alice, file_id).await).unwrap();
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-show_entries", "stream=codec_type,codec_name,nb_read_frames"])
+        .args(["-show_entries", "format=duration", "-of", "json"])
+        .arg(&mp4)
+        .output()
+        .unwrap();
+    let probed: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let streams = probed["streams"].as_array().unwrap();
+    let stream = |kind: &str| streams.iter().find(|s| s["codec_type"] == kind).unwrap();
+    assert_eq!(
+        (stream("video")["codec_name"].as_str(), stream("video")["nb_read_frames"].as_str()),
+        (Some("h264"), Some("30"))
+    );
+    assert_eq!(stream("audio")["codec_name"].as_str(), Some("aac"));
+    let duration: f64 = probed["format"]["duration"].as_str().unwrap().parse().unwrap();
+    assert!((duration - 1.0).abs() < 0.05, "{duration} s");
     agent.stop().await;
 }
 
@@ -158,9 +221,8 @@ async fn the_agent_binary_enrols_and_renders() {
     )
     .await;
     assert!(state.path().join("node-credential").is_file(), "the credential is kept for the next start");
-    // ffmpeg is installed here (make test installs it), but the agent does not run assembly
-    // yet, so it must not offer it.
-    assert_eq!(o.count("SELECT count(*) FROM render.nodes WHERE has_ffmpeg").await, 0);
+    // ffmpeg is installed here (make test installs it): the node offers assembly.
+    assert_eq!(o.count("SELECT count(*) FROM render.nodes WHERE has_ffmpeg").await, 1);
     // A service manager's stop: the agent says goodbye and exits cleanly.
     let pid = agent.id().unwrap();
     std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();

@@ -13,6 +13,7 @@ mod frames;
 mod plan;
 mod probe;
 mod progress;
+pub mod proto;
 mod tools;
 mod watermark;
 

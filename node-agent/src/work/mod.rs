@@ -1,6 +1,7 @@
 //! The work a node does for the orchestrator: each accepted task runs here, in the background,
 //! and reports through the session (progress, frames, one result).
 
+mod assemble;
 mod bundles;
 mod crash;
 mod landing;
@@ -19,6 +20,7 @@ use tokio::sync::mpsc;
 pub use bundles::BundleSources;
 pub use crash::DEFAULT_SETTLE as DEFAULT_CRASH_SETTLE;
 
+use crate::assembly::Tools;
 use crate::cache::Cache;
 use crate::crash_watch::CrashWatch;
 use crate::process::Limits;
@@ -50,6 +52,8 @@ pub struct WorkConfig {
     pub crash_watch: Option<Arc<CrashWatch>>,
     /// How long a crash reporter gets to finish writing its report.
     pub crash_settle: Duration,
+    /// ffmpeg and ffprobe when they run here: the node then takes assembly tasks.
+    pub tools: Option<Tools>,
 }
 
 impl WorkConfig {
@@ -118,9 +122,14 @@ impl Executor for Worker {
                     )),
                 }
             }
-            // Assembly is announced only by nodes that report ffmpeg; this agent does not yet.
-            Some(agent_pb::assign_task::Spec::Assemble(_)) => {
-                Err((agent_pb::RejectReason::CapabilityMissing, "this agent does not assemble".into()))
+            Some(agent_pb::assign_task::Spec::Assemble(spec)) => {
+                if self.resources.config.tools.is_none() {
+                    return Err((agent_pb::RejectReason::CapabilityMissing, "ffmpeg is not available here".into()));
+                }
+                if spec.segments.is_empty() || spec.segments.len() > 100 || spec.audio_tracks.len() > 32 {
+                    return Err((agent_pb::RejectReason::Malformed, "1..=100 segments and 0..=32 audio tracks".into()));
+                }
+                crate::assembly::proto::supported(spec).map_err(|why| (agent_pb::RejectReason::CapabilityMissing, why))
             }
             None => Err((agent_pb::RejectReason::Malformed, "the task has no specification".into())),
         }
@@ -133,12 +142,18 @@ impl Executor for Worker {
                 Some(agent_pb::assign_task::Spec::Render(spec)) => {
                     render::run(&resources, task, spec, events, stop).await;
                 }
+                Some(agent_pb::assign_task::Spec::Assemble(spec)) => {
+                    assemble::run(&resources, task, spec, events, stop).await;
+                }
                 _ => {
                     let result = agent_pb::TaskResult {
                         task_id: task.task_id,
                         lease_epoch: task.lease_epoch,
                         outcome: pb::TaskOutcome::MachineError as i32,
-                        error: Some(report::machine_error(pb::ErrorCode::UnknownFailure, "not a render task")),
+                        error: Some(report::machine_error(
+                            pb::ErrorCode::UnknownFailure,
+                            "the task has no specification",
+                        )),
                         ..agent_pb::TaskResult::default()
                     };
                     let _ = events.send(TaskEvent::Result(result));
@@ -189,6 +204,17 @@ impl TaskContext {
             frames_total,
             percent: percent.min(100.0),
             ..self.update(pb::TaskPhase::Rendering)
+        };
+        let _ = self.events.send(TaskEvent::Update(update));
+    }
+
+    /// Progress while encoding (frames of the output).
+    fn encoding(&self, frames_done: u32, frames_total: u32, percent: f64) {
+        let update = agent_pb::TaskUpdate {
+            frames_done,
+            frames_total,
+            percent: percent.clamp(0.0, 100.0),
+            ..self.update(pb::TaskPhase::Encoding)
         };
         let _ = self.events.send(TaskEvent::Update(update));
     }

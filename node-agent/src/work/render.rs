@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::crash::{self, Crash};
 use super::landing::{self, Landing, Shipped, Sign};
-use super::report;
+use super::report::{self, Failed, MAX_MESSAGE_BYTES, truncated};
 use super::{Resources, TaskContext};
 use crate::aerender::argv::{AerenderCommand, FrameSpan, MemUsage, Mfr};
 use crate::aerender::driver::{self, RenderRun, RenderedFrame, RunEvent};
@@ -22,41 +22,8 @@ use crate::process::Activity;
 use crate::session::tasks::{StopReason, StopSignal, TaskEvent};
 use crate::transfer::Object;
 
-/// The protocol's limit on an error message.
-const MAX_MESSAGE_BYTES: usize = 4096;
-
-/// `text` cut to at most `max` bytes, on a character boundary.
-fn truncated(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
-}
-
 /// The default output pattern when the task names none: comp frame numbers, five digits.
 const DEFAULT_PATTERN: &str = "frame_[#####].png";
-
-/// What went wrong before or after aerender: the result's error, and whether the node is at fault.
-struct Failed {
-    outcome: pb::TaskOutcome,
-    error: pb::RenderError,
-}
-
-impl Failed {
-    fn machine(code: pb::ErrorCode, message: impl Into<String>) -> Self {
-        Self { outcome: pb::TaskOutcome::MachineError, error: report::machine_error(code, message) }
-    }
-
-    fn template(code: pb::ErrorCode, message: impl Into<String>) -> Self {
-        let error = pb::RenderError {
-            error_class: pb::ErrorClass::Template as i32,
-            code: code as i32,
-            message: message.into(),
-        };
-        Self { outcome: pb::TaskOutcome::TemplateError, error }
-    }
-}
 
 /// What a task comes to: its result, its timings, and a crash to report after the result.
 struct Ended {
@@ -459,7 +426,7 @@ async fn store_frame(
     })
 }
 
-async fn upload(
+pub(super) async fn upload(
     resources: &Resources,
     ctx: &TaskContext,
     kind: agent_pb::ObjectKind,

@@ -51,3 +51,36 @@ pub fn code(code: ErrorCode) -> pb::ErrorCode {
 pub fn machine_error(code: pb::ErrorCode, message: impl Into<String>) -> pb::RenderError {
     pb::RenderError { error_class: pb::ErrorClass::Machine as i32, code: code as i32, message: message.into() }
 }
+
+/// The protocol's limit on an error message.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+pub fn truncated(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// Why a task failed: the result's outcome (whether the node or the template is at fault) and error.
+pub struct Failed {
+    pub outcome: pb::TaskOutcome,
+    pub error: pb::RenderError,
+}
+
+impl Failed {
+    pub fn machine(code: pb::ErrorCode, message: impl Into<String>) -> Self {
+        Self { outcome: pb::TaskOutcome::MachineError, error: machine_error(code, message) }
+    }
+
+    pub fn template(code: pb::ErrorCode, message: impl Into<String>) -> Self {
+        let error = pb::RenderError {
+            error_class: pb::ErrorClass::Template as i32,
+            code: code as i32,
+            message: message.into(),
+        };
+        Self { outcome: pb::TaskOutcome::TemplateError, error }
+    }
+}

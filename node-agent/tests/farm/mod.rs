@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flatrender_agent::assembly::Tools;
 use flatrender_agent::cache::Cache;
 use flatrender_agent::crash_watch::CrashWatch;
 use flatrender_agent::process::Limits;
@@ -91,11 +92,13 @@ pub struct AgentOptions<'a> {
     pub no_output: Duration,
     /// A crash-report folder to watch.
     pub crash_dir: Option<&'a Path>,
+    /// Takes assembly tasks (ffmpeg from PATH, installed by `make test`).
+    pub assemble: bool,
 }
 
 impl Default for AgentOptions<'_> {
     fn default() -> Self {
-        Self { env: &[], no_output: Duration::from_secs(30), crash_dir: None }
+        Self { env: &[], no_output: Duration::from_secs(30), crash_dir: None, assemble: false }
     }
 }
 
@@ -120,8 +123,11 @@ impl RunningAgent {
 
 /// Enrols an agent into `state` and runs it with the real worker until stopped.
 pub async fn agent(o: &Orchestrator, state: &Path, options: AgentOptions<'_>) -> RunningAgent {
-    let spec =
-        AgentSpec { name: format!("agent-{}", &Uuid::new_v4().simple().to_string()[..8]), ..AgentSpec::default() };
+    let spec = AgentSpec {
+        name: format!("agent-{}", &Uuid::new_v4().simple().to_string()[..8]),
+        ffmpeg: options.assemble,
+        ..AgentSpec::default()
+    };
     let token = o.join_token(&[]).await;
     let (credential, _) = stream::enroll(o.channel(), spec.enroll_request(&token)).await.unwrap();
     credential.store(state).unwrap();
@@ -139,6 +145,7 @@ pub async fn agent(o: &Orchestrator, state: &Path, options: AgentOptions<'_>) ->
         tracker: Some(Arc::new(Tracker::open(state.join("renderers.json"), &["aerender-sim"]).unwrap())),
         crash_watch: options.crash_dir.map(|dir| Arc::new(CrashWatch::start(vec![dir.to_path_buf()]).unwrap())),
         crash_settle: Duration::from_millis(300),
+        tools: options.assemble.then(Tools::default),
     };
     let worker = Arc::new(Worker::new(Resources { config, transfers, cache, bundles }));
     let info = AgentInfo {
