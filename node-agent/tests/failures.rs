@@ -286,3 +286,47 @@ async fn a_renderer_an_earlier_agent_lost_is_killed_before_the_next_task() {
     assert!(status.is_some_and(|s| !s.success()), "the stray was killed: {status:?}");
     node.stop().await;
 }
+
+/// An agent stopped mid-render hands its task back before it says goodbye: the render's process
+/// tree is killed, the attempt is recorded as handed back without using up an attempt, and
+/// another node takes the chunk at once.
+#[tokio::test]
+async fn a_stopping_agent_hands_its_task_back() {
+    let (o, alice) = stack_with(|_| {}).await;
+    let template = upload_template(&o, &alice, &[]).await;
+    let marker = Uuid::new_v4().to_string();
+    let first_state = tempfile::tempdir().unwrap();
+    let env = [("FLATRENDER_TEST_FARM", marker.as_str()), ("FLATRENDER_SIM_FRAME_MS", "1000")];
+    let first = agent(&o, first_state.path(), AgentOptions { env: &env, ..AgentOptions::default() }).await;
+    let job = submit(&o, &alice, &template).await;
+    o.until(
+        "the chunk is rendering",
+        &format!(
+            "SELECT count(*) = 1 FROM render.frame_jobs WHERE job_id = '{job}' AND lane = 'render' AND phase = 'rendering'"
+        ),
+    )
+    .await;
+    let stopping = std::time::Instant::now();
+    first.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(10), "stopped in {:?}", stopping.elapsed());
+    assert_eq!(processes_with(&marker), Vec::<String>::new(), "the render's tree is gone");
+    let tried = attempts(&o, job).await;
+    assert_eq!(tried.len(), 1);
+    assert_eq!(tried[0].1, "handed_back", "{tried:?}");
+    o.until(
+        "the chunk is back in the queue without using an attempt",
+        &format!(
+            "SELECT count(*) = 1 FROM render.frame_jobs WHERE job_id = '{job}' AND lane = 'render' AND state = 'queued' AND attempts = 0"
+        ),
+    )
+    .await;
+
+    let second_state = tempfile::tempdir().unwrap();
+    let second = agent(&o, second_state.path(), AgentOptions::default()).await;
+    o.until(
+        "the chunk is done on the other node",
+        &format!("SELECT bool_and(state = 'done') FROM render.frame_jobs WHERE job_id = '{job}' AND lane = 'render'"),
+    )
+    .await;
+    second.stop().await;
+}

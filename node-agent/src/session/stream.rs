@@ -26,6 +26,8 @@ use super::tasks::{Executor, StopReason, TaskEvent, TaskTable};
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often coalesced task updates go out (the protocol allows 2 per second per task).
 const UPDATE_FLUSH: Duration = Duration::from_millis(500);
+/// How long a shutdown waits for the running tasks' hand-back to be acked.
+const HAND_BACK_WAIT: Duration = Duration::from_secs(30);
 /// The largest message either side decodes (the protocol's transport limit).
 pub const TRANSPORT_LIMIT_BYTES: usize = 16 * 1024 * 1024;
 
@@ -193,12 +195,48 @@ impl<N: NodeView, E: Executor> Session<N, E> {
                     None => return Ok(StreamEnd::Lost("the orchestrator closed the stream".into())),
                 },
                 () = &mut *shutdown => {
-                    let goodbye = agent_pb::Goodbye { reason: agent_pb::GoodbyeReason::Shutdown as i32, message: String::new() };
+                    let message = self.hand_back(&mut out, &mut inbound, &clock, &mut updates).await;
+                    let goodbye = agent_pb::Goodbye { reason: agent_pb::GoodbyeReason::Shutdown as i32, message };
                     out.send(Out::Goodbye(goodbye)).await;
                     return Ok(StreamEnd::Shutdown);
                 }
             }
         }
+    }
+
+    /// Before a Goodbye for good: every running task is stopped, and its result (HANDED_BACK,
+    /// or whatever it came to first) is sent and waited for until acked, so the orchestrator
+    /// requeues the work at once instead of after the grace period, without counting an attempt.
+    /// Bounded by [`HAND_BACK_WAIT`]; what is not acked by then stays in the outbox for the
+    /// next start. Returns a word for the Goodbye's message.
+    async fn hand_back(
+        &mut self,
+        out: &mut Outlet,
+        inbound: &mut tonic::Streaming<agent_pb::SessionResponse>,
+        clock: &ServerClock,
+        updates: &mut HashMap<String, agent_pb::TaskUpdate>,
+    ) -> String {
+        if self.tasks.held_list().is_empty() {
+            return String::new();
+        }
+        self.tasks.stop_all();
+        let deadline = tokio::time::sleep(HAND_BACK_WAIT);
+        tokio::pin!(deadline);
+        while !self.tasks.held_list().is_empty() {
+            tokio::select! {
+                Some(event) = self.events.recv() => self.on_event(event, out, updates).await,
+                message = inbound.next() => match message {
+                    Some(Ok(message)) => self.on_message(message, out, clock).await,
+                    _ => return "the stream ended while tasks were handed back".into(),
+                },
+                () = &mut deadline => {
+                    let left = self.tasks.held_list().len();
+                    tracing::warn!(left, "tasks were not all handed back in time; their results wait in the outbox");
+                    return format!("{left} task(s) not handed back in time");
+                }
+            }
+        }
+        "running tasks handed back".into()
     }
 
     /// Connects, sends Hello and waits for Welcome.
