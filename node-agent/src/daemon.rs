@@ -44,12 +44,6 @@ fn setup(what: &str) -> impl Fn(&dyn std::fmt::Display) -> DaemonError + '_ {
 
 /// Runs the agent until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
-    if config.tls() {
-        return Err(DaemonError::Setup(
-            "https orchestrator addresses need TLS, which this build does not include yet; use http on a trusted network"
-                .into(),
-        ));
-    }
     for dir in [&config.state_dir, &config.work_dir, &config.cache_dir] {
         std::fs::create_dir_all(dir).map_err(|e| setup(&format!("cannot create {}", dir.display()))(&e))?;
     }
@@ -65,7 +59,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let software = Software { ae_installs: installs.clone(), ffmpeg_version, simulated: config.simulator };
     let facts: pb::MachineFacts = sampler.facts(software.clone()).into();
 
-    let endpoint = stream::endpoint(&config.orchestrator)?;
+    let ca_pem = match &config.ca_file {
+        Some(path) if config.tls() => {
+            Some(std::fs::read(path).map_err(|e| setup(&format!("the CA file {}", path.display()))(&e))?)
+        }
+        Some(_) => {
+            tracing::warn!("ca_file is set but the orchestrator address is not https: it is not used");
+            None
+        }
+        None => None,
+    };
+    let endpoint = stream::endpoint(&config.orchestrator, ca_pem.as_deref())?;
     let credential = credential(&config, &endpoint, &facts).await?;
     tracing::info!(node = credential.node_id(), orchestrator = %config.orchestrator, "starting");
 
@@ -97,15 +101,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let outbox = Outbox::open(&config.state_dir.join("outbox")).map_err(|e| setup("the outbox")(&e))?;
     let node = Machine { sampler, software, cache: cache.clone(), cache_limit: config.cache_size.bytes() };
-    let session = Session::new(
-        &config.orchestrator,
-        credential,
-        info,
-        node,
-        worker,
-        TaskTable::new(config.slots, config.draining),
-        outbox,
-    )?;
+    let session =
+        Session::new(endpoint, credential, info, node, worker, TaskTable::new(config.slots, config.draining), outbox)?;
     tokio::spawn(forward_cache_events(cache_events, session.events(), cache));
     session.run(shutdown).await?;
     tracing::info!("stopped");

@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::TestNode;
 use flatrender_agent::session::credential::NodeCredential;
 use flatrender_agent::session::outbox::Outbox;
-use flatrender_agent::session::stream::{AgentInfo, Session, enroll};
+use flatrender_agent::session::stream::{self, AgentInfo, Session, enroll};
 use flatrender_agent::session::tasks::{Executor, StopReason, StopSignal, TaskEvent, TaskTable};
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::render::v1 as pb;
@@ -107,7 +107,7 @@ impl Agent {
         let executor = Arc::new(TestExecutor { answer, stops: Arc::clone(&stops) });
         let outbox = Outbox::open(&state.join("outbox")).unwrap();
         let session = Session::new(
-            &format!("http://{}", o.addr),
+            stream::endpoint(&format!("http://{}", o.addr), None).unwrap(),
             credential.clone(),
             info,
             TestNode { facts: spec.facts() },
@@ -217,4 +217,65 @@ async fn a_canceled_job_stops_the_running_task() {
     }
     assert_eq!(agent.stops.lock().unwrap().as_slice(), [StopReason::Canceled]);
     agent.shut_down().await;
+}
+
+/// A CA and a certificate for `localhost` it signed, as PEM: (CA, certificate, key).
+fn private_pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "FlatRender test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let certificate = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+    (ca.pem(), certificate.pem(), key.serialize_pem())
+}
+
+/// The agent binary reaches an orchestrator that speaks only TLS, trusting the private CA named
+/// by `ca_file`: it enrols and its node comes online. Without the CA (the system's roots do not
+/// know it) the handshake fails and the agent says so.
+#[tokio::test]
+async fn the_agent_speaks_tls_to_an_orchestrator_with_a_private_ca() {
+    let (ca, cert, key) = private_pki();
+    let tls = flatrender_kit::server::ServerTls { cert_pem: cert.into_bytes(), key_pem: key.into_bytes() };
+    let o = Orchestrator::start_tls(tls, ca.as_bytes()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let address = format!("https://localhost:{}", o.addr.port());
+    let agent = |state: &Path, ca: Option<&Path>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flatrender-agent"));
+        command
+            .env("FLATRENDER_AGENT_ORCHESTRATOR", &address)
+            .env("FLATRENDER_AGENT_STATE_DIR", state)
+            .env("FLATRENDER_AGENT_AERENDER", env!("CARGO_BIN_EXE_aerender-sim"))
+            .env_remove("FLATRENDER_AGENT_CA_FILE")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(ca) = ca {
+            command.env("FLATRENDER_AGENT_CA_FILE", ca);
+        }
+        command
+    };
+
+    let untrusting = dir.path().join("untrusting");
+    let token = o.join_token(&[]).await;
+    let output = agent(&untrusting, None).env("FLATRENDER_AGENT_JOIN_TOKEN", &token).output().await.unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("cannot reach the orchestrator to enrol"), "{said}");
+    assert_eq!(o.count("SELECT count(*) FROM render.nodes").await, 0);
+
+    let state = dir.path().join("trusting");
+    let mut running = agent(&state, Some(&ca_file)).env("FLATRENDER_AGENT_JOIN_TOKEN", &token).spawn().unwrap();
+    o.until("the node is online over TLS", "SELECT count(*) = 1 FROM render.nodes WHERE orchestrator_id IS NOT NULL")
+        .await;
+    let pid = running.id().unwrap();
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), running.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -15,7 +15,7 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::backoff::Backoff;
 use super::credential::NodeCredential;
@@ -59,6 +59,8 @@ pub enum SessionError {
     Unauthenticated(String),
     #[error("the orchestrator address {0:?} is not a valid URL")]
     BadAddress(String),
+    #[error("TLS cannot be set up: {0}")]
+    Tls(String),
     #[error("the outbox could not be written: {0}")]
     Outbox(#[from] std::io::Error),
 }
@@ -86,7 +88,7 @@ enum StreamEnd {
 
 impl<N: NodeView, E: Executor> Session<N, E> {
     pub fn new(
-        address: &str,
+        endpoint: Endpoint,
         credential: NodeCredential,
         info: AgentInfo,
         node: N,
@@ -94,7 +96,6 @@ impl<N: NodeView, E: Executor> Session<N, E> {
         tasks: TaskTable,
         outbox: Outbox,
     ) -> Result<Self, SessionError> {
-        let endpoint = endpoint(address)?;
         let mut tasks = tasks;
         // Results an earlier run could not get acked: their tasks are still held (Hello lists
         // them; the orchestrator renews or cancels each) until the resent result is acked.
@@ -538,9 +539,18 @@ fn lost_or_fatal(status: tonic::Status) -> Result<StreamEnd, SessionError> {
 }
 
 /// The orchestrator endpoint: HTTP/2 keepalive every 10 s (the protocol's rule), so a dead peer
-/// behind a silent network is noticed.
-pub fn endpoint(address: &str) -> Result<Endpoint, SessionError> {
-    let endpoint = Endpoint::from_shared(address.to_string()).map_err(|_| SessionError::BadAddress(address.into()))?;
+/// behind a silent network is noticed. An `https://` address speaks TLS (rustls), checking the
+/// orchestrator's certificate against `ca_pem` when given (a private CA), else the system's roots.
+pub fn endpoint(address: &str, ca_pem: Option<&[u8]>) -> Result<Endpoint, SessionError> {
+    let mut endpoint =
+        Endpoint::from_shared(address.to_string()).map_err(|_| SessionError::BadAddress(address.into()))?;
+    if address.starts_with("https://") {
+        let tls = match ca_pem {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        endpoint = endpoint.tls_config(tls).map_err(|e| SessionError::Tls(e.to_string()))?;
+    }
     Ok(endpoint
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))

@@ -133,7 +133,7 @@ pub async fn agent(o: &Orchestrator, state: &Path, options: AgentOptions<'_>) ->
     credential.store(state).unwrap();
     let credential = NodeCredential::load(state).unwrap().unwrap();
     let node_id = credential.node_id().parse().unwrap();
-    let channel = stream::endpoint(&format!("http://{}", o.addr)).unwrap().connect().await.unwrap();
+    let channel = stream::endpoint(&format!("http://{}", o.addr), None).unwrap().connect().await.unwrap();
     let transfers = Transfers::new(channel, &credential).unwrap();
     let bundles = BundleSources::new(transfers.clone());
     let (cache, _events) = Cache::open(state.join("cache"), 1 << 30, bundles.clone()).await.unwrap();
@@ -155,7 +155,7 @@ pub async fn agent(o: &Orchestrator, state: &Path, options: AgentOptions<'_>) ->
         heartbeat_fallback: Duration::from_secs(5),
     };
     let session = Session::new(
-        &format!("http://{}", o.addr),
+        stream::endpoint(&format!("http://{}", o.addr), None).unwrap(),
         credential,
         info,
         TestNode { facts: spec.facts() },

@@ -13,7 +13,7 @@ use clap::Parser;
 use flatrender_kit::auth::{DevKeyFiles, TokenVerifier};
 use flatrender_kit::db::{self, PoolSettings};
 use flatrender_kit::metrics::Metrics;
-use flatrender_kit::server::{self, ServeOptions};
+use flatrender_kit::server::{self, ServeOptions, ServerTls};
 use flatrender_kit::shutdown::Shutdown;
 use flatrender_kit::{Error, migrate, telemetry};
 
@@ -76,6 +76,11 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
     }
 
     let verifier = token_verifier(&args.auth, data_dir)?;
+    // Read before anything listens: a bad path is a start-up error, not a failing handshake.
+    let tls = match (&args.server.tls_cert, &args.server.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerTls::load(cert, key)?),
+        _ => None,
+    };
     let listener = server::bind(args.server.grpc_addr).await?;
     let grpc_addr = listener.local_addr()?;
 
@@ -102,14 +107,18 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
         "FlatRender is listening (gRPC and grpc-web on the gRPC address)"
     );
     println!("flatrender {} serving {targets}", env!("CARGO_PKG_VERSION"));
-    println!("  gRPC + grpc-web  {grpc_addr}");
+    let scheme = if args.server.tls_cert.is_some() { "https" } else { "http" };
+    println!("  gRPC + grpc-web  {scheme}://{grpc_addr}");
     println!("  metrics          http://{metrics_addr}/metrics");
     if targets.services().any(|target| target == Target::File) {
         println!("  download links   {}{}", service_settings.file.public_url, flatrender_file::links::PREFIX);
     }
 
-    let options =
-        ServeOptions { shutdown_timeout: args.server.shutdown_timeout, health_interval: args.server.health_interval };
+    let options = ServeOptions {
+        shutdown_timeout: args.server.shutdown_timeout,
+        health_interval: args.server.health_interval,
+        tls,
+    };
     let outcome = server::serve(listener, app, verifier, metrics, &shutdown, options).await;
     // The metrics endpoint drained alongside; it gets no time beyond the deadline.
     metrics_task.abort();

@@ -146,6 +146,15 @@ pub struct ServerArgs {
     /// How often each service checks that its database answers (drives gRPC health).
     #[arg(long, env = "FLATRENDER_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub health_interval: Duration,
+
+    /// PEM certificate chain: the gRPC port then speaks TLS only (with --tls-key). Without it,
+    /// plain HTTP/2, for a trusted network or a proxy that terminates TLS.
+    #[arg(long, env = "FLATRENDER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FLATRENDER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Database settings.

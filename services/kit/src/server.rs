@@ -74,6 +74,33 @@ pub struct ServeOptions {
     pub shutdown_timeout: Duration,
     /// How often health re-checks the databases.
     pub health_interval: Duration,
+    /// The certificate the port serves TLS with; `None` serves plain HTTP/2 and HTTP/1.1.
+    pub tls: Option<ServerTls>,
+}
+
+/// A TLS identity: a PEM certificate chain and its private key.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ServerTls").field("cert_pem_bytes", &self.cert_pem.len()).finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Reads `cert` and `key`, naming the file that cannot be read.
+    pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<Self> {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path)
+                .map_err(|e| Error::Config(format!("cannot read the TLS {what} {}: {e}", path.display())))
+        };
+        Ok(Self { cert_pem: read(cert, "certificate")?, key_pem: read(key, "key")? })
+    }
 }
 
 /// Binds the gRPC listener, turning failures into one actionable line.
@@ -170,7 +197,14 @@ pub async fn serve(
     }
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| Error::Config(format!("the TLS certificate or key is unusable: {e}")))?;
+    }
+    let server = builder
         .accept_http1(true)
         // HTTP/2's default 64 KiB windows make a streaming upload wait for a window update
         // every 64 KiB; larger ones let a client keep the link busy (measured in BENCHMARKS.md).

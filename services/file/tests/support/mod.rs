@@ -121,8 +121,11 @@ impl Service {
         let app = Application { routes, modules: vec![module], forwarded: Vec::new() };
         let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("a port");
         let addr = listener.local_addr().expect("its address");
-        let options =
-            ServeOptions { shutdown_timeout: Duration::from_secs(5), health_interval: Duration::from_secs(1) };
+        let options = ServeOptions {
+            shutdown_timeout: Duration::from_secs(5),
+            health_interval: Duration::from_secs(1),
+            tls: None,
+        };
         let serving = Arc::clone(&shutdown);
         let server = tokio::spawn(async move {
             if let Err(e) = server::serve(listener, app, Some(verifier), metrics, &serving, options).await {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use flatrender_kit::auth::{AccessClaims, Role, TokenSigner, TokenVerifier};
 use flatrender_kit::db::{self, PoolSettings};
 use flatrender_kit::metrics::Metrics;
-use flatrender_kit::server::{self, Application, ServeOptions, ServiceContext};
+use flatrender_kit::server::{self, Application, ServeOptions, ServerTls, ServiceContext};
 use flatrender_kit::shutdown::Shutdown;
 use flatrender_kit::testing::TestDatabase;
 use flatrender_proto::flatrender::file::v1 as file_pb;
@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tonic::service::RoutesBuilder;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use uuid::Uuid;
 
 use super::PATIENCE;
@@ -97,6 +97,13 @@ impl Orchestrator {
         Self::launch(db, None, Settings::default(), Some(files), tweak).await
     }
 
+    /// Render alone with [`test_settings`], its port speaking TLS only with `tls`; the
+    /// harness's own channel trusts `ca_pem`.
+    pub async fn start_tls(tls: ServerTls, ca_pem: &[u8]) -> Self {
+        let db = Arc::new(TestDatabase::migrated().await);
+        Self::launch_with(db, None, test_settings(), None, Some((tls, ca_pem.to_vec())), |_| {}).await
+    }
+
     /// Another replica (render alone) on this one's database, with the same token keys and
     /// [`test_settings`] changed by `tweak`.
     pub async fn replica(&self, tweak: impl FnOnce(&mut Settings)) -> Self {
@@ -110,6 +117,18 @@ impl Orchestrator {
         signer: Option<Arc<TokenSigner>>,
         base: Settings,
         files: Option<tempfile::TempDir>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Self {
+        Self::launch_with(db, signer, base, files, None, tweak).await
+    }
+
+    /// [`Orchestrator::launch`], serving TLS with `tls` (an identity and the CA that signed it).
+    async fn launch_with(
+        db: Arc<TestDatabase>,
+        signer: Option<Arc<TokenSigner>>,
+        base: Settings,
+        files: Option<tempfile::TempDir>,
+        tls: Option<(ServerTls, Vec<u8>)>,
         tweak: impl FnOnce(&mut Settings),
     ) -> Self {
         init_logs();
@@ -152,8 +171,12 @@ impl Orchestrator {
         let ctx = ServiceContext { pool, shutdown: shutdown.stop_signal(), metrics: metrics.clone() };
         modules.push(flatrender_render::module(ctx, settings.clone(), &mut routes));
         let app = Application { routes, modules, forwarded: Vec::new() };
-        let options =
-            ServeOptions { shutdown_timeout: Duration::from_secs(2), health_interval: Duration::from_secs(1) };
+        let (server_tls, ca_pem) = tls.map_or((None, None), |(identity, ca)| (Some(identity), Some(ca)));
+        let options = ServeOptions {
+            shutdown_timeout: Duration::from_secs(2),
+            health_interval: Duration::from_secs(1),
+            tls: server_tls,
+        };
         let serving = Arc::clone(&shutdown);
         let serving_metrics = metrics.clone();
         let server = tokio::spawn(async move {
@@ -161,11 +184,14 @@ impl Orchestrator {
                 panic!("the services failed: {e}");
             }
         });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("a URI")
-            .connect()
-            .await
-            .expect("the services answer");
+        let endpoint = match &ca_pem {
+            Some(ca) => Channel::from_shared(format!("https://localhost:{}", addr.port()))
+                .expect("a URI")
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+                .expect("a TLS configuration"),
+            None => Channel::from_shared(format!("http://{addr}")).expect("a URI"),
+        };
+        let channel = endpoint.connect().await.expect("the services answer");
         let uploads = UploadLedger::new(db.pool().clone());
         Self { db, addr, settings, metrics, uploads, channel, signer, shutdown, server: Some(server), _files: files }
     }
