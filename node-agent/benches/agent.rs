@@ -10,10 +10,19 @@
 //!   resident memory (`VmRSS`, `VmHWM`) and CPU share (user + system ticks from `/proc`) over
 //!   `FLATRENDER_BENCH_IDLE_S` seconds (default 60) after a 10 s settling time (goals ≤ 15 MB and
 //!   ≤ 0.1 %).
+//! - **template cache**: time from submitting a job to its first accepted frame when the node
+//!   must first fetch the template (a miss: a `FLATRENDER_BENCH_BUNDLE_MIB` MiB bundle, default
+//!   64, through the file service, verified and unpacked) and when the template is cached (a
+//!   hit), each round on a fresh node, for `FLATRENDER_BENCH_CACHE_ROUNDS` rounds (default 3; 0
+//!   skips). The bytes the cache added show that a hit fetches nothing.
 
 // Benchmarks fail loudly by design.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/farm/mod.rs"]
+mod farm;
 #[path = "../../services/render/tests/support/mod.rs"]
 mod support;
 
@@ -50,6 +59,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(driver_overhead());
+    runtime.block_on(cache_hit_versus_miss());
     runtime.block_on(idle_footprint());
 }
 
@@ -168,4 +178,100 @@ async fn idle_footprint() {
     println!("| peak resident memory (VmHWM) | {:.1} MB | |", hwm as f64 / 1000.0);
     println!("| CPU (user + system) | {cpu:.3} % of one core | ≤ 0.1 % |");
     println!("| health samples recorded by the orchestrator | {heartbeats} | |");
+}
+
+/// A template bundle: the standard project and `mib` MiB of incompressible footage, stored.
+fn large_bundle(mib: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut noise = vec![0_u8; mib << 20];
+    rand::fill(&mut noise[..]);
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("project.aepx.json", stored).unwrap();
+    zip.write_all(farm::project(&[]).as_bytes()).unwrap();
+    zip.start_file("footage/noise.bin", stored).unwrap();
+    zip.write_all(&noise).unwrap();
+    zip.finish().unwrap().into_inner()
+}
+
+/// Submits ten frames of `template` as `owner` and waits for the first accepted frame.
+async fn time_to_first_frame(
+    o: &support::Orchestrator,
+    owner: &support::Principal,
+    template: &flatrender_proto::flatrender::file::v1::File,
+) -> Duration {
+    use flatrender_proto::flatrender::render::v1 as pb;
+    let key = uuid::Uuid::new_v4().to_string();
+    let submit =
+        pb::SubmitRenderRequest { segments: vec![support::segment("Main", "0-9")], ..support::request(template, &key) };
+    let started = Instant::now();
+    let job = o.renders(owner).submit_render(submit).await.unwrap().into_inner().render.unwrap();
+    o.until_within(
+        "the first frame is accepted",
+        &format!("SELECT count(*) > 0 FROM render.frame_results WHERE job_id = '{}'", job.id),
+        Duration::from_secs(120),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    o.until_within(
+        "the chunk is done",
+        &format!(
+            "SELECT bool_and(state = 'done') FROM render.frame_jobs WHERE job_id = '{}' AND lane = 'render'",
+            job.id
+        ),
+        Duration::from_secs(120),
+    )
+    .await;
+    elapsed
+}
+
+async fn cache_hit_versus_miss() {
+    use flatrender_agent::cache::CacheEvent;
+    use flatrender_proto::flatrender::file::v1 as file_pb;
+    let rounds = env_u64("FLATRENDER_BENCH_CACHE_ROUNDS", 3) as usize;
+    if rounds == 0 {
+        return;
+    }
+    let mib = env_u64("FLATRENDER_BENCH_BUNDLE_MIB", 64) as usize;
+    let (o, _) = farm::stack_with(|_| {}).await;
+    let bundle = large_bundle(mib);
+    let (mut misses, mut hits) = (Vec::new(), Vec::new());
+    let (mut missed_bytes, mut hit_bytes) = (0_u64, 0_u64);
+    for round in 0..rounds {
+        // Two customers with the same bytes: one template in the cache (content-addressed), and
+        // each customer's plan allows one unfinished render.
+        let (first, second) =
+            (support::Principal::user(uuid::Uuid::new_v4()), support::Principal::user(uuid::Uuid::new_v4()));
+        let mut templates = Vec::new();
+        for owner in [&first, &second] {
+            templates
+                .push(o.upload(owner, owner.tenant, "template.zip", file_pb::FileKind::TemplateBundle, &bundle).await);
+        }
+        let state = tempfile::tempdir().unwrap();
+        let options = farm::AgentOptions { env: &[("FLATRENDER_SIM_FRAME_MS", "50")], ..farm::AgentOptions::default() };
+        let mut agent = farm::agent(&o, state.path(), options).await;
+        let added = |agent: &mut farm::RunningAgent| {
+            let mut bytes = 0;
+            while let Ok(event) = agent.cache_events.try_recv() {
+                if let CacheEvent::Added { bytes: added, .. } = event {
+                    bytes += added;
+                }
+            }
+            bytes
+        };
+        misses.push(time_to_first_frame(&o, &first, &templates[0]).await);
+        missed_bytes = added(&mut agent);
+        hits.push(time_to_first_frame(&o, &second, &templates[1]).await);
+        hit_bytes += added(&mut agent);
+        println!("round {}: miss {:?}, hit {:?}", round + 1, misses[round], hits[round]);
+        agent.stop().await;
+    }
+    let (miss, hit) = (median(misses), median(hits));
+    println!();
+    println!("| submit to first accepted frame, {mib} MiB template, fresh node (median of {rounds}) | value |");
+    println!("|---|---|");
+    println!("| cache miss (fetch, verify, unpack, render) | {:.2} s |", miss.as_secs_f64());
+    println!("| cache hit | {:.2} s |", hit.as_secs_f64());
+    println!("| hit / miss | {:.2} |", hit.as_secs_f64() / miss.as_secs_f64());
+    println!("| bytes the cache added on a miss / on hits | {} MiB / {hit_bytes} B |", missed_bytes >> 20);
 }

@@ -61,7 +61,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let ca_pem = match &config.ca_file {
         Some(path) if config.tls() => {
-            Some(std::fs::read(path).map_err(|e| setup(&format!("the CA file {}", path.display()))(&e))?)
+            let pem = std::fs::read(path).map_err(|e| setup(&format!("the CA file {}", path.display()))(&e))?;
+            // Otherwise no root would be trusted and every handshake would fail as unknown issuer.
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(DaemonError::Setup(format!("the CA file {} holds no PEM certificate", path.display())));
+            }
+            Some(pem)
         }
         Some(_) => {
             tracing::warn!("ca_file is set but the orchestrator address is not https: it is not used");
@@ -87,7 +92,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .collect(),
         env: Vec::new(),
         default_limits: config.render_limits(),
-        tracker: Some(Arc::new(tracker(&config, &installs)?)),
+        tracker: Some(tracker(&config, &installs).await?),
         crash_watch: crash_watch(&config),
         crash_settle: work::DEFAULT_CRASH_SETTLE,
         tools,
@@ -183,13 +188,16 @@ pub async fn patch_installs(config: &Config, undo: bool) -> Result<Vec<String>, 
 
 /// The record of the renderers this agent starts, kept in the state directory so that what a
 /// crashed agent left running is found after its restart; swept once now, and before each task.
-fn tracker(config: &Config, installs: &[AeInstall]) -> Result<Tracker, DaemonError> {
+async fn tracker(config: &Config, installs: &[AeInstall]) -> Result<Arc<Tracker>, DaemonError> {
     let mut names: Vec<String> =
         ["AfterFX", "AfterFX.exe", "After Effects", "aerender", "aerender.exe"].map(String::from).into();
     names.extend(installs.iter().filter_map(|i| Some(i.aerender.file_name()?.to_string_lossy().into_owned())));
     let tracker =
         Tracker::open(config.state_dir.join("renderers.json"), &names).map_err(|e| setup("the renderer ledger")(&e))?;
-    if let Err(error) = tracker.sweep() {
+    let tracker = Arc::new(tracker);
+    // Off the runtime's one thread: a sweep waits for the processes it kills.
+    let sweeping = Arc::clone(&tracker);
+    if let Ok(Err(error)) = tokio::task::spawn_blocking(move || sweeping.sweep()).await {
         tracing::warn!(%error, "renderer processes left by an earlier run were not looked for");
     }
     Ok(tracker)
@@ -198,6 +206,10 @@ fn tracker(config: &Config, installs: &[AeInstall]) -> Result<Tracker, DaemonErr
 /// The crash-report folders, watched for the whole run (a crash report is written while the
 /// crashing process dies, before the agent knows of the crash).
 fn crash_watch(config: &Config) -> Option<Arc<CrashWatch>> {
+    // None configured (Linux, where After Effects does not run): a crash waits for no report.
+    if config.crash_dirs.is_empty() {
+        return None;
+    }
     match CrashWatch::start(config.crash_dirs.clone()) {
         Ok(watch) => Some(Arc::new(watch)),
         Err(error) => {

@@ -590,40 +590,38 @@ mod unix {
 /// table, the wait for kills): call it from a blocking thread.
 #[derive(Debug)]
 pub struct Tracker {
-    ledger: std::sync::Mutex<Ledger>,
-    live: std::sync::Mutex<HashSet<RunToken>>,
+    /// The ledger and the live runs under one lock: a run is recorded and marked live at once,
+    /// so a sweep on another slot never sees it recorded but not live.
+    inner: std::sync::Mutex<(Ledger, HashSet<RunToken>)>,
 }
 
 impl Tracker {
     /// The ledger at `path`; `names` are the executable names that count as renderers.
     pub fn open<S: AsRef<str>>(path: impl Into<PathBuf>, names: &[S]) -> Result<Self, StrayError> {
-        Ok(Self { ledger: std::sync::Mutex::new(Ledger::open(path, names)?), live: Default::default() })
+        Ok(Self { inner: std::sync::Mutex::new((Ledger::open(path, names)?, HashSet::new())) })
     }
 
     /// Notes a spawned run. A failure is only logged: the run goes on, and its tree is still
     /// killed when it ends; only a later crash of the agent would leave it unrecorded.
     pub fn started(&self, pid: u32) -> Option<RunToken> {
-        let recorded = self.ledger.lock().map_err(|_| StrayError::Poisoned).and_then(|mut l| l.record(pid));
-        match recorded {
-            Ok(token) => {
-                if let Ok(mut live) = self.live.lock() {
-                    live.insert(token);
-                }
-                Some(token)
-            }
-            Err(error) => {
-                tracing::warn!(pid, %error, "a renderer process could not be recorded for later cleanup");
-                None
-            }
-        }
+        let recorded = self.inner.lock().map_err(|_| StrayError::Poisoned).and_then(|mut inner| {
+            let token = inner.0.record(pid)?;
+            inner.1.insert(token);
+            Ok(token)
+        });
+        recorded
+            .inspect_err(
+                |error| tracing::warn!(pid, %error, "a renderer process could not be recorded for later cleanup"),
+            )
+            .ok()
     }
 
     /// Notes that a run's tree was killed and reaped.
     pub fn ended(&self, token: RunToken) {
-        if let Ok(mut live) = self.live.lock() {
-            live.remove(&token);
-        }
-        let forgotten = self.ledger.lock().map_err(|_| StrayError::Poisoned).and_then(|mut l| l.forget(token));
+        let forgotten = self.inner.lock().map_err(|_| StrayError::Poisoned).and_then(|mut inner| {
+            inner.1.remove(&token);
+            inner.0.forget(token)
+        });
         if let Err(error) = forgotten {
             tracing::warn!(pid = token.pid(), %error, "a finished renderer process stays in the ledger");
         }
@@ -631,8 +629,11 @@ impl Tracker {
 
     /// Kills whatever recorded runs that are not live left behind, and says what it did.
     pub fn sweep(&self) -> Result<SweepReport, StrayError> {
-        let live: Vec<RunToken> = self.live.lock().map_err(|_| StrayError::Poisoned)?.iter().copied().collect();
-        let report = self.ledger.lock().map_err(|_| StrayError::Poisoned)?.sweep(&live)?;
+        let report = {
+            let mut inner = self.inner.lock().map_err(|_| StrayError::Poisoned)?;
+            let live: Vec<RunToken> = inner.1.iter().copied().collect();
+            inner.0.sweep(&live)?
+        };
         for killed in &report.killed {
             tracing::warn!(pid = killed.pid, name = %killed.name, "killed a renderer process an earlier run left behind");
         }

@@ -140,7 +140,11 @@ async fn retried_elsewhere(fault: &str, no_output: Duration, class: &str, code: 
     );
     if code == "no_output_timeout" {
         let window = no_output.as_secs_f64();
-        assert!(*seconds >= window && *seconds < window + 8.0, "{fault}: stopped after {seconds} s, window {window} s");
+        // From acceptance: fetching, starting and two frames come before the silence.
+        assert!(
+            *seconds >= window && *seconds < window + 30.0,
+            "{fault}: stopped after {seconds} s, window {window} s"
+        );
     }
     assert_eq!(processes_with(&marker), Vec::<String>::new(), "{fault}: no process of the failed render is left");
     assert_eq!(

@@ -26,8 +26,9 @@ use super::tasks::{Executor, StopReason, TaskEvent, TaskTable};
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often coalesced task updates go out (the protocol allows 2 per second per task).
 const UPDATE_FLUSH: Duration = Duration::from_millis(500);
-/// How long a shutdown waits for the running tasks' hand-back to be acked.
-const HAND_BACK_WAIT: Duration = Duration::from_secs(30);
+/// How long a shutdown waits for the running tasks' hand-back to be acked: less than a lease's
+/// time to live (15 s by default), as no heartbeat goes out meanwhile.
+const HAND_BACK_WAIT: Duration = Duration::from_secs(10);
 /// The largest message either side decodes (the protocol's transport limit).
 pub const TRANSPORT_LIMIT_BYTES: usize = 16 * 1024 * 1024;
 
@@ -220,6 +221,8 @@ impl<N: NodeView, E: Executor> Session<N, E> {
         if self.tasks.held_list().is_empty() {
             return String::new();
         }
+        // Nothing new while handing back: an AssignTask now is refused as DRAINING.
+        self.tasks.set_draining(true);
         self.tasks.stop_all();
         let deadline = tokio::time::sleep(HAND_BACK_WAIT);
         tokio::pin!(deadline);

@@ -10,7 +10,7 @@ use flatrender_proto::flatrender::common::v1::Resolution;
 use flatrender_proto::flatrender::render::v1 as pb;
 use tokio::sync::mpsc;
 
-use super::report::{Failed, MAX_MESSAGE_BYTES, truncated};
+use super::report::{Failed, MAX_MESSAGE_BYTES, truncated, unless_stopped};
 use super::{Resources, TaskContext};
 use crate::assembly::proto::Inputs;
 use crate::assembly::{self, AssemblyError};
@@ -73,7 +73,7 @@ async fn assemble(
 
     ctx.phase(pb::TaskPhase::Downloading, "fetching the frames and the audio");
     let fetching = Instant::now();
-    let inputs = fetch_inputs(resources, ctx, spec, work_dir).await?;
+    let inputs = unless_stopped(&stop, fetch_inputs(resources, ctx, spec, work_dir)).await?;
     timings.download_ms = fetching.elapsed().as_millis() as u64;
 
     let name = output_name(&spec.output_file_name);
@@ -98,7 +98,8 @@ async fn assemble(
 
     ctx.phase(pb::TaskPhase::Uploading, "uploading the video");
     let uploading = Instant::now();
-    let stored = super::render::upload(resources, ctx, agent_pb::ObjectKind::Video, -1, &assembled.path).await?;
+    let video = super::render::upload(resources, ctx, agent_pb::ObjectKind::Video, -1, &assembled.path);
+    let stored = unless_stopped(&stop, video).await?;
     timings.upload_ms = uploading.elapsed().as_millis() as u64;
     let probed = &assembled.probed;
     let media = agent_pb::MediaInfo {

@@ -34,7 +34,8 @@ pub struct Crash {
 /// Collects the crash reporter's file (after the task's result went out: waiting for it must not
 /// hold the result back) and sends the crash report.
 pub async fn report(resources: &Resources, ctx: &TaskContext, crash: Crash) {
-    // A hang leaves no crash report; only a crash is worth waiting for one.
+    // A hang leaves no crash report; only a crash is worth waiting for one. With several slots,
+    // the first crash to ask takes the first report written since its run started.
     let file = match (&resources.config.crash_watch, crash.kind) {
         (Some(watch), pb::CrashKind::AeCrash) => {
             watch.reports_since(crash.run_started, resources.config.crash_settle).await.into_iter().next()

@@ -29,7 +29,8 @@ pub enum Sign {
     File { path: PathBuf, complete: bool },
     /// aerender printed the progress line of the `position`-th frame of the run (1-based).
     Progress(u64),
-    /// The log rules success out: nothing more is shipped (a template error is never shipped).
+    /// The log rules success out: nothing more is shipped (frames stored before the failing
+    /// line stay stored; a missing font or footage is logged before the first frame).
     Failing,
 }
 

@@ -129,7 +129,17 @@ impl Executor for Worker {
                 if spec.segments.is_empty() || spec.segments.len() > 100 || spec.audio_tracks.len() > 32 {
                     return Err((agent_pb::RejectReason::Malformed, "1..=100 segments and 0..=32 audio tracks".into()));
                 }
-                crate::assembly::proto::supported(spec).map_err(|why| (agent_pb::RejectReason::CapabilityMissing, why))
+                crate::assembly::proto::supported(spec)
+                    .map_err(|why| (agent_pb::RejectReason::CapabilityMissing, why))?;
+                // The rest of the spec is checked now, not after every frame is fetched.
+                let placeholders = crate::assembly::proto::Inputs {
+                    frames: vec![Vec::new(); spec.segments.len()],
+                    audio: vec![PathBuf::new(); spec.audio_tracks.len()],
+                    watermark_image: Some(PathBuf::new()),
+                };
+                crate::assembly::proto::assembly(spec, placeholders, PathBuf::from("check.mp4"))
+                    .map(|_| ())
+                    .map_err(|why| (agent_pb::RejectReason::Malformed, why))
             }
             None => Err((agent_pb::RejectReason::Malformed, "the task has no specification".into())),
         }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::crash::{self, Crash};
 use super::landing::{self, Landing, Shipped, Sign};
-use super::report::{self, Failed, MAX_MESSAGE_BYTES, truncated};
+use super::report::{self, Failed, MAX_MESSAGE_BYTES, truncated, unless_stopped};
 use super::{Resources, TaskContext};
 use crate::aerender::argv::{AerenderCommand, FrameSpan, MemUsage, Mfr};
 use crate::aerender::driver::{self, RenderRun, RenderedFrame, RunEvent};
@@ -100,7 +100,9 @@ async fn render(
         }
         _ => Failed::machine(pb::ErrorCode::DownloadFailed, e.to_string()),
     })?;
-    let media = fetch_media(resources, ctx, &spec.assets, work_dir).await?;
+    // The template fill is not interrupted (it resumes and other tasks may wait on it); the
+    // media and the uploads are.
+    let media = unless_stopped(&stop, fetch_media(resources, ctx, &spec.assets, work_dir)).await?;
     out.timings.download_ms = fetching.elapsed().as_millis() as u64;
 
     ctx.phase(pb::TaskPhase::Preparing, "writing the injection script");
@@ -182,8 +184,13 @@ async fn render(
         };
         let done_before = rendered.len() as u32;
         let mut stopper = stop.clone();
-        let cancel = async move {
-            stopper.stopped().await;
+        // A frame that cannot be stored fails the task: the render stops then, not at its end.
+        let ship_failed = tokio::sync::Notify::new();
+        let cancel = async {
+            tokio::select! {
+                _ = stopper.stopped() => {}
+                () = ship_failed.notified() => {}
+            }
         };
         let activity = Activity::default();
         let (signs, landed) = mpsc::unbounded_channel();
@@ -202,7 +209,12 @@ async fn render(
             let store = move |frame: u32, path: PathBuf| async move {
                 store_frame(resources, ctx, frame, &path, frame_size).await.map_err(|failed| failed.error.message)
             };
-            landing::ship(landing, landed, frame_size, store, |batch| ctx.frames(spec.segment_index, batch)).await
+            let shipped =
+                landing::ship(landing, landed, frame_size, store, |batch| ctx.frames(spec.segment_index, batch)).await;
+            if shipped.error.is_some() {
+                ship_failed.notify_one();
+            }
+            shipped
         };
         let driving = async {
             let report = driver::render(&run, &activity, cancel, |event| match event {
@@ -233,6 +245,11 @@ async fn render(
                 out.result.warnings.push(warning.chars().take(1000).collect());
             }
         }
+        // First: a frame that could not be stored canceled the run.
+        if let Some(error) = shipped.error {
+            out.timings.render_ms = rendering.elapsed().as_millis() as u64;
+            return Err(Failed::machine(pb::ErrorCode::UploadFailed, error));
+        }
         if let Some((code, message)) = &report.verdict.error {
             let kind = match code {
                 ErrorCode::AeCrash => Some(pb::CrashKind::AeCrash),
@@ -262,9 +279,6 @@ async fn render(
             out.timings.render_ms = rendering.elapsed().as_millis() as u64;
             return Err(Failed { outcome, error });
         }
-        if let Some(error) = shipped.error {
-            return Err(Failed::machine(pb::ErrorCode::UploadFailed, error));
-        }
         rendered.extend(report.frames);
     }
     out.timings.render_ms = rendering.elapsed().as_millis() as u64;
@@ -275,12 +289,14 @@ async fn render(
     let kind = pb::TaskKind::try_from(ctx.kind).unwrap_or_default();
     if output.upload_frames {
         let rest: Vec<&RenderedFrame> = rendered.iter().filter(|f| !stored.contains_key(&f.frame)).collect();
-        stored.extend(upload_frames(resources, ctx, spec.segment_index, &rest, frame_size).await?);
+        let uploading = upload_frames(resources, ctx, spec.segment_index, &rest, frame_size);
+        stored.extend(unless_stopped(&stop, uploading).await?);
         out.result.frames = stored.into_values().collect();
     } else if kind == pb::TaskKind::Snapshot {
         let frame =
             rendered.first().ok_or_else(|| Failed::machine(pb::ErrorCode::FramesInvalid, "no frame rendered"))?;
-        let stored = upload(resources, ctx, agent_pb::ObjectKind::SnapshotImage, -1, &frame.path).await?;
+        let uploading = upload(resources, ctx, agent_pb::ObjectKind::SnapshotImage, -1, &frame.path);
+        let stored = unless_stopped(&stop, uploading).await?;
         out.result.outputs.push(agent_pb::TaskOutput {
             kind: agent_pb::ObjectKind::SnapshotImage as i32,
             file_id: stored.file_id,

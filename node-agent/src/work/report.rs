@@ -3,6 +3,7 @@
 use flatrender_proto::flatrender::render::v1 as pb;
 
 use crate::aerender::outcome::{ErrorCode, Outcome};
+use crate::session::tasks::{StopReason, StopSignal};
 
 pub fn outcome(outcome: Outcome) -> pb::TaskOutcome {
     match outcome {
@@ -82,5 +83,34 @@ impl Failed {
             message: message.into(),
         };
         Self { outcome: pb::TaskOutcome::TemplateError, error }
+    }
+}
+
+impl Failed {
+    /// A task told to stop before it was done: handed back when the agent shuts down (the work
+    /// goes back to the queue without using an attempt), canceled otherwise (a lost lease's
+    /// result is dropped, not sent).
+    pub fn stopped(reason: StopReason) -> Self {
+        let (outcome, message) = match reason {
+            StopReason::Shutdown => (pb::TaskOutcome::HandedBack, "the agent is shutting down"),
+            StopReason::Canceled => (pb::TaskOutcome::Canceled, "canceled by the orchestrator"),
+            StopReason::LeaseExpired | StopReason::LeaseLost => (pb::TaskOutcome::Canceled, "the lease is gone"),
+        };
+        let error = pb::RenderError {
+            error_class: pb::ErrorClass::Canceled as i32,
+            code: pb::ErrorCode::Canceled as i32,
+            message: message.into(),
+        };
+        Self { outcome, error }
+    }
+}
+
+/// `work`, unless the task is told to stop first (a download or an upload is dropped: its
+/// partial file goes with the work directory, and the server discards an unfinished upload).
+pub async fn unless_stopped<T>(stop: &StopSignal, work: impl Future<Output = Result<T, Failed>>) -> Result<T, Failed> {
+    let mut stopper = stop.clone();
+    tokio::select! {
+        result = work => result,
+        reason = stopper.stopped() => Err(Failed::stopped(reason)),
     }
 }

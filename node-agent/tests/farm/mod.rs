@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flatrender_agent::assembly::Tools;
-use flatrender_agent::cache::Cache;
+use flatrender_agent::cache::{Cache, CacheEvent};
 use flatrender_agent::crash_watch::CrashWatch;
 use flatrender_agent::process::Limits;
 use flatrender_agent::session::credential::NodeCredential;
@@ -102,9 +102,10 @@ impl Default for AgentOptions<'_> {
     }
 }
 
-/// A running agent: its node, and its stop.
+/// A running agent: its node, its template cache's events, and its stop.
 pub struct RunningAgent {
     pub node_id: Uuid,
+    pub cache_events: tokio::sync::mpsc::UnboundedReceiver<CacheEvent>,
     stop: Option<oneshot::Sender<()>>,
     ended: Option<tokio::task::JoinHandle<()>>,
 }
@@ -116,7 +117,10 @@ impl RunningAgent {
             let _ = stop.send(());
         }
         if let Some(ended) = self.ended.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), ended).await;
+            tokio::time::timeout(Duration::from_secs(20), ended)
+                .await
+                .expect("the agent stops within 20 s")
+                .expect("the agent's session ends cleanly");
         }
     }
 }
@@ -136,7 +140,7 @@ pub async fn agent(o: &Orchestrator, state: &Path, options: AgentOptions<'_>) ->
     let channel = stream::endpoint(&format!("http://{}", o.addr), None).unwrap().connect().await.unwrap();
     let transfers = Transfers::new(channel, &credential).unwrap();
     let bundles = BundleSources::new(transfers.clone());
-    let (cache, _events) = Cache::open(state.join("cache"), 1 << 30, bundles.clone()).await.unwrap();
+    let (cache, cache_events) = Cache::open(state.join("cache"), 1 << 30, bundles.clone()).await.unwrap();
     let config = WorkConfig {
         work_root: state.join("work"),
         installs: spec.ae_versions.iter().map(|v| AeInstall { version: v.clone(), aerender: SIM.into() }).collect(),
@@ -173,5 +177,5 @@ pub async fn agent(o: &Orchestrator, state: &Path, options: AgentOptions<'_>) ->
             .await
             .unwrap();
     });
-    RunningAgent { node_id, stop: Some(stop), ended: Some(ended) }
+    RunningAgent { node_id, cache_events, stop: Some(stop), ended: Some(ended) }
 }

@@ -78,7 +78,9 @@ impl Flatrender {
             };
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
-                ["gRPC", "+", "grpc-web", addr] => grpc = addr.parse().ok(),
+                ["gRPC", "+", "grpc-web", url] => {
+                    grpc = url.trim_start_matches("http://").trim_start_matches("https://").parse().ok();
+                }
                 ["metrics", url] => {
                     metrics = url.trim_start_matches("http://").trim_end_matches("/metrics").parse().ok();
                 }
