@@ -219,6 +219,10 @@ async fn a_canceled_job_stops_the_running_task() {
     agent.shut_down().await;
 }
 
+/// A simulator project with one comp.
+const PROJECT: &str = r##"{"compositions": [{"name": "Main", "width": 320, "height": 180, "fps": 30, "duration": 60,
+    "layers": [{"name": "Title", "kind": "text", "text": "Over TLS", "font_size": 24, "position": [10, 20]}]}]}"##;
+
 /// A CA and a certificate for `localhost` it signed, as PEM: (CA, certificate, key).
 fn private_pki() -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
@@ -234,7 +238,8 @@ fn private_pki() -> (String, String, String) {
 }
 
 /// The agent binary reaches an orchestrator that speaks only TLS, trusting the private CA named
-/// by `ca_file`: it enrols and its node comes online. Without the CA (the system's roots do not
+/// by `ca_file`: it enrols, its node comes online, and it renders a job (template fetched,
+/// frames stored, all over TLS). Without the CA (the system's roots do not
 /// know it) the handshake fails and the agent says so.
 #[tokio::test]
 async fn the_agent_speaks_tls_to_an_orchestrator_with_a_private_ca() {
@@ -274,6 +279,27 @@ async fn the_agent_speaks_tls_to_an_orchestrator_with_a_private_ca() {
     let mut running = agent(&state, Some(&ca_file)).env("FLATRENDER_AGENT_JOIN_TOKEN", &token).spawn().unwrap();
     o.until("the node is online over TLS", "SELECT count(*) = 1 FROM render.nodes WHERE orchestrator_id IS NOT NULL")
         .await;
+    // The byte RPCs go the same way: the template is fetched and every frame stored.
+    let alice = support::Principal::user(uuid::Uuid::new_v4());
+    let bundle = {
+        use std::io::Write;
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        zip.start_file("project.aepx.json", zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(PROJECT.as_bytes()).unwrap();
+        zip.finish().unwrap().into_inner()
+    };
+    let kind = flatrender_proto::flatrender::file::v1::FileKind::TemplateBundle;
+    let template = o.upload(&alice, alice.tenant, "template.zip", kind, &bundle).await;
+    let submit = pb::SubmitRenderRequest {
+        segments: vec![support::segment("Main", "0-4")],
+        ..support::request(&template, "over-tls")
+    };
+    let job = o.renders(&alice).submit_render(submit).await.unwrap().into_inner().render.unwrap();
+    o.until(
+        "every frame is stored over TLS",
+        &format!("SELECT count(*) = 5 FROM render.frame_results WHERE job_id = '{}'", job.id),
+    )
+    .await;
     let pid = running.id().unwrap();
     std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), running.wait()).await.unwrap().unwrap();

@@ -179,15 +179,17 @@ fn checked_public_url(text: &str) -> Result<String, Error> {
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
-/// The public URL when none is configured: `http://` and the address this process listens on,
-/// an unspecified address (all interfaces) read as the loopback one.
-pub fn default_public_url(listening: SocketAddr) -> String {
+/// The public URL when none is configured: `http://` (`https://` when the port speaks TLS)
+/// and the address this process listens on, an unspecified address (all interfaces) read as the
+/// loopback one.
+pub fn default_public_url(listening: SocketAddr, tls: bool) -> String {
     let ip = match listening.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, listening.port()))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, listening.port()))
 }
 
 /// Parses sizes such as `1048576`, `512KiB`, `64MiB`, `5GiB`, `1TiB` (also `KB`/`MB`/... as
@@ -267,10 +269,11 @@ mod tests {
 
     #[test]
     fn the_default_public_url_is_the_listen_address() {
-        let url = |addr: &str| default_public_url(addr.parse().unwrap());
+        let url = |addr: &str| default_public_url(addr.parse().unwrap(), false);
         assert_eq!(url("0.0.0.0:50051"), "http://127.0.0.1:50051");
         assert_eq!(url("[::]:8080"), "http://[::1]:8080");
         assert_eq!(url("10.1.2.3:50051"), "http://10.1.2.3:50051");
         assert_eq!(url("[fe80::1]:443"), "http://[fe80::1]:443");
+        assert_eq!(default_public_url("0.0.0.0:443".parse().unwrap(), true), "https://127.0.0.1:443");
     }
 }

@@ -7,6 +7,7 @@ mod file_client_args;
 mod render_args;
 mod targets;
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -90,10 +91,20 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
     let (metrics_addr, metrics_task) =
         flatrender_kit::metrics::serve(metrics.clone(), args.server.metrics_addr, shutdown.signal()).await?;
 
-    let public_url = public_url.unwrap_or_else(|| file_args::default_public_url(grpc_addr));
+    let public_url = public_url.unwrap_or_else(|| file_args::default_public_url(grpc_addr, tls.is_some()));
     let mut render = args.render.settings()?;
     let file_here = targets.services().any(|t| t == Target::File);
-    render.api.file_service = args.file_client.settings(file_here, grpc_addr, data_dir, &args.auth)?;
+    // With TLS the public port speaks nothing else; render reaches the file service in this
+    // process on a plain listener bound to loopback only.
+    let internal = match &tls {
+        Some(_) if file_here => Some(server::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?),
+        _ => None,
+    };
+    let file_addr = match &internal {
+        Some(listener) => listener.local_addr()?,
+        None => grpc_addr,
+    };
+    render.api.file_service = args.file_client.settings(file_here, file_addr, data_dir, &args.auth)?;
     let service_settings = ServiceSettings { file: args.file.settings(data_dir, public_url)?, render };
     let app =
         targets.build(&settings, &args.service_databases, &args.upstreams, &service_settings, &shutdown, &metrics)?;
@@ -118,6 +129,7 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
         shutdown_timeout: args.server.shutdown_timeout,
         health_interval: args.server.health_interval,
         tls,
+        internal,
     };
     let outcome = server::serve(listener, app, verifier, metrics, &shutdown, options).await;
     // The metrics endpoint drained alongside; it gets no time beyond the deadline.

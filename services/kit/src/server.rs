@@ -68,7 +68,7 @@ pub struct ServiceContext {
 }
 
 /// Server settings.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ServeOptions {
     /// Drain deadline after a shutdown signal.
     pub shutdown_timeout: Duration,
@@ -76,6 +76,9 @@ pub struct ServeOptions {
     pub health_interval: Duration,
     /// The certificate the port serves TLS with; `None` serves plain HTTP/2 and HTTP/1.1.
     pub tls: Option<ServerTls>,
+    /// A second, plain listener (on loopback) serving the same routes, for the process's calls
+    /// to its own services when the public port speaks TLS only (e.g. render to file).
+    pub internal: Option<TcpListener>,
 }
 
 /// A TLS identity: a PEM certificate chain and its private key.
@@ -143,7 +146,7 @@ pub async fn serve(
     verifier: Option<TokenVerifier>,
     metrics: Metrics,
     shutdown: &Shutdown,
-    options: ServeOptions,
+    mut options: ServeOptions,
 ) -> Result<()> {
     let Application { mut routes, modules, forwarded } = app;
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -196,27 +199,44 @@ pub async fn serve(
         }
     }
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &options.tls {
-        let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
-        builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-            .map_err(|e| Error::Config(format!("the TLS certificate or key is unusable: {e}")))?;
-    }
-    let server = builder
-        .accept_http1(true)
-        // HTTP/2's default 64 KiB windows make a streaming upload wait for a window update
-        // every 64 KiB; larger ones let a client keep the link busy (measured in BENCHMARKS.md).
-        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
-        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES))
-        .trace_fn(telemetry::server_span)
-        .layer(PlainHttpLayer::new(plain_prefixes))
-        .layer(metrics.layer())
-        .layer(AuthLayer::new(verifier))
-        .add_routes(Routes::from(router))
-        .serve_with_incoming_shutdown(incoming, shutdown.signal().wait());
+    // The same routes and layers on each listener: the public one (TLS when configured) and,
+    // with TLS, a plain one on loopback for this process's own calls to itself.
+    let serve_on = |listener: TcpListener, tls: Option<&ServerTls>| -> Result<_> {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| Error::Config(format!("the TLS certificate or key is unusable: {e}")))?;
+        }
+        Ok(builder
+            .accept_http1(true)
+            // HTTP/2's default 64 KiB windows make a streaming upload wait for a window update
+            // every 64 KiB; larger ones let a client keep the link busy (measured in BENCHMARKS.md).
+            .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES))
+            .trace_fn(telemetry::server_span)
+            .layer(PlainHttpLayer::new(plain_prefixes.clone()))
+            .layer(metrics.layer())
+            .layer(AuthLayer::new(verifier.clone()))
+            .add_routes(Routes::from(router.clone()))
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown.signal().wait(),
+            ))
+    };
+    let public = serve_on(listener, options.tls.as_ref())?;
+    let internal = options.internal.take().map(|listener| serve_on(listener, None)).transpose()?;
+    let server = async move {
+        match internal {
+            Some(internal) => {
+                let (public, internal) = tokio::join!(public, internal);
+                public.and(internal)
+            }
+            None => public.await,
+        }
+    };
     tokio::pin!(server);
 
     // One deadline for the whole shutdown, from the moment draining starts.

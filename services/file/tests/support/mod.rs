@@ -125,6 +125,7 @@ impl Service {
             shutdown_timeout: Duration::from_secs(5),
             health_interval: Duration::from_secs(1),
             tls: None,
+            internal: None,
         };
         let serving = Arc::clone(&shutdown);
         let server = tokio::spawn(async move {

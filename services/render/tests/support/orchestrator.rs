@@ -97,11 +97,12 @@ impl Orchestrator {
         Self::launch(db, None, Settings::default(), Some(files), tweak).await
     }
 
-    /// Render alone with [`test_settings`], its port speaking TLS only with `tls`; the
-    /// harness's own channel trusts `ca_pem`.
+    /// Render and the file service with [`test_settings`], the port speaking TLS only with
+    /// `tls`; the harness's own channel trusts `ca_pem`.
     pub async fn start_tls(tls: ServerTls, ca_pem: &[u8]) -> Self {
+        let files = tempfile::tempdir().expect("a scratch directory");
         let db = Arc::new(TestDatabase::migrated().await);
-        Self::launch_with(db, None, test_settings(), None, Some((tls, ca_pem.to_vec())), |_| {}).await
+        Self::launch_with(db, None, test_settings(), Some(files), Some((tls, ca_pem.to_vec())), |_| {}).await
     }
 
     /// Another replica (render alone) on this one's database, with the same token keys and
@@ -136,11 +137,18 @@ impl Orchestrator {
         let verifier = TokenVerifier::new(&signer.jwks().expect("a JWKS"), ISSUER, AUDIENCE).expect("a verifier");
         let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("a port");
         let addr = listener.local_addr().expect("its address");
+        // With TLS, render reaches the file service on a plain loopback listener, as the
+        // `flatrender` binary does.
+        let internal = match &tls {
+            Some(_) => Some(server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("a port")),
+            None => None,
+        };
+        let file_addr = internal.as_ref().map_or(addr, |l| l.local_addr().expect("its address"));
 
         let mut settings = base;
         if files.is_some() {
             settings.api.file_service = Some(FileServiceSettings {
-                url: format!("http://{addr}"),
+                url: format!("http://{file_addr}"),
                 signer: (*signer).clone(),
                 issuer: ISSUER.into(),
                 audience: AUDIENCE.into(),
@@ -176,6 +184,7 @@ impl Orchestrator {
             shutdown_timeout: Duration::from_secs(2),
             health_interval: Duration::from_secs(1),
             tls: server_tls,
+            internal,
         };
         let serving = Arc::clone(&shutdown);
         let serving_metrics = metrics.clone();
