@@ -11,7 +11,7 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use tokio::sync::mpsc;
 
 use super::report::{Failed, MAX_MESSAGE_BYTES, truncated, unless_stopped};
-use super::{Resources, TaskContext};
+use super::{Attempt, Resources, TaskContext};
 use crate::assembly::proto::Inputs;
 use crate::assembly::{self, AssemblyError};
 use crate::session::tasks::{StopReason, StopSignal, TaskEvent};
@@ -25,35 +25,21 @@ pub async fn run(
     events: mpsc::UnboundedSender<TaskEvent>,
     stop: StopSignal,
 ) {
-    let started = Instant::now();
     let ctx = TaskContext::new(&task, events.clone());
-    let work_dir = resources.config.work_root.join(format!("{}-{}", task.task_id, task.lease_epoch));
-    let mut result = agent_pb::TaskResult {
-        task_id: task.task_id.clone(),
-        lease_epoch: task.lease_epoch,
-        started_at: Some(std::time::SystemTime::now().into()),
-        ..agent_pb::TaskResult::default()
-    };
+    let mut attempt = Attempt::begin(resources, &task);
+    let work_dir = attempt.work_dir.clone();
     let mut timings = agent_pb::TaskTimings::default();
     match assemble(resources, &ctx, &spec, &work_dir, stop, &mut timings).await {
         Ok(output) => {
-            result.outcome = pb::TaskOutcome::Success as i32;
-            result.outputs.push(output);
+            attempt.result.outcome = pb::TaskOutcome::Success as i32;
+            attempt.result.outputs.push(output);
         }
         Err(failed) => {
-            result.outcome = failed.outcome as i32;
-            result.error = Some(failed.error);
+            attempt.result.outcome = failed.outcome as i32;
+            attempt.result.error = Some(failed.error);
         }
     }
-    timings.total_ms = started.elapsed().as_millis() as u64;
-    result.timings = Some(timings);
-    result.finished_at = Some(std::time::SystemTime::now().into());
-    if let Err(error) = tokio::fs::remove_dir_all(&work_dir).await
-        && error.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(dir = %work_dir.display(), %error, "could not remove a task's work directory");
-    }
-    let _ = events.send(TaskEvent::Result(result));
+    attempt.finish(timings, &events).await;
 }
 
 async fn assemble(

@@ -239,3 +239,40 @@ impl TaskContext {
         let _ = self.events.send(TaskEvent::Frames(report));
     }
 }
+
+/// What every task shares from start to result: its work directory (`<work_root>/<task>-<epoch>/`,
+/// removed at the end), the result's identity and times, and the one result event.
+pub(crate) struct Attempt {
+    started: std::time::Instant,
+    work_dir: PathBuf,
+    result: agent_pb::TaskResult,
+}
+
+impl Attempt {
+    fn begin(resources: &Resources, task: &agent_pb::AssignTask) -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            work_dir: resources.config.work_root.join(format!("{}-{}", task.task_id, task.lease_epoch)),
+            result: agent_pb::TaskResult {
+                task_id: task.task_id.clone(),
+                lease_epoch: task.lease_epoch,
+                started_at: Some(std::time::SystemTime::now().into()),
+                ..agent_pb::TaskResult::default()
+            },
+        }
+    }
+
+    /// Removes the work directory and sends the result with `timings` completed.
+    async fn finish(self, mut timings: agent_pb::TaskTimings, events: &mpsc::UnboundedSender<TaskEvent>) {
+        let Self { started, work_dir, mut result } = self;
+        timings.total_ms = started.elapsed().as_millis() as u64;
+        result.timings = Some(timings);
+        result.finished_at = Some(std::time::SystemTime::now().into());
+        if let Err(error) = tokio::fs::remove_dir_all(&work_dir).await
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %work_dir.display(), %error, "could not remove a task's work directory");
+        }
+        let _ = events.send(TaskEvent::Result(result));
+    }
+}

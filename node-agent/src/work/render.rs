@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::crash::{self, Crash};
 use super::landing::{self, Landing, Shipped, Sign};
 use super::report::{self, Failed, MAX_MESSAGE_BYTES, truncated, unless_stopped};
-use super::{Resources, TaskContext};
+use super::{Attempt, Resources, TaskContext};
 use crate::aerender::argv::{AerenderCommand, FrameSpan, MemUsage, Mfr};
 use crate::aerender::driver::{self, RenderRun, RenderedFrame, RunEvent};
 use crate::aerender::outcome::{ErrorCode, Outcome};
@@ -40,30 +40,18 @@ pub async fn run(
     events: mpsc::UnboundedSender<TaskEvent>,
     stop: StopSignal,
 ) {
-    let started = Instant::now();
     let ctx = TaskContext::new(&task, events.clone());
-    let work_dir = resources.config.work_root.join(format!("{}-{}", task.task_id, task.lease_epoch));
-    let result = agent_pb::TaskResult {
-        task_id: task.task_id.clone(),
-        lease_epoch: task.lease_epoch,
-        started_at: Some(std::time::SystemTime::now().into()),
-        ..agent_pb::TaskResult::default()
-    };
+    let mut attempt = Attempt::begin(resources, &task);
+    let work_dir = attempt.work_dir.clone();
+    let result = std::mem::take(&mut attempt.result);
     let mut out = Ended { result, timings: agent_pb::TaskTimings::default(), crashed: None };
     if let Err(failed) = render(resources, &ctx, &spec, &work_dir, stop, &mut out).await {
         out.result.outcome = failed.outcome as i32;
         out.result.error = Some(failed.error);
     }
-    let Ended { mut result, mut timings, crashed } = out;
-    timings.total_ms = started.elapsed().as_millis() as u64;
-    result.timings = Some(timings);
-    result.finished_at = Some(std::time::SystemTime::now().into());
-    if let Err(error) = tokio::fs::remove_dir_all(&work_dir).await
-        && error.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(dir = %work_dir.display(), %error, "could not remove a task's work directory");
-    }
-    let _ = events.send(TaskEvent::Result(result));
+    let Ended { result, timings, crashed } = out;
+    attempt.result = result;
+    attempt.finish(timings, &events).await;
     if let Some(crash) = crashed {
         crash::report(resources, &ctx, crash).await;
     }
