@@ -8,6 +8,7 @@ use std::time::Instant;
 use flatrender_proto::flatrender::agent::v1 as agent_pb;
 use flatrender_proto::flatrender::common::v1::Resolution;
 use flatrender_proto::flatrender::render::v1 as pb;
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::report::{Failed, MAX_MESSAGE_BYTES, truncated, unless_stopped};
@@ -129,18 +130,22 @@ async fn fetch_inputs(
             pb::ImageFormat::Webp => "webp",
             pb::ImageFormat::Png | pb::ImageFormat::Unspecified => "png",
         };
+        let numbers = frame_numbers(segment).map_err(|why| Failed::machine(pb::ErrorCode::FramesInvalid, why))?;
+        // A few at a time over the one connection: each frame is a small download whose round
+        // trip would otherwise dominate; `buffered` keeps them in playback order.
+        let lease = &lease;
+        let mut downloads = futures_util::stream::iter(numbers.into_iter().map(|frame| {
+            let path = dir.join(format!("{frame:06}.{extension}"));
+            let object = Object::Frame { segment_index: segment.segment_index, frame };
+            async move { resources.transfers.download_to(lease, &object, &path, None).await.map(|_| path) }
+        }))
+        .buffered(FRAME_FETCHES);
         let mut frames = Vec::new();
-        for range in &segment.frames {
-            let step = usize::try_from(range.step.max(1)).unwrap_or(1);
-            for frame in (range.start..=range.end).step_by(step) {
-                let path = dir.join(format!("{frame:06}.{extension}"));
-                let object = Object::Frame { segment_index: segment.segment_index, frame };
-                resources.transfers.download_to(&lease, &object, &path, None).await.map_err(fetch)?;
-                frames.push(path);
-                fetched += 1;
-                if fetched.is_multiple_of(50) {
-                    ctx.phase(pb::TaskPhase::Downloading, &format!("fetched {fetched} of {total} frames"));
-                }
+        while let Some(path) = downloads.next().await {
+            frames.push(path.map_err(fetch)?);
+            fetched += 1;
+            if fetched.is_multiple_of(50) {
+                ctx.phase(pb::TaskPhase::Downloading, &format!("fetched {fetched} of {total} frames"));
             }
         }
         inputs.frames.push(frames);
@@ -176,6 +181,32 @@ async fn fetch_file(
         .await
         .map(|_| ())
         .map_err(|e| Failed::machine(pb::ErrorCode::DownloadFailed, e.to_string()))
+}
+
+/// Frame downloads in flight at once.
+const FRAME_FETCHES: usize = 8;
+
+/// The comp frame numbers of a segment in playback order; never more than it says it has.
+pub(super) fn frame_numbers(segment: &agent_pb::AssembleSegment) -> Result<Vec<i32>, String> {
+    let limit = usize::try_from(segment.frame_count).unwrap_or(0);
+    let mut numbers = Vec::with_capacity(limit.min(100_000));
+    for range in &segment.frames {
+        let step = usize::try_from(range.step.max(1)).unwrap_or(1);
+        for frame in (range.start..=range.end).step_by(step) {
+            if numbers.len() == limit {
+                return Err(format!("segment {}: its ranges hold more than its {limit} frames", segment.segment_index));
+            }
+            numbers.push(frame);
+        }
+    }
+    if numbers.len() != limit {
+        return Err(format!(
+            "segment {}: its ranges hold {} frames, not {limit}",
+            segment.segment_index,
+            numbers.len()
+        ));
+    }
+    Ok(numbers)
 }
 
 /// The output's file name: the one the task names when it is a plain `.mp4` name.
@@ -218,6 +249,19 @@ fn failed(error: AssemblyError, stop: &StopSignal) -> Failed {
 
 #[cfg(test)]
 mod tests {
+    use flatrender_proto::flatrender::agent::v1 as agent_pb;
+    use flatrender_proto::flatrender::render::v1 as pb;
+
+    #[test]
+    fn a_segments_frames_are_its_ranges_in_order_and_no_more_than_it_says() {
+        let range = |start, end, step| pb::FrameRange { start, end, step };
+        let segment = |count, frames| agent_pb::AssembleSegment { frame_count: count, frames, ..Default::default() };
+        let numbers = super::frame_numbers(&segment(6, vec![range(10, 12, 1), range(20, 24, 2)]));
+        assert_eq!(numbers, Ok(vec![10, 11, 12, 20, 22, 24]));
+        assert!(super::frame_numbers(&segment(3, vec![range(0, i32::MAX, 1)])).unwrap_err().contains("more than"));
+        assert!(super::frame_numbers(&segment(4, vec![range(0, 1, 1)])).unwrap_err().contains("not 4"));
+    }
+
     #[test]
     fn the_output_name_is_a_plain_mp4_name() {
         assert_eq!(super::output_name("render-1f2e.mp4"), std::path::Path::new("render-1f2e.mp4"));

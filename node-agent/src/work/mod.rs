@@ -132,6 +132,9 @@ impl Executor for Worker {
                 crate::assembly::proto::supported(spec)
                     .map_err(|why| (agent_pb::RejectReason::CapabilityMissing, why))?;
                 // The rest of the spec is checked now, not after every frame is fetched.
+                for segment in &spec.segments {
+                    assemble::frame_numbers(segment).map_err(|why| (agent_pb::RejectReason::Malformed, why))?;
+                }
                 let placeholders = crate::assembly::proto::Inputs {
                     frames: vec![Vec::new(); spec.segments.len()],
                     audio: vec![PathBuf::new(); spec.audio_tracks.len()],
