@@ -77,6 +77,8 @@ pub struct Session<N, E> {
     outbox: Outbox,
     events: mpsc::UnboundedReceiver<TaskEvent>,
     events_tx: mpsc::UnboundedSender<TaskEvent>,
+    /// The highest seq the orchestrator sent on the current stream.
+    inbound_seq: u64,
 }
 
 /// How one stream ended, when it was not an error.
@@ -106,7 +108,7 @@ impl<N: NodeView, E: Executor> Session<N, E> {
             }
         }
         let (events_tx, events) = mpsc::unbounded_channel();
-        Ok(Self { endpoint, credential, info, node, executor, tasks, outbox, events, events_tx })
+        Ok(Self { endpoint, credential, info, node, executor, tasks, outbox, events, events_tx, inbound_seq: 0 })
     }
 
     /// A sender for reports that do not come from a task runner (cache changes).
@@ -158,6 +160,8 @@ impl<N: NodeView, E: Executor> Session<N, E> {
             Err(why) => return Ok(StreamEnd::Lost(why)),
         };
         let clock = ServerClock::from_welcome(&welcome);
+        // Each stream counts from 1 again (the Welcome took one).
+        self.inbound_seq = 1;
         let heartbeat_every = duration(welcome.heartbeat_interval.as_ref()).unwrap_or(self.info.heartbeat_fallback);
         tracing::info!(node = %welcome.node_name, orchestrator = %welcome.orchestrator_id, "connected");
 
@@ -221,8 +225,16 @@ impl<N: NodeView, E: Executor> Session<N, E> {
         if self.tasks.held_list().is_empty() {
             return String::new();
         }
-        // Nothing new while handing back: an AssignTask now is refused as DRAINING.
+        // Nothing new while handing back: the orchestrator hears the node drains before it hears
+        // of the first handed-back task (which it would otherwise offer to this node again), and
+        // an AssignTask already on its way is refused as DRAINING.
         self.tasks.set_draining(true);
+        let health = agent_pb::Health {
+            sample: Some(self.node.health(self.tasks.running(), self.tasks.slots())),
+            tasks: self.tasks.held_list(),
+            draining: true,
+        };
+        out.send(Out::Health(health)).await;
         self.tasks.stop_all();
         let deadline = tokio::time::sleep(HAND_BACK_WAIT);
         tokio::pin!(deadline);
@@ -345,6 +357,18 @@ impl<N: NodeView, E: Executor> Session<N, E> {
 
     async fn on_message(&mut self, message: agent_pb::SessionResponse, out: &mut Outlet, clock: &ServerClock) {
         let seq = message.seq;
+        // A seq that does not increase is refused and not acted on (the protocol's rule).
+        let before = self.inbound_seq;
+        if !in_order(&mut self.inbound_seq, seq) {
+            let reject = agent_pb::Reject {
+                seq,
+                reason: agent_pb::RejectReason::OutOfOrder as i32,
+                message: format!("seq {seq} does not follow {before}"),
+                task_id: String::new(),
+            };
+            out.send(Out::Reject(reject)).await;
+            return;
+        }
         match message.payload {
             Some(In::AssignTask(task)) => self.on_assign(seq, task, out, clock).await,
             Some(In::CancelTask(cancel)) => {
@@ -464,6 +488,16 @@ impl<N: NodeView, E: Executor> Session<N, E> {
     }
 }
 
+/// Whether `seq` follows `last` (it must increase); if so it becomes the last.
+fn in_order(last: &mut u64, seq: u64) -> bool {
+    if seq > *last {
+        *last = seq;
+        true
+    } else {
+        false
+    }
+}
+
 /// The task and epoch of an outbox key `result.<task>.<epoch>`.
 fn result_key(key: &str) -> Option<(&str, u64)> {
     let (task, epoch) = key.strip_prefix("result.")?.rsplit_once('.')?;
@@ -570,4 +604,23 @@ pub async fn enroll(
     let credential = NodeCredential::parse(&response.node_credential)
         .ok_or_else(|| tonic::Status::internal("the orchestrator answered a malformed node credential"))?;
     Ok((credential, response))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_seq_must_increase() {
+        let mut last = 1;
+        assert!(super::in_order(&mut last, 2));
+        assert!(super::in_order(&mut last, 5), "gaps are allowed");
+        assert!(!super::in_order(&mut last, 5), "a repeat is not");
+        assert!(!super::in_order(&mut last, 3), "nor going back");
+        assert_eq!(last, 5);
+    }
+
+    #[test]
+    fn outbox_keys_name_their_task_and_epoch() {
+        assert_eq!(super::result_key("result.t-1.7"), Some(("t-1", 7)));
+        assert_eq!(super::result_key("frames.t-1.7.x"), None);
+    }
 }
