@@ -182,12 +182,7 @@ impl<N: NodeView, E: Executor> Session<N, E> {
                     for task in self.tasks.expire(Instant::now()) {
                         tracing::warn!(%task, "the lease ran out without renewal; the task is stopped");
                     }
-                    let health = agent_pb::Health {
-                        sample: Some(self.node.health(self.tasks.running(), self.tasks.slots())),
-                        tasks: self.tasks.held_list(),
-                        draining: self.tasks.draining(),
-                    };
-                    out.send(Out::Health(health)).await;
+                    out.send(Out::Health(self.health())).await;
                 }
                 _ = flush.tick() => {
                     for (_, update) in updates.drain() {
@@ -229,12 +224,7 @@ impl<N: NodeView, E: Executor> Session<N, E> {
         // of the first handed-back task (which it would otherwise offer to this node again), and
         // an AssignTask already on its way is refused as DRAINING.
         self.tasks.set_draining(true);
-        let health = agent_pb::Health {
-            sample: Some(self.node.health(self.tasks.running(), self.tasks.slots())),
-            tasks: self.tasks.held_list(),
-            draining: true,
-        };
-        out.send(Out::Health(health)).await;
+        out.send(Out::Health(self.health())).await;
         self.tasks.stop_all();
         let deadline = tokio::time::sleep(HAND_BACK_WAIT);
         tokio::pin!(deadline);
@@ -253,6 +243,15 @@ impl<N: NodeView, E: Executor> Session<N, E> {
             }
         }
         "running tasks handed back".into()
+    }
+
+    /// The machine's state, the tasks held and whether the node drains.
+    fn health(&mut self) -> agent_pb::Health {
+        agent_pb::Health {
+            sample: Some(self.node.health(self.tasks.running(), self.tasks.slots())),
+            tasks: self.tasks.held_list(),
+            draining: self.tasks.draining(),
+        }
     }
 
     /// Connects, sends Hello and waits for Welcome.

@@ -223,10 +223,7 @@ fn output_name(named: &str) -> PathBuf {
 fn failed(error: AssemblyError, stop: &StopSignal) -> Failed {
     let message = truncated(&error.to_string(), MAX_MESSAGE_BYTES);
     let (outcome, code) = match &error {
-        AssemblyError::Canceled if stop.reason() == Some(StopReason::Shutdown) => {
-            (pb::TaskOutcome::HandedBack, pb::ErrorCode::Canceled)
-        }
-        AssemblyError::Canceled => (pb::TaskOutcome::Canceled, pb::ErrorCode::Canceled),
+        AssemblyError::Canceled => return Failed::stopped(stop.reason().unwrap_or(StopReason::Canceled)),
         AssemblyError::Silent { .. } => (pb::TaskOutcome::MachineError, pb::ErrorCode::NoOutputTimeout),
         AssemblyError::OverTime { .. } => (pb::TaskOutcome::Timeout, pb::ErrorCode::MaxRenderTime),
         AssemblyError::MissingFrame { .. } => (pb::TaskOutcome::MachineError, pb::ErrorCode::FramesInvalid),

@@ -58,15 +58,19 @@ pub fn watch(dir: &Path, signs: mpsc::UnboundedSender<Sign>, activity: Activity)
     Ok(watcher)
 }
 
-/// Which of a run's frames are complete, from the signs so far.
+/// Which of a run's frames are complete, from the signs so far. Each frame is looked at a
+/// bounded number of times over the whole run, however many signs come (a chunk may have
+/// thousands of frames and several signs per frame).
 pub struct Landing {
     /// Comp frame and file, in render order.
     frames: Vec<(u32, PathBuf)>,
     by_path: HashMap<PathBuf, usize>,
     /// Frames before this index are complete (a later one began, or its line was printed).
     complete_below: usize,
-    /// Frames whose own file event said so.
-    complete: Vec<bool>,
+    /// Frames before this index were considered by [`Landing::take_ready`] already.
+    next: usize,
+    /// Frames at or after `next` whose own file event said they are complete.
+    early: Vec<usize>,
     /// Frames already handed out (whether or not they verified).
     taken: Vec<bool>,
     /// The run fails: nothing is ready any more.
@@ -79,8 +83,8 @@ impl Landing {
         let pattern = pattern.to_string_lossy();
         let frames: Vec<(u32, PathBuf)> = frames.map(|f| (f, PathBuf::from(frame_path(&pattern, f)))).collect();
         let by_path = frames.iter().enumerate().map(|(i, (_, path))| (path.clone(), i)).collect();
-        let n = frames.len();
-        Self { frames, by_path, complete_below: 0, complete: vec![false; n], taken: vec![false; n], failing: false }
+        let taken = vec![false; frames.len()];
+        Self { frames, by_path, complete_below: 0, next: 0, early: Vec::new(), taken, failing: false }
     }
 
     /// Takes a sign into account.
@@ -88,8 +92,8 @@ impl Landing {
         match sign {
             Sign::File { path, complete } => {
                 let Some(&i) = self.by_path.get(path.as_path()) else { return };
-                if *complete {
-                    self.complete[i] = true;
+                if *complete && i >= self.next.max(self.complete_below) && !self.taken[i] {
+                    self.early.push(i);
                 }
                 self.complete_below = self.complete_below.max(i);
             }
@@ -103,17 +107,19 @@ impl Landing {
 
     /// Complete frames not handed out before, in render order; none once the run fails.
     pub fn take_ready(&mut self) -> Vec<(u32, PathBuf)> {
-        let mut ready = Vec::new();
+        let mut ready = std::mem::take(&mut self.early);
         if self.failing {
-            return ready;
+            return Vec::new();
         }
-        for i in 0..self.frames.len() {
-            if !self.taken[i] && (i < self.complete_below || self.complete[i]) {
-                self.taken[i] = true;
-                ready.push(self.frames[i].clone());
-            }
-        }
+        ready.extend(self.next..self.complete_below.max(self.next));
+        self.next = self.next.max(self.complete_below);
+        ready.sort_unstable();
+        ready.dedup();
         ready
+            .into_iter()
+            .filter(|&i| !std::mem::replace(&mut self.taken[i], true))
+            .map(|i| self.frames[i].clone())
+            .collect()
     }
 }
 

@@ -19,7 +19,7 @@ use crate::aerender::driver::{self, RenderRun, RenderedFrame, RunEvent};
 use crate::aerender::outcome::{ErrorCode, Outcome};
 use crate::cache::BundleRef;
 use crate::process::Activity;
-use crate::session::tasks::{StopReason, StopSignal, TaskEvent};
+use crate::session::tasks::{StopSignal, TaskEvent};
 use crate::transfer::Object;
 
 /// The default output pattern when the task names none: comp frame numbers, five digits.
@@ -254,17 +254,17 @@ async fn render(
                 message: message.clone(),
                 log_tail: report.log_tail.clone(),
             });
-            let outcome = match (report.verdict.outcome, stop.reason()) {
-                // A task the agent gives up because it is shutting down goes back to the queue.
-                (Outcome::Canceled, Some(StopReason::Shutdown)) => pb::TaskOutcome::HandedBack,
-                (outcome, _) => report::outcome(outcome),
-            };
+            out.timings.render_ms = rendering.elapsed().as_millis() as u64;
+            // Stopped from outside: handed back on shutdown, canceled otherwise.
+            if let (Outcome::Canceled, Some(reason)) = (report.verdict.outcome, stop.reason()) {
+                return Err(Failed::stopped(reason));
+            }
+            let outcome = report::outcome(report.verdict.outcome);
             let error = pb::RenderError {
                 error_class: report::class(report.verdict.outcome) as i32,
                 code: report::code(*code) as i32,
                 message: truncated(message, MAX_MESSAGE_BYTES),
             };
-            out.timings.render_ms = rendering.elapsed().as_millis() as u64;
             return Err(Failed { outcome, error });
         }
         rendered.extend(report.frames);
