@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use base64::Engine as _;
@@ -153,40 +153,80 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
     }
 }
 
-/// Verifies access tokens against a set of Ed25519 public keys.
+/// Verifies access tokens against Ed25519 public keys: fixed ones (a JWKS file, e.g. the key
+/// services sign their own credentials with) and the ones the identity service publishes, which
+/// it replaces as it rotates keys ([`TokenVerifier::publish`]). Clones share the key set.
 #[derive(Clone)]
 pub struct TokenVerifier {
-    keys: Arc<HashMap<String, DecodingKey>>,
+    keys: Arc<RwLock<KeySet>>,
     validation: Arc<Validation>,
+}
+
+#[derive(Default)]
+struct KeySet {
+    // Shared so a verification clones a pointer, not the key, out of the lock.
+    fixed: HashMap<String, Arc<DecodingKey>>,
+    published: HashMap<String, Arc<DecodingKey>>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenVerifier").field("kids", &self.keys.keys().collect::<Vec<_>>()).finish()
+        let keys = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f.debug_struct("TokenVerifier")
+            .field("fixed", &keys.fixed.keys().collect::<Vec<_>>())
+            .field("published", &keys.published.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
-impl TokenVerifier {
-    /// A verifier for the Ed25519 keys of `jwks` (other key types are ignored).
-    pub fn new(jwks: &JwkSet, issuer: &str, audience: &str) -> Result<Self> {
-        let mut keys = HashMap::new();
-        for jwk in &jwks.keys {
-            let Some(kid) = jwk.common.key_id.clone() else { continue };
-            if let jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) = &jwk.algorithm {
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| Error::Keys(format!("JWK {kid}: {e}")))?;
-                keys.insert(kid, key);
-            }
+/// The Ed25519 keys of `jwks` by kid (other key types are ignored).
+fn ed25519_keys(jwks: &JwkSet) -> Result<HashMap<String, Arc<DecodingKey>>> {
+    let mut keys = HashMap::new();
+    for jwk in &jwks.keys {
+        let Some(kid) = jwk.common.key_id.clone() else { continue };
+        if let jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_) = &jwk.algorithm {
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| Error::Keys(format!("JWK {kid}: {e}")))?;
+            keys.insert(kid, Arc::new(key));
         }
+    }
+    Ok(keys)
+}
+
+impl TokenVerifier {
+    /// A verifier for the Ed25519 keys of `jwks`, which must hold at least one.
+    pub fn new(jwks: &JwkSet, issuer: &str, audience: &str) -> Result<Self> {
+        let keys = ed25519_keys(jwks)?;
         if keys.is_empty() {
             return Err(Error::Keys("the JWKS holds no Ed25519 key with a kid".into()));
         }
+        let verifier = Self::without_keys(issuer, audience);
+        verifier.write_keys().fixed = keys;
+        Ok(verifier)
+    }
+
+    /// A verifier that accepts nothing until keys are published to it.
+    pub fn without_keys(issuer: &str, audience: &str) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_nbf = true;
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        Ok(Self { keys: Arc::new(keys), validation: Arc::new(validation) })
+        Self { keys: Arc::new(RwLock::new(KeySet::default())), validation: Arc::new(validation) }
+    }
+
+    /// Replaces the published keys with those of `jwks` (the identity service's current set):
+    /// a key left out, revoked or expired, stops verifying at once. Returns how many it holds.
+    pub fn publish(&self, jwks: &JwkSet) -> Result<usize> {
+        let keys = ed25519_keys(jwks)?;
+        let count = keys.len();
+        self.write_keys().published = keys;
+        Ok(count)
+    }
+
+    fn write_keys(&self) -> std::sync::RwLockWriteGuard<'_, KeySet> {
+        // The set is replaced whole, so a panic elsewhere cannot leave it half-written.
+        self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Reads a JWKS document from `path`.
@@ -212,8 +252,12 @@ impl TokenVerifier {
         if kid.len() > 128 || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
             return Err(unauthenticated("token key id is malformed"));
         }
-        let key = self.keys.get(&kid).ok_or_else(|| unauthenticated("token signed by an unknown key"))?;
-        let data = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation).map_err(|e| {
+        let key = {
+            let keys = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            keys.published.get(&kid).or_else(|| keys.fixed.get(&kid)).cloned()
+        };
+        let key = key.ok_or_else(|| unauthenticated("token signed by an unknown key"))?;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key, &self.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             Error::Unauthenticated(
                 match e.kind() {
@@ -271,6 +315,11 @@ impl TokenSigner {
         Self::from_signing_key(kid.into(), &key)
     }
 
+    /// A key from its raw 32-byte Ed25519 seed, as the identity service stores it.
+    pub fn from_seed(kid: impl Into<String>, seed: &[u8; 32]) -> Result<Self> {
+        Self::from_signing_key(kid.into(), &SigningKey::from_bytes(seed))
+    }
+
     fn from_signing_key(kid: String, key: &SigningKey) -> Result<Self> {
         let der = key.to_pkcs8_der().map_err(|e| Error::Keys(e.to_string()))?;
         Ok(Self { kid, key: EncodingKey::from_ed_der(der.as_bytes()), public: key.verifying_key().to_bytes() })
@@ -296,11 +345,22 @@ impl TokenSigner {
         serde_json::from_value(value).map_err(|e| Error::Keys(format!("cannot build the JWKS: {e}")))
     }
 
+    /// The raw public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+
     /// Signs `claims` as an access token.
     pub fn sign(&self, claims: &AccessClaims) -> Result<String> {
+        self.sign_typed(ACCESS_TOKEN_TYPE, claims)
+    }
+
+    /// Signs other claims under another `typ` (e.g. identity's MFA challenges), which no access
+    /// token verifier accepts.
+    pub fn sign_typed<C: Serialize>(&self, typ: &str, claims: &C) -> Result<String> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
-        header.typ = Some(ACCESS_TOKEN_TYPE.into());
+        header.typ = Some(typ.into());
         jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| Error::Keys(e.to_string()))
     }
 }
