@@ -105,7 +105,10 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
         None => grpc_addr,
     };
     render.api.file_service = args.file_client.settings(file_here, file_addr, data_dir, &args.auth)?;
-    let service_settings = ServiceSettings { file: args.file.settings(data_dir, public_url)?, render };
+    let mut identity = flatrender_identity::Settings::new(&args.auth.token_issuer, &args.auth.token_audience);
+    // This process's services trust identity's keys the moment identity publishes them.
+    identity.verifiers.extend(verifier.clone());
+    let service_settings = ServiceSettings { identity, file: args.file.settings(data_dir, public_url)?, render };
     let app =
         targets.build(&settings, &args.service_databases, &args.upstreams, &service_settings, &shutdown, &metrics)?;
 

@@ -16,6 +16,8 @@ use crate::cli::{ServiceDatabaseArgs, Target};
 /// The settings of the services that have their own.
 #[derive(Clone, Debug)]
 pub struct ServiceSettings {
+    /// The identity service's.
+    pub identity: flatrender_identity::Settings,
     /// The file service's.
     pub file: flatrender_file::Settings,
     /// The render orchestrator's.
@@ -68,7 +70,7 @@ impl Selection {
                 metrics: metrics.clone(),
             };
             let module = match target {
-                Target::Identity => flatrender_identity::module(ctx, &mut routes),
+                Target::Identity => flatrender_identity::module(ctx, services.identity.clone(), &mut routes),
                 Target::Content => flatrender_content::module(ctx, &mut routes),
                 Target::Studio => flatrender_studio::module(ctx, &mut routes),
                 Target::Render => flatrender_render::module(ctx, services.render.clone(), &mut routes),

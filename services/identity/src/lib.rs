@@ -1,78 +1,104 @@
 //! The identity service: accounts, tokens, MFA, tenants, API keys, webhooks, usage, plans.
 //!
-//! Its methods land with issue 6; until then every method answers `UNIMPLEMENTED`, the gRPC
-//! standard, so clients see honestly what is not there yet. The service already runs on its own
-//! pool and role, reports health from its database, keeps its monthly partitions created ahead,
-//! and is listed by reflection.
+//! Implemented: accounts and tokens (`AuthService`), MFA (`MfaService`) and the signing keys
+//! (`SigningKeyService`). The other services of `flatrender.identity.v1` answer `UNIMPLEMENTED`,
+//! the gRPC standard, until they land.
+
+/// Implements `sqlx::FromRow` for a struct whose fields are named like its columns (the
+/// workspace builds sqlx without its derive macros).
+macro_rules! from_row {
+    ($ty:ident { $($field:ident),* $(,)? }) => {
+        impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for $ty {
+            fn from_row(row: &'r sqlx::postgres::PgRow) -> sqlx::Result<Self> {
+                use sqlx::Row as _;
+                Ok(Self { $($field: row.try_get(stringify!($field))?),* })
+            }
+        }
+    };
+}
+
+pub mod api;
+pub mod client;
+pub mod credentials;
+pub mod error;
+pub mod keys;
+pub mod service;
+pub mod sessions;
+pub mod settings;
+pub mod throttle;
+pub mod users;
+pub mod validate;
+
+use std::time::Duration;
 
 use flatrender_kit::db::ServiceRole;
 use flatrender_kit::server::{ServiceContext, ServiceModule};
 use flatrender_proto::flatrender::identity::v1 as pb;
 use tonic::service::RoutesBuilder;
 
+pub use api::IdentityApi;
+pub use service::Identity;
+pub use settings::Settings;
+
 /// The database identity of the identity service.
 pub const ROLE: ServiceRole = ServiceRole::IDENTITY;
 
-/// The identity API; its state (the pool) arrives with its implementation.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IdentityApi;
-
-#[tonic::async_trait]
-impl pb::api_key_service_server::ApiKeyService for IdentityApi {}
-
-#[tonic::async_trait]
-impl pb::auth_service_server::AuthService for IdentityApi {}
-
-#[tonic::async_trait]
-impl pb::billing_service_server::BillingService for IdentityApi {}
-
-#[tonic::async_trait]
-impl pb::gamification_service_server::GamificationService for IdentityApi {}
-
-#[tonic::async_trait]
-impl pb::mfa_service_server::MfaService for IdentityApi {}
-
-#[tonic::async_trait]
-impl pb::push_subscription_service_server::PushSubscriptionService for IdentityApi {}
-
-#[tonic::async_trait]
-impl pb::signing_key_service_server::SigningKeyService for IdentityApi {}
-
-#[tonic::async_trait]
-impl pb::tenant_service_server::TenantService for IdentityApi {}
-
-#[tonic::async_trait]
-impl pb::usage_service_server::UsageService for IdentityApi {}
-
-#[tonic::async_trait]
-impl pb::user_service_server::UserService for IdentityApi {}
-
-#[tonic::async_trait]
-impl pb::webhook_service_server::WebhookService for IdentityApi {}
-
 /// Adds the identity services to `routes` and returns the module the server runs.
-pub fn module(ctx: ServiceContext, routes: &mut RoutesBuilder) -> ServiceModule {
+pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilder) -> ServiceModule {
+    let refresh_every = settings.key_refresh_interval;
+    let identity = Identity::new(ctx.pool.clone(), settings);
+    let api = IdentityApi::new(identity.clone());
     let grpc_services = flatrender_kit::add_services!(
         routes,
-        pb::api_key_service_server::ApiKeyServiceServer::new(IdentityApi),
-        pb::auth_service_server::AuthServiceServer::new(IdentityApi),
-        pb::billing_service_server::BillingServiceServer::new(IdentityApi),
-        pb::gamification_service_server::GamificationServiceServer::new(IdentityApi),
-        pb::mfa_service_server::MfaServiceServer::new(IdentityApi),
-        pb::push_subscription_service_server::PushSubscriptionServiceServer::new(IdentityApi),
-        pb::signing_key_service_server::SigningKeyServiceServer::new(IdentityApi),
-        pb::tenant_service_server::TenantServiceServer::new(IdentityApi),
-        pb::usage_service_server::UsageServiceServer::new(IdentityApi),
-        pb::user_service_server::UserServiceServer::new(IdentityApi),
-        pb::webhook_service_server::WebhookServiceServer::new(IdentityApi),
+        pb::api_key_service_server::ApiKeyServiceServer::new(api.clone()),
+        pb::auth_service_server::AuthServiceServer::new(api.clone()),
+        pb::billing_service_server::BillingServiceServer::new(api.clone()),
+        pb::gamification_service_server::GamificationServiceServer::new(api.clone()),
+        pb::mfa_service_server::MfaServiceServer::new(api.clone()),
+        pb::push_subscription_service_server::PushSubscriptionServiceServer::new(api.clone()),
+        pb::signing_key_service_server::SigningKeyServiceServer::new(api.clone()),
+        pb::tenant_service_server::TenantServiceServer::new(api.clone()),
+        pb::usage_service_server::UsageServiceServer::new(api.clone()),
+        pb::user_service_server::UserServiceServer::new(api.clone()),
+        pb::webhook_service_server::WebhookServiceServer::new(api),
     );
-    let tasks: Vec<(&'static str, flatrender_kit::server::BackgroundTask)> = vec![(
-        "partitions",
-        Box::pin(flatrender_kit::db::maintain_partitions(
-            ctx.pool.clone(),
-            "identity.ensure_api_request_log_partitions",
-            ctx.shutdown.clone(),
-        )),
-    )];
+    let tasks: Vec<(&'static str, flatrender_kit::server::BackgroundTask)> = vec![
+        (
+            "partitions",
+            Box::pin(flatrender_kit::db::maintain_partitions(
+                ctx.pool.clone(),
+                "identity.ensure_api_request_log_partitions",
+                ctx.shutdown.clone(),
+            )),
+        ),
+        ("signing-keys", Box::pin(identity.ring.clone().maintain(refresh_every, ctx.shutdown.clone()))),
+        ("identity-pruning", Box::pin(prune(identity.clone(), ctx.shutdown.clone()))),
+    ];
     ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks, http: None }
+}
+
+/// Forgets what has stopped mattering, hourly: stale throttle rows, login attempts past their
+/// 90 days, and used or expired one-time tokens after a week.
+async fn prune(identity: Identity, signal: flatrender_kit::shutdown::ShutdownSignal) {
+    signal
+        .every(Duration::from_secs(60), Duration::from_secs(3600), || async {
+            if let Err(e) = prune_once(&identity).await {
+                tracing::warn!(error = %e, "identity pruning failed; retrying in an hour");
+            }
+        })
+        .await;
+}
+
+async fn prune_once(identity: &Identity) -> error::Result<()> {
+    let mut conn = identity.pool.acquire().await?;
+    throttle::prune(&mut conn, time::OffsetDateTime::now_utc() - time::Duration::days(1)).await?;
+    for statement in [
+        "DELETE FROM identity.login_attempts WHERE attempted_at < now() - interval '90 days'",
+        "DELETE FROM identity.email_verification_tokens WHERE expires_at < now() - interval '7 days'",
+        "DELETE FROM identity.password_reset_tokens WHERE expires_at < now() - interval '7 days'",
+        "DELETE FROM identity.mfa_factors WHERE confirmed_at IS NULL AND created_at < now() - interval '1 day'",
+    ] {
+        sqlx::query(statement).execute(&mut *conn).await?;
+    }
+    Ok(())
 }

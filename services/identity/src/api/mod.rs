@@ -1,0 +1,63 @@
+//! The gRPC API: one module per service of `flatrender.identity.v1`.
+
+pub mod auth;
+pub mod mfa;
+pub mod signing_keys;
+
+use flatrender_kit::auth::Caller;
+use flatrender_proto::flatrender::identity::v1 as pb;
+use tonic::Status;
+
+use crate::error::IdentityError;
+use crate::service::Identity;
+
+/// The identity API over its state.
+#[derive(Clone, Debug)]
+pub struct IdentityApi {
+    pub(crate) identity: Identity,
+}
+
+impl IdentityApi {
+    /// The API over `identity`.
+    pub fn new(identity: Identity) -> Self {
+        Self { identity }
+    }
+}
+
+/// The verified user behind `request` (service credentials are refused).
+pub(crate) fn user<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+    let caller = flatrender_kit::auth::caller(request)?;
+    if caller.service.is_some() {
+        return Err(Status::permission_denied("this call is made by a user, not a service"));
+    }
+    Ok(caller.clone())
+}
+
+/// Page size of a list request: 0 means 50, more than 500 is refused.
+pub(crate) fn page_size(
+    page: Option<&flatrender_proto::flatrender::common::v1::PageRequest>,
+) -> Result<i64, IdentityError> {
+    match page.map_or(0, |p| p.page_size) {
+        0 => Ok(50),
+        n @ 1..=500 => Ok(i64::from(n)),
+        _ => Err(IdentityError::invalid("page.page_size", "must be at most 500")),
+    }
+}
+
+// The services whose methods land later answer UNIMPLEMENTED, the gRPC standard.
+#[tonic::async_trait]
+impl pb::api_key_service_server::ApiKeyService for IdentityApi {}
+#[tonic::async_trait]
+impl pb::billing_service_server::BillingService for IdentityApi {}
+#[tonic::async_trait]
+impl pb::gamification_service_server::GamificationService for IdentityApi {}
+#[tonic::async_trait]
+impl pb::push_subscription_service_server::PushSubscriptionService for IdentityApi {}
+#[tonic::async_trait]
+impl pb::tenant_service_server::TenantService for IdentityApi {}
+#[tonic::async_trait]
+impl pb::usage_service_server::UsageService for IdentityApi {}
+#[tonic::async_trait]
+impl pb::user_service_server::UserService for IdentityApi {}
+#[tonic::async_trait]
+impl pb::webhook_service_server::WebhookService for IdentityApi {}
