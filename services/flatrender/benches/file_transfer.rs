@@ -214,6 +214,8 @@ impl Server {
             role: Role::User,
             sid: None,
             svc: None,
+            akid: None,
+            scp: None,
             exp: now + 3600,
             nbf: now,
             iat: now,

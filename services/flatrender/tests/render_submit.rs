@@ -40,6 +40,8 @@ async fn a_submit_is_checked_by_the_file_service_of_the_same_process() {
         role: Role::User,
         sid: None,
         svc: None,
+        akid: None,
+        scp: None,
         exp: now + 600,
         nbf: now,
         iat: now,

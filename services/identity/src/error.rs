@@ -38,6 +38,9 @@ pub enum IdentityError {
     /// The caller is known but may not do this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// A limit would be exceeded.
+    #[error("{0}")]
+    Exhausted(String),
     /// Too many attempts; retry after the delay.
     #[error("{what}; retry in {} s", whole_seconds(*retry_after))]
     Throttled {
@@ -98,6 +101,7 @@ impl From<IdentityError> for Status {
             IdentityError::FailedPrecondition(msg) => Status::failed_precondition(msg),
             IdentityError::Unauthenticated(msg) => Status::unauthenticated(msg),
             IdentityError::PermissionDenied(msg) => Status::permission_denied(msg),
+            IdentityError::Exhausted(msg) => Status::resource_exhausted(msg),
             IdentityError::Throttled { .. } => Status::resource_exhausted(err.to_string()),
             IdentityError::Password(_) | IdentityError::Keys(_) | IdentityError::Corrupt(_) => {
                 flatrender_kit::error::internal(&err)

@@ -76,6 +76,8 @@ impl Issuer {
             role: subject.role,
             sid: Some(session),
             svc: None,
+            akid: None,
+            scp: None,
             exp: unix(expires),
             nbf: unix(now),
             iat: unix(now),

@@ -104,6 +104,8 @@ async fn claims_outside_their_window_are_refused() {
         role: Role::User,
         sid: None,
         svc: None,
+        akid: None,
+        scp: None,
         exp: now + 300,
         nbf: now,
         iat: now,

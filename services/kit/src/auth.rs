@@ -99,6 +99,12 @@ pub struct AccessClaims {
     /// (`tid` is the nil UUID, each request names the tenant it acts for) and has role `user`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub svc: Option<ServiceName>,
+    /// Set only in a tenant API key's token: the key's id (also its `sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub akid: Option<Uuid>,
+    /// With `akid`: the key's scopes, space-separated (`render:write files:read`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scp: Option<String>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     /// Not before, seconds since the Unix epoch.
@@ -122,6 +128,10 @@ pub struct Caller {
     pub session_id: Option<Uuid>,
     /// The calling service, for a service credential; `tenant_id` and `user_id` are then nil.
     pub service: Option<ServiceName>,
+    /// The tenant API key, for a call made with one (`user_id` is then the key's id).
+    pub api_key_id: Option<Uuid>,
+    /// The API key's scopes; empty for users and services, whose role decides instead.
+    pub scopes: Vec<String>,
 }
 
 impl Caller {
@@ -142,10 +152,18 @@ impl Caller {
 #[derive(Clone, Debug)]
 pub struct Rejection(pub String);
 
-/// The verified caller of `request`, or `UNAUTHENTICATED`.
+/// A valid API key token used for a method outside the key's scopes.
+#[derive(Clone, Debug)]
+pub struct OutOfScope(pub String);
+
+/// The verified caller of `request`, or `UNAUTHENTICATED` (`PERMISSION_DENIED` for an API key
+/// outside its scopes).
 pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
     if let Some(caller) = request.extensions().get::<Caller>() {
         return Ok(caller);
+    }
+    if let Some(OutOfScope(reason)) = request.extensions().get::<OutOfScope>() {
+        return Err(Status::permission_denied(reason.clone()));
     }
     match request.extensions().get::<Rejection>() {
         Some(Rejection(reason)) => Err(Status::unauthenticated(reason.clone())),
@@ -277,12 +295,22 @@ impl TokenVerifier {
         if claims.svc.is_some() && (!claims.tid.is_nil() || claims.role != Role::User) {
             return Err(unauthenticated("service credential carries a tenant or a role"));
         }
+        // An API key acts for its tenant within its scopes, never as a person or a service.
+        let scopes = match (claims.akid, &claims.scp) {
+            (Some(key), Some(scp)) if key == claims.sub && claims.svc.is_none() && !claims.tid.is_nil() => {
+                scp.split_whitespace().map(str::to_owned).collect()
+            }
+            (None, None) => Vec::new(),
+            _ => return Err(unauthenticated("API key token is malformed")),
+        };
         Ok(Caller {
             tenant_id: claims.tid,
             user_id: claims.sub,
             role: claims.role,
             session_id: claims.sid,
             service: claims.svc,
+            api_key_id: claims.akid,
+            scopes,
         })
     }
 }
@@ -474,6 +502,15 @@ where
         // Only the verified token decides who calls; identity headers a client sends mean nothing.
         if let Some(value) = request.headers().get(http::header::AUTHORIZATION) {
             match verify_header(value.to_str().ok(), self.verifier.as_ref()) {
+                Ok(caller) if caller.api_key_id.is_some() => {
+                    match crate::scopes::check(request.uri().path(), &caller.scopes) {
+                        Ok(()) => request.extensions_mut().insert(caller),
+                        Err(refusal) => {
+                            request.extensions_mut().insert(OutOfScope(refusal));
+                            None
+                        }
+                    };
+                }
                 Ok(caller) => {
                     request.extensions_mut().insert(caller);
                 }
@@ -536,6 +573,8 @@ mod tests {
             role: Role::User,
             sid: None,
             svc: None,
+            akid: None,
+            scp: None,
             exp: now() + 300,
             nbf: now(),
             iat: now(),
@@ -661,11 +700,13 @@ mod tests {
             role: Role::TenantAdmin,
             session_id: None,
             service: None,
+            api_key_id: None,
+            scopes: Vec::new(),
         };
         assert!(caller.require(Role::User).is_ok());
         assert!(caller.require(Role::TenantAdmin).is_ok());
         assert_eq!(caller.require(Role::PlatformAdmin).unwrap_err().code(), tonic::Code::PermissionDenied);
-        let service = Caller { role: Role::User, service: Some(ServiceName::Render), ..caller };
+        let service = Caller { role: Role::User, service: Some(ServiceName::Render), ..caller.clone() };
         assert_eq!(service.require(Role::User).unwrap_err().code(), tonic::Code::PermissionDenied);
     }
 

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod outbox;
 pub mod page;
+pub mod scopes;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

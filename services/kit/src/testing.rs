@@ -169,6 +169,8 @@ pub fn access_token(signer: &TokenSigner, issuer: &str, audience: &str, who: &Pr
         role: who.role,
         sid: None,
         svc: who.service,
+        akid: None,
+        scp: None,
         exp: now + 600,
         nbf: now,
         iat: now,

@@ -226,6 +226,8 @@ impl FileClient {
             role: Role::User,
             sid: None,
             svc: Some(ServiceName::Render),
+            akid: None,
+            scp: None,
             exp: now + TOKEN_SECONDS,
             nbf: now.saturating_sub(5),
             iat: now,

@@ -107,6 +107,15 @@ impl pb::auth_service_server::AuthService for IdentityApi {
 
     async fn get_me(&self, request: Request<pb::GetMeRequest>) -> Reply<pb::GetMeResponse> {
         let caller = user(&request)?;
+        if let Some(key) = caller.api_key_id {
+            // A tenant API key is no person: it names its tenant and itself.
+            return Ok(Response::new(pb::GetMeResponse {
+                user: None,
+                tenant_id: caller.tenant_id.to_string(),
+                session_id: String::new(),
+                api_key_id: key.to_string(),
+            }));
+        }
         let mut conn = self.identity.pool.acquire().await.map_err(IdentityError::from)?;
         let me = users::by_id(&mut conn, caller.tenant_id, caller.user_id).await?;
         Ok(Response::new(pb::GetMeResponse {

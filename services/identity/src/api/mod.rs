@@ -1,5 +1,6 @@
 //! The gRPC API: one module per service of `flatrender.identity.v1`.
 
+pub mod api_keys;
 pub mod auth;
 pub mod mfa;
 pub mod signing_keys;
@@ -45,8 +46,6 @@ pub(crate) fn page_size(
 }
 
 // The services whose methods land later answer UNIMPLEMENTED, the gRPC standard.
-#[tonic::async_trait]
-impl pb::api_key_service_server::ApiKeyService for IdentityApi {}
 #[tonic::async_trait]
 impl pb::billing_service_server::BillingService for IdentityApi {}
 #[tonic::async_trait]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flatrender_identity::Settings;
-use flatrender_kit::auth::TokenVerifier;
+use flatrender_kit::auth::{ServiceName, TokenSigner, TokenVerifier};
 use flatrender_kit::metrics::Metrics;
 use flatrender_kit::server::{self, Application, ServeOptions, ServiceContext};
 use flatrender_kit::shutdown::Shutdown;
@@ -38,6 +38,8 @@ pub struct Service {
     pub addr: SocketAddr,
     /// The verifier the server checks tokens with.
     pub verifier: TokenVerifier,
+    /// Signs service credentials the server trusts (a fixed key beside identity's).
+    service_signer: TokenSigner,
     channel: Channel,
     shutdown: Arc<Shutdown>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -60,7 +62,9 @@ impl Service {
     /// The service with settings changed by `tweak`.
     pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Self {
         let db = TestDatabase::migrated().await;
-        let verifier = TokenVerifier::without_keys(ISSUER, AUDIENCE);
+        let service_signer = TokenSigner::generate("test-services").expect("a key");
+        let verifier =
+            TokenVerifier::new(&service_signer.jwks().expect("a JWKS"), ISSUER, AUDIENCE).expect("a verifier");
         let mut settings = Settings::new(ISSUER, AUDIENCE);
         settings.verifiers.push(verifier.clone());
         tweak(&mut settings);
@@ -94,7 +98,7 @@ impl Service {
             .connect()
             .await
             .expect("the service answers");
-        Self { db, addr, verifier, channel, shutdown, server: Some(server) }
+        Self { db, addr, verifier, service_signer, channel, shutdown, server: Some(server) }
     }
 
     fn authed(&self, token: &str) -> Authed {
@@ -115,6 +119,17 @@ impl Service {
     /// MfaService with `token`.
     pub fn mfa_as(&self, token: &str) -> pb::mfa_service_client::MfaServiceClient<Authed> {
         pb::mfa_service_client::MfaServiceClient::new(self.authed(token))
+    }
+
+    /// A service credential of `service`.
+    pub fn service_token(&self, service: ServiceName) -> String {
+        let who = flatrender_kit::testing::Principal::service(service);
+        flatrender_kit::testing::access_token(&self.service_signer, ISSUER, AUDIENCE, &who)
+    }
+
+    /// ApiKeyService with `token`.
+    pub fn api_keys_as(&self, token: &str) -> pb::api_key_service_client::ApiKeyServiceClient<Authed> {
+        pb::api_key_service_client::ApiKeyServiceClient::new(self.authed(token))
     }
 
     /// SigningKeyService with `token`.

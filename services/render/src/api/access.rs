@@ -69,7 +69,15 @@ mod tests {
     use flatrender_kit::auth::ServiceName;
 
     fn caller(role: Role) -> Caller {
-        Caller { tenant_id: Uuid::new_v4(), user_id: Uuid::new_v4(), role, session_id: None, service: None }
+        Caller {
+            tenant_id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            role,
+            session_id: None,
+            service: None,
+            api_key_id: None,
+            scopes: Vec::new(),
+        }
     }
 
     #[test]
