@@ -9,6 +9,7 @@
 //! the client's connection rather than the call (`host`, hop-by-hop headers) are dropped.
 //! Upstreams are reached over plain HTTP/2 (`http://`) until upstream TLS lands.
 
+pub mod edge;
 mod proxy;
 mod upstreams;
 

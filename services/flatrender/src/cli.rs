@@ -9,6 +9,7 @@ use flatrender_kit::config::{DataArgs, DatabaseArgs, DatabaseUrl, ServerArgs, Te
 
 use crate::file_args::FileArgs;
 use crate::file_client_args::FileClientArgs;
+use crate::gateway_args::GatewayArgs;
 use crate::render_args::RenderArgs;
 
 /// FlatRender: the render platform for template-based video.
@@ -90,6 +91,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 
     #[command(flatten)]
     pub file: FileArgs,

@@ -4,6 +4,7 @@
 mod cli;
 mod file_args;
 mod file_client_args;
+mod gateway_args;
 mod render_args;
 mod targets;
 
@@ -109,8 +110,13 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
     // This process's services trust identity's keys the moment identity publishes them.
     identity.verifiers.extend(verifier.clone());
     let service_settings = ServiceSettings { identity, file: args.file.settings(data_dir, public_url)?, render };
-    let app =
+    let built =
         targets.build(&settings, &args.service_databases, &args.upstreams, &service_settings, &shutdown, &metrics)?;
+    let (edge, request_log) = match targets.has_gateway() {
+        true => edge(&args.gateway, verifier.clone(), built.identity.as_ref(), &shutdown),
+        false => (None, None),
+    };
+    let app = built.app;
 
     let services = app.modules.iter().map(|m| m.grpc_services.len()).sum::<usize>() + app.forwarded.len();
     tracing::info!(
@@ -133,12 +139,57 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
         health_interval: args.server.health_interval,
         tls,
         internal,
+        edge,
     };
     let outcome = server::serve(listener, app, verifier, metrics, &shutdown, options).await;
+    if let Some(writer) = request_log {
+        // It stops with the background work and flushes what the drained calls logged.
+        let _ = writer.await;
+    }
     // The metrics endpoint drained alongside; it gets no time beyond the deadline.
     metrics_task.abort();
     tracing::info!("stopped");
     outcome
+}
+
+/// The gateway's edge: API keys are exchanged and request logs written through the identity
+/// service of this process; without it, `x-api-key` is refused and nothing is logged.
+fn edge(
+    args: &gateway_args::GatewayArgs,
+    verifier: Option<TokenVerifier>,
+    identity: Option<&flatrender_identity::Identity>,
+    shutdown: &Shutdown,
+) -> (Option<std::sync::Arc<dyn server::Edge>>, Option<tokio::task::JoinHandle<()>>) {
+    use flatrender_gateway::edge::{ApiKeys, ExchangedKey, GatewayEdge, RequestLog};
+    let keys = identity.map(|identity| {
+        let identity = identity.clone();
+        ApiKeys::new(std::sync::Arc::new(move |presented: String, ip: Option<std::net::IpAddr>| {
+            let identity = identity.clone();
+            Box::pin(async move {
+                let client = flatrender_identity::client::ClientInfo { ip, user_agent: None };
+                let key = identity.authenticate_api_key(&presented, &client).await?;
+                Ok(ExchangedKey {
+                    access_token: key.access_token,
+                    valid_for: key.valid_for,
+                    key_id: key.key_id,
+                    tenant_id: key.tenant_id,
+                    rate_limit_per_minute: key.rate_limit_per_minute,
+                })
+            })
+        }))
+    });
+    let (log, writer) = match identity {
+        Some(identity) => {
+            let (log, writer) = RequestLog::new(identity.pool.clone(), shutdown.stop_signal());
+            (Some(log), Some(tokio::spawn(writer)))
+        }
+        None => {
+            tracing::warn!("the gateway runs without identity: API keys are refused and request logs are not written");
+            (None, None)
+        }
+    };
+    let edge = GatewayEdge::new(&args.settings(), verifier, keys, log);
+    (Some(std::sync::Arc::new(edge)), writer)
 }
 
 /// The configured JWKS, or the development key pair under the data directory.

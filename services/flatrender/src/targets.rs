@@ -24,6 +24,14 @@ pub struct ServiceSettings {
     pub render: flatrender_render::Settings,
 }
 
+/// What [`Selection::build`] made.
+pub struct Built {
+    /// Everything the server runs.
+    pub app: Application,
+    /// The identity service's state, when it runs in this process.
+    pub identity: Option<flatrender_identity::Identity>,
+}
+
 /// The services of every target but `gateway`, in start order.
 const SERVICES: [Target; 6] =
     [Target::Identity, Target::Content, Target::Studio, Target::Render, Target::File, Target::Notification];
@@ -58,9 +66,10 @@ impl Selection {
         services: &ServiceSettings,
         shutdown: &Shutdown,
         metrics: &Metrics,
-    ) -> Result<Application> {
+    ) -> Result<Built> {
         let mut routes = RoutesBuilder::default();
         let mut modules = Vec::new();
+        let mut identity = None;
         for target in self.services() {
             let Some(role) = role_of(target) else { continue };
             let own_url = own_urls.url_of(role);
@@ -70,7 +79,12 @@ impl Selection {
                 metrics: metrics.clone(),
             };
             let module = match target {
-                Target::Identity => flatrender_identity::module(ctx, services.identity.clone(), &mut routes),
+                Target::Identity => {
+                    let (module, state) =
+                        flatrender_identity::module_with_state(ctx, services.identity.clone(), &mut routes);
+                    identity = Some(state);
+                    module
+                }
                 Target::Content => flatrender_content::module(ctx, &mut routes),
                 Target::Studio => flatrender_studio::module(ctx, &mut routes),
                 Target::Render => flatrender_render::module(ctx, services.render.clone(), &mut routes),
@@ -91,7 +105,12 @@ impl Selection {
             routes = RoutesBuilder::from(with_proxies);
             forwarded = names;
         }
-        Ok(Application { routes, modules, forwarded })
+        Ok(Built { app: Application { routes, modules, forwarded }, identity })
+    }
+
+    /// Whether the gateway runs in this process.
+    pub fn has_gateway(&self) -> bool {
+        self.targets.contains(&Target::Gateway)
     }
 
     /// The database roles of the selected services.

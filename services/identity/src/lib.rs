@@ -21,6 +21,7 @@ pub mod api;
 pub mod client;
 pub mod credentials;
 pub mod error;
+pub mod jwks;
 pub mod keys;
 pub mod service;
 pub mod sessions;
@@ -45,6 +46,16 @@ pub const ROLE: ServiceRole = ServiceRole::IDENTITY;
 
 /// Adds the identity services to `routes` and returns the module the server runs.
 pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilder) -> ServiceModule {
+    module_with_state(ctx, settings, routes).0
+}
+
+/// [`module`], and the service's state for others in the process (the gateway exchanges API
+/// keys and writes request logs through it).
+pub fn module_with_state(
+    ctx: ServiceContext,
+    settings: Settings,
+    routes: &mut RoutesBuilder,
+) -> (ServiceModule, Identity) {
     let refresh_every = settings.key_refresh_interval;
     let identity = Identity::new(ctx.pool.clone(), settings);
     let api = IdentityApi::new(identity.clone());
@@ -74,7 +85,8 @@ pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilde
         ("signing-keys", Box::pin(identity.ring.clone().maintain(refresh_every, ctx.shutdown.clone()))),
         ("identity-pruning", Box::pin(prune(identity.clone(), ctx.shutdown.clone()))),
     ];
-    ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks, http: None }
+    let http = Some(jwks::routes(identity.clone()));
+    (ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks, http }, identity)
 }
 
 /// Forgets what has stopped mattering, hourly: stale throttle rows, login attempts past their

@@ -154,7 +154,12 @@ pub struct Rejection(pub String);
 
 /// A valid API key token used for a method outside the key's scopes.
 #[derive(Clone, Debug)]
-pub struct OutOfScope(pub String);
+pub struct OutOfScope {
+    /// Why the key may not call the method.
+    pub reason: String,
+    /// The key's caller, for logs and limits (never for access).
+    pub caller: Caller,
+}
 
 /// The verified caller of `request`, or `UNAUTHENTICATED` (`PERMISSION_DENIED` for an API key
 /// outside its scopes).
@@ -162,7 +167,7 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
     if let Some(caller) = request.extensions().get::<Caller>() {
         return Ok(caller);
     }
-    if let Some(OutOfScope(reason)) = request.extensions().get::<OutOfScope>() {
+    if let Some(OutOfScope { reason, .. }) = request.extensions().get::<OutOfScope>() {
         return Err(Status::permission_denied(reason.clone()));
     }
     match request.extensions().get::<Rejection>() {
@@ -499,27 +504,40 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        // Only the verified token decides who calls; identity headers a client sends mean nothing.
-        if let Some(value) = request.headers().get(http::header::AUTHORIZATION) {
-            match verify_header(value.to_str().ok(), self.verifier.as_ref()) {
-                Ok(caller) if caller.api_key_id.is_some() => {
-                    match crate::scopes::check(request.uri().path(), &caller.scopes) {
-                        Ok(()) => request.extensions_mut().insert(caller),
-                        Err(refusal) => {
-                            request.extensions_mut().insert(OutOfScope(refusal));
-                            None
-                        }
-                    };
-                }
-                Ok(caller) => {
-                    request.extensions_mut().insert(caller);
-                }
-                Err(rejection) => {
-                    request.extensions_mut().insert(rejection);
-                }
-            }
-        }
+        identify(&mut request, self.verifier.as_ref());
         self.inner.call(request)
+    }
+}
+
+/// Verifies the bearer token of `request`, once: leaves a [`Caller`], a [`Rejection`] or an
+/// [`OutOfScope`] in its extensions, or nothing when it carries no `authorization`. A request
+/// identified before (by the gateway's edge, which needs the caller for its limits) is left as
+/// it is; extensions cannot come from a client, so this trusts nothing the client sent.
+pub fn identify<B>(request: &mut http::Request<B>, verifier: Option<&TokenVerifier>) {
+    let extensions = request.extensions();
+    if extensions.get::<Caller>().is_some()
+        || extensions.get::<Rejection>().is_some()
+        || extensions.get::<OutOfScope>().is_some()
+    {
+        return;
+    }
+    // Only the verified token decides who calls; identity headers a client sends mean nothing.
+    let Some(value) = request.headers().get(http::header::AUTHORIZATION) else { return };
+    match verify_header(value.to_str().ok(), verifier) {
+        Ok(caller) if caller.api_key_id.is_some() => match crate::scopes::check(request.uri().path(), &caller.scopes) {
+            Ok(()) => {
+                request.extensions_mut().insert(caller);
+            }
+            Err(reason) => {
+                request.extensions_mut().insert(OutOfScope { reason, caller });
+            }
+        },
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+        }
+        Err(rejection) => {
+            request.extensions_mut().insert(rejection);
+        }
     }
 }
 

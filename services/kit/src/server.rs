@@ -22,8 +22,10 @@ use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, ShutdownSignal, Tasks};
 use crate::{Error, Result, telemetry};
 
+mod edge;
 mod plain_http;
 
+pub use edge::{Edge, EdgeFuture, Next};
 pub use plain_http::HttpRoutes;
 use plain_http::PlainHttpLayer;
 
@@ -79,6 +81,8 @@ pub struct ServeOptions {
     /// A second, plain listener (on loopback) serving the same routes, for the process's calls
     /// to its own services when the public port speaks TLS only (e.g. render to file).
     pub internal: Option<TcpListener>,
+    /// Work in front of every call of the public listener (the gateway's), if any.
+    pub edge: Option<std::sync::Arc<dyn Edge>>,
 }
 
 /// A TLS identity: a PEM certificate chain and its private key.
@@ -201,33 +205,36 @@ pub async fn serve(
 
     // The same routes and layers on each listener: the public one (TLS when configured) and,
     // with TLS, a plain one on loopback for this process's own calls to itself.
-    let serve_on = |listener: TcpListener, tls: Option<&ServerTls>| -> Result<_> {
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = tls {
-            let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
-            builder = builder
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .map_err(|e| Error::Config(format!("the TLS certificate or key is unusable: {e}")))?;
-        }
-        Ok(builder
-            .accept_http1(true)
-            // HTTP/2's default 64 KiB windows make a streaming upload wait for a window update
-            // every 64 KiB; larger ones let a client keep the link busy (measured in BENCHMARKS.md).
-            .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
-            .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
-            .max_frame_size(Some(MAX_FRAME_BYTES))
-            .trace_fn(telemetry::server_span)
-            .layer(PlainHttpLayer::new(plain_prefixes.clone()))
-            .layer(metrics.layer())
-            .layer(AuthLayer::new(verifier.clone()))
-            .add_routes(Routes::from(router.clone()))
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                shutdown.signal().wait(),
-            ))
-    };
-    let public = serve_on(listener, options.tls.as_ref())?;
-    let internal = options.internal.take().map(|listener| serve_on(listener, None)).transpose()?;
+    let serve_on =
+        |listener: TcpListener, tls: Option<&ServerTls>, edge: Option<std::sync::Arc<dyn Edge>>| -> Result<_> {
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+                builder = builder
+                    .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                    .map_err(|e| Error::Config(format!("the TLS certificate or key is unusable: {e}")))?;
+            }
+            Ok(builder
+                .accept_http1(true)
+                // HTTP/2's default 64 KiB windows make a streaming upload wait for a window update
+                // every 64 KiB; larger ones let a client keep the link busy (measured in BENCHMARKS.md).
+                .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+                .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+                .max_frame_size(Some(MAX_FRAME_BYTES))
+                .trace_fn(telemetry::server_span)
+                .layer(edge::EdgeLayer::new(edge))
+                .layer(PlainHttpLayer::new(plain_prefixes.clone()))
+                .layer(metrics.layer())
+                .layer(AuthLayer::new(verifier.clone()))
+                .add_routes(Routes::from(router.clone()))
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown.signal().wait(),
+                ))
+        };
+    let public = serve_on(listener, options.tls.as_ref(), options.edge.clone())?;
+    // The process's calls to itself skip the edge: they are no client's.
+    let internal = options.internal.take().map(|listener| serve_on(listener, None, None)).transpose()?;
     let server = async move {
         match internal {
             Some(internal) => {

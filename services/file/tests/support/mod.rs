@@ -126,6 +126,7 @@ impl Service {
             health_interval: Duration::from_secs(1),
             tls: None,
             internal: None,
+            edge: None,
         };
         let serving = Arc::clone(&shutdown);
         let server = tokio::spawn(async move {

@@ -128,6 +128,14 @@ pub struct AuthenticatedKey {
     pub access_token: String,
     /// When that token expires.
     pub expires_at: OffsetDateTime,
+    /// How long it stays valid from now.
+    pub valid_for: Duration,
+    /// The key.
+    pub key_id: Uuid,
+    /// Its tenant.
+    pub tenant_id: Uuid,
+    /// Its own per-minute limit, if it has one.
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 impl Identity {
@@ -182,7 +190,15 @@ impl Identity {
             jti: Uuid::new_v4(),
         };
         let access_token = self.ring.signer().await?.sign(&claims).map_err(|e| IdentityError::Keys(e.to_string()))?;
-        Ok(AuthenticatedKey { api_key: row.to_proto(), access_token, expires_at })
+        Ok(AuthenticatedKey {
+            api_key: row.to_proto(),
+            access_token,
+            expires_at,
+            valid_for: (expires_at - now).try_into().unwrap_or_default(),
+            key_id: row.id,
+            tenant_id: row.tenant_id,
+            rate_limit_per_minute: row.rate_limit_per_minute.and_then(|n| u32::try_from(n).ok()),
+        })
     }
 }
 

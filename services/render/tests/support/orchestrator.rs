@@ -185,6 +185,7 @@ impl Orchestrator {
             health_interval: Duration::from_secs(1),
             tls: server_tls,
             internal,
+            edge: None,
         };
         let serving = Arc::clone(&shutdown);
         let serving_metrics = metrics.clone();

@@ -1,0 +1,128 @@
+//! `x-api-key`: a tenant API key, exchanged at identity for a short-lived scoped token.
+//!
+//! Exchanges are cached by the key's SHA-256 (never the key) for at most ten seconds, so a
+//! revoked key stops working within that time and a busy key costs one exchange per period.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
+
+/// How long an exchange is reused.
+const CACHE_FOR: Duration = Duration::from_secs(10);
+/// Keys cached at most; past it the cache is emptied (a burst of distinct keys is rare).
+const CACHE_CAPACITY: usize = 100_000;
+
+/// What identity answers for a valid key.
+#[derive(Clone, Debug)]
+pub struct ExchangedKey {
+    /// The token to call the services with.
+    pub access_token: String,
+    /// How long that token stays valid from now.
+    pub valid_for: Duration,
+    /// The key.
+    pub key_id: Uuid,
+    /// Its tenant.
+    pub tenant_id: Uuid,
+    /// Its own per-minute limit, if it has one.
+    pub rate_limit_per_minute: Option<u32>,
+}
+
+/// The future of one exchange.
+pub type ExchangeFuture = Pin<Box<dyn Future<Output = Result<ExchangedKey, tonic::Status>> + Send>>;
+
+/// Exchanges a presented key (and the client's address) at identity.
+pub type Exchange = Arc<dyn Fn(String, Option<IpAddr>) -> ExchangeFuture + Send + Sync>;
+
+/// Exchanges by the presented key's SHA-256, each with the instant it stops being reused.
+type Cache = HashMap<[u8; 32], (Instant, ExchangedKey)>;
+
+/// The exchange with its cache.
+#[derive(Clone)]
+pub struct ApiKeys {
+    exchange: Exchange,
+    cache: Arc<Mutex<Cache>>,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeys").finish_non_exhaustive()
+    }
+}
+
+impl ApiKeys {
+    /// Keys checked by `exchange`.
+    pub fn new(exchange: Exchange) -> Self {
+        Self { exchange, cache: Arc::default() }
+    }
+
+    /// The token for `presented`, from the cache or a fresh exchange.
+    pub async fn token_for(&self, presented: &str, client: Option<IpAddr>) -> Result<ExchangedKey, tonic::Status> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let now = Instant::now();
+        if let Some((until, key)) = self.lock().get(&digest)
+            && *until > now
+        {
+            return Ok(key.clone());
+        }
+        let key = (self.exchange)(presented.to_owned(), client).await?;
+        // Reused for the shorter of the cache period and the token's life less a margin.
+        let until = now + CACHE_FOR.min(key.valid_for.saturating_sub(Duration::from_secs(30)));
+        let mut cache = self.lock();
+        if cache.len() >= CACHE_CAPACITY {
+            cache.retain(|_, (until, _)| *until > now);
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, (until, key.clone()));
+        Ok(key)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn exchanges_are_cached_and_failures_are_not() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let keys = ApiKeys::new(Arc::new(move |presented: String, _| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if presented == "good" {
+                    Ok(ExchangedKey {
+                        access_token: "t".into(),
+                        valid_for: Duration::from_secs(300),
+                        key_id: Uuid::nil(),
+                        tenant_id: Uuid::nil(),
+                        rate_limit_per_minute: None,
+                    })
+                } else {
+                    Err(tonic::Status::unauthenticated("the API key is not valid"))
+                }
+            })
+        }));
+        for _ in 0..3 {
+            assert_eq!(keys.token_for("good", None).await.unwrap().access_token, "t");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        for _ in 0..2 {
+            assert!(keys.token_for("bad", None).await.is_err());
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+}
