@@ -88,6 +88,15 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
 
     let shutdown = Shutdown::new();
     let _signals = shutdown.trigger_on_signals();
+    // A process without identity follows the published keys of the identity it is told of.
+    let identity_here = targets.services().any(|t| t == Target::Identity);
+    let _keys_follower = match (&verifier, identity_here) {
+        (Some(verifier), false) => args.upstreams.iter().rev().find(|u| u.service == "identity").map(|identity| {
+            let channel = tonic::transport::Endpoint::from(identity.uri.clone()).connect_lazy();
+            tokio::spawn(flatrender_kit::jwks::follow(verifier.clone(), channel, shutdown.stop_signal()))
+        }),
+        _ => None,
+    };
     let metrics = Metrics::new();
     let (metrics_addr, metrics_task) =
         flatrender_kit::metrics::serve(metrics.clone(), args.server.metrics_addr, shutdown.signal()).await?;

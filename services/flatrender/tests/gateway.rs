@@ -64,3 +64,57 @@ fn assert_upstream_handled(render: &Flatrender, method: &str) {
     let line = format!(r#"flatrender_grpc_server_handled_total{{method="{method}",code="Unauthenticated"}} 1"#);
     assert!(metrics.lines().any(|l| l == line), "the render process did not count `{line}`:\n{metrics}");
 }
+
+#[tokio::test]
+async fn a_service_in_its_own_process_follows_identitys_keys() {
+    use flatrender_proto::flatrender::identity::v1 as pb;
+    let db = TestDatabase::migrated().await;
+    let identity = Flatrender::start(db.url().expose(), &["--target", "identity"]);
+    await_health(identity.channel().await, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+    let upstream = format!("identity={}", identity.endpoint());
+    let render = Flatrender::start(db.url().expose(), &["--target", "render", "--upstream", &upstream]);
+    await_health(render.channel().await, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+
+    let mut auth = AuthServiceClient::new(identity.channel().await);
+    let user = auth
+        .register(pb::RegisterRequest {
+            email: "follow@example.com".into(),
+            password: "correct horse battery staple".into(),
+            display_name: "Follow".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    sqlx::query("UPDATE identity.users SET email_verified_at = now() WHERE id = $1::uuid")
+        .bind(&user.id)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let login = auth
+        .login(pb::LoginRequest {
+            email: "follow@example.com".into(),
+            password: "correct horse battery staple".into(),
+            tenant_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::login_response::Result::Tokens(tokens)) = login.result else { panic!("no tokens") };
+
+    // The render process knows identity's key only by following its JWKS.
+    let mut renders = RenderServiceClient::new(render.channel().await);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        let mut request = tonic::Request::new(GetRenderRequest { render_id: uuid::Uuid::new_v4().to_string() });
+        request.metadata_mut().insert("authorization", format!("Bearer {}", tokens.access_token).parse().unwrap());
+        let status = renders.get_render(request).await.unwrap_err();
+        if status.code() != tonic::Code::Unauthenticated || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+}

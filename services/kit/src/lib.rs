@@ -15,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod health;
+pub mod jwks;
 pub mod metrics;
 pub mod migrate;
 pub mod outbox;
