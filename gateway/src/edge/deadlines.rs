@@ -38,10 +38,11 @@ impl Deadlines {
         Self { default, max, streaming }
     }
 
-    /// Sets or caps `grpc-timeout` for a unary call to `path`.
-    pub fn apply(&self, path: &str, headers: &mut HeaderMap) {
+    /// Sets or caps `grpc-timeout` for a unary call to `path` (for the services behind another
+    /// hop) and returns the deadline the edge itself enforces; `None` for streams.
+    pub fn apply(&self, path: &str, headers: &mut HeaderMap) -> Option<Duration> {
         if self.streaming.contains(path) {
-            return;
+            return None;
         }
         let asked = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_timeout);
         let deadline = asked.map_or(self.default, |asked| asked.min(self.max));
@@ -52,6 +53,7 @@ impl Deadlines {
                 headers.insert("grpc-timeout", value);
             }
         }
+        Some(deadline)
     }
 }
 
@@ -82,7 +84,7 @@ mod tests {
         let rules = Deadlines::new(Duration::from_secs(30), Duration::from_secs(300));
         let unary = "/flatrender.identity.v1.AuthService/Login";
         let mut none = HeaderMap::new();
-        rules.apply(unary, &mut none);
+        assert_eq!(rules.apply(unary, &mut none), Some(Duration::from_secs(30)));
         assert_eq!(none["grpc-timeout"], "30000m");
         let mut long = HeaderMap::new();
         long.insert("grpc-timeout", HeaderValue::from_static("2H"));
@@ -93,7 +95,7 @@ mod tests {
         rules.apply(unary, &mut short);
         assert_eq!(short["grpc-timeout"], "250m");
         let mut watch = HeaderMap::new();
-        rules.apply("/flatrender.render.v1.RenderService/WatchRender", &mut watch);
+        assert_eq!(rules.apply("/flatrender.render.v1.RenderService/WatchRender", &mut watch), None);
         assert!(watch.is_empty());
         assert_eq!(parse_timeout("9x"), None);
         assert_eq!(parse_timeout("S"), None);

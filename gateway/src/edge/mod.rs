@@ -121,15 +121,27 @@ impl Inner {
         if let Some(preflight) = self.cors.preflight(&request) {
             return preflight;
         }
+        let started = Instant::now();
         let origin = request.headers().get(header::ORIGIN).cloned();
         let content_type = request.headers().get(header::CONTENT_TYPE).cloned();
-        let grpc =
-            content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/grpc"));
-        let mut response = if grpc {
-            self.grpc_call(&mut request, next, content_type.as_ref()).await
-        } else {
+        let peer = request
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+            .map(|addr| addr.ip());
+        // Whatever the request claims to be: tonic serves a gRPC path whatever its content type.
+        client::replace_client_claims(request.headers_mut(), peer);
+        let grpc = is_grpc_path(request.uri().path());
+        let limited = peer
+            .and_then(|address| self.addresses.check(&client::address_key(address), self.address_quota, started).err());
+        let mut response = match (limited, grpc) {
+            (Some(retry), true) => {
+                refusal(rate_limit::resource_exhausted("client address", retry.0), content_type.as_ref())
+            }
+            (Some(retry), false) => too_many_requests(retry.0),
+            (None, true) => self.grpc_call(&mut request, next, content_type.as_ref(), peer, started).await,
             // Plain HTTP routes (download links, the JWKS) pass as they are.
-            next.oneshot(request).await.unwrap_or_else(|never| match never {})
+            (None, false) => next.oneshot(request).await.unwrap_or_else(|never| match never {}),
         };
         self.cors.decorate(origin.as_ref(), response.headers_mut());
         response
@@ -140,22 +152,11 @@ impl Inner {
         request: &mut Request<Body>,
         next: Next,
         content_type: Option<&HeaderValue>,
+        peer: Option<IpAddr>,
+        started: Instant,
     ) -> Response<Body> {
-        let started = Instant::now();
         let requested_at = OffsetDateTime::now_utc();
-        let peer = request
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
-            .map(|addr| addr.ip());
-        client::replace_client_claims(request.headers_mut(), peer);
         let path = request.uri().path().to_owned();
-
-        if let Some(address) = peer
-            && let Err(retry) = self.addresses.check(&client::address_key(address), self.address_quota, started)
-        {
-            return refusal(rate_limit::resource_exhausted("client address", retry.0), content_type);
-        }
         let mut key_limit = None;
         if let Some(presented) = request.headers_mut().remove("x-api-key") {
             // A key replaces any bearer token; it never adds to one.
@@ -194,7 +195,7 @@ impl Inner {
         {
             return refusal(rate_limit::resource_exhausted("tenant", retry.0), content_type);
         }
-        self.deadlines.apply(&path, request.headers_mut());
+        let deadline = self.deadlines.apply(&path, request.headers_mut());
 
         let request_bytes = Arc::new(AtomicU64::new(0));
         let entry = match (&self.log, &caller, tenant) {
@@ -219,7 +220,15 @@ impl Inner {
             Some(_) => request.map(|body| Body::new(request_log::CountedBody::new(body, Arc::clone(&request_bytes)))),
             None => request,
         };
-        let response = next.oneshot(request).await.unwrap_or_else(|never| match never {});
+        // tonic reads `grpc-timeout` before the edge runs, so the edge enforces its own.
+        let call = next.oneshot(request);
+        let response = match deadline {
+            Some(deadline) => match tokio::time::timeout(deadline, call).await {
+                Ok(answer) => answer.unwrap_or_else(|never| match never {}),
+                Err(_) => refusal(tonic::Status::deadline_exceeded("the call ran past its deadline"), content_type),
+            },
+            None => call.await.unwrap_or_else(|never| match never {}),
+        };
         match (entry, &self.log) {
             (Some(mut entry), Some(log)) => {
                 // A trailers-only answer carries its status in the headers.
@@ -231,6 +240,27 @@ impl Inner {
             _ => response,
         }
     }
+}
+
+/// Whether `path` names a gRPC method (`/package.Service/Method`), which tonic serves whatever
+/// content type the request declares; every other path is a plain HTTP route.
+fn is_grpc_path(path: &str) -> bool {
+    let Some((service, method)) = path.strip_prefix('/').and_then(|p| p.split_once('/')) else { return false };
+    service.starts_with(|c: char| c.is_ascii_alphabetic())
+        && service.contains('.')
+        && !method.is_empty()
+        && !method.contains('/')
+}
+
+/// A plain HTTP client past its rate.
+fn too_many_requests(retry_after: Duration) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+    let seconds = retry_after.as_millis().div_ceil(1000).max(1);
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 /// An error answered by the gateway itself, in the protocol the client spoke: a trailers-only
@@ -259,7 +289,17 @@ fn trace_id(headers: &http::HeaderMap) -> Option<String> {
         .then(|| id.to_owned())
 }
 
-/// The address of a client as the gateway keys it, for tests.
-pub fn client_key(ip: IpAddr) -> String {
-    client::address_key(ip)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_paths_are_told_from_plain_routes() {
+        assert!(is_grpc_path("/flatrender.identity.v1.AuthService/Login"));
+        assert!(is_grpc_path("/grpc.health.v1.Health/Check"));
+        assert!(!is_grpc_path("/.well-known/jwks.json"));
+        assert!(!is_grpc_path("/files/v1/abc/def"));
+        assert!(!is_grpc_path("/"));
+        assert!(!is_grpc_path("/flatrender.identity.v1.AuthService/"));
+    }
 }

@@ -158,6 +158,13 @@ async fn the_edge_replaces_client_claims_exchanges_keys_and_logs_calls() {
     assert!(allowed.starts_with("http/1.1 204"), "{allowed}");
     assert!(allowed.contains("access-control-allow-origin: http://app.example"), "{allowed}");
     assert!(preflight("http://evil.example").starts_with("http/1.1 403"));
+
+    // Neither the key's secret nor a password ever reached the log (at the default level).
+    let secret = key.split_once('.').unwrap().1;
+    let log = server.stderr();
+    assert!(log.contains("created an API key"), "the log is captured:\n{log}");
+    assert!(!log.contains(secret), "the API key secret is in the log");
+    assert!(!log.contains(PASSWORD), "a password is in the log");
 }
 
 #[tokio::test]

@@ -77,9 +77,11 @@ pub struct KeyRecord {
     pub revoked_at: Option<OffsetDateTime>,
     /// When created.
     pub created_at: OffsetDateTime,
+    /// Whether this process can sign with it (its private key is present and readable).
+    pub usable: bool,
 }
 
-from_row!(KeyRecord { id, kid, public_key, not_before, retire_after, expires_at, revoked_at, created_at });
+from_row!(KeyRecord { id, kid, public_key, not_before, retire_after, expires_at, revoked_at, created_at, usable });
 
 impl KeyRecord {
     /// The key's state at `now`.
@@ -129,7 +131,8 @@ impl std::fmt::Debug for KeyRing {
     }
 }
 
-const KEY_COLUMNS: &str = "id, kid, public_key, not_before, retire_after, expires_at, revoked_at, created_at";
+const KEY_COLUMNS: &str = "id, kid, public_key, not_before, retire_after, expires_at, revoked_at, created_at,
+    (private_key IS NOT NULL AND private_key_format = 'raw') AS usable";
 
 impl KeyRing {
     /// A ring that publishes to `verifiers` whenever it refreshes.
@@ -174,9 +177,11 @@ impl KeyRing {
         let mut tx = self.pool.begin().await?;
         // One replica at a time decides whether a key must be created.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('identity.signing_keys'))").execute(&mut *tx).await?;
-        let now: OffsetDateTime = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
+        // The clock after the lock: another replica may have created a key while this one waited.
+        let now: OffsetDateTime = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&mut *tx).await?;
         let mut keys = load_published(&mut tx).await?;
-        let signing = keys.iter().filter(|k| k.state(now) == KeyState::Signing).max_by_key(|k| k.not_before);
+        let signing =
+            keys.iter().filter(|k| k.usable && k.state(now) == KeyState::Signing).max_by_key(|k| k.not_before);
         let newest_end = keys.iter().map(|k| k.retire_after).max();
         let lead = self.policy.signing_period / 4;
         if signing.is_none() {
@@ -236,7 +241,7 @@ impl KeyRing {
     pub async fn rotate(&self, immediately: bool) -> Result<KeyRecord> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('identity.signing_keys'))").execute(&mut *tx).await?;
-        let now: OffsetDateTime = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await?;
+        let now: OffsetDateTime = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(&mut *tx).await?;
         let starts = if immediately { now } else { now + self.policy.jwks_max_age };
         let record = self.create(&mut tx, starts).await?;
         tx.commit().await?;
@@ -244,21 +249,39 @@ impl KeyRing {
         Ok(record)
     }
 
-    /// Revokes `kid` at once; a new key signs immediately if it was the signing key. Returns
-    /// `None` for an unknown kid.
-    pub async fn revoke(&self, kid: &str) -> Result<Option<KeyRecord>> {
-        let record = sqlx::query_as::<_, KeyRecord>(sqlx::AssertSqlSafe(format!(
+    /// Revokes `kid` in `tx` (the caller adds its audit event and commits, then calls
+    /// [`KeyRing::forget`]). Returns `None` for an unknown kid.
+    pub async fn revoke(&self, tx: &mut sqlx::PgConnection, kid: &str) -> Result<Option<KeyRecord>> {
+        Ok(sqlx::query_as::<_, KeyRecord>(sqlx::AssertSqlSafe(format!(
             "UPDATE identity.signing_keys SET revoked_at = coalesce(revoked_at, now()), private_key = NULL
              WHERE kid = $1 RETURNING {KEY_COLUMNS}"
         )))
         .bind(kid)
-        .fetch_optional(&self.pool)
-        .await?;
-        if record.is_some() {
-            tracing::warn!(kid, "revoked a signing key");
-            self.refresh().await?;
+        .fetch_optional(&mut *tx)
+        .await?)
+    }
+
+    /// Stops trusting and signing with a revoked `kid` in this process at once, then reloads
+    /// (which makes a new key sign if it was the signing key). Other replicas and followers drop
+    /// it at their next refresh.
+    pub async fn forget(&self, kid: &str) {
+        {
+            let mut current = self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if current.as_ref().is_some_and(|c| c.signer.kid() == kid) {
+                // No signer rather than a revoked one: the next signing call reloads.
+                *current = None;
+            } else if let Some(current) = current.as_mut() {
+                current.published.retain(|k| k.kid != kid);
+                current.decoding.remove(kid);
+            }
         }
-        Ok(record)
+        for verifier in self.verifiers.iter() {
+            verifier.forget(kid);
+        }
+        tracing::warn!(kid, "revoked a signing key");
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, "cannot reload the signing keys after a revocation; the next call retries");
+        }
     }
 
     /// Keys for ListSigningKeys: newest first, optionally with expired and revoked ones.

@@ -1,10 +1,12 @@
-//! Failed-login throttling per account and per client address (`identity.login_throttles`).
+//! Login throttling per account, per client address and per MFA user
+//! (`identity.login_throttles`).
 //!
-//! Failures are counted in a sliding-start window; past the allowance each further failure
-//! locks the subject for twice as long as the last, up to a cap. A lock refuses attempts
-//! before any password is checked, so a locked account costs no Argon2 work. A success clears
-//! the account's count, never the address's: one valid account must not reset an address that
-//! is guessing at others.
+//! Every attempt reserves a place in its subjects' allowance before any password or code is
+//! checked, in one atomic upsert, so parallel guesses cannot all slip past a check made before
+//! the slow hashing. A success gives the place back (an account's count is cleared, an
+//! address's lowered by one: one valid account must not reset an address that is guessing at
+//! others); a failure keeps it. Past the allowance a subject is locked, each time twice as long
+//! as the last, up to a cap, and locked attempts cost no Argon2 work.
 
 use std::time::Duration;
 
@@ -55,6 +57,12 @@ impl Subject {
         Self::Account(format!("{tenant}/{email}"))
     }
 
+    /// The MFA codes of `user`: one allowance across every login challenge and MFA call, so
+    /// knowing the password does not buy unlimited guesses at the second factor.
+    pub fn mfa(user: uuid::Uuid) -> Self {
+        Self::Account(format!("mfa/{user}"))
+    }
+
     fn scope(&self) -> (&'static str, &str) {
         match self {
             Self::Account(s) => ("account", s),
@@ -71,74 +79,75 @@ impl ThrottlePolicy {
         }
     }
 
-    /// How long the `failures`-th failure locks for (none within the allowance).
-    fn lock_for(&self, subject: &Subject, failures: u32) -> Option<Duration> {
-        let over = failures.checked_sub(self.allowance(subject))?;
+    /// How long the `attempts`-th attempt of a window locks for (none within the allowance).
+    fn lock_for(&self, subject: &Subject, attempts: u32) -> Option<Duration> {
+        let over = attempts.checked_sub(self.allowance(subject) + 1)?;
         let doubled = self.first_lock.saturating_mul(1u32 << over.min(20));
         Some(doubled.min(self.max_lock))
     }
 
-    /// The longest remaining lock among `subjects`, if any is locked.
-    pub async fn locked(&self, conn: &mut PgConnection, subjects: &[Subject]) -> Result<Option<Duration>> {
-        let mut longest: Option<Duration> = None;
+    /// Reserves one attempt for each of `subjects`; `Some(wait)` refuses it (a subject is
+    /// locked, or this attempt would pass its allowance and locks it).
+    pub async fn reserve(&self, conn: &mut PgConnection, subjects: &[Subject]) -> Result<Option<Duration>> {
+        let mut refused: Option<Duration> = None;
         for subject in subjects {
             let (scope, key) = subject.scope();
-            let remaining: Option<f64> = sqlx::query_scalar(
-                "SELECT extract(epoch FROM locked_until - now())::float8 FROM identity.login_throttles
-                 WHERE scope = $1 AND subject = $2 AND locked_until > now()",
-            )
-            .bind(scope)
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(seconds) = remaining {
-                let remaining = Duration::from_secs_f64(seconds.max(0.0));
-                longest = Some(longest.map_or(remaining, |l| l.max(remaining)));
-            }
-        }
-        Ok(longest)
-    }
-
-    /// Counts a failure for each subject and locks those past their allowance.
-    pub async fn fail(&self, conn: &mut PgConnection, subjects: &[Subject]) -> Result<()> {
-        for subject in subjects {
-            let (scope, key) = subject.scope();
-            // A window that has ended starts again at this failure.
-            let failures: i32 = sqlx::query_scalar(
+            // A window that has ended starts again at this attempt; a lock is never counted into.
+            let row: (i32, Option<f64>) = sqlx::query_as(
                 "INSERT INTO identity.login_throttles AS t (scope, subject, failures, window_started_at)
                  VALUES ($1, $2, 1, now())
                  ON CONFLICT (scope, subject) DO UPDATE SET
-                     failures = CASE WHEN t.window_started_at < now() - $3 THEN 1 ELSE t.failures + 1 END,
-                     window_started_at = CASE WHEN t.window_started_at < now() - $3 THEN now() ELSE t.window_started_at END
-                 RETURNING failures",
+                     failures = CASE WHEN t.locked_until > now() THEN t.failures
+                                     WHEN t.window_started_at < now() - $3 THEN 1 ELSE t.failures + 1 END,
+                     window_started_at = CASE WHEN t.locked_until > now() THEN t.window_started_at
+                                              WHEN t.window_started_at < now() - $3 THEN now()
+                                              ELSE t.window_started_at END
+                 RETURNING failures, extract(epoch FROM locked_until - now())::float8",
             )
             .bind(scope)
             .bind(key)
             .bind(self.window)
             .fetch_one(&mut *conn)
             .await?;
-            if let Some(lock) = self.lock_for(subject, u32::try_from(failures).unwrap_or(u32::MAX)) {
-                sqlx::query(
-                    "UPDATE identity.login_throttles SET locked_until = now() + $3 WHERE scope = $1 AND subject = $2",
-                )
-                .bind(scope)
-                .bind(key)
-                .bind(lock)
-                .execute(&mut *conn)
-                .await?;
+            let wait = match row {
+                (_, Some(remaining)) if remaining > 0.0 => Some(Duration::from_secs_f64(remaining)),
+                (attempts, _) => match self.lock_for(subject, u32::try_from(attempts).unwrap_or(u32::MAX)) {
+                    Some(lock) => {
+                        sqlx::query(
+                            "UPDATE identity.login_throttles SET locked_until = now() + $3
+                             WHERE scope = $1 AND subject = $2",
+                        )
+                        .bind(scope)
+                        .bind(key)
+                        .bind(lock)
+                        .execute(&mut *conn)
+                        .await?;
+                        Some(lock)
+                    }
+                    None => None,
+                },
+            };
+            if let Some(wait) = wait {
+                refused = Some(refused.map_or(wait, |r| r.max(wait)));
             }
         }
-        Ok(())
+        Ok(refused)
     }
 
-    /// Clears the count of an account after a successful login.
-    pub async fn succeed(&self, conn: &mut PgConnection, account: &Subject) -> Result<()> {
-        let (scope, key) = account.scope();
-        sqlx::query("DELETE FROM identity.login_throttles WHERE scope = $1 AND subject = $2")
-            .bind(scope)
-            .bind(key)
-            .execute(&mut *conn)
-            .await?;
+    /// Gives back the places of a successful attempt: an account's (or MFA user's) count is
+    /// cleared, an address's lowered by one.
+    pub async fn succeed(&self, conn: &mut PgConnection, subjects: &[Subject]) -> Result<()> {
+        for subject in subjects {
+            let (scope, key) = subject.scope();
+            let statement = match subject {
+                Subject::Account(_) => "DELETE FROM identity.login_throttles WHERE scope = $1 AND subject = $2",
+                Subject::Address(_) => {
+                    "UPDATE identity.login_throttles SET failures = greatest(failures - 1, 0)
+                     WHERE scope = $1 AND subject = $2"
+                }
+            };
+            sqlx::query(statement).bind(scope).bind(key).execute(&mut *conn).await?;
+        }
         Ok(())
     }
 }
@@ -162,14 +171,14 @@ mod tests {
     fn locks_double_past_the_allowance_up_to_the_cap() {
         let policy = ThrottlePolicy::default();
         let account = Subject::account(uuid::Uuid::nil(), "a@b.io");
-        assert_eq!(policy.lock_for(&account, 4), None);
-        assert_eq!(policy.lock_for(&account, 5), Some(Duration::from_secs(30)));
-        assert_eq!(policy.lock_for(&account, 6), Some(Duration::from_secs(60)));
-        assert_eq!(policy.lock_for(&account, 9), Some(Duration::from_secs(480)));
-        assert_eq!(policy.lock_for(&account, 10), Some(Duration::from_secs(900)));
+        assert_eq!(policy.lock_for(&account, 5), None, "five attempts are allowed");
+        assert_eq!(policy.lock_for(&account, 6), Some(Duration::from_secs(30)));
+        assert_eq!(policy.lock_for(&account, 7), Some(Duration::from_secs(60)));
+        assert_eq!(policy.lock_for(&account, 10), Some(Duration::from_secs(480)));
+        assert_eq!(policy.lock_for(&account, 11), Some(Duration::from_secs(900)));
         assert_eq!(policy.lock_for(&account, u32::MAX), Some(Duration::from_secs(900)));
         let address = Subject::Address("192.0.2.1".into());
-        assert_eq!(policy.lock_for(&address, 29), None);
-        assert_eq!(policy.lock_for(&address, 30), Some(Duration::from_secs(30)));
+        assert_eq!(policy.lock_for(&address, 30), None);
+        assert_eq!(policy.lock_for(&address, 31), Some(Duration::from_secs(30)));
     }
 }

@@ -353,3 +353,29 @@ async fn password_reset_by_token() {
     .expect("the new password works");
     service.stop().await;
 }
+
+#[tokio::test]
+async fn parallel_guesses_cannot_outrun_the_lock() {
+    let service = Service::start().await;
+    let account = service.account(DEFAULT_TENANT, "user").await;
+    let guesses = (0..20).map(|i| {
+        let mut auth = service.auth();
+        let email = account.email.clone();
+        tokio::spawn(async move {
+            auth.login(pb::LoginRequest { email, password: format!("wrong guess {i}"), tenant_id: String::new() }).await
+        })
+    });
+    let results = futures_util::future::join_all(guesses).await;
+    let throttled =
+        results.iter().filter(|r| r.as_ref().unwrap().as_ref().is_err_and(|s| s.code() == Code::ResourceExhausted));
+    assert_eq!(throttled.count(), 15, "only the allowance of five reaches a password check");
+    let checked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM identity.login_attempts WHERE email = $1 AND failure_reason = 'bad_credentials'",
+    )
+    .bind(&account.email)
+    .fetch_one(service.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(checked, 5);
+    service.stop().await;
+}

@@ -148,6 +148,14 @@ async fn five_wrong_codes_void_a_challenge() {
             complete(&service, &challenge, pb::complete_mfa_login_request::Code::TotpCode(wrong.into())).await;
         assert_eq!(refused.unwrap_err().code(), Code::Unauthenticated);
     }
+    // The user is locked out of MFA for a while, across every challenge...
+    let locked = complete(&service, &challenge, pb::complete_mfa_login_request::Code::TotpCode(right.clone())).await;
+    assert_eq!(locked.unwrap_err().code(), Code::ResourceExhausted);
+    let other = self::challenge(&service, &account.email).await;
+    let locked = complete(&service, &other, pb::complete_mfa_login_request::Code::TotpCode(right.clone())).await;
+    assert_eq!(locked.unwrap_err().code(), Code::ResourceExhausted, "a new login buys no new guesses");
+    // ...and once the lock has passed, that challenge stays void.
+    sqlx::query("DELETE FROM identity.login_throttles").execute(service.db.pool()).await.unwrap();
     let voided = complete(&service, &challenge, pb::complete_mfa_login_request::Code::TotpCode(right)).await;
     assert_eq!(voided.unwrap_err().code(), Code::FailedPrecondition);
     let forged = pb::MfaChallenge { challenge_token: "e30.e30.".into(), ..challenge };

@@ -247,6 +247,11 @@ impl TokenVerifier {
         Ok(count)
     }
 
+    /// Stops trusting the published key `kid` at once (a revocation), before the next publish.
+    pub fn forget(&self, kid: &str) {
+        self.write_keys().published.remove(kid);
+    }
+
     fn write_keys(&self) -> std::sync::RwLockWriteGuard<'_, KeySet> {
         // The set is replaced whole, so a panic elsewhere cannot leave it half-written.
         self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -425,7 +425,7 @@ impl IdentityApi {
         let throttle = self.identity.settings.throttle;
 
         let mut conn = self.identity.pool.acquire().await?;
-        if let Some(retry_after) = throttle.locked(&mut conn, &subjects).await? {
+        if let Some(retry_after) = throttle.reserve(&mut conn, &subjects).await? {
             record_attempt(&mut conn, tenant, &email, None, client, Some("throttled")).await?;
             return Err(IdentityError::Throttled { what: "too many failed logins", retry_after });
         }
@@ -444,8 +444,8 @@ impl IdentityApi {
             (Some(user), Some(v)) if v.matches => (user, v),
             (found, _) => {
                 let reason = if found.is_some() { "bad_credentials" } else { "unknown_user" };
+                // The reserved attempt stays counted.
                 record_attempt(&mut conn, tenant, &email, found.as_ref().map(|u| u.id), client, Some(reason)).await?;
-                throttle.fail(&mut conn, &subjects).await?;
                 return Err(IdentityError::unauthenticated(BAD_CREDENTIALS));
             }
         };
@@ -468,7 +468,7 @@ impl IdentityApi {
                 .execute(&mut *conn)
                 .await?;
         }
-        throttle.succeed(&mut conn, &subjects[0]).await?;
+        throttle.succeed(&mut conn, &subjects).await?;
         if user.mfa_enabled {
             let attempt =
                 record_attempt(&mut conn, tenant, &email, Some(user.id), client, Some("mfa_required")).await?;

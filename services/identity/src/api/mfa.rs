@@ -21,6 +21,7 @@ use crate::credentials::recovery;
 use crate::credentials::totp::{self, TotpSecret};
 use crate::error::{IdentityError, Result};
 use crate::sessions::{self, RevokeReason, unix};
+use crate::throttle::Subject as Throttled;
 use crate::users::{self, UserRow, timestamp};
 use crate::validate;
 
@@ -91,10 +92,12 @@ impl pb::mfa_service_server::MfaService for IdentityApi {
             Some(pb::disable_mfa_request::Code::RecoveryCode(c)) => Code::Recovery(c),
             None => return Err(Status::unauthenticated("a current TOTP or recovery code is required")),
         };
+        self.reserve_mfa_attempt(me.id).await?;
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         if !check_code(&mut tx, me.id, &code).await? {
             return Err(Status::unauthenticated("the code is wrong or was already used"));
         }
+        self.mfa_attempt_succeeded(&mut tx, me.id).await?;
         sqlx::query("DELETE FROM identity.mfa_factors WHERE user_id = $1")
             .bind(me.id)
             .execute(&mut *tx)
@@ -126,9 +129,11 @@ impl pb::mfa_service_server::MfaService for IdentityApi {
         if !enabled {
             return Err(Status::failed_precondition("MFA is not enabled"));
         }
+        self.reserve_mfa_attempt(caller.user_id).await?;
         if !check_code(&mut tx, caller.user_id, &Code::Totp(&request.get_ref().totp_code)).await? {
             return Err(Status::unauthenticated("the code is wrong or was already used"));
         }
+        self.mfa_attempt_succeeded(&mut tx, caller.user_id).await?;
         let codes = replace_recovery_codes(&mut tx, caller.tenant_id, caller.user_id).await?;
         tx.commit().await.map_err(IdentityError::from)?;
         Ok(Response::new(pb::RegenerateRecoveryCodesResponse { recovery_codes: codes }))
@@ -136,6 +141,20 @@ impl pb::mfa_service_server::MfaService for IdentityApi {
 }
 
 impl IdentityApi {
+    /// Reserves one MFA code attempt of `user`, or refuses it while the user is locked out.
+    async fn reserve_mfa_attempt(&self, user: Uuid) -> Result<()> {
+        let mut conn = self.identity.pool.acquire().await?;
+        match self.identity.settings.throttle.reserve(&mut conn, &[Throttled::mfa(user)]).await? {
+            Some(retry_after) => Err(IdentityError::Throttled { what: "too many wrong codes", retry_after }),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives the reserved attempt back after a right code.
+    async fn mfa_attempt_succeeded(&self, conn: &mut PgConnection, user: Uuid) -> Result<()> {
+        self.identity.settings.throttle.succeed(conn, &[Throttled::mfa(user)]).await
+    }
+
     /// A challenge for `user`, whose password was right.
     pub(crate) async fn mfa_challenge(&self, user: &UserRow, attempt: i64) -> Result<pb::MfaChallenge> {
         let now = OffsetDateTime::now_utc();
@@ -191,6 +210,7 @@ impl IdentityApi {
             Some(pb::complete_mfa_login_request::Code::RecoveryCode(c)) => Code::Recovery(c),
             None => return Err(IdentityError::invalid("code", "give a TOTP code or a recovery code")),
         };
+        self.reserve_mfa_attempt(claims.sub).await?;
         let mut tx = self.identity.pool.begin().await?;
         // Serialises the attempts of one user, so the wrong-code count and the single use hold.
         let user = sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(format!(
@@ -221,6 +241,7 @@ impl IdentityApi {
             tx.commit().await?;
             return Err(IdentityError::unauthenticated("the code is wrong or was already used"));
         }
+        self.mfa_attempt_succeeded(&mut tx, user.id).await?;
         let tokens = self.complete_login(&mut tx, &user, client, true).await?;
         let remaining = recovery_codes_left(&mut tx, user.id).await?;
         tx.commit().await?;

@@ -61,8 +61,9 @@ impl pb::signing_key_service_server::SigningKeyService for IdentityApi {
         if request.reason.chars().count() > 500 {
             return Err(IdentityError::invalid("reason", "must be at most 500 characters").into());
         }
-        let key = self.identity.ring.revoke(&request.kid).await?.ok_or(IdentityError::NotFound("signing key"))?;
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
+        let key =
+            self.identity.ring.revoke(&mut tx, &request.kid).await?.ok_or(IdentityError::NotFound("signing key"))?;
         outbox::publish(
             &mut tx,
             EventMeta {
@@ -82,6 +83,7 @@ impl pb::signing_key_service_server::SigningKeyService for IdentityApi {
         .await
         .map_err(IdentityError::from)?;
         tx.commit().await.map_err(IdentityError::from)?;
+        self.identity.ring.forget(&key.kid).await;
         Ok(Response::new(pb::RevokeSigningKeyResponse { key: Some(to_proto(&key, OffsetDateTime::now_utc())) }))
     }
 }
