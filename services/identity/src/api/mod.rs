@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod mfa;
 pub mod signing_keys;
+pub mod users;
 
 use flatrender_kit::auth::Caller;
 use flatrender_proto::flatrender::identity::v1 as pb;
@@ -56,7 +57,5 @@ impl pb::push_subscription_service_server::PushSubscriptionService for IdentityA
 impl pb::tenant_service_server::TenantService for IdentityApi {}
 #[tonic::async_trait]
 impl pb::usage_service_server::UsageService for IdentityApi {}
-#[tonic::async_trait]
-impl pb::user_service_server::UserService for IdentityApi {}
 #[tonic::async_trait]
 impl pb::webhook_service_server::WebhookService for IdentityApi {}

@@ -133,6 +133,11 @@ impl Service {
         pb::api_key_service_client::ApiKeyServiceClient::new(self.authed(token))
     }
 
+    /// UserService with `token`.
+    pub fn users_as(&self, token: &str) -> pb::user_service_client::UserServiceClient<Authed> {
+        pb::user_service_client::UserServiceClient::new(self.authed(token))
+    }
+
     /// SigningKeyService with `token`.
     pub fn keys_as(&self, token: &str) -> pb::signing_key_service_client::SigningKeyServiceClient<Authed> {
         pb::signing_key_service_client::SigningKeyServiceClient::new(self.authed(token))
