@@ -11,5 +11,6 @@ FLATRENDER_PGBENCH=$(scripts/postgres.sh pgbench)
 export FLATRENDER_PGBENCH
 cargo bench --locked -p flatrender --bench startup
 cargo bench --locked -p flatrender --bench file_transfer
+cargo bench --locked -p flatrender --bench gateway
 cargo bench --locked -p flatrender-render --bench dispatch
 cargo bench --locked -p flatrender-agent --bench agent

@@ -183,7 +183,14 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
 pub struct TokenVerifier {
     keys: Arc<RwLock<KeySet>>,
     validation: Arc<Validation>,
+    /// Tokens verified recently: a client sends the same token on every call for its whole
+    /// life, and the Ed25519 check is most of a call's cost. Emptied whenever the keys change,
+    /// so a revoked key's tokens are checked (and refused) again at once.
+    recent: Arc<std::sync::Mutex<HashMap<String, (Caller, u64)>>>,
 }
+
+/// Tokens remembered at most; past it the memory starts afresh.
+const RECENT_CAPACITY: usize = 16_384;
 
 #[derive(Default)]
 struct KeySet {
@@ -235,7 +242,11 @@ impl TokenVerifier {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        Self { keys: Arc::new(RwLock::new(KeySet::default())), validation: Arc::new(validation) }
+        Self {
+            keys: Arc::new(RwLock::new(KeySet::default())),
+            validation: Arc::new(validation),
+            recent: Arc::default(),
+        }
     }
 
     /// Replaces the published keys with those of `jwks` (the identity service's current set):
@@ -244,12 +255,18 @@ impl TokenVerifier {
         let keys = ed25519_keys(jwks)?;
         let count = keys.len();
         self.write_keys().published = keys;
+        self.forget_recent();
         Ok(count)
+    }
+
+    fn forget_recent(&self) {
+        self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
 
     /// Stops trusting the published key `kid` at once (a revocation), before the next publish.
     pub fn forget(&self, kid: &str) {
         self.write_keys().published.remove(kid);
+        self.forget_recent();
     }
 
     fn write_keys(&self) -> std::sync::RwLockWriteGuard<'_, KeySet> {
@@ -268,6 +285,23 @@ impl TokenVerifier {
 
     /// Verifies `token` and returns its caller.
     pub fn verify(&self, token: &str) -> Result<Caller> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some((caller, exp)) = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(token)
+            && now <= exp.saturating_add(LEEWAY_SECONDS)
+        {
+            return Ok(caller.clone());
+        }
+        let (caller, exp) = self.verify_signed(token)?;
+        let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if recent.len() >= RECENT_CAPACITY {
+            recent.clear();
+        }
+        recent.insert(token.to_owned(), (caller.clone(), exp));
+        Ok(caller)
+    }
+
+    /// The full check of a token: header, key, signature and claims; with its expiry.
+    fn verify_signed(&self, token: &str) -> Result<(Caller, u64)> {
         let unauthenticated = |msg: &str| Error::Unauthenticated(msg.to_owned());
         let header = jsonwebtoken::decode_header(token).map_err(|_| unauthenticated("malformed token"))?;
         if header.alg != Algorithm::EdDSA {
@@ -313,7 +347,7 @@ impl TokenVerifier {
             (None, None) => Vec::new(),
             _ => return Err(unauthenticated("API key token is malformed")),
         };
-        Ok(Caller {
+        let caller = Caller {
             tenant_id: claims.tid,
             user_id: claims.sub,
             role: claims.role,
@@ -321,7 +355,8 @@ impl TokenVerifier {
             service: claims.svc,
             api_key_id: claims.akid,
             scopes,
-        })
+        };
+        Ok((caller, claims.exp))
     }
 }
 
@@ -706,6 +741,23 @@ mod tests {
         };
         assert_eq!(reason, "malformed token");
         assert!(verify_header(None, Some(&verifier)).is_err());
+    }
+
+    #[test]
+    fn remembered_tokens_are_forgotten_when_the_keys_change() {
+        let signer = TokenSigner::generate("k1").unwrap();
+        let verifier = TokenVerifier::without_keys(ISS, AUD);
+        verifier.publish(&signer.jwks().unwrap()).unwrap();
+        let token = signer.sign(&claims()).unwrap();
+        assert!(verifier.verify(&token).is_ok());
+        assert!(verifier.verify(&token).is_ok(), "from memory");
+        verifier.forget("k1");
+        assert!(verifier.verify(&token).is_err(), "a revoked key's token is refused at once");
+        verifier.publish(&signer.jwks().unwrap()).unwrap();
+        assert!(verifier.verify(&token).is_ok());
+        let other = TokenSigner::generate("k2").unwrap();
+        verifier.publish(&other.jwks().unwrap()).unwrap();
+        assert!(verifier.verify(&token).is_err(), "a key left out of a new set is refused at once");
     }
 
     #[test]
