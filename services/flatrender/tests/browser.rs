@@ -15,13 +15,10 @@ use std::time::Duration;
 
 use flatrender_kit::testing::TestDatabase;
 use flatrender_proto::flatrender::file::v1 as file_pb;
-use flatrender_proto::flatrender::identity::v1 as pb;
 use sha2::Digest as _;
-use support::{Flatrender, await_health};
+use support::{Flatrender, PASSWORD, await_health, verified_account};
 use tonic::Request;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-const PASSWORD: &str = "correct horse battery staple";
 
 fn browser_kit() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/browser")
@@ -40,30 +37,7 @@ async fn a_browser_logs_in_and_reads_a_stream_over_grpc_web() {
 
     // A verified account, and a file of its own that downloads in several stream messages.
     let email = "browser@example.com";
-    let mut auth = pb::auth_service_client::AuthServiceClient::new(channel.clone());
-    let user = auth
-        .register(pb::RegisterRequest {
-            email: email.into(),
-            password: PASSWORD.into(),
-            display_name: "Browser".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
-    sqlx::query("UPDATE identity.users SET email_verified_at = now() WHERE id = $1::uuid")
-        .bind(&user.id)
-        .execute(db.pool())
-        .await
-        .unwrap();
-    let login = auth
-        .login(pb::LoginRequest { email: email.into(), password: PASSWORD.into(), tenant_id: String::new() })
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(pb::login_response::Result::Tokens(tokens)) = login.result else { panic!("no tokens") };
+    let (_, tokens) = verified_account(channel.clone(), &db, email).await;
     let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 251) as u8).collect();
     let sha256 = hex::encode(sha2::Sha256::digest(&data));
     use file_pb::upload_file_request::Payload;

@@ -67,7 +67,6 @@ fn assert_upstream_handled(render: &Flatrender, method: &str) {
 
 #[tokio::test]
 async fn a_service_in_its_own_process_follows_identitys_keys() {
-    use flatrender_proto::flatrender::identity::v1 as pb;
     let db = TestDatabase::migrated().await;
     let identity = Flatrender::start(db.url().expose(), &["--target", "identity"]);
     await_health(identity.channel().await, "", ServingStatus::Serving, Duration::from_secs(20)).await;
@@ -75,34 +74,7 @@ async fn a_service_in_its_own_process_follows_identitys_keys() {
     let render = Flatrender::start(db.url().expose(), &["--target", "render", "--upstream", &upstream]);
     await_health(render.channel().await, "", ServingStatus::Serving, Duration::from_secs(20)).await;
 
-    let mut auth = AuthServiceClient::new(identity.channel().await);
-    let user = auth
-        .register(pb::RegisterRequest {
-            email: "follow@example.com".into(),
-            password: "correct horse battery staple".into(),
-            display_name: "Follow".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
-    sqlx::query("UPDATE identity.users SET email_verified_at = now() WHERE id = $1::uuid")
-        .bind(&user.id)
-        .execute(db.pool())
-        .await
-        .unwrap();
-    let login = auth
-        .login(pb::LoginRequest {
-            email: "follow@example.com".into(),
-            password: "correct horse battery staple".into(),
-            tenant_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(pb::login_response::Result::Tokens(tokens)) = login.result else { panic!("no tokens") };
+    let (_, tokens) = support::verified_account(identity.channel().await, &db, "follow@example.com").await;
 
     // The render process knows identity's key only by following its JWKS.
     let mut renders = RenderServiceClient::new(render.channel().await);

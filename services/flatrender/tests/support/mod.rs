@@ -185,3 +185,41 @@ pub fn http1_exchange(addr: SocketAddr, head: &[u8], body: &[u8]) -> Vec<u8> {
     stream.read_to_end(&mut out).unwrap();
     out
 }
+
+/// The password of every account [`verified_account`] makes.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Registers `email` in the default tenant through `channel`, marks the address verified (as
+/// the emailed token would) in `db`, logs in, and returns the user id and the tokens.
+pub async fn verified_account(
+    channel: Channel,
+    db: &flatrender_kit::testing::TestDatabase,
+    email: &str,
+) -> (String, flatrender_proto::flatrender::identity::v1::TokenPair) {
+    use flatrender_proto::flatrender::identity::v1 as pb;
+    let mut auth = pb::auth_service_client::AuthServiceClient::new(channel);
+    let user = auth
+        .register(pb::RegisterRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            display_name: "Test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    sqlx::query("UPDATE identity.users SET email_verified_at = now() WHERE id = $1::uuid")
+        .bind(&user.id)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let login = auth
+        .login(pb::LoginRequest { email: email.into(), password: PASSWORD.into(), tenant_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::login_response::Result::Tokens(tokens)) = login.result else { panic!("no tokens for {email}") };
+    (user.id, tokens)
+}

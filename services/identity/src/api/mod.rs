@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod mfa;
 pub mod signing_keys;
+pub mod usage;
 pub mod users;
 
 use flatrender_kit::auth::Caller;
@@ -55,7 +56,5 @@ impl pb::gamification_service_server::GamificationService for IdentityApi {}
 impl pb::push_subscription_service_server::PushSubscriptionService for IdentityApi {}
 #[tonic::async_trait]
 impl pb::tenant_service_server::TenantService for IdentityApi {}
-#[tonic::async_trait]
-impl pb::usage_service_server::UsageService for IdentityApi {}
 #[tonic::async_trait]
 impl pb::webhook_service_server::WebhookService for IdentityApi {}

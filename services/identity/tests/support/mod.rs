@@ -133,6 +133,11 @@ impl Service {
         pb::api_key_service_client::ApiKeyServiceClient::new(self.authed(token))
     }
 
+    /// A channel that sends `token`, for any client.
+    pub fn channel_as(&self, token: &str) -> Authed {
+        self.authed(token)
+    }
+
     /// UserService with `token`.
     pub fn users_as(&self, token: &str) -> pb::user_service_client::UserServiceClient<Authed> {
         pb::user_service_client::UserServiceClient::new(self.authed(token))
