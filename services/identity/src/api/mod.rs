@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod mfa;
 pub mod signing_keys;
+pub mod tenants;
 pub mod usage;
 pub mod users;
 
@@ -54,7 +55,5 @@ impl pb::billing_service_server::BillingService for IdentityApi {}
 impl pb::gamification_service_server::GamificationService for IdentityApi {}
 #[tonic::async_trait]
 impl pb::push_subscription_service_server::PushSubscriptionService for IdentityApi {}
-#[tonic::async_trait]
-impl pb::tenant_service_server::TenantService for IdentityApi {}
 #[tonic::async_trait]
 impl pb::webhook_service_server::WebhookService for IdentityApi {}
