@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod auth;
+pub mod billing;
 pub mod mfa;
 pub mod signing_keys;
 pub mod tenants;
@@ -49,8 +50,6 @@ pub(crate) fn page_size(
 }
 
 // The services whose methods land later answer UNIMPLEMENTED, the gRPC standard.
-#[tonic::async_trait]
-impl pb::billing_service_server::BillingService for IdentityApi {}
 #[tonic::async_trait]
 impl pb::gamification_service_server::GamificationService for IdentityApi {}
 #[tonic::async_trait]
