@@ -81,7 +81,7 @@ impl Selection {
             let module = match target {
                 Target::Identity => {
                     let (module, state) =
-                        flatrender_identity::module_with_state(ctx, services.identity.clone(), &mut routes);
+                        flatrender_identity::module_with_state(ctx, services.identity.clone(), &mut routes)?;
                     identity = Some(state);
                     module
                 }

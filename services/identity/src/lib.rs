@@ -29,6 +29,7 @@ pub mod settings;
 pub mod throttle;
 pub mod users;
 pub mod validate;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -45,8 +46,12 @@ pub use settings::Settings;
 pub const ROLE: ServiceRole = ServiceRole::IDENTITY;
 
 /// Adds the identity services to `routes` and returns the module the server runs.
-pub fn module(ctx: ServiceContext, settings: Settings, routes: &mut RoutesBuilder) -> ServiceModule {
-    module_with_state(ctx, settings, routes).0
+pub fn module(
+    ctx: ServiceContext,
+    settings: Settings,
+    routes: &mut RoutesBuilder,
+) -> flatrender_kit::Result<ServiceModule> {
+    module_with_state(ctx, settings, routes).map(|(module, _)| module)
 }
 
 /// [`module`], and the service's state for others in the process (the gateway exchanges API
@@ -55,9 +60,10 @@ pub fn module_with_state(
     ctx: ServiceContext,
     settings: Settings,
     routes: &mut RoutesBuilder,
-) -> (ServiceModule, Identity) {
+) -> flatrender_kit::Result<(ServiceModule, Identity)> {
     let refresh_every = settings.key_refresh_interval;
-    let identity = Identity::new(ctx.pool.clone(), settings);
+    let identity = Identity::new(ctx.pool.clone(), settings)
+        .map_err(|e| flatrender_kit::Error::Config(format!("the identity service cannot start: {e}")))?;
     let api = IdentityApi::new(identity.clone());
     let grpc_services = flatrender_kit::add_services!(
         routes,
@@ -84,9 +90,30 @@ pub fn module_with_state(
         ),
         ("signing-keys", Box::pin(identity.ring.clone().maintain(refresh_every, ctx.shutdown.clone()))),
         ("identity-pruning", Box::pin(prune(identity.clone(), ctx.shutdown.clone()))),
+        ("webhook-fanout", Box::pin(webhook_fanout(identity.clone(), ctx.shutdown.clone()))),
+        (
+            "webhook-sender",
+            Box::pin(webhooks::sender::run(
+                identity.pool.clone(),
+                identity.http.clone(),
+                identity.settings.webhooks.clone(),
+                ctx.shutdown.clone(),
+            )),
+        ),
     ];
     let http = Some(jwks::routes(identity.clone()));
-    (ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks, http }, identity)
+    Ok((ServiceModule { role: ROLE, pool: ctx.pool, grpc_services, tasks, http }, identity))
+}
+
+/// Turns the tenants' outbox events into webhook deliveries. A new installation starts from
+/// now: webhooks receive what happens after they exist, not the history.
+async fn webhook_fanout(identity: Identity, signal: flatrender_kit::shutdown::ShutdownSignal) {
+    let fanout =
+        webhooks::fanout::Fanout { pool: identity.pool.clone(), envelopes: identity.webhook_envelopes.clone() };
+    flatrender_kit::outbox::Consumer::new(identity.pool.clone(), webhooks::fanout::CONSUMER)
+        .start_from_now()
+        .run(fanout, signal)
+        .await;
 }
 
 /// Forgets what has stopped mattering, hourly: stale throttle rows, login attempts past their

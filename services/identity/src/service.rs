@@ -5,9 +5,11 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::credentials::passwords::{PasswordHasher, PasswordPolicy};
+use crate::error::{IdentityError, Result};
 use crate::keys::KeyRing;
 use crate::sessions::Issuer;
 use crate::settings::Settings;
+use crate::webhooks::envelope::Envelopes;
 
 /// Everything the identity API works with; cheap to clone.
 #[derive(Clone, Debug)]
@@ -18,11 +20,15 @@ pub struct Identity {
     pub hasher: PasswordHasher,
     pub policy: PasswordPolicy,
     pub issuer: Issuer,
+    /// Webhook bodies and the event types webhooks may receive.
+    pub webhook_envelopes: Envelopes,
+    /// The HTTP client webhook deliveries and tests go out with.
+    pub http: reqwest::Client,
 }
 
 impl Identity {
     /// The state for `settings` on `pool`.
-    pub fn new(pool: PgPool, settings: Settings) -> Self {
+    pub fn new(pool: PgPool, settings: Settings) -> Result<Self> {
         let ring = KeyRing::new(pool.clone(), settings.keys, settings.verifiers.clone());
         let hasher = PasswordHasher::new(settings.argon2.clone(), settings.password_workers);
         let issuer = Issuer {
@@ -33,6 +39,22 @@ impl Identity {
             session_ttl: settings.session_ttl,
             reuse_grace: settings.refresh_reuse_grace,
         };
-        Self { pool, settings: Arc::new(settings), ring, hasher, policy: PasswordPolicy::default(), issuer }
+        let webhook_envelopes = Envelopes::new().map_err(IdentityError::Corrupt)?;
+        // No redirects: a webhook answers where it was registered, never somewhere it points to.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("FlatRender-Webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| IdentityError::Corrupt(format!("cannot build the webhook HTTP client: {e}")))?;
+        Ok(Self {
+            pool,
+            settings: Arc::new(settings),
+            ring,
+            hasher,
+            policy: PasswordPolicy::default(),
+            issuer,
+            webhook_envelopes,
+            http,
+        })
     }
 }

@@ -7,6 +7,7 @@ use flatrender_kit::auth::TokenVerifier;
 use crate::credentials::passwords::Argon2Params;
 use crate::keys::KeyPolicy;
 use crate::throttle::ThrottlePolicy;
+use crate::webhooks::WebhookSettings;
 
 /// The identity service's settings; [`Settings::new`] gives the product defaults.
 #[derive(Clone, Debug)]
@@ -42,6 +43,8 @@ pub struct Settings {
     pub throttle: ThrottlePolicy,
     /// Verifiers in this process that trust identity's keys as soon as they are published.
     pub verifiers: Vec<TokenVerifier>,
+    /// Webhook delivery.
+    pub webhooks: WebhookSettings,
 }
 
 impl Settings {
@@ -65,6 +68,7 @@ impl Settings {
             password_workers: std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
             throttle: ThrottlePolicy::default(),
             verifiers: Vec::new(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod signing_keys;
 pub mod tenants;
 pub mod usage;
 pub mod users;
+pub mod webhooks;
 
 use flatrender_kit::auth::Caller;
 use flatrender_proto::flatrender::identity::v1 as pb;
@@ -54,5 +55,3 @@ pub(crate) fn page_size(
 impl pb::gamification_service_server::GamificationService for IdentityApi {}
 #[tonic::async_trait]
 impl pb::push_subscription_service_server::PushSubscriptionService for IdentityApi {}
-#[tonic::async_trait]
-impl pb::webhook_service_server::WebhookService for IdentityApi {}

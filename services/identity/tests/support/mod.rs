@@ -76,7 +76,7 @@ impl Service {
             shutdown: shutdown.stop_signal(),
             metrics: metrics.clone(),
         };
-        let module = flatrender_identity::module(ctx, settings, &mut routes);
+        let module = flatrender_identity::module(ctx, settings, &mut routes).expect("the identity module");
         let app = Application { routes, modules: vec![module], forwarded: Vec::new() };
         let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("a port");
         let addr = listener.local_addr().expect("its address");

@@ -1,0 +1,229 @@
+//! Sends due deliveries: claims a batch under a lease (so replicas never send one twice at
+//! once), POSTs each with its signature, and records the outcome: success, a retry after a
+//! doubling delay, or failure after the delivery's attempts; a webhook whose deliveries keep
+//! failing is disabled.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{WebhookSettings, signature};
+
+/// Deliveries claimed at once.
+const BATCH: i64 = 16;
+/// How long a claim lasts: longer than one attempt's timeout.
+const LEASE: Duration = Duration::from_secs(60);
+/// Longest error text kept.
+const MAX_ERROR: usize = 1000;
+
+/// The outcome of one POST.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status; `None` when none came.
+    pub status: Option<u16>,
+    /// The transport error or the refusal, when not a 2xx.
+    pub error: Option<String>,
+    /// The first 1,024 bytes of the body, as UTF-8 (lossy).
+    pub excerpt: String,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+impl Answer {
+    /// Whether the endpoint accepted the event.
+    pub fn success(&self) -> bool {
+        self.error.is_none() && self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// POSTs `body` to `url`, signed with `secret`.
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &[u8],
+    event_id: i64,
+    event_type: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Answer {
+    let started = Instant::now();
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let signed = signature::sign(secret, now, &body);
+    let request = client
+        .post(url)
+        .timeout(timeout)
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .header("x-flatrender-event-id", event_id.to_string())
+        .header("x-flatrender-event-type", event_type)
+        .header("x-flatrender-signature", signed)
+        .body(body);
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap_or_default();
+            let excerpt = String::from_utf8_lossy(&bytes[..bytes.len().min(1024)]).into_owned();
+            let error = (!(200..300).contains(&status)).then(|| format!("HTTP {status}"));
+            Answer { status: Some(status), error, excerpt, duration: started.elapsed() }
+        }
+        Err(e) => {
+            let error = if e.is_timeout() { format!("timeout after {} s", timeout.as_secs()) } else { error_chain(&e) };
+            Answer { status: None, error: Some(error), excerpt: String::new(), duration: started.elapsed() }
+        }
+    }
+}
+
+/// An error and its causes on one line (reqwest's own message names only the outermost).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text.chars().take(MAX_ERROR).collect()
+}
+
+struct Due {
+    id: Uuid,
+    webhook_id: Uuid,
+    outbox_event_id: i64,
+    event_type: String,
+    body: Vec<u8>,
+    attempts: i32,
+    max_attempts: i32,
+    url: String,
+    secret: Vec<u8>,
+}
+
+from_row!(Due { id, webhook_id, outbox_event_id, event_type, body, attempts, max_attempts, url, secret });
+
+/// Sends due deliveries every `settings.poll` until `signal`.
+pub async fn run(
+    pool: PgPool,
+    client: reqwest::Client,
+    settings: WebhookSettings,
+    signal: flatrender_kit::shutdown::ShutdownSignal,
+) {
+    let poll = settings.poll;
+    signal
+        .every(poll, poll, || async {
+            loop {
+                match send_due(&pool, &client, &settings).await {
+                    // A full batch: there may be more due right away.
+                    Ok(sent) if sent >= BATCH as usize => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook sender failed; retrying");
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+/// Claims and sends one batch of due deliveries; returns how many.
+pub async fn send_due(pool: &PgPool, client: &reqwest::Client, settings: &WebhookSettings) -> sqlx::Result<usize> {
+    let due: Vec<Due> = sqlx::query_as(
+        "WITH claimed AS (
+             UPDATE identity.tenant_webhook_deliveries d SET locked_until = now() + $1
+             WHERE d.id IN (
+                 SELECT id FROM identity.tenant_webhook_deliveries
+                 WHERE status = 'pending' AND next_attempt_at <= now()
+                   AND (locked_until IS NULL OR locked_until < now())
+                 ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING d.*)
+         SELECT c.id, c.webhook_id, c.outbox_event_id, c.event_type, c.body, c.attempts, c.max_attempts, w.url, w.secret
+         FROM claimed c JOIN identity.tenant_webhooks w ON w.id = c.webhook_id",
+    )
+    .bind(LEASE)
+    .bind(BATCH)
+    .fetch_all(pool)
+    .await?;
+    let count = due.len();
+    let attempts = due.into_iter().map(|delivery| async move {
+        let answer = post(
+            client,
+            &delivery.url,
+            &delivery.secret,
+            delivery.outbox_event_id,
+            &delivery.event_type,
+            delivery.body.clone(),
+            settings.timeout,
+        )
+        .await;
+        if let Err(e) = record(pool, settings, &delivery, &answer).await {
+            // The lease runs out and the delivery is tried again: at least once.
+            tracing::warn!(error = %e, delivery = %delivery.id, "cannot record a webhook attempt");
+        }
+    });
+    futures_util::future::join_all(attempts).await;
+    Ok(count)
+}
+
+async fn record(pool: &PgPool, settings: &WebhookSettings, delivery: &Due, answer: &Answer) -> sqlx::Result<()> {
+    let attempts = delivery.attempts + 1;
+    let duration_ms = i32::try_from(answer.duration.as_millis()).unwrap_or(i32::MAX);
+    let mut tx = pool.begin().await?;
+    if answer.success() {
+        sqlx::query(
+            "UPDATE identity.tenant_webhook_deliveries SET status = 'succeeded', attempts = $2, last_attempt_at = now(),
+                 last_status_code = $3, last_error = NULL, last_duration_ms = $4, delivered_at = now(), locked_until = NULL
+             WHERE id = $1",
+        )
+        .bind(delivery.id)
+        .bind(attempts)
+        .bind(answer.status.map(i32::from))
+        .bind(duration_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE identity.tenant_webhooks SET failure_count = 0, last_success_at = now() WHERE id = $1")
+            .bind(delivery.webhook_id)
+            .execute(&mut *tx)
+            .await?;
+    } else {
+        let gave_up = attempts >= delivery.max_attempts;
+        sqlx::query(
+            "UPDATE identity.tenant_webhook_deliveries SET status = CASE WHEN $2 THEN 'failed' ELSE 'pending' END,
+                 attempts = $3, last_attempt_at = now(), last_status_code = $4, last_error = $5, last_duration_ms = $6,
+                 next_attempt_at = now() + $7, locked_until = NULL
+             WHERE id = $1",
+        )
+        .bind(delivery.id)
+        .bind(gave_up)
+        .bind(attempts)
+        .bind(answer.status.map(i32::from))
+        .bind(answer.error.as_deref().map(|e| e.chars().take(MAX_ERROR).collect::<String>()))
+        .bind(duration_ms)
+        .bind(settings.backoff(attempts))
+        .execute(&mut *tx)
+        .await?;
+        // Failures in a row disable the webhook; its pending deliveries are dropped.
+        let disabled: Option<bool> = sqlx::query_scalar(
+            "UPDATE identity.tenant_webhooks SET failure_count = failure_count + 1, last_failure_at = now(),
+                 enabled = CASE WHEN failure_count + 1 >= $2 THEN false ELSE enabled END,
+                 disabled_at = CASE WHEN failure_count + 1 >= $2 AND enabled THEN now() ELSE disabled_at END,
+                 disabled_reason = CASE WHEN failure_count + 1 >= $2 AND enabled
+                                        THEN 'disabled after ' || $2 || ' failed deliveries in a row' ELSE disabled_reason END
+             WHERE id = $1 RETURNING NOT enabled",
+        )
+        .bind(delivery.webhook_id)
+        .bind(settings.disable_after)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if disabled == Some(true) {
+            sqlx::query(
+                "UPDATE identity.tenant_webhook_deliveries SET status = 'canceled', locked_until = NULL
+                 WHERE webhook_id = $1 AND status = 'pending'",
+            )
+            .bind(delivery.webhook_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await
+}
