@@ -45,6 +45,9 @@ pub struct Settings {
     pub verifiers: Vec<TokenVerifier>,
     /// Webhook delivery.
     pub webhooks: WebhookSettings,
+    /// The VAPID public key browsers subscribe to Web Push with (uncompressed P-256, base64url);
+    /// `None` until the notification service's push channel is configured.
+    pub vapid_public_key: Option<String>,
 }
 
 impl Settings {
@@ -69,6 +72,7 @@ impl Settings {
             throttle: ThrottlePolicy::default(),
             verifiers: Vec::new(),
             webhooks: WebhookSettings::default(),
+            vapid_public_key: None,
         }
     }
 }

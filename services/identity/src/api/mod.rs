@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod billing;
 pub mod mfa;
+pub mod push;
 pub mod signing_keys;
 pub mod tenants;
 pub mod usage;
@@ -39,6 +40,11 @@ pub(crate) fn user<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
     Ok(caller.clone())
 }
 
+/// The verified caller of `request`, a user or a service.
+pub(crate) fn user_or_service<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+    flatrender_kit::auth::caller(request).cloned()
+}
+
 /// Page size of a list request: 0 means 50, more than 500 is refused.
 pub(crate) fn page_size(
     page: Option<&flatrender_proto::flatrender::common::v1::PageRequest>,
@@ -53,5 +59,3 @@ pub(crate) fn page_size(
 // The services whose methods land later answer UNIMPLEMENTED, the gRPC standard.
 #[tonic::async_trait]
 impl pb::gamification_service_server::GamificationService for IdentityApi {}
-#[tonic::async_trait]
-impl pb::push_subscription_service_server::PushSubscriptionService for IdentityApi {}
