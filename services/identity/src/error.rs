@@ -41,6 +41,9 @@ pub enum IdentityError {
     /// A limit would be exceeded.
     #[error("{0}")]
     Exhausted(String),
+    /// A concurrent request got there first; retrying is safe.
+    #[error("{0}")]
+    Aborted(String),
     /// Too many attempts; retry after the delay.
     #[error("{what}; retry in {} s", whole_seconds(*retry_after))]
     Throttled {
@@ -102,6 +105,7 @@ impl From<IdentityError> for Status {
             IdentityError::Unauthenticated(msg) => Status::unauthenticated(msg),
             IdentityError::PermissionDenied(msg) => Status::permission_denied(msg),
             IdentityError::Exhausted(msg) => Status::resource_exhausted(msg),
+            IdentityError::Aborted(msg) => Status::aborted(msg),
             IdentityError::Throttled { .. } => Status::resource_exhausted(err.to_string()),
             IdentityError::Password(_) | IdentityError::Keys(_) | IdentityError::Corrupt(_) => {
                 flatrender_kit::error::internal(&err)

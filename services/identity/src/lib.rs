@@ -136,6 +136,8 @@ async fn prune_once(identity: &Identity) -> error::Result<()> {
         "DELETE FROM identity.email_verification_tokens WHERE expires_at < now() - interval '7 days'",
         "DELETE FROM identity.password_reset_tokens WHERE expires_at < now() - interval '7 days'",
         "DELETE FROM identity.mfa_factors WHERE confirmed_at IS NULL AND created_at < now() - interval '1 day'",
+        // Finished webhook deliveries are kept 30 days.
+        "DELETE FROM identity.tenant_webhook_deliveries WHERE status <> 'pending' AND updated_at < now() - interval '30 days'",
     ] {
         sqlx::query(statement).execute(&mut *conn).await?;
     }

@@ -41,11 +41,15 @@ impl Identity {
         };
         let webhook_envelopes = Envelopes::new().map_err(IdentityError::Corrupt)?;
         // No redirects: a webhook answers where it was registered, never somewhere it points to.
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("FlatRender-Webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| IdentityError::Corrupt(format!("cannot build the webhook HTTP client: {e}")))?;
+            .user_agent(concat!("FlatRender-Webhooks/", env!("CARGO_PKG_VERSION")));
+        if !settings.webhooks.allow_insecure {
+            // Checked on every connection: a name that re-resolves to an inner address is refused.
+            http = http.dns_resolver(crate::webhooks::addresses::public_only());
+        }
+        let http =
+            http.build().map_err(|e| IdentityError::Corrupt(format!("cannot build the webhook HTTP client: {e}")))?;
         Ok(Self {
             pool,
             settings: Arc::new(settings),

@@ -206,6 +206,10 @@ async fn endpoints_must_be_public_https() {
         "https://10.0.0.7/hook",
         "https://127.0.0.1/hook",
         "https://localhost/hook",
+        "https://localhost./hook",
+        "https://[::ffff:127.0.0.1]/hook",
+        "https://100.100.100.200/latest/meta-data",
+        "https://intranet/hook",
         "ftp://x/y",
         "nope",
     ] {

@@ -123,6 +123,7 @@ impl pb::push_subscription_service_server::PushSubscriptionService for IdentityA
              ON CONFLICT (endpoint) DO UPDATE SET user_id = EXCLUDED.user_id, p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth,
                  user_agent = EXCLUDED.user_agent, expiration_time = EXCLUDED.expiration_time, failure_count = 0,
                  disabled_at = NULL
+             WHERE push_subscriptions.tenant_id = EXCLUDED.tenant_id
              RETURNING {PUSH_COLUMNS}"
         )))
         .bind(caller.tenant_id)
@@ -132,14 +133,16 @@ impl pb::push_subscription_service_server::PushSubscriptionService for IdentityA
         .bind(&request.auth)
         .bind(client.user_agent.as_deref())
         .bind(expires)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| match &e {
             sqlx::Error::Database(db) if db.constraint().is_some_and(|c| c.starts_with("push_subscriptions_")) => {
                 IdentityError::invalid("p256dh", "the keys are not in the form browsers send")
             }
             _ => IdentityError::from(e),
-        })?;
+        })?
+        // Registered meanwhile by another tenant's user (the conflict's condition held it back).
+        .ok_or_else(|| IdentityError::AlreadyExists("this endpoint is registered elsewhere".into()))?;
         // Past the limit, the least recently used subscriptions of the user go.
         sqlx::query(
             "DELETE FROM identity.push_subscriptions WHERE id IN (

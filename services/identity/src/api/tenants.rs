@@ -321,7 +321,9 @@ fn tenant_event(tenant: Uuid) -> EventMeta<'static> {
 
 /// Maps the unique and foreign keys a tenant write can trip to the caller's mistake.
 fn write_error(err: sqlx::Error) -> IdentityError {
-    if flatrender_kit::db::is_unique_violation(&err, "tenants_slug_key") {
+    if flatrender_kit::db::is_unique_violation(&err, "tenants_idempotency_key") {
+        IdentityError::Aborted("a request with this idempotency key is being handled; retry it".into())
+    } else if flatrender_kit::db::is_unique_violation(&err, "tenants_slug_key") {
         IdentityError::AlreadyExists("a tenant with this slug exists".into())
     } else if flatrender_kit::db::is_unique_violation(&err, "tenant_branding_custom_domain_key") {
         IdentityError::AlreadyExists("another tenant uses this custom domain".into())

@@ -59,6 +59,15 @@ async fn target(conn: &mut PgConnection, caller: &Caller, id: &str) -> Result<Us
     }
 }
 
+/// What an API key may not do even with `users:write`: make admins, remove people for good,
+/// take away a second factor, or act on an admin (so a leaked key cannot take a tenant over).
+fn not_by_key(caller: &Caller, what: &str) -> Result<()> {
+    if caller.api_key_id.is_some() {
+        return Err(IdentityError::PermissionDenied(format!("API keys cannot {what}")));
+    }
+    Ok(())
+}
+
 fn not_self(caller: &Caller, user: &UserRow, what: &str) -> Result<()> {
     if caller.api_key_id.is_none() && caller.user_id == user.id {
         return Err(IdentityError::FailedPrecondition(format!("you cannot {what} yourself")));
@@ -112,9 +121,15 @@ impl pb::user_service_server::UserService for IdentityApi {
             }
             _ => return Err(IdentityError::invalid("role", "name a role").into()),
         };
+        if role != "user" {
+            not_by_key(&caller, "grant admin roles")?;
+        }
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         let user = target(&mut tx, &caller, &request.user_id).await?;
         not_self(&caller, &user, "change the role of")?;
+        if user.role != "user" {
+            not_by_key(&caller, "act on admins")?;
+        }
         if role == "platform_admin" && user.tenant_id != validate::DEFAULT_TENANT {
             return Err(IdentityError::invalid("role", "PLATFORM_ADMIN is only for users of the default tenant").into());
         }
@@ -136,6 +151,9 @@ impl pb::user_service_server::UserService for IdentityApi {
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         let user = target(&mut tx, &caller, &request.user_id).await?;
         not_self(&caller, &user, "suspend")?;
+        if user.role != "user" {
+            not_by_key(&caller, "act on admins")?;
+        }
         match user.status.as_str() {
             "deleted" => return Err(IdentityError::FailedPrecondition("the user was deleted".into()).into()),
             "suspended" => {}
@@ -202,6 +220,7 @@ impl pb::user_service_server::UserService for IdentityApi {
         let caller = admin(&request)?;
         let request = request.into_inner();
         let why = reason("reason", &request.reason, false)?;
+        not_by_key(&caller, "delete users")?;
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         let user = target(&mut tx, &caller, &request.user_id).await?;
         not_self(&caller, &user, "delete")?;
@@ -244,6 +263,7 @@ impl pb::user_service_server::UserService for IdentityApi {
         let caller = admin(&request)?;
         let request = request.into_inner();
         let why = reason("reason", &request.reason, true)?;
+        not_by_key(&caller, "reset a user's MFA")?;
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         let user = target(&mut tx, &caller, &request.user_id).await?;
         for statement in [

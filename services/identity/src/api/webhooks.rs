@@ -202,18 +202,23 @@ impl IdentityApi {
             _ => return Err(IdentityError::invalid(field, "must be an https URL")),
         }
         let host = url.host_str().ok_or_else(|| IdentityError::invalid(field, "must name a host"))?;
-        let private = match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => ip.is_private() || ip.is_loopback() || ip.is_link_local() || ip.is_unspecified(),
-            Ok(IpAddr::V6(ip)) => {
-                ip.is_loopback()
-                    || ip.is_unspecified()
-                    || (ip.segments()[0] & 0xfe00) == 0xfc00
-                    || (ip.segments()[0] & 0xffc0) == 0xfe80
+        let literal = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok();
+        let private = match literal {
+            Some(ip) => !crate::webhooks::addresses::is_public(ip),
+            None => {
+                let name = host.trim_end_matches('.');
+                name == "localhost"
+                    || name.ends_with(".localhost")
+                    || name.ends_with(".internal")
+                    || !name.contains('.')
             }
-            Err(_) => host == "localhost" || host.ends_with(".localhost") || host.ends_with(".internal"),
         };
         if private && !insecure {
             return Err(IdentityError::invalid(field, "must not point at a private, loopback or link-local address"));
+        }
+        // Normalising may lengthen it (percent-encoding, punycode): the limit is on what is stored.
+        if url.as_str().len() > 2048 {
+            return Err(IdentityError::invalid(field, "must be at most 2,048 characters"));
         }
         Ok(url.to_string())
     }
@@ -364,6 +369,17 @@ impl pb::webhook_service_server::WebhookService for IdentityApi {
             };
             query.execute(&mut *tx).await.map_err(IdentityError::from)?;
         }
+        // Deliveries it no longer wants (disabled, or a type it dropped) are canceled.
+        sqlx::query(
+            "UPDATE identity.tenant_webhook_deliveries d SET status = 'canceled', locked_until = NULL
+             FROM identity.tenant_webhooks w
+             WHERE w.id = $1 AND d.webhook_id = w.id AND d.status = 'pending'
+               AND (NOT w.enabled OR (cardinality(w.event_types) > 0 AND NOT d.event_type = ANY(w.event_types)))",
+        )
+        .bind(row.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(IdentityError::from)?;
         let row = visible(&mut tx, &caller, &given.id, false).await?;
         tx.commit().await.map_err(IdentityError::from)?;
         Ok(Response::new(pb::UpdateWebhookResponse { webhook: Some(row.to_proto()) }))
@@ -494,17 +510,21 @@ impl pb::webhook_service_server::WebhookService for IdentityApi {
         let caller = admin(&request)?;
         let id = validate::uuid("delivery_id", &request.get_ref().delivery_id)?;
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
-        let found: Option<(Uuid, Uuid, String)> = sqlx::query_as(
-            "SELECT tenant_id, webhook_id, status FROM identity.tenant_webhook_deliveries WHERE id = $1 FOR UPDATE",
+        let found: Option<(Uuid, Uuid, String, bool)> = sqlx::query_as(
+            "SELECT d.tenant_id, d.webhook_id, d.status, w.enabled FROM identity.tenant_webhook_deliveries d
+             JOIN identity.tenant_webhooks w ON w.id = d.webhook_id WHERE d.id = $1 FOR UPDATE OF d",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
         .await
         .map_err(IdentityError::from)?;
-        let (_, _, status) = match found {
+        let (_, _, status, enabled) = match found {
             Some(row) if row.0 == caller.tenant_id || caller.role == Role::PlatformAdmin => row,
             _ => return Err(IdentityError::NotFound("delivery").into()),
         };
+        if !enabled {
+            return Err(IdentityError::FailedPrecondition("the webhook is disabled; enable it first".into()).into());
+        }
         if status == "pending" {
             return Err(IdentityError::FailedPrecondition("the delivery is still pending".into()).into());
         }

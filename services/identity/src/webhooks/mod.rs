@@ -2,6 +2,7 @@
 //! (`fanout`), and a sender POSTs due deliveries, signed, retrying with backoff (`sender`).
 //! Bodies are EventEnvelope in proto3 JSON (`envelope`).
 
+pub mod addresses;
 pub mod envelope;
 pub mod fanout;
 pub mod sender;

@@ -61,15 +61,34 @@ pub async fn post(
         .header("x-flatrender-signature", signed)
         .body(body);
     match request.send().await {
-        Ok(response) => {
+        Ok(mut response) => {
             let status = response.status().as_u16();
-            let bytes = response.bytes().await.unwrap_or_default();
-            let excerpt = String::from_utf8_lossy(&bytes[..bytes.len().min(1024)]).into_owned();
+            // Only the first 1,024 bytes are kept, so only they are read.
+            let mut excerpt = Vec::new();
+            while excerpt.len() < 1024 {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk[..chunk.len().min(1024 - excerpt.len())]),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let excerpt = String::from_utf8_lossy(&excerpt).into_owned();
             let error = (!(200..300).contains(&status)).then(|| format!("HTTP {status}"));
-            Answer { status: Some(status), error, excerpt, duration: started.elapsed() }
+            // HTTP allows codes up to 999; what is recorded is 100..=599, the rest is an error.
+            let status = (100..600).contains(&status).then_some(status);
+            Answer {
+                status,
+                error: error.or_else(|| status.is_none().then(|| "an invalid HTTP status".into())),
+                excerpt,
+                duration: started.elapsed(),
+            }
         }
         Err(e) => {
             let error = if e.is_timeout() { format!("timeout after {} s", timeout.as_secs()) } else { error_chain(&e) };
+            let error = if (e.is_connect() || e.is_request()) && error.contains("no public address") {
+                "the endpoint resolves to no public address".to_owned()
+            } else {
+                error
+            };
             Answer { status: None, error: Some(error), excerpt: String::new(), duration: started.elapsed() }
         }
     }
@@ -138,7 +157,8 @@ pub async fn send_due(pool: &PgPool, client: &reqwest::Client, settings: &Webhoo
                  ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING d.*)
          SELECT c.id, c.webhook_id, c.outbox_event_id, c.event_type, c.body, c.attempts, c.max_attempts, w.url, w.secret
-         FROM claimed c JOIN identity.tenant_webhooks w ON w.id = c.webhook_id",
+         FROM claimed c JOIN identity.tenant_webhooks w ON w.id = c.webhook_id
+         WHERE w.enabled AND (cardinality(w.event_types) = 0 OR c.event_type = ANY(w.event_types))",
     )
     .bind(LEASE)
     .bind(BATCH)
@@ -169,6 +189,12 @@ async fn record(pool: &PgPool, settings: &WebhookSettings, delivery: &Due, answe
     let attempts = delivery.attempts + 1;
     let duration_ms = i32::try_from(answer.duration.as_millis()).unwrap_or(i32::MAX);
     let mut tx = pool.begin().await?;
+    // The webhook first, then its deliveries: the order every writer takes, so no two wait on
+    // each other.
+    sqlx::query("SELECT 1 FROM identity.tenant_webhooks WHERE id = $1 FOR UPDATE")
+        .bind(delivery.webhook_id)
+        .execute(&mut *tx)
+        .await?;
     if answer.success() {
         sqlx::query(
             "UPDATE identity.tenant_webhook_deliveries SET status = 'succeeded', attempts = $2, last_attempt_at = now(),
@@ -202,7 +228,10 @@ async fn record(pool: &PgPool, settings: &WebhookSettings, delivery: &Due, answe
         .bind(settings.backoff(attempts))
         .execute(&mut *tx)
         .await?;
-        // Failures in a row disable the webhook; its pending deliveries are dropped.
+        if !gave_up {
+            return tx.commit().await;
+        }
+        // Failed deliveries (not attempts) in a row disable the webhook; its pending ones drop.
         let disabled: Option<bool> = sqlx::query_scalar(
             "UPDATE identity.tenant_webhooks SET failure_count = failure_count + 1, last_failure_at = now(),
                  enabled = CASE WHEN failure_count + 1 >= $2 THEN false ELSE enabled END,
