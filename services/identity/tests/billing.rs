@@ -84,3 +84,114 @@ async fn the_plan_in_force_follows_user_then_tenant_then_free() {
     assert!(everything.plans.len() >= plans.len());
     service.stop().await;
 }
+
+#[tokio::test]
+async fn platform_admins_put_subscribers_on_plans_and_subscribers_cancel() {
+    use flatrender_proto::flatrender::events::v1 as events;
+    let service = Service::start().await;
+    let tenant = service.tenant().await;
+    let user = service.account(tenant, "user").await;
+    let admin = service.account(tenant, "tenant_admin").await;
+    let root = service.account(DEFAULT_TENANT, "platform_admin").await;
+    let plans = billing_as(&service, "").list_plans(pb::ListPlansRequest::default()).await.unwrap().into_inner().plans;
+    let paid = plans.iter().find(|p| p.code != "free").unwrap().clone();
+    let change = |key: &str| pb::ChangeSubscriptionRequest {
+        tenant_id: tenant.to_string(),
+        user_id: user.user_id.to_string(),
+        plan_id: paid.id.clone(),
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+
+    let refused = billing_as(&service, &user.tokens.access_token).change_subscription(change("")).await;
+    assert_eq!(refused.unwrap_err().code(), Code::PermissionDenied);
+    let mut billing = billing_as(&service, &root.tokens.access_token);
+    let first = billing.change_subscription(change("upgrade-1")).await.unwrap().into_inner();
+    let subscription = first.subscription.unwrap();
+    assert_eq!(subscription.status, pb::SubscriptionStatus::Active as i32);
+    assert!(first.previous.is_none());
+    let retry = billing.change_subscription(change("upgrade-1")).await.unwrap().into_inner();
+    assert_eq!(retry.subscription.unwrap().id, subscription.id, "a retry returns the same subscription");
+    let misuse = billing
+        .change_subscription(pb::ChangeSubscriptionRequest { user_id: String::new(), ..change("upgrade-1") })
+        .await;
+    assert_eq!(misuse.unwrap_err().code(), Code::AlreadyExists);
+
+    // The change is told to the other services with the new plan's limits.
+    let changed = service.events("flatrender.events.v1.SubscriptionChanged").await;
+    let event = <events::SubscriptionChanged as prost::Message>::decode(changed[0].as_slice()).unwrap();
+    assert_eq!((event.previous_plan_code.as_str(), event.plan_code.as_str()), ("free", paid.code.as_str()));
+    assert_eq!(event.kind, events::SubscriptionChangeKind::Started as i32);
+    assert!(event.limits.is_some());
+
+    // A second change ends the first.
+    let free = plans.iter().find(|p| p.code == "free").unwrap();
+    let second = billing
+        .change_subscription(pb::ChangeSubscriptionRequest { plan_id: free.id.clone(), ..change("") })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.previous.unwrap().status, pb::SubscriptionStatus::Expired as i32);
+    sqlx::query("UPDATE identity.plans SET is_active = false WHERE id = $1::uuid")
+        .bind(&paid.id)
+        .execute(service.db.pool())
+        .await
+        .unwrap();
+    let retired = billing.change_subscription(change("")).await;
+    assert_eq!(retired.unwrap_err().code(), Code::FailedPrecondition);
+
+    // The subscriber cancels at the period end; only a platform admin ends it at once.
+    let live = second.subscription.unwrap().id;
+    let mut own = billing_as(&service, &user.tokens.access_token);
+    let now = own
+        .cancel_subscription(pb::CancelSubscriptionRequest {
+            subscription_id: live.clone(),
+            immediately: true,
+            reason: String::new(),
+        })
+        .await;
+    assert_eq!(now.unwrap_err().code(), Code::PermissionDenied);
+    let scheduled = own
+        .cancel_subscription(pb::CancelSubscriptionRequest {
+            subscription_id: live.clone(),
+            immediately: false,
+            reason: "too pricey".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .subscription
+        .unwrap();
+    assert!(scheduled.cancel_at_period_end);
+    let ended = billing
+        .cancel_subscription(pb::CancelSubscriptionRequest {
+            subscription_id: live.clone(),
+            immediately: true,
+            reason: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .subscription
+        .unwrap();
+    assert_eq!(ended.status, pb::SubscriptionStatus::Canceled as i32);
+    let stranger = service.account(service.tenant().await, "user").await;
+    let hidden = billing_as(&service, &stranger.tokens.access_token)
+        .cancel_subscription(pb::CancelSubscriptionRequest {
+            subscription_id: live,
+            immediately: false,
+            reason: String::new(),
+        })
+        .await;
+    assert_eq!(hidden.unwrap_err().code(), Code::NotFound);
+
+    let listed = billing_as(&service, &admin.tokens.access_token)
+        .list_subscriptions(pb::ListSubscriptionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .subscriptions;
+    assert_eq!(listed.len(), 2, "both, newest first");
+    assert_eq!(listed[0].status, pb::SubscriptionStatus::Canceled as i32);
+    service.stop().await;
+}

@@ -1,9 +1,12 @@
-//! `BillingService`, the reads: plans on sale, a customer's subscription in force, and the
-//! effective limits other services enforce. Changing plans and subscriptions and recording
-//! payments answer `UNIMPLEMENTED` until they land.
+//! `BillingService`: plans on sale, the subscription in force and the effective limits other
+//! services enforce, and subscriptions as data (put on a plan, cancel, list) with their
+//! SubscriptionChanged events. Creating and changing plans and recording payments answer
+//! `UNIMPLEMENTED` until they land.
 
 use flatrender_kit::auth::{Caller, Role};
+use flatrender_kit::outbox::{self, EventMeta};
 use flatrender_proto::flatrender::common::v1::{Money, PageResponse, Resolution};
+use flatrender_proto::flatrender::events::v1 as events;
 use flatrender_proto::flatrender::identity::v1 as pb;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
@@ -363,6 +366,34 @@ impl pb::billing_service_server::BillingService for IdentityApi {
         }))
     }
 
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Reply<pb::ListSubscriptionsResponse> {
+        let caller = super::user(&request)?;
+        caller.require(Role::TenantAdmin)?;
+        Ok(Response::new(self.subscriptions_page(&caller, request.into_inner()).await?))
+    }
+
+    async fn change_subscription(
+        &self,
+        request: Request<pb::ChangeSubscriptionRequest>,
+    ) -> Reply<pb::ChangeSubscriptionResponse> {
+        let caller = flatrender_kit::auth::caller(&request)?.clone();
+        if caller.service.is_none() && (caller.role != Role::PlatformAdmin || caller.api_key_id.is_some()) {
+            return Err(Status::permission_denied("only platform admins and the billing integration change plans"));
+        }
+        Ok(Response::new(self.change_subscription(&caller, request.into_inner()).await?))
+    }
+
+    async fn cancel_subscription(
+        &self,
+        request: Request<pb::CancelSubscriptionRequest>,
+    ) -> Reply<pb::CancelSubscriptionResponse> {
+        let caller = super::user(&request)?;
+        Ok(Response::new(self.cancel_subscription(&caller, request.into_inner()).await?))
+    }
+
     async fn get_plan_limits(&self, request: Request<pb::GetPlanLimitsRequest>) -> Reply<pb::GetPlanLimitsResponse> {
         let caller = flatrender_kit::auth::caller(&request)?.clone();
         let request = request.into_inner();
@@ -386,5 +417,346 @@ impl pb::billing_service_server::BillingService for IdentityApi {
             plan_rank: plan.sort_order,
             cache_ttl_seconds: LIMITS_TTL_SECONDS,
         }))
+    }
+}
+
+const SUBSCRIPTION_COLUMNS: &str = "id, tenant_id, user_id, plan_id, status, current_period_start, current_period_end,
+    trial_ends_at, cancel_at_period_end, canceled_at, ended_at, provider, provider_subscription_id, created_at, updated_at";
+
+async fn plan_of(conn: &mut PgConnection, id: Uuid) -> Result<PlanRow> {
+    plan_by(conn, "id = $1::uuid", id).await?.ok_or(IdentityError::NotFound("plan"))
+}
+
+async fn subscription_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<SubscriptionRow>> {
+    Ok(sqlx::query_as::<_, SubscriptionRow>(sqlx::AssertSqlSafe(format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM identity.subscriptions WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+fn time_or(field: &'static str, value: Option<&prost_types::Timestamp>) -> Result<Option<OffsetDateTime>> {
+    value
+        .map(|t| {
+            OffsetDateTime::from_unix_timestamp(t.seconds).map_err(|_| IdentityError::invalid(field, "is out of range"))
+        })
+        .transpose()
+}
+
+/// Who changed a subscription, for its event: a person's id, or empty for a service.
+fn changed_by(caller: &Caller) -> String {
+    if caller.service.is_some() { String::new() } else { caller.user_id.to_string() }
+}
+
+impl IdentityApi {
+    /// Writes SubscriptionChanged for a subscriber whose plan is now `plan`.
+    #[allow(clippy::too_many_arguments)]
+    async fn subscription_changed(
+        &self,
+        tx: &mut sqlx::PgTransaction<'_>,
+        subscription: &SubscriptionRow,
+        kind: events::SubscriptionChangeKind,
+        previous: &str,
+        plan: &PlanRow,
+        caller: &Caller,
+        reason: String,
+    ) -> Result<()> {
+        outbox::publish(
+            tx,
+            EventMeta {
+                source: "identity",
+                aggregate_type: "subscription",
+                aggregate_id: subscription.id.to_string(),
+                tenant_id: Some(subscription.tenant_id),
+            },
+            &events::SubscriptionChanged {
+                tenant_id: subscription.tenant_id.to_string(),
+                occurred_at: Some(timestamp(OffsetDateTime::now_utc())),
+                subscription_id: subscription.id.to_string(),
+                user_id: subscription.user_id.map(|u| u.to_string()).unwrap_or_default(),
+                kind: kind as i32,
+                status: subscription.status.clone(),
+                previous_plan_code: previous.to_owned(),
+                plan_code: plan.code.clone(),
+                limits: Some(plan.limits()),
+                by_user_id: changed_by(caller),
+                reason,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn change_subscription(
+        &self,
+        caller: &Caller,
+        request: pb::ChangeSubscriptionRequest,
+    ) -> Result<pb::ChangeSubscriptionResponse> {
+        let tenant = validate::uuid("tenant_id", &request.tenant_id)?;
+        let user = validate::optional_uuid("user_id", &request.user_id)?;
+        let plan_id = validate::uuid("plan_id", &request.plan_id)?;
+        let now = OffsetDateTime::now_utc();
+        let period_end = time_or("current_period_end", request.current_period_end.as_ref())?;
+        let trial_end = time_or("trial_ends_at", request.trial_ends_at.as_ref())?;
+        if period_end.is_some_and(|end| end <= now) {
+            return Err(IdentityError::invalid("current_period_end", "must be in the future"));
+        }
+        if trial_end.is_some_and(|end| end <= now) {
+            return Err(IdentityError::invalid("trial_ends_at", "must be in the future"));
+        }
+        let provider = match request.provider.as_str() {
+            "" => None,
+            p if p.len() <= 32
+                && p.starts_with(|c: char| c.is_ascii_lowercase())
+                && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') =>
+            {
+                Some(p.to_owned())
+            }
+            _ => return Err(IdentityError::invalid("provider", "must be a lower-case name such as stripe")),
+        };
+        let provider_ref = match request.provider_subscription_id.as_str() {
+            "" => None,
+            _ if provider.is_none() => {
+                return Err(IdentityError::invalid("provider_subscription_id", "needs provider"));
+            }
+            r if r.chars().count() > 200 => {
+                return Err(IdentityError::invalid("provider_subscription_id", "must be at most 200 characters"));
+            }
+            r => Some(r.to_owned()),
+        };
+        let key = match request.idempotency_key.as_str() {
+            "" => None,
+            k if k.chars().count() > 200 => {
+                return Err(IdentityError::invalid("idempotency_key", "must be at most 200 characters"));
+            }
+            k => Some(k.to_owned()),
+        };
+        let digest: Vec<u8> = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(format!(
+                "{tenant}|{user:?}|{plan_id}|{period_end:?}|{trial_end:?}|{provider:?}|{provider_ref:?}"
+            ))
+            .to_vec()
+        };
+
+        let mut tx = self.identity.pool.begin().await?;
+        // One change per subscriber at a time: the live-subscription rule holds under races.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('identity.subscriptions'), hashtext($1))")
+            .bind(format!("{tenant}/{user:?}"))
+            .execute(&mut *tx)
+            .await?;
+        if let Some(key) = &key {
+            let existing: Option<(Uuid, Option<Vec<u8>>)> = sqlx::query_as(
+                "SELECT id, request_sha256 FROM identity.subscriptions WHERE tenant_id = $1 AND idempotency_key = $2",
+            )
+            .bind(tenant)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((id, stored)) = existing {
+                if stored.as_deref() != Some(digest.as_slice()) {
+                    return Err(IdentityError::AlreadyExists(
+                        "this idempotency key was used for another change".into(),
+                    ));
+                }
+                let subscription =
+                    subscription_by_id(&mut tx, id).await?.ok_or(IdentityError::NotFound("subscription"))?;
+                let plan = plan_of(&mut tx, subscription.plan_id).await?;
+                tx.commit().await?;
+                return Ok(pb::ChangeSubscriptionResponse {
+                    subscription: Some(subscription.to_proto(&plan)),
+                    previous: None,
+                });
+            }
+        }
+        let tenant_ok: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM identity.tenants WHERE id = $1 AND status <> 'deleted')")
+                .bind(tenant)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !tenant_ok {
+            return Err(IdentityError::NotFound("tenant"));
+        }
+        if let Some(user) = user {
+            let member: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM identity.users WHERE id = $1 AND tenant_id = $2)")
+                    .bind(user)
+                    .bind(tenant)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if !member {
+                return Err(IdentityError::NotFound("user"));
+            }
+        }
+        let plan = plan_of(&mut tx, plan_id).await?;
+        if !plan.is_active {
+            return Err(IdentityError::FailedPrecondition("the plan is retired: no new subscriptions".into()));
+        }
+        let (_, before, _) = effective(&mut tx, tenant, user).await?;
+        let previous = sqlx::query_as::<_, SubscriptionRow>(sqlx::AssertSqlSafe(format!(
+            "UPDATE identity.subscriptions SET status = 'expired', ended_at = now()
+             WHERE tenant_id = $1 AND user_id IS NOT DISTINCT FROM $2 AND status IN {LIVE}
+             RETURNING {SUBSCRIPTION_COLUMNS}"
+        )))
+        .bind(tenant)
+        .bind(user)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // Unset: one billing interval from now (open-ended for plans billed never).
+        let end = period_end.or(match plan.billing_interval.as_str() {
+            "month" => Some(now + time::Duration::days(30)),
+            "year" => Some(now + time::Duration::days(365)),
+            _ => None,
+        });
+        let status = if trial_end.is_some() { "trialing" } else { "active" };
+        let subscription = sqlx::query_as::<_, SubscriptionRow>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO identity.subscriptions
+                 (tenant_id, user_id, plan_id, status, current_period_end, trial_ends_at, provider, provider_subscription_id,
+                  idempotency_key, request_sha256)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {SUBSCRIPTION_COLUMNS}"
+        )))
+        .bind(tenant)
+        .bind(user)
+        .bind(plan.id)
+        .bind(status)
+        .bind(end)
+        .bind(trial_end)
+        .bind(&provider)
+        .bind(&provider_ref)
+        .bind(&key)
+        .bind(&digest)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if flatrender_kit::db::is_unique_violation(&e, "subscriptions_provider_ref_key") {
+                IdentityError::AlreadyExists("the provider's subscription is already recorded".into())
+            } else {
+                e.into()
+            }
+        })?;
+        self.subscription_changed(
+            &mut tx,
+            &subscription,
+            events::SubscriptionChangeKind::Started,
+            &before.code,
+            &plan,
+            caller,
+            String::new(),
+        )
+        .await?;
+        let previous = match previous {
+            Some(old) => {
+                let old_plan = plan_of(&mut tx, old.plan_id).await?;
+                Some(old.to_proto(&old_plan))
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(pb::ChangeSubscriptionResponse { subscription: Some(subscription.to_proto(&plan)), previous })
+    }
+
+    async fn cancel_subscription(
+        &self,
+        caller: &Caller,
+        request: pb::CancelSubscriptionRequest,
+    ) -> Result<pb::CancelSubscriptionResponse> {
+        let id = validate::uuid("subscription_id", &request.subscription_id)?;
+        let reason = request.reason.trim();
+        if reason.chars().count() > 500 {
+            return Err(IdentityError::invalid("reason", "must be at most 500 characters"));
+        }
+        let mut tx = self.identity.pool.begin().await?;
+        let subscription = subscription_by_id(&mut tx, id).await?;
+        // The subscriber (a user their own; a tenant admin the tenant-wide one) or a platform admin.
+        let allowed = |s: &SubscriptionRow| match s.user_id {
+            _ if caller.role == Role::PlatformAdmin && caller.api_key_id.is_none() && caller.service.is_none() => true,
+            Some(user) => user == caller.user_id && caller.api_key_id.is_none() && s.tenant_id == caller.tenant_id,
+            None => s.tenant_id == caller.tenant_id && caller.role >= Role::TenantAdmin && caller.api_key_id.is_none(),
+        };
+        let subscription = match subscription {
+            Some(s) if allowed(&s) => s,
+            _ => return Err(IdentityError::NotFound("subscription")),
+        };
+        if request.immediately && caller.role != Role::PlatformAdmin {
+            return Err(IdentityError::PermissionDenied("only platform admins end a subscription at once".into()));
+        }
+        let live = ["trialing", "active", "past_due"].contains(&subscription.status.as_str());
+        let plan = plan_of(&mut tx, subscription.plan_id).await?;
+        if !live || (subscription.cancel_at_period_end && !request.immediately) {
+            // Idempotent: already ended, or already set to end.
+            tx.commit().await?;
+            return Ok(pb::CancelSubscriptionResponse { subscription: Some(subscription.to_proto(&plan)) });
+        }
+        let statement = if request.immediately {
+            "UPDATE identity.subscriptions SET status = 'canceled', canceled_at = now(), ended_at = now() WHERE id = $1"
+        } else {
+            "UPDATE identity.subscriptions SET cancel_at_period_end = true, canceled_at = now() WHERE id = $1"
+        };
+        sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+        let updated = subscription_by_id(&mut tx, id).await?.ok_or(IdentityError::NotFound("subscription"))?;
+        let (kind, now_plan) = if request.immediately {
+            let (_, fallback, _) = effective(&mut tx, updated.tenant_id, updated.user_id).await?;
+            (events::SubscriptionChangeKind::Ended, fallback)
+        } else {
+            (events::SubscriptionChangeKind::CancelScheduled, plan_of(&mut tx, updated.plan_id).await?)
+        };
+        self.subscription_changed(&mut tx, &updated, kind, &plan.code, &now_plan, caller, reason.to_owned()).await?;
+        tx.commit().await?;
+        Ok(pb::CancelSubscriptionResponse { subscription: Some(updated.to_proto(&plan)) })
+    }
+
+    async fn subscriptions_page(
+        &self,
+        caller: &Caller,
+        request: pb::ListSubscriptionsRequest,
+    ) -> Result<pb::ListSubscriptionsResponse> {
+        let tenant = match validate::optional_uuid("tenant_id", &request.tenant_id)? {
+            None => caller.tenant_id,
+            Some(t) if t == caller.tenant_id || caller.role == Role::PlatformAdmin => t,
+            Some(_) => return Err(IdentityError::PermissionDenied("only platform admins read other tenants".into())),
+        };
+        let user = validate::optional_uuid("user_id", &request.user_id)?;
+        let plan = validate::optional_uuid("plan_id", &request.plan_id)?;
+        let status =
+            match pb::SubscriptionStatus::try_from(request.status).unwrap_or(pb::SubscriptionStatus::Unspecified) {
+                pb::SubscriptionStatus::Unspecified => None,
+                pb::SubscriptionStatus::Trialing => Some("trialing"),
+                pb::SubscriptionStatus::Active => Some("active"),
+                pb::SubscriptionStatus::PastDue => Some("past_due"),
+                pb::SubscriptionStatus::Canceled => Some("canceled"),
+                pb::SubscriptionStatus::Expired => Some("expired"),
+            };
+        let limit = page_size(request.page.as_ref())?;
+        let print = flatrender_kit::page::fingerprint(&[&"subscriptions", &tenant, &user, &plan, &status]);
+        let after: Option<(i64, Uuid)> =
+            flatrender_kit::page::decode(&print, request.page.as_ref().map_or("", |p| p.page_token.as_str()))
+                .map_err(|e| IdentityError::invalid("page.page_token", e.to_string()))?;
+        let (after_at, after_id) = after.map(|(at, id)| (super::auth::from_micros(at), id)).unzip();
+        let mut conn = self.identity.pool.acquire().await?;
+        let mut rows = sqlx::query_as::<_, SubscriptionRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM identity.subscriptions
+             WHERE tenant_id = $1 AND ($2::uuid IS NULL OR user_id = $2) AND ($3::uuid IS NULL OR plan_id = $3)
+               AND ($4::text IS NULL OR status = $4) AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
+             ORDER BY created_at DESC, id DESC LIMIT $7"
+        )))
+        .bind(tenant)
+        .bind(user)
+        .bind(plan)
+        .bind(status)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(limit + 1)
+        .fetch_all(&mut *conn)
+        .await?;
+        let next = flatrender_kit::page::next_token(&mut rows, limit, |last| {
+            flatrender_kit::page::encode(&print, &(super::auth::micros(last.created_at), last.id))
+        });
+        let mut subscriptions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let plan = plan_of(&mut conn, row.plan_id).await?;
+            subscriptions.push(row.to_proto(&plan));
+        }
+        Ok(pb::ListSubscriptionsResponse { subscriptions, page: Some(PageResponse { next_page_token: next }) })
     }
 }
