@@ -20,7 +20,6 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::auth::{from_micros, micros};
 use super::{IdentityApi, page_size};
 use crate::client::ClientInfo;
 use crate::error::{IdentityError, Result};
@@ -254,11 +253,8 @@ impl pb::api_key_service_server::ApiKeyService for IdentityApi {
         let request = request.into_inner();
         let tenant = target_tenant(&caller, &request.tenant_id)?;
         let limit = page_size(request.page.as_ref())?;
-        let print = flatrender_kit::page::fingerprint(&[&"api_keys", &tenant, &request.include_inactive]);
-        let after: Option<(i64, Uuid)> =
-            flatrender_kit::page::decode(&print, request.page.as_ref().map_or("", |p| p.page_token.as_str()))
-                .map_err(|e| IdentityError::invalid("page.page_token", e.to_string()))?;
-        let (after_at, after_id) = after.map(|(at, id)| (from_micros(at), id)).unzip();
+        let paging = super::paging::NewestFirst::new(&[&"api_keys", &tenant, &request.include_inactive]);
+        let (after_at, after_id) = paging.after(request.page.as_ref())?.unzip();
         let mut rows = sqlx::query_as::<_, KeyRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {KEY_COLUMNS} FROM identity.tenant_api_keys
              WHERE tenant_id = $1
@@ -274,9 +270,7 @@ impl pb::api_key_service_server::ApiKeyService for IdentityApi {
         .fetch_all(&self.identity.pool)
         .await
         .map_err(IdentityError::from)?;
-        let next = flatrender_kit::page::next_token(&mut rows, limit, |last| {
-            flatrender_kit::page::encode(&print, &(micros(last.created_at), last.id))
-        });
+        let next = paging.next(&mut rows, limit, |last| (last.created_at, last.id));
         Ok(Response::new(pb::ListApiKeysResponse {
             api_keys: rows.iter().map(KeyRow::to_proto).collect(),
             page: Some(PageResponse { next_page_token: next }),

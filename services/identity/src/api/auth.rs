@@ -675,11 +675,8 @@ impl IdentityApi {
         page: Option<&flatrender_proto::flatrender::common::v1::PageRequest>,
     ) -> Result<pb::ListSessionsResponse> {
         let limit = page_size(page)?;
-        let print = flatrender_kit::page::fingerprint(&[&"sessions", &caller.user_id]);
-        let after: Option<(i64, Uuid)> =
-            flatrender_kit::page::decode(&print, page.map_or("", |p| p.page_token.as_str()))
-                .map_err(|e| IdentityError::invalid("page.page_token", e.to_string()))?;
-        let (after_at, after_id) = after.map(|(at, id)| (from_micros(at), id)).unzip();
+        let paging = super::paging::NewestFirst::new(&[&"sessions", &caller.user_id]);
+        let (after_at, after_id) = paging.after(page)?.unzip();
         let mut rows: Vec<SessionRow> = sqlx::query_as(
             "SELECT id, host(ip) AS ip, user_agent, host(last_used_ip) AS last_used_ip, created_at, last_used_at,
                     expires_at, mfa_verified
@@ -695,9 +692,7 @@ impl IdentityApi {
         .bind(limit + 1)
         .fetch_all(&self.identity.pool)
         .await?;
-        let next = flatrender_kit::page::next_token(&mut rows, limit, |last| {
-            flatrender_kit::page::encode(&print, &(micros(last.last_used_at), last.id))
-        });
+        let next = paging.next(&mut rows, limit, |last| (last.last_used_at, last.id));
         let sessions = rows
             .into_iter()
             .map(|s| pb::Session {

@@ -728,11 +728,8 @@ impl IdentityApi {
                 pb::SubscriptionStatus::Expired => Some("expired"),
             };
         let limit = page_size(request.page.as_ref())?;
-        let print = flatrender_kit::page::fingerprint(&[&"subscriptions", &tenant, &user, &plan, &status]);
-        let after: Option<(i64, Uuid)> =
-            flatrender_kit::page::decode(&print, request.page.as_ref().map_or("", |p| p.page_token.as_str()))
-                .map_err(|e| IdentityError::invalid("page.page_token", e.to_string()))?;
-        let (after_at, after_id) = after.map(|(at, id)| (super::auth::from_micros(at), id)).unzip();
+        let paging = super::paging::NewestFirst::new(&[&"subscriptions", &tenant, &user, &plan, &status]);
+        let (after_at, after_id) = paging.after(request.page.as_ref())?.unzip();
         let mut conn = self.identity.pool.acquire().await?;
         let mut rows = sqlx::query_as::<_, SubscriptionRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {SUBSCRIPTION_COLUMNS} FROM identity.subscriptions
@@ -749,9 +746,7 @@ impl IdentityApi {
         .bind(limit + 1)
         .fetch_all(&mut *conn)
         .await?;
-        let next = flatrender_kit::page::next_token(&mut rows, limit, |last| {
-            flatrender_kit::page::encode(&print, &(super::auth::micros(last.created_at), last.id))
-        });
+        let next = paging.next(&mut rows, limit, |last| (last.created_at, last.id));
         let mut subscriptions = Vec::with_capacity(rows.len());
         for row in &rows {
             let plan = plan_of(&mut conn, row.plan_id).await?;

@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod auth;
 pub mod billing;
 pub mod mfa;
+mod paging;
 pub mod push;
 pub mod signing_keys;
 pub mod tenants;

@@ -205,11 +205,8 @@ impl pb::push_subscription_service_server::PushSubscriptionService for IdentityA
             return Err(Status::permission_denied("users list their own push subscriptions"));
         };
         let limit = page_size(request.page.as_ref())?;
-        let print = flatrender_kit::page::fingerprint(&[&"push", &tenant, &user]);
-        let after: Option<(i64, Uuid)> =
-            flatrender_kit::page::decode(&print, request.page.as_ref().map_or("", |p| p.page_token.as_str()))
-                .map_err(|e| IdentityError::invalid("page.page_token", e.to_string()))?;
-        let (after_at, after_id) = after.map(|(at, id)| (super::auth::from_micros(at), id)).unzip();
+        let paging = super::paging::NewestFirst::new(&[&"push", &tenant, &user]);
+        let (after_at, after_id) = paging.after(request.page.as_ref())?.unzip();
         let mut rows = sqlx::query_as::<_, PushRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {PUSH_COLUMNS} FROM identity.push_subscriptions
              WHERE tenant_id = $1 AND user_id = $2 AND disabled_at IS NULL
@@ -224,9 +221,7 @@ impl pb::push_subscription_service_server::PushSubscriptionService for IdentityA
         .fetch_all(&self.identity.pool)
         .await
         .map_err(IdentityError::from)?;
-        let next = flatrender_kit::page::next_token(&mut rows, limit, |last| {
-            flatrender_kit::page::encode(&print, &(super::auth::micros(last.created_at), last.id))
-        });
+        let next = paging.next(&mut rows, limit, |last| (last.created_at, last.id));
         Ok(Response::new(pb::ListPushSubscriptionsResponse {
             subscriptions: rows.iter().map(|r| r.to_proto(with_keys)).collect(),
             page: Some(PageResponse { next_page_token: next }),

@@ -7,9 +7,8 @@ use flatrender_proto::flatrender::events::v1 as events;
 use flatrender_proto::flatrender::identity::v1 as pb;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
-use super::auth::{from_micros, jwk, micros};
+use super::auth::jwk;
 use super::{IdentityApi, page_size, user};
 use crate::error::IdentityError;
 use crate::keys::{KeyRecord, KeyState};
@@ -26,15 +25,10 @@ impl pb::signing_key_service_server::SigningKeyService for IdentityApi {
         user(&request)?.require(Role::PlatformAdmin)?;
         let request = request.into_inner();
         let limit = page_size(request.page.as_ref())?;
-        let print = flatrender_kit::page::fingerprint(&[&"signing_keys", &request.include_inactive]);
-        let after: Option<(i64, Uuid)> =
-            flatrender_kit::page::decode(&print, request.page.as_ref().map_or("", |p| p.page_token.as_str()))
-                .map_err(|e| IdentityError::invalid("page.page_token", e.to_string()))?;
-        let after = after.map(|(at, id)| (from_micros(at), id));
+        let paging = super::paging::NewestFirst::new(&[&"signing_keys", &request.include_inactive]);
+        let after = paging.after(request.page.as_ref())?;
         let mut keys = self.identity.ring.list(request.include_inactive, after, limit + 1).await?;
-        let next = flatrender_kit::page::next_token(&mut keys, limit, |last| {
-            flatrender_kit::page::encode(&print, &(micros(last.created_at), last.id))
-        });
+        let next = paging.next(&mut keys, limit, |last| (last.created_at, last.id));
         let now = OffsetDateTime::now_utc();
         Ok(Response::new(pb::ListSigningKeysResponse {
             keys: keys.iter().map(|k| to_proto(k, now)).collect(),

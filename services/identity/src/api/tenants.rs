@@ -514,11 +514,8 @@ impl pb::tenant_service_server::TenantService for IdentityApi {
                 pb::TenantStatus::Deleted => vec!["deleted"],
             };
         let plan = validate::optional_uuid("plan_id", &request.plan_id)?;
-        let print = flatrender_kit::page::fingerprint(&[&"tenants", &query, &statuses, &plan]);
-        let after: Option<(i64, Uuid)> =
-            flatrender_kit::page::decode(&print, request.page.as_ref().map_or("", |p| p.page_token.as_str()))
-                .map_err(|e| IdentityError::invalid("page.page_token", e.to_string()))?;
-        let (after_at, after_id) = after.map(|(at, id)| (super::auth::from_micros(at), id)).unzip();
+        let paging = super::paging::NewestFirst::new(&[&"tenants", &query, &statuses, &plan]);
+        let (after_at, after_id) = paging.after(request.page.as_ref())?.unzip();
         let pattern = format!("%{}%", query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
         let mut rows = sqlx::query_as::<_, TenantRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM identity.tenants t LEFT JOIN identity.tenant_branding b ON b.tenant_id = t.id
@@ -537,9 +534,7 @@ impl pb::tenant_service_server::TenantService for IdentityApi {
         .fetch_all(&self.identity.pool)
         .await
         .map_err(IdentityError::from)?;
-        let next = flatrender_kit::page::next_token(&mut rows, limit, |last| {
-            flatrender_kit::page::encode(&print, &(super::auth::micros(last.created_at), last.id))
-        });
+        let next = paging.next(&mut rows, limit, |last| (last.created_at, last.id));
         Ok(Response::new(pb::ListTenantsResponse {
             tenants: rows.iter().map(TenantRow::to_proto).collect(),
             page: Some(PageResponse { next_page_token: next }),

@@ -304,11 +304,8 @@ impl pb::webhook_service_server::WebhookService for IdentityApi {
         let request = request.into_inner();
         let tenant = target_tenant(&caller, &request.tenant_id)?;
         let limit = page_size(request.page.as_ref())?;
-        let print = flatrender_kit::page::fingerprint(&[&"webhooks", &tenant]);
-        let after: Option<(i64, Uuid)> =
-            flatrender_kit::page::decode(&print, request.page.as_ref().map_or("", |p| p.page_token.as_str()))
-                .map_err(|e| IdentityError::invalid("page.page_token", e.to_string()))?;
-        let (after_at, after_id) = after.map(|(at, id)| (super::auth::from_micros(at), id)).unzip();
+        let paging = super::paging::NewestFirst::new(&[&"webhooks", &tenant]);
+        let (after_at, after_id) = paging.after(request.page.as_ref())?.unzip();
         let mut rows = sqlx::query_as::<_, WebhookRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {WEBHOOK_COLUMNS} FROM identity.tenant_webhooks
              WHERE tenant_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
@@ -321,9 +318,7 @@ impl pb::webhook_service_server::WebhookService for IdentityApi {
         .fetch_all(&self.identity.pool)
         .await
         .map_err(IdentityError::from)?;
-        let next = flatrender_kit::page::next_token(&mut rows, limit, |last| {
-            flatrender_kit::page::encode(&print, &(super::auth::micros(last.created_at), last.id))
-        });
+        let next = paging.next(&mut rows, limit, |last| (last.created_at, last.id));
         Ok(Response::new(pb::ListWebhooksResponse {
             webhooks: rows.iter().map(WebhookRow::to_proto).collect(),
             page: Some(PageResponse { next_page_token: next }),
@@ -470,12 +465,9 @@ impl pb::webhook_service_server::WebhookService for IdentityApi {
         let until = range
             .end_time
             .map(|t| OffsetDateTime::from_unix_timestamp(t.seconds).unwrap_or(OffsetDateTime::UNIX_EPOCH));
-        let print =
-            flatrender_kit::page::fingerprint(&[&"deliveries", &webhook.id, &status, &event_type, &since, &until]);
-        let after: Option<(i64, Uuid)> =
-            flatrender_kit::page::decode(&print, request.page.as_ref().map_or("", |p| p.page_token.as_str()))
-                .map_err(|e| IdentityError::invalid("page.page_token", e.to_string()))?;
-        let (after_at, after_id) = after.map(|(at, id)| (super::auth::from_micros(at), id)).unzip();
+        let paging =
+            super::paging::NewestFirst::new(&[&"deliveries", &webhook.id, &status, &event_type, &since, &until]);
+        let (after_at, after_id) = paging.after(request.page.as_ref())?.unzip();
         let mut rows = sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {DELIVERY_COLUMNS} FROM identity.tenant_webhook_deliveries
              WHERE webhook_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR event_type = $3)
@@ -494,9 +486,7 @@ impl pb::webhook_service_server::WebhookService for IdentityApi {
         .fetch_all(&mut *conn)
         .await
         .map_err(IdentityError::from)?;
-        let next = flatrender_kit::page::next_token(&mut rows, limit, |last| {
-            flatrender_kit::page::encode(&print, &(super::auth::micros(last.created_at), last.id))
-        });
+        let next = paging.next(&mut rows, limit, |last| (last.created_at, last.id));
         Ok(Response::new(pb::ListWebhookDeliveriesResponse {
             deliveries: rows.iter().map(DeliveryRow::to_proto).collect(),
             page: Some(PageResponse { next_page_token: next }),
