@@ -37,10 +37,22 @@ fi
 
 command -v node >/dev/null || apt_install nodejs npm
 command -v npm >/dev/null || apt_install npm
-# playwright-core 1.65 needs Node >= 20 (Debian 12's own nodejs is 18; Debian 13's is 20).
-if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
-  echo "setup.sh: Node.js $(node --version) is too old; the browser kit needs >= 20" >&2
-  exit 1
+# playwright-core 1.65 needs Node >= 20. Debian 12's own nodejs is 18: then Node 20 comes from
+# the npm registry (the node-linux-<arch> package holds the official binary) into .runtime/,
+# which the runner's callers put first on PATH (see services/flatrender/tests/browser.rs).
+node_major() { node -p 'process.versions.node.split(".")[0]'; }
+if [ "$(node_major)" -lt 20 ] && [ ! -x .runtime/bin/node ]; then
+  case "$(uname -m)" in
+    x86_64) arch=x64 ;;
+    aarch64) arch=arm64 ;;
+    *) echo "setup.sh: Node.js $(node --version) is too old and no Node 20 package exists for $(uname -m)" >&2; exit 1 ;;
+  esac
+  quiet npm install --prefix .runtime --no-audit --no-fund --no-save "node-linux-$arch@20.20.2"
+  mkdir -p .runtime/bin
+  ln -sfn "../node_modules/node-linux-$arch/bin/node" .runtime/bin/node
+fi
+if [ -x .runtime/bin/node ]; then
+  PATH="$PWD/.runtime/bin:$PATH"
 fi
 
 # npm ci when node_modules is missing or was installed from another lock file.

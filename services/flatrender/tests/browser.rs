@@ -70,7 +70,10 @@ async fn a_browser_logs_in_and_reads_a_stream_over_grpc_web() {
     let descriptors = std::env::temp_dir().join(format!("flatrender-descriptors-{}.bin", std::process::id()));
     std::fs::write(&descriptors, flatrender_proto::FILE_DESCRIPTOR_SET).unwrap();
     // The server is another process: blocking this test's thread on the browser is harmless.
+    // setup.sh leaves a Node 20 in .runtime/bin where the system's is older.
+    let path = format!("{}:{}", kit.join(".runtime/bin").display(), std::env::var("PATH").unwrap_or_default());
     let run = Command::new("node")
+        .env("PATH", path)
         .arg(kit.join("run.mjs"))
         .args(["--gateway", &server.endpoint()])
         .arg("--descriptors")
