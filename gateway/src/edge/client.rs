@@ -26,20 +26,6 @@ pub fn replace_client_claims(headers: &mut HeaderMap, peer: Option<IpAddr>) {
     }
 }
 
-/// The client address as a rate-limit key: IPv6 clients by their /64, which one client holds.
-pub fn address_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
-        IpAddr::V4(v4) => v4.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +47,9 @@ mod tests {
         left.sort_unstable();
         assert_eq!(left, ["authorization", "x-forwarded-for"]);
         assert_eq!(headers["x-forwarded-for"], "203.0.113.9");
-        assert_eq!(address_key("2001:db8:a:b:1:2:3:4".parse().unwrap()), "2001:db8:a:b::/64");
+        assert_eq!(
+            flatrender_kit::client_address::limit_key("2001:db8:a:b:1:2:3:4".parse().unwrap()),
+            "2001:db8:a:b::/64"
+        );
     }
 }

@@ -58,10 +58,6 @@ impl Default for EdgeSettings {
     }
 }
 
-fn quota(per_minute: u32) -> Quota {
-    Quota::per_minute_with_burst(per_minute)
-}
-
 /// The gateway's [`Edge`].
 #[derive(Clone, Debug)]
 pub struct GatewayEdge {
@@ -101,8 +97,8 @@ impl GatewayEdge {
             addresses: KeyedLimiter::new(),
             tenants: KeyedLimiter::new(),
             api_keys: KeyedLimiter::new(),
-            address_quota: quota(settings.address_per_minute),
-            tenant_quota: quota(settings.tenant_per_minute),
+            address_quota: Quota::per_minute_with_burst(settings.address_per_minute),
+            tenant_quota: Quota::per_minute_with_burst(settings.tenant_per_minute),
             api_key_per_minute: settings.api_key_per_minute,
         };
         Self { inner: Arc::new(inner) }
@@ -132,8 +128,9 @@ impl Inner {
         // Whatever the request claims to be: tonic serves a gRPC path whatever its content type.
         client::replace_client_claims(request.headers_mut(), peer);
         let grpc = is_grpc_path(request.uri().path());
-        let limited = peer
-            .and_then(|address| self.addresses.check(&client::address_key(address), self.address_quota, started).err());
+        let limited = peer.and_then(|address| {
+            self.addresses.check(&flatrender_kit::client_address::limit_key(address), self.address_quota, started).err()
+        });
         let mut response = match (limited, grpc) {
             (Some(retry), true) => {
                 refusal(rate_limit::resource_exhausted("client address", retry.0), content_type.as_ref())
@@ -185,7 +182,7 @@ impl Inner {
             .or_else(|| request.extensions().get::<flatrender_kit::auth::OutOfScope>().map(|o| &o.caller))
             .cloned();
         if let Some((key, per_minute)) = key_limit
-            && let Err(retry) = self.api_keys.check(&key, quota(per_minute), started)
+            && let Err(retry) = self.api_keys.check(&key, Quota::per_minute_with_burst(per_minute), started)
         {
             return refusal(rate_limit::resource_exhausted("API key", retry.0), content_type);
         }

@@ -38,15 +38,7 @@ impl ClientInfo {
 
     /// The address as the throttle subject.
     pub fn address_key(&self) -> Option<String> {
-        self.ip.map(|ip| match ip {
-            // One IPv6 client usually holds a whole /64; throttle it as one.
-            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string()),
-            IpAddr::V4(v4) => v4.to_string(),
-        })
+        self.ip.map(flatrender_kit::client_address::limit_key)
     }
 }
 

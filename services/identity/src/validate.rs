@@ -92,6 +92,23 @@ pub fn time_zone(field: &'static str, value: &str) -> Result<String> {
     Ok(value.to_owned())
 }
 
+/// A reason for the audit trail: trimmed, at most 500 characters, required when `required`.
+pub fn reason(field: &'static str, value: &str, required: bool) -> Result<String> {
+    let value = value.trim();
+    if required && value.is_empty() {
+        return Err(IdentityError::invalid(field, "is required"));
+    }
+    if value.chars().count() > 500 {
+        return Err(IdentityError::invalid(field, "must be at most 500 characters"));
+    }
+    Ok(value.to_owned())
+}
+
+/// A LIKE pattern matching `query` as a plain substring: its own wildcards are escaped.
+pub fn like_pattern(query: &str) -> String {
+    format!("%{}%", query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -11,6 +11,7 @@
 //! - [`error`]: the kit's error enum and the one mapping to `tonic::Status`.
 
 pub mod auth;
+pub mod client_address;
 pub mod config;
 pub mod db;
 pub mod error;

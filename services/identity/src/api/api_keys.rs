@@ -201,22 +201,12 @@ impl Identity {
     }
 }
 
-/// The tenant a key call acts on: the caller's own, or (platform admins only) the one named.
-fn target_tenant(caller: &Caller, named: &str) -> Result<Uuid> {
-    match validate::optional_uuid("tenant_id", named)? {
-        None => Ok(caller.tenant_id),
-        Some(tenant) if tenant == caller.tenant_id || caller.role == Role::PlatformAdmin => Ok(tenant),
-        Some(_) => Err(IdentityError::PermissionDenied("only platform admins act on other tenants".into())),
-    }
-}
-
 /// A tenant admin (of `tenant`) or a platform admin; never an API key.
 fn admin(request: &Request<impl Sized>) -> Result<Caller, Status> {
-    let caller = super::user(request)?;
+    let caller = super::admin(request)?;
     if caller.api_key_id.is_some() {
         return Err(Status::permission_denied("API keys cannot manage API keys"));
     }
-    caller.require(Role::TenantAdmin)?;
     Ok(caller)
 }
 
@@ -251,7 +241,7 @@ impl pb::api_key_service_server::ApiKeyService for IdentityApi {
     async fn list_api_keys(&self, request: Request<pb::ListApiKeysRequest>) -> Reply<pb::ListApiKeysResponse> {
         let caller = admin(&request)?;
         let request = request.into_inner();
-        let tenant = target_tenant(&caller, &request.tenant_id)?;
+        let tenant = super::tenant_scope(&caller, &request.tenant_id, super::Foreign::Forbidden)?;
         let limit = page_size(request.page.as_ref())?;
         let paging = super::paging::NewestFirst::new(&[&"api_keys", &tenant, &request.include_inactive]);
         let (after_at, after_id) = paging.after(request.page.as_ref())?.unzip();
@@ -333,7 +323,7 @@ impl pb::api_key_service_server::ApiKeyService for IdentityApi {
 
 impl IdentityApi {
     async fn create_key(&self, caller: &Caller, request: pb::CreateApiKeyRequest) -> Result<pb::CreateApiKeyResponse> {
-        let tenant = target_tenant(caller, &request.tenant_id)?;
+        let tenant = super::tenant_scope(caller, &request.tenant_id, super::Foreign::Forbidden)?;
         let name = validate::display_name("name", &request.name)?;
         let mut scopes: Vec<&str> = Vec::new();
         for value in &request.scopes {

@@ -342,11 +342,7 @@ impl pb::billing_service_server::BillingService for IdentityApi {
         let mut conn = self.identity.pool.acquire().await.map_err(IdentityError::from)?;
         let (tenant, user) = if request.tenant_wide {
             caller.require(Role::TenantAdmin)?;
-            let tenant = match validate::optional_uuid("tenant_id", &request.tenant_id)? {
-                None => caller.tenant_id,
-                Some(t) if t == caller.tenant_id || caller.role == Role::PlatformAdmin => t,
-                Some(_) => return Err(IdentityError::NotFound("tenant").into()),
-            };
+            let tenant = super::tenant_scope(&caller, &request.tenant_id, super::Foreign::Hidden("tenant"))?;
             (tenant, None)
         } else if request.user_id.is_empty() {
             if caller.api_key_id.is_some() {
@@ -662,10 +658,7 @@ impl IdentityApi {
         request: pb::CancelSubscriptionRequest,
     ) -> Result<pb::CancelSubscriptionResponse> {
         let id = validate::uuid("subscription_id", &request.subscription_id)?;
-        let reason = request.reason.trim();
-        if reason.chars().count() > 500 {
-            return Err(IdentityError::invalid("reason", "must be at most 500 characters"));
-        }
+        let reason = validate::reason("reason", &request.reason, false)?;
         let mut tx = self.identity.pool.begin().await?;
         let subscription = subscription_by_id(&mut tx, id).await?;
         // The subscriber (a user their own; a tenant admin the tenant-wide one) or a platform admin.
@@ -701,7 +694,7 @@ impl IdentityApi {
         } else {
             (events::SubscriptionChangeKind::CancelScheduled, plan_of(&mut tx, updated.plan_id).await?)
         };
-        self.subscription_changed(&mut tx, &updated, kind, &plan.code, &now_plan, caller, reason.to_owned()).await?;
+        self.subscription_changed(&mut tx, &updated, kind, &plan.code, &now_plan, caller, reason).await?;
         tx.commit().await?;
         Ok(pb::CancelSubscriptionResponse { subscription: Some(updated.to_proto(&plan)) })
     }
@@ -711,11 +704,7 @@ impl IdentityApi {
         caller: &Caller,
         request: pb::ListSubscriptionsRequest,
     ) -> Result<pb::ListSubscriptionsResponse> {
-        let tenant = match validate::optional_uuid("tenant_id", &request.tenant_id)? {
-            None => caller.tenant_id,
-            Some(t) if t == caller.tenant_id || caller.role == Role::PlatformAdmin => t,
-            Some(_) => return Err(IdentityError::PermissionDenied("only platform admins read other tenants".into())),
-        };
+        let tenant = super::tenant_scope(caller, &request.tenant_id, super::Foreign::Forbidden)?;
         let user = validate::optional_uuid("user_id", &request.user_id)?;
         let plan = validate::optional_uuid("plan_id", &request.plan_id)?;
         let status =

@@ -12,7 +12,7 @@ pub mod usage;
 pub mod users;
 pub mod webhooks;
 
-use flatrender_kit::auth::Caller;
+use flatrender_kit::auth::{Caller, Role};
 use flatrender_proto::flatrender::identity::v1 as pb;
 use tonic::Status;
 
@@ -39,6 +39,34 @@ pub(crate) fn user<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
         return Err(Status::permission_denied("this call is made by a user, not a service"));
     }
     Ok(caller.clone())
+}
+
+/// How a caller who is no platform admin is answered for naming another tenant.
+pub(crate) enum Foreign {
+    /// `PERMISSION_DENIED`: the field is documented as platform admins only.
+    Forbidden,
+    /// `NOT_FOUND` for the named kind: the other tenant must stay invisible.
+    Hidden(&'static str),
+}
+
+/// The tenant a call acts on: the caller's own when `named` is empty, or the one named, which
+/// only platform admins may name.
+pub(crate) fn tenant_scope(caller: &Caller, named: &str, foreign: Foreign) -> Result<uuid::Uuid, IdentityError> {
+    match crate::validate::optional_uuid("tenant_id", named)? {
+        None => Ok(caller.tenant_id),
+        Some(tenant) if tenant == caller.tenant_id || caller.role == Role::PlatformAdmin => Ok(tenant),
+        Some(_) => Err(match foreign {
+            Foreign::Forbidden => IdentityError::PermissionDenied("only platform admins act on other tenants".into()),
+            Foreign::Hidden(what) => IdentityError::NotFound(what),
+        }),
+    }
+}
+
+/// A tenant admin, a platform admin, or an API key (whose scopes the token layer checked).
+pub(crate) fn admin<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+    let caller = user(request)?;
+    caller.require(Role::TenantAdmin)?;
+    Ok(caller)
 }
 
 /// The verified caller of `request`, a user or a service.

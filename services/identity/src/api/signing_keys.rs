@@ -52,9 +52,7 @@ impl pb::signing_key_service_server::SigningKeyService for IdentityApi {
         let caller = user(&request)?;
         caller.require(Role::PlatformAdmin)?;
         let request = request.into_inner();
-        if request.reason.chars().count() > 500 {
-            return Err(IdentityError::invalid("reason", "must be at most 500 characters").into());
-        }
+        let reason = crate::validate::reason("reason", &request.reason, false)?;
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         let key =
             self.identity.ring.revoke(&mut tx, &request.kid).await?.ok_or(IdentityError::NotFound("signing key"))?;
@@ -71,7 +69,7 @@ impl pb::signing_key_service_server::SigningKeyService for IdentityApi {
                 occurred_at: Some(timestamp(OffsetDateTime::now_utc())),
                 kid: key.kid.clone(),
                 by_user_id: caller.user_id.to_string(),
-                reason: request.reason,
+                reason,
             },
         )
         .await

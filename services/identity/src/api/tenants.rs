@@ -262,27 +262,10 @@ fn url(value: &str) -> Result<Option<String>> {
     }
 }
 
-fn reason(text: &str) -> Result<String> {
-    let text = text.trim();
-    if text.is_empty() || text.chars().count() > 500 {
-        return Err(IdentityError::invalid("reason", "must be 1 to 500 characters"));
-    }
-    Ok(text.to_owned())
-}
-
 fn platform_admin<T>(request: &Request<T>) -> Result<Caller, Status> {
     let caller = super::user(request)?;
     caller.require(Role::PlatformAdmin)?;
     Ok(caller)
-}
-
-/// The tenant a tenant admin (their own) or platform admin (any) may see; others NOT_FOUND.
-fn visible_tenant(caller: &Caller, named: &str) -> Result<Uuid> {
-    match validate::optional_uuid("tenant_id", named)? {
-        None => Ok(caller.tenant_id),
-        Some(tenant) if tenant == caller.tenant_id || caller.role == Role::PlatformAdmin => Ok(tenant),
-        Some(_) => Err(IdentityError::NotFound("tenant")),
-    }
 }
 
 async fn tenant_row(conn: &mut PgConnection, id: Uuid, lock: bool) -> Result<TenantRow> {
@@ -492,7 +475,7 @@ impl pb::tenant_service_server::TenantService for IdentityApi {
     async fn get_tenant(&self, request: Request<pb::GetTenantRequest>) -> Reply<pb::GetTenantResponse> {
         let caller = super::user(&request)?;
         caller.require(Role::TenantAdmin)?;
-        let tenant = visible_tenant(&caller, &request.get_ref().tenant_id)?;
+        let tenant = super::tenant_scope(&caller, &request.get_ref().tenant_id, super::Foreign::Hidden("tenant"))?;
         let mut conn = self.identity.pool.acquire().await.map_err(IdentityError::from)?;
         let row = tenant_row(&mut conn, tenant, false).await?;
         Ok(Response::new(pb::GetTenantResponse { tenant: Some(row.to_proto()) }))
@@ -516,7 +499,7 @@ impl pb::tenant_service_server::TenantService for IdentityApi {
         let plan = validate::optional_uuid("plan_id", &request.plan_id)?;
         let paging = super::paging::NewestFirst::new(&[&"tenants", &query, &statuses, &plan]);
         let (after_at, after_id) = paging.after(request.page.as_ref())?.unzip();
-        let pattern = format!("%{}%", query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let pattern = validate::like_pattern(&query);
         let mut rows = sqlx::query_as::<_, TenantRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM identity.tenants t LEFT JOIN identity.tenant_branding b ON b.tenant_id = t.id
              WHERE t.status = ANY($1) AND ($2::uuid IS NULL OR t.plan_id = $2)
@@ -584,7 +567,7 @@ impl pb::tenant_service_server::TenantService for IdentityApi {
         let caller = platform_admin(&request)?;
         let request = request.into_inner();
         let id = validate::uuid("tenant_id", &request.tenant_id)?;
-        let why = reason(&request.reason)?;
+        let why = validate::reason("reason", &request.reason, true)?;
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         let row = tenant_row(&mut tx, id, true).await?;
         match row.status.as_str() {
@@ -658,7 +641,7 @@ impl pb::tenant_service_server::TenantService for IdentityApi {
         let caller = platform_admin(&request)?;
         let request = request.into_inner();
         let id = validate::uuid("tenant_id", &request.tenant_id)?;
-        let why = reason(&request.reason)?;
+        let why = validate::reason("reason", &request.reason, true)?;
         if id == DEFAULT_TENANT {
             return Err(IdentityError::FailedPrecondition("the default tenant cannot be deleted".into()).into());
         }
@@ -700,7 +683,7 @@ impl pb::tenant_service_server::TenantService for IdentityApi {
     async fn get_branding(&self, request: Request<pb::GetBrandingRequest>) -> Reply<pb::GetBrandingResponse> {
         let caller = super::user(&request)?;
         caller.require(Role::TenantAdmin)?;
-        let tenant = visible_tenant(&caller, &request.get_ref().tenant_id)?;
+        let tenant = super::tenant_scope(&caller, &request.get_ref().tenant_id, super::Foreign::Hidden("tenant"))?;
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         tenant_row(&mut tx, tenant, false).await?;
         let branding = branding_row(&mut tx, tenant).await?;
@@ -713,7 +696,7 @@ impl pb::tenant_service_server::TenantService for IdentityApi {
         caller.require(Role::TenantAdmin)?;
         let request = request.into_inner();
         let given = request.branding.unwrap_or_default();
-        let tenant = visible_tenant(&caller, &given.tenant_id)?;
+        let tenant = super::tenant_scope(&caller, &given.tenant_id, super::Foreign::Hidden("tenant"))?;
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
         if paths.is_empty() {
             return Err(IdentityError::invalid("update_mask", "name at least one field to change").into());

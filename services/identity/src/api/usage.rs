@@ -1,6 +1,5 @@
 //! `UsageService`: a tenant's usage per day and the gateway's request log, for its admins.
 
-use flatrender_kit::auth::{Caller, Role};
 use flatrender_proto::flatrender::common::v1::{self as common, PageResponse};
 use flatrender_proto::flatrender::identity::v1 as pb;
 use time::{Date, Month, OffsetDateTime};
@@ -20,13 +19,8 @@ const MAX_USAGE_DAYS: i64 = 366;
 const MAX_LOG_WINDOW: time::Duration = time::Duration::days(31);
 
 fn reader<T>(request: &Request<T>, named_tenant: &str) -> Result<Uuid, Status> {
-    let caller: Caller = super::user(request)?;
-    caller.require(Role::TenantAdmin)?;
-    match validate::optional_uuid("tenant_id", named_tenant)? {
-        None => Ok(caller.tenant_id),
-        Some(tenant) if tenant == caller.tenant_id || caller.role == Role::PlatformAdmin => Ok(tenant),
-        Some(_) => Err(IdentityError::PermissionDenied("only platform admins read other tenants".into()).into()),
-    }
+    let caller = super::admin(request)?;
+    Ok(super::tenant_scope(&caller, named_tenant, super::Foreign::Forbidden)?)
 }
 
 fn date(field: &'static str, value: Option<&common::Date>) -> Result<Date> {

@@ -13,29 +13,13 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{IdentityApi, page_size};
+use super::{IdentityApi, admin, page_size};
 use crate::error::{IdentityError, Result};
 use crate::sessions::{self, RevokeReason};
 use crate::users::{self, USER_COLUMNS, UserRow, timestamp};
 use crate::validate;
 
 type Reply<T> = Result<Response<T>, Status>;
-
-/// A tenant admin, a platform admin, or an API key (whose scopes the token layer checked).
-fn admin<T>(request: &Request<T>) -> Result<Caller, Status> {
-    let caller = super::user(request)?;
-    caller.require(Role::TenantAdmin)?;
-    Ok(caller)
-}
-
-/// The tenant a listing covers: the caller's own, or (platform admins only) the one named.
-fn listed_tenant(caller: &Caller, named: &str) -> Result<Uuid> {
-    match validate::optional_uuid("tenant_id", named)? {
-        None => Ok(caller.tenant_id),
-        Some(tenant) if tenant == caller.tenant_id || caller.role == Role::PlatformAdmin => Ok(tenant),
-        Some(_) => Err(IdentityError::PermissionDenied("only platform admins look at other tenants".into())),
-    }
-}
 
 /// The user `id` as `caller` may act on it, locked for the change.
 async fn target(conn: &mut PgConnection, caller: &Caller, id: &str) -> Result<UserRow> {
@@ -73,17 +57,6 @@ fn not_self(caller: &Caller, user: &UserRow, what: &str) -> Result<()> {
         return Err(IdentityError::FailedPrecondition(format!("you cannot {what} yourself")));
     }
     Ok(())
-}
-
-fn reason(field: &'static str, text: &str, required: bool) -> Result<String> {
-    let text = text.trim();
-    if required && text.is_empty() {
-        return Err(IdentityError::invalid(field, "is required"));
-    }
-    if text.chars().count() > 500 {
-        return Err(IdentityError::invalid(field, "must be at most 500 characters"));
-    }
-    Ok(text.to_owned())
 }
 
 fn meta(user: &UserRow) -> EventMeta<'static> {
@@ -147,7 +120,7 @@ impl pb::user_service_server::UserService for IdentityApi {
     async fn suspend_user(&self, request: Request<pb::SuspendUserRequest>) -> Reply<pb::SuspendUserResponse> {
         let caller = admin(&request)?;
         let request = request.into_inner();
-        let why = reason("reason", &request.reason, false)?;
+        let why = validate::reason("reason", &request.reason, false)?;
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         let user = target(&mut tx, &caller, &request.user_id).await?;
         not_self(&caller, &user, "suspend")?;
@@ -219,7 +192,7 @@ impl pb::user_service_server::UserService for IdentityApi {
     async fn delete_user(&self, request: Request<pb::DeleteUserRequest>) -> Reply<pb::DeleteUserResponse> {
         let caller = admin(&request)?;
         let request = request.into_inner();
-        let why = reason("reason", &request.reason, false)?;
+        let why = validate::reason("reason", &request.reason, false)?;
         not_by_key(&caller, "delete users")?;
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         let user = target(&mut tx, &caller, &request.user_id).await?;
@@ -262,7 +235,7 @@ impl pb::user_service_server::UserService for IdentityApi {
     async fn reset_user_mfa(&self, request: Request<pb::ResetUserMfaRequest>) -> Reply<pb::ResetUserMfaResponse> {
         let caller = admin(&request)?;
         let request = request.into_inner();
-        let why = reason("reason", &request.reason, true)?;
+        let why = validate::reason("reason", &request.reason, true)?;
         not_by_key(&caller, "reset a user's MFA")?;
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         let user = target(&mut tx, &caller, &request.user_id).await?;
@@ -317,7 +290,7 @@ fn sort_key(field: pb::UserSortField) -> &'static str {
 
 impl IdentityApi {
     async fn users_page(&self, caller: &Caller, request: pb::ListUsersRequest) -> Result<pb::ListUsersResponse> {
-        let tenant = listed_tenant(caller, &request.tenant_id)?;
+        let tenant = super::tenant_scope(caller, &request.tenant_id, super::Foreign::Forbidden)?;
         let limit = page_size(request.page.as_ref())?;
         let query = request.query.trim().to_lowercase();
         if query.chars().count() > 100 {
@@ -352,7 +325,7 @@ impl IdentityApi {
         let key = sort_key(field);
         let (cmp, order) = if descending { ("<", "DESC") } else { (">", "ASC") };
         // `query` matches as a plain substring: LIKE's wildcards in it are escaped.
-        let pattern = format!("%{}%", query.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let pattern = validate::like_pattern(&query);
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {USER_COLUMNS}, {key} AS sort_key FROM identity.users u JOIN identity.tenants t ON t.id = u.tenant_id
              WHERE u.tenant_id = $1 AND u.status = ANY($2)
@@ -389,7 +362,7 @@ impl IdentityApi {
         caller: &Caller,
         request: pb::ListLoginAttemptsRequest,
     ) -> Result<pb::ListLoginAttemptsResponse> {
-        let tenant = listed_tenant(caller, &request.tenant_id)?;
+        let tenant = super::tenant_scope(caller, &request.tenant_id, super::Foreign::Forbidden)?;
         let limit = page_size(request.page.as_ref())?;
         let user = validate::optional_uuid("user_id", &request.user_id)?;
         let email = (!request.email.is_empty()).then(|| request.email.trim().to_lowercase());

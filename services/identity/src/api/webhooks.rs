@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{IdentityApi, page_size};
+use super::{IdentityApi, admin, page_size};
 use crate::error::{IdentityError, Result};
 use crate::users::timestamp;
 use crate::validate;
@@ -152,21 +152,6 @@ impl DeliveryRow {
     }
 }
 
-/// A tenant admin (of their tenant), a platform admin (any), or an API key with `tenant:*`.
-fn admin<T>(request: &Request<T>) -> Result<Caller, Status> {
-    let caller = super::user(request)?;
-    caller.require(Role::TenantAdmin)?;
-    Ok(caller)
-}
-
-fn target_tenant(caller: &Caller, named: &str) -> Result<Uuid> {
-    match validate::optional_uuid("tenant_id", named)? {
-        None => Ok(caller.tenant_id),
-        Some(tenant) if tenant == caller.tenant_id || caller.role == Role::PlatformAdmin => Ok(tenant),
-        Some(_) => Err(IdentityError::PermissionDenied("only platform admins act on other tenants".into())),
-    }
-}
-
 async fn visible(conn: &mut PgConnection, caller: &Caller, id: &str, lock: bool) -> Result<WebhookRow> {
     let id = validate::uuid("webhook_id", id)?;
     let lock = if lock { " FOR UPDATE" } else { "" };
@@ -245,7 +230,7 @@ impl pb::webhook_service_server::WebhookService for IdentityApi {
     async fn create_webhook(&self, request: Request<pb::CreateWebhookRequest>) -> Reply<pb::CreateWebhookResponse> {
         let caller = admin(&request)?;
         let request = request.into_inner();
-        let tenant = target_tenant(&caller, &request.tenant_id)?;
+        let tenant = super::tenant_scope(&caller, &request.tenant_id, super::Foreign::Forbidden)?;
         let url = self.endpoint("url", &request.url)?;
         let description = match request.description.trim() {
             "" => None,
@@ -302,7 +287,7 @@ impl pb::webhook_service_server::WebhookService for IdentityApi {
     async fn list_webhooks(&self, request: Request<pb::ListWebhooksRequest>) -> Reply<pb::ListWebhooksResponse> {
         let caller = admin(&request)?;
         let request = request.into_inner();
-        let tenant = target_tenant(&caller, &request.tenant_id)?;
+        let tenant = super::tenant_scope(&caller, &request.tenant_id, super::Foreign::Forbidden)?;
         let limit = page_size(request.page.as_ref())?;
         let paging = super::paging::NewestFirst::new(&[&"webhooks", &tenant]);
         let (after_at, after_id) = paging.after(request.page.as_ref())?.unzip();
