@@ -92,6 +92,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .collect(),
         env: Vec::new(),
         default_limits: config.render_limits(),
+        default_download_limit: config.max_download_time,
         tracker: Some(tracker(&config, &installs).await?),
         crash_watch: crash_watch(&config),
         crash_settle: work::DEFAULT_CRASH_SETTLE,

@@ -334,3 +334,52 @@ async fn a_stopping_agent_hands_its_task_back() {
     .await;
     second.stop().await;
 }
+
+/// A node whose downloads take longer than the task's download time limit gives the task up as
+/// a machine error (DOWNLOAD_FAILED) instead of waiting on a slow or stalled transfer; another
+/// node completes the chunk.
+#[tokio::test]
+async fn a_download_past_its_time_limit_is_given_up_and_retried_elsewhere() {
+    let (o, alice) = stack_with(|settings| settings.max_attempts = 3).await;
+    // 4 MiB that do not compress: no transfer of them through the orchestrator fits in 1 ms.
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default();
+    zip.start_file("project.aepx.json", options).unwrap();
+    std::io::Write::write_all(&mut zip, farm::project(&[]).as_bytes()).unwrap();
+    zip.start_file("footage/noise.bin", options).unwrap();
+    let mut noise = vec![0_u8; 4 << 20];
+    rand::RngExt::fill(&mut rand::rng(), &mut noise[..]);
+    std::io::Write::write_all(&mut zip, &noise).unwrap();
+    let bytes = zip.finish().unwrap().into_inner();
+    let template = o
+        .upload(&alice, alice.tenant, "template.zip", flatrender_proto::flatrender::file::v1::FileKind::TemplateBundle, &bytes)
+        .await;
+
+    let slow_state = tempfile::tempdir().unwrap();
+    let options = AgentOptions { download_limit: Duration::from_millis(1), ..AgentOptions::default() };
+    let slow = agent(&o, slow_state.path(), options).await;
+    let job = submit(&o, &alice, &template).await;
+    o.until(
+        "the slow node's attempt fails",
+        &format!(
+            "SELECT count(*) = 1 FROM render.frame_job_attempts WHERE job_id = '{job}' AND node_id = '{}' AND outcome IS NOT NULL",
+            slow.node_id
+        ),
+    )
+    .await;
+    let tried = attempts(&o, job).await;
+    assert_eq!(
+        (tried[0].0, tried[0].1.as_str(), tried[0].2.as_str(), tried[0].3.as_str()),
+        (Some(slow.node_id), "machine_error", "machine", "download_failed"),
+    );
+    slow.stop().await;
+
+    let healthy_state = tempfile::tempdir().unwrap();
+    let healthy = agent(&o, healthy_state.path(), AgentOptions::default()).await;
+    o.until(
+        "the chunk is done on the other node",
+        &format!("SELECT bool_and(state = 'done') FROM render.frame_jobs WHERE job_id = '{job}' AND lane = 'render'"),
+    )
+    .await;
+    healthy.stop().await;
+}

@@ -183,6 +183,11 @@ pub struct Flags {
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub max_render_time: Option<Duration>,
 
+    /// Give up a task's downloads (template, media, frames) after this long in total, when the
+    /// task sets no limit, e.g. 30m.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_download_time: Option<Duration>,
+
     /// How often to send a health sample, e.g. 5s.
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub health_interval: Option<Duration>,

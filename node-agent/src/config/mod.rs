@@ -28,6 +28,8 @@ pub const DEFAULT_ORCHESTRATOR: &str = "http://127.0.0.1:50051";
 pub const DEFAULT_CACHE_SIZE: ByteSize = ByteSize(50 << 30);
 pub const DEFAULT_NO_OUTPUT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_RENDER_TIME: Duration = Duration::from_secs(2 * 3600);
+/// The protocol's default for a task's downloads when its watchdog names no limit.
+pub const DEFAULT_MAX_DOWNLOAD_TIME: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// The protocol's bound on `Hello.slots`.
 pub const MAX_SLOTS: u32 = 64;
@@ -74,6 +76,8 @@ pub struct Config {
     pub crash_dirs: Vec<PathBuf>,
     pub no_output_timeout: Duration,
     pub max_render_time: Duration,
+    /// A task's downloads (template, media, frames) give up after this long in total.
+    pub max_download_time: Duration,
     pub health_interval: Duration,
     /// Start drained.
     pub draining: bool,
@@ -160,6 +164,7 @@ struct Layer {
     crash_dirs: Option<Vec<PathBuf>>,
     no_output_timeout: Option<HumanDuration>,
     max_render_time: Option<HumanDuration>,
+    max_download_time: Option<HumanDuration>,
     health_interval: Option<HumanDuration>,
     draining: Option<bool>,
     log_level: Option<String>,
@@ -233,6 +238,7 @@ impl Config {
             crash_dirs: crate::crash_watch::default_dirs(),
             no_output_timeout: DEFAULT_NO_OUTPUT_TIMEOUT,
             max_render_time: DEFAULT_MAX_RENDER_TIME,
+            max_download_time: DEFAULT_MAX_DOWNLOAD_TIME,
             health_interval: DEFAULT_HEALTH_INTERVAL,
             draining: false,
             log_level: "info".to_owned(),
@@ -335,6 +341,7 @@ impl Config {
         for (key, value, slot) in [
             ("no_output_timeout", layer.no_output_timeout, &mut self.no_output_timeout),
             ("max_render_time", layer.max_render_time, &mut self.max_render_time),
+            ("max_download_time", layer.max_download_time, &mut self.max_download_time),
             ("health_interval", layer.health_interval, &mut self.health_interval),
         ] {
             if let Some(HumanDuration(d)) = value {
@@ -395,6 +402,7 @@ impl Config {
             crash_dirs: &'a [PathBuf],
             no_output_timeout: HumanDuration,
             max_render_time: HumanDuration,
+            max_download_time: HumanDuration,
             health_interval: HumanDuration,
             draining: bool,
             log_level: &'a str,
@@ -420,6 +428,7 @@ impl Config {
             crash_dirs: &self.crash_dirs,
             no_output_timeout: HumanDuration(self.no_output_timeout),
             max_render_time: HumanDuration(self.max_render_time),
+            max_download_time: HumanDuration(self.max_download_time),
             health_interval: HumanDuration(self.health_interval),
             draining: self.draining,
             log_level: &self.log_level,
@@ -499,6 +508,7 @@ impl Layer {
             crash_dirs: env(&env_name("crash_dirs"))?.map(|v| std::env::split_paths(&v).collect()),
             no_output_timeout: parsed(env, "no_output_timeout")?,
             max_render_time: parsed(env, "max_render_time")?,
+            max_download_time: parsed(env, "max_download_time")?,
             health_interval: parsed(env, "health_interval")?,
             draining: boolean(env, "draining")?,
             log_level: env(&env_name("log_level"))?,
@@ -536,6 +546,7 @@ impl Layer {
             crash_dirs: flags.crash_dirs,
             no_output_timeout: flags.no_output_timeout.map(HumanDuration),
             max_render_time: flags.max_render_time.map(HumanDuration),
+            max_download_time: flags.max_download_time.map(HumanDuration),
             health_interval: flags.health_interval.map(HumanDuration),
             draining: flags.draining,
             log_level: flags.log_level,

@@ -11,7 +11,7 @@ use flatrender_proto::flatrender::render::v1 as pb;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::report::{Failed, MAX_MESSAGE_BYTES, truncated, unless_stopped};
+use super::report::{Failed, MAX_MESSAGE_BYTES, downloads_until, truncated, unless_stopped};
 use super::{Attempt, Resources, TaskContext};
 use crate::assembly::proto::Inputs;
 use crate::assembly::{self, AssemblyError};
@@ -60,7 +60,8 @@ async fn assemble(
 
     ctx.phase(pb::TaskPhase::Downloading, "fetching the frames and the audio");
     let fetching = Instant::now();
-    let inputs = unless_stopped(&stop, fetch_inputs(resources, ctx, spec, work_dir)).await?;
+    let deadline = tokio::time::Instant::now() + resources.config.download_limit(spec.watchdog.as_ref());
+    let inputs = downloads_until(deadline, unless_stopped(&stop, fetch_inputs(resources, ctx, spec, work_dir))).await?;
     timings.download_ms = fetching.elapsed().as_millis() as u64;
 
     let name = output_name(&spec.output_file_name);

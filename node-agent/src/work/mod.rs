@@ -46,6 +46,8 @@ pub struct WorkConfig {
     pub env: Vec<(OsString, OsString)>,
     /// Watchdog limits when the task sets none.
     pub default_limits: Limits,
+    /// How long a task's downloads may take in total when its watchdog sets no limit.
+    pub default_download_limit: Duration,
     /// The record of running renderers: what an earlier run left is killed before each task.
     pub tracker: Option<Arc<Tracker>>,
     /// The crash-report folders, watched; `None` sends crash reports without the reporter's file.
@@ -69,14 +71,21 @@ impl WorkConfig {
 
     /// The task's watchdog, filled in from the defaults.
     fn limits(&self, watchdog: Option<&agent_pb::Watchdog>) -> Limits {
-        let pick = |d: Option<&prost_types::Duration>, default: Duration| {
-            d.and_then(|d| Duration::try_from(*d).ok()).filter(|d| !d.is_zero()).unwrap_or(default)
-        };
         Limits {
             no_output: pick(watchdog.and_then(|w| w.no_output_timeout.as_ref()), self.default_limits.no_output),
             max_run: pick(watchdog.and_then(|w| w.max_render_time.as_ref()), self.default_limits.max_run),
         }
     }
+
+    /// How long the task's downloads may take in total (`Watchdog.max_download_time`).
+    fn download_limit(&self, watchdog: Option<&agent_pb::Watchdog>) -> Duration {
+        pick(watchdog.and_then(|w| w.max_download_time.as_ref()), self.default_download_limit)
+    }
+}
+
+/// A watchdog duration the task set, else the node's default; zero or negative counts as unset.
+fn pick(set: Option<&prost_types::Duration>, default: Duration) -> Duration {
+    set.and_then(|d| Duration::try_from(*d).ok()).filter(|d| !d.is_zero()).unwrap_or(default)
 }
 
 /// What every task shares.

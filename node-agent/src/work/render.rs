@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::crash::{self, Crash};
 use super::landing::{self, Landing, Shipped, Sign};
-use super::report::{self, Failed, MAX_MESSAGE_BYTES, truncated, unless_stopped};
+use super::report::{self, Failed, MAX_MESSAGE_BYTES, downloads_until, truncated, unless_stopped};
 use super::{Attempt, Resources, TaskContext};
 use crate::aerender::argv::{AerenderCommand, FrameSpan, MemUsage, Mfr};
 use crate::aerender::driver::{self, RenderRun, RenderedFrame, RunEvent};
@@ -74,13 +74,15 @@ async fn render(
     // Inputs: the template (from the cache when it is there), then the media.
     ctx.phase(pb::TaskPhase::Downloading, "fetching the template");
     let fetching = Instant::now();
+    let download_deadline = tokio::time::Instant::now() + resources.config.download_limit(spec.watchdog.as_ref());
     let bundle_ref = spec
         .template_bundle
         .as_ref()
         .ok_or_else(|| Failed::template(pb::ErrorCode::BundleInvalid, "the task names no template bundle"))?;
     let key = BundleRef::new(&bundle_ref.sha256, bundle_ref.size_bytes)
         .map_err(|e| Failed::template(pb::ErrorCode::BundleInvalid, e.to_string()))?;
-    resources.bundles.register(&bundle_ref.sha256, ctx.lease(), bundle_ref.file_id.clone());
+    let claim =
+        resources.bundles.register(&bundle_ref.sha256, ctx.lease(), bundle_ref.file_id.clone(), download_deadline);
     let template = resources.cache.acquire(&key).await.map_err(|e| match e {
         crate::cache::CacheError::UnsafeArchive { .. } => Failed::template(pb::ErrorCode::BundleInvalid, e.to_string()),
         crate::cache::CacheError::ChecksumMismatch { .. } => {
@@ -88,9 +90,15 @@ async fn render(
         }
         _ => Failed::machine(pb::ErrorCode::DownloadFailed, e.to_string()),
     })?;
-    // The template fill is not interrupted (it resumes and other tasks may wait on it); the
-    // media and the uploads are.
-    let media = unless_stopped(&stop, fetch_media(resources, ctx, &spec.assets, work_dir)).await?;
+    drop(claim);
+    // The template fill is not interrupted (it resumes and other tasks may wait on it: it ends
+    // when it runs past the download limit of every task that needs it); the media and the
+    // uploads are.
+    let media = downloads_until(
+        download_deadline,
+        unless_stopped(&stop, fetch_media(resources, ctx, &spec.assets, work_dir)),
+    )
+    .await?;
     out.timings.download_ms = fetching.elapsed().as_millis() as u64;
 
     ctx.phase(pb::TaskPhase::Preparing, "writing the injection script");

@@ -105,6 +105,19 @@ impl Failed {
     }
 }
 
+/// `downloads`, given up as DOWNLOAD_FAILED (a machine error: another node may fetch faster) when
+/// they are not done by `deadline` (the task's `max_download_time` from when its downloads
+/// began): a stalled transfer would otherwise wait for the transport's keepalive, which a slow
+/// trickle never trips.
+pub async fn downloads_until<T>(
+    deadline: tokio::time::Instant,
+    downloads: impl Future<Output = Result<T, Failed>>,
+) -> Result<T, Failed> {
+    tokio::time::timeout_at(deadline, downloads).await.unwrap_or_else(|_| {
+        Err(Failed::machine(pb::ErrorCode::DownloadFailed, "the downloads ran past the task's download time limit"))
+    })
+}
+
 /// `work`, unless the task is told to stop first (a download or an upload is dropped: its
 /// partial file goes with the work directory, and the server discards an unfinished upload).
 pub async fn unless_stopped<T>(stop: &StopSignal, work: impl Future<Output = Result<T, Failed>>) -> Result<T, Failed> {

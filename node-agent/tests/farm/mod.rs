@@ -94,11 +94,19 @@ pub struct AgentOptions<'a> {
     pub crash_dir: Option<&'a Path>,
     /// Takes assembly tasks (ffmpeg from PATH, installed by `make test`).
     pub assemble: bool,
+    /// How long a task's downloads may take (the orchestrator sets no limit of its own).
+    pub download_limit: Duration,
 }
 
 impl Default for AgentOptions<'_> {
     fn default() -> Self {
-        Self { env: &[], no_output: Duration::from_secs(30), crash_dir: None, assemble: false }
+        Self {
+            env: &[],
+            no_output: Duration::from_secs(30),
+            crash_dir: None,
+            assemble: false,
+            download_limit: Duration::from_secs(120),
+        }
     }
 }
 
@@ -146,6 +154,7 @@ pub async fn agent(o: &Orchestrator, state: &Path, options: AgentOptions<'_>) ->
         installs: spec.ae_versions.iter().map(|v| AeInstall { version: v.clone(), aerender: SIM.into() }).collect(),
         env: options.env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
         default_limits: Limits { no_output: options.no_output, max_run: Duration::from_secs(120) },
+        default_download_limit: options.download_limit,
         tracker: Some(Arc::new(Tracker::open(state.join("renderers.json"), &["aerender-sim"]).unwrap())),
         crash_watch: options.crash_dir.map(|dir| Arc::new(CrashWatch::start(vec![dir.to_path_buf()]).unwrap())),
         crash_settle: Duration::from_millis(300),
