@@ -352,7 +352,13 @@ async fn a_download_past_its_time_limit_is_given_up_and_retried_elsewhere() {
     std::io::Write::write_all(&mut zip, &noise).unwrap();
     let bytes = zip.finish().unwrap().into_inner();
     let template = o
-        .upload(&alice, alice.tenant, "template.zip", flatrender_proto::flatrender::file::v1::FileKind::TemplateBundle, &bytes)
+        .upload(
+            &alice,
+            alice.tenant,
+            "template.zip",
+            flatrender_proto::flatrender::file::v1::FileKind::TemplateBundle,
+            &bytes,
+        )
         .await;
 
     let slow_state = tempfile::tempdir().unwrap();

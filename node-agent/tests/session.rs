@@ -33,6 +33,10 @@ enum Answer {
     TemplateError,
     /// Only when stopped, as canceled.
     WhenStopped,
+    /// At once, as a template error with this many bytes of log tail.
+    TemplateErrorWithLog(usize),
+    /// At once, as a template error, then a crash report with this many bytes of report text.
+    TemplateErrorAndCrash(usize),
 }
 
 struct TestExecutor {
@@ -48,8 +52,29 @@ impl Executor for TestExecutor {
     fn start(&self, task: agent_pb::AssignTask, events: mpsc::UnboundedSender<TaskEvent>, mut stop: StopSignal) {
         let (answer, stops) = (self.answer, Arc::clone(&self.stops));
         tokio::spawn(async move {
+            let mut log_tail = "test".to_string();
             let (outcome, error) = match answer {
-                Answer::TemplateError => (
+                Answer::TemplateErrorWithLog(bytes) => {
+                    log_tail = (0..)
+                        .map(|i| format!("PROGRESS: frame {i}\n"))
+                        .take_while({
+                            let mut total = 0;
+                            move |line: &String| {
+                                total += line.len();
+                                total <= bytes
+                            }
+                        })
+                        .collect();
+                    (
+                        pb::TaskOutcome::TemplateError,
+                        Some(pb::RenderError {
+                            error_class: pb::ErrorClass::Template as i32,
+                            code: pb::ErrorCode::CompNotFound as i32,
+                            message: "aerender ERROR: No comp was found with the given name.".into(),
+                        }),
+                    )
+                }
+                Answer::TemplateError | Answer::TemplateErrorAndCrash(_) => (
                     pb::TaskOutcome::TemplateError,
                     Some(pb::RenderError {
                         error_class: pb::ErrorClass::Template as i32,
@@ -69,11 +94,24 @@ impl Executor for TestExecutor {
                 outcome: outcome as i32,
                 exit_code: Some(1),
                 error,
-                log_tail: "test".into(),
+                log_tail,
                 timings: Some(agent_pb::TaskTimings { total_ms: 10, ..Default::default() }),
                 ..Default::default()
             };
+            let (task_id, lease_epoch) = (result.task_id.clone(), result.lease_epoch);
             let _ = events.send(TaskEvent::Result(result));
+            if let Answer::TemplateErrorAndCrash(bytes) = answer {
+                let report_text = format!("Process: aerender [42]\n{}", "x".repeat(bytes));
+                let _ = events.send(TaskEvent::Crash(agent_pb::CrashReport {
+                    crash_id: uuid::Uuid::new_v4().to_string(),
+                    kind: pb::CrashKind::AeCrash as i32,
+                    task_id,
+                    lease_epoch,
+                    message: "Process: aerender [42]".into(),
+                    report_text,
+                    ..Default::default()
+                }));
+            }
         });
     }
 }
@@ -188,6 +226,105 @@ async fn work_is_accepted_and_its_result_is_acked_out_of_the_outbox() {
         &format!("SELECT state = 'failed' FROM render.render_jobs WHERE id = '{}'", job.job_id),
     )
     .await;
+    until_outbox_empty(state.path()).await;
+    agent.shut_down().await;
+}
+
+/// A result larger than the orchestrator takes (a long log tail) is cut to fit the limit its
+/// Welcome announced, keeping the log's end, and recorded; nothing stays in the outbox.
+#[tokio::test]
+async fn a_result_over_the_message_limit_is_cut_to_fit_and_recorded() {
+    let o = Orchestrator::start_with(|settings| settings.max_message_bytes = 16 * 1024).await;
+    let state = tempfile::tempdir().unwrap();
+    let (agent, _) = Agent::start(&o, state.path(), Answer::TemplateErrorWithLog(200 * 1024)).await;
+    let job =
+        seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 4)], chunk_size: 5, ..JobSeed::default() })
+            .await;
+    o.until(
+        "the job failed on the template error",
+        &format!("SELECT state = 'failed' FROM render.render_jobs WHERE id = '{}'", job.job_id),
+    )
+    .await;
+    until_outbox_empty(state.path()).await;
+    let tail: String = sqlx::query_scalar(
+        "SELECT coalesce(a.log_tail, '') FROM render.frame_job_attempts a WHERE a.job_id = $1 AND a.outcome IS NOT NULL",
+    )
+    .bind(job.job_id)
+    .fetch_one(o.pool())
+    .await
+    .unwrap();
+    assert!(tail.len() > 1024 && tail.len() < 16 * 1024, "{} bytes of log kept", tail.len());
+    assert!(tail.ends_with("\n") && tail.lines().last().unwrap().starts_with("PROGRESS: frame "), "the end is kept");
+    agent.shut_down().await;
+}
+
+/// A result the orchestrator cannot record for now (its database refuses the write: UNAVAILABLE)
+/// is sent again on the same stream after a backoff, and recorded once the database takes it.
+#[tokio::test]
+async fn a_result_refused_as_unavailable_is_sent_again_on_the_same_stream() {
+    let o = Orchestrator::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let (agent, credential) = Agent::start(&o, state.path(), Answer::TemplateError).await;
+    let node = credential.node_id().to_string();
+    o.until("the node is online", &format!("SELECT orchestrator_id IS NOT NULL FROM render.nodes WHERE id = '{node}'"))
+        .await;
+    let connected_at = "SELECT connected_at::text FROM render.nodes WHERE id = $1::uuid";
+    let first_connection: String = sqlx::query_scalar(connected_at).bind(&node).fetch_one(o.pool()).await.unwrap();
+    // Every attempt to record a result fails until the column is back.
+    sqlx::query("ALTER TABLE render.frame_job_attempts RENAME COLUMN log_tail TO log_tail_away")
+        .execute(o.pool())
+        .await
+        .unwrap();
+    let job =
+        seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 4)], chunk_size: 5, ..JobSeed::default() })
+            .await;
+    for _ in 0..500 {
+        if outbox_len(state.path()) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(outbox_len(state.path()), 1, "the result waits in the outbox");
+    // Refused a few times meanwhile.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(outbox_len(state.path()), 1, "still waiting while the database refuses it");
+    sqlx::query("ALTER TABLE render.frame_job_attempts RENAME COLUMN log_tail_away TO log_tail")
+        .execute(o.pool())
+        .await
+        .unwrap();
+    o.until(
+        "the job failed on the template error",
+        &format!("SELECT state = 'failed' FROM render.render_jobs WHERE id = '{}'", job.job_id),
+    )
+    .await;
+    until_outbox_empty(state.path()).await;
+    let connection: String = sqlx::query_scalar(connected_at).bind(&node).fetch_one(o.pool()).await.unwrap();
+    assert_eq!(connection, first_connection, "sent again on the same stream, not after a reconnect");
+    agent.shut_down().await;
+}
+
+/// A crash report over the orchestrator's own limit for its text (256 KiB; within the stream's)
+/// is refused as OVERSIZED: the agent halves the text, keeping its start, and sends it again.
+#[tokio::test]
+async fn a_crash_report_refused_as_oversized_is_cut_and_sent_again() {
+    let o = Orchestrator::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let (agent, credential) = Agent::start(&o, state.path(), Answer::TemplateErrorAndCrash(300 * 1024)).await;
+    let job =
+        seed_job(o.pool(), JobSeed { segments: vec![("Main".into(), 0, 4)], chunk_size: 5, ..JobSeed::default() })
+            .await;
+    let node = credential.node_id();
+    o.until("the crash is recorded", &format!("SELECT count(*) = 1 FROM render.node_crashes WHERE node_id = '{node}'"))
+        .await;
+    let (text, crashed_job): (String, Option<uuid::Uuid>) =
+        sqlx::query_as("SELECT details->>'report_text', job_id FROM render.node_crashes WHERE node_id = $1::uuid")
+            .bind(node)
+            .fetch_one(o.pool())
+            .await
+            .unwrap();
+    assert_eq!(crashed_job, Some(job.job_id));
+    assert!(text.starts_with("Process: aerender [42]\n"), "the start is kept");
+    assert!(text.len() > 100 * 1024 && text.len() <= 256 * 1024, "{} bytes", text.len());
     until_outbox_empty(state.path()).await;
     agent.shut_down().await;
 }

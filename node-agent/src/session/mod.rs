@@ -4,5 +4,6 @@
 pub mod backoff;
 pub mod credential;
 pub mod outbox;
+pub mod resend;
 pub mod stream;
 pub mod tasks;

@@ -90,15 +90,32 @@ impl Outbox {
     /// Returns its key, or `None` for a seq that carried no outbox message.
     pub fn settle(&mut self, seq: u64) -> io::Result<Option<String>> {
         let Some(key) = self.in_flight.remove(&seq) else { return Ok(None) };
+        self.remove(&key)?;
+        Ok(Some(key))
+    }
+
+    /// The orchestrator refused the message sent as `seq` for now: it stays, to be sent again.
+    /// Returns its key, or `None` for a seq that carried no outbox message.
+    pub fn unsend(&mut self, seq: u64) -> Option<String> {
+        self.in_flight.remove(&seq)
+    }
+
+    /// The message waiting under `key`.
+    pub fn get(&self, key: &str) -> Option<&Payload> {
+        self.waiting.get(key)
+    }
+
+    /// Drops the message of `key`, sent or not.
+    pub fn remove(&mut self, key: &str) -> io::Result<()> {
         // A later send of the same key may still be in flight; that one's ack finds it gone.
-        self.in_flight.retain(|_, k| *k != key);
-        if self.waiting.remove(&key).is_some() {
-            match std::fs::remove_file(self.path(&key)) {
+        self.in_flight.retain(|_, k| k != key);
+        if self.waiting.remove(key).is_some() {
+            match std::fs::remove_file(self.path(key)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
         }
-        Ok(Some(key))
+        Ok(())
     }
 
     fn path(&self, key: &str) -> PathBuf {

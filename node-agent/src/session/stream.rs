@@ -20,6 +20,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use super::backoff::Backoff;
 use super::credential::NodeCredential;
 use super::outbox::Outbox;
+use super::resend::{self, Resends};
 use super::tasks::{Executor, StopReason, TaskEvent, TaskTable};
 
 /// How long the orchestrator has to answer Hello with Welcome.
@@ -79,6 +80,10 @@ pub struct Session<N, E> {
     events_tx: mpsc::UnboundedSender<TaskEvent>,
     /// The highest seq the orchestrator sent on the current stream.
     inbound_seq: u64,
+    /// The largest envelope the current stream takes (`Welcome.max_message_bytes`).
+    message_limit: usize,
+    /// Outbox messages refused for now on the current stream, and when they go again.
+    resends: Resends,
 }
 
 /// How one stream ended, when it was not an error.
@@ -108,7 +113,20 @@ impl<N: NodeView, E: Executor> Session<N, E> {
             }
         }
         let (events_tx, events) = mpsc::unbounded_channel();
-        Ok(Self { endpoint, credential, info, node, executor, tasks, outbox, events, events_tx, inbound_seq: 0 })
+        Ok(Self {
+            endpoint,
+            credential,
+            info,
+            node,
+            executor,
+            tasks,
+            outbox,
+            events,
+            events_tx,
+            inbound_seq: 0,
+            message_limit: TRANSPORT_LIMIT_BYTES,
+            resends: Resends::default(),
+        })
     }
 
     /// A sender for reports that do not come from a task runner (cache changes).
@@ -162,11 +180,16 @@ impl<N: NodeView, E: Executor> Session<N, E> {
         let clock = ServerClock::from_welcome(&welcome);
         // Each stream counts from 1 again (the Welcome took one).
         self.inbound_seq = 1;
+        self.message_limit = match usize::try_from(welcome.max_message_bytes) {
+            Ok(limit) if limit > 0 => limit.min(TRANSPORT_LIMIT_BYTES),
+            _ => TRANSPORT_LIMIT_BYTES,
+        };
         let heartbeat_every = duration(welcome.heartbeat_interval.as_ref()).unwrap_or(self.info.heartbeat_fallback);
         tracing::info!(node = %welcome.node_name, orchestrator = %welcome.orchestrator_id, "connected");
 
         // Whatever waited for an ack goes again (the orchestrator deduplicates).
         self.outbox.new_stream();
+        self.resends.clear();
         let waiting: Vec<(String, Out)> = self.outbox.waiting().map(|(k, p)| (k.to_string(), p.clone())).collect();
         for (key, payload) in waiting {
             let seq = out.send(payload).await;
@@ -190,6 +213,7 @@ impl<N: NodeView, E: Executor> Session<N, E> {
                     }
                 }
                 Some(event) = self.events.recv() => self.on_event(event, &mut out, &mut updates).await,
+                () = due(self.resends.next_due()) => self.resend_due(&mut out).await,
                 message = inbound.next() => match message {
                     Some(Ok(message)) => self.on_message(message, &mut out, &clock).await,
                     Some(Err(status)) => return lost_or_fatal(status),
@@ -317,18 +341,14 @@ impl<N: NodeView, E: Executor> Session<N, E> {
             TaskEvent::Frames(report) => {
                 // Unique per report: two reports of one task never replace each other.
                 let key = format!("frames.{}.{}.{}", report.task_id, report.lease_epoch, uuid::Uuid::new_v4().simple());
-                self.keep(&key, Out::FrameReport(report.clone()));
-                let seq = out.send(Out::FrameReport(report)).await;
-                self.outbox.sent(&key, seq);
+                self.send_kept(key, Out::FrameReport(report), out).await;
             }
             TaskEvent::Cache(change) => {
                 out.send(Out::CacheChange(change)).await;
             }
             TaskEvent::Crash(crash) => {
                 let key = format!("crash.{}", crash.crash_id);
-                self.keep(&key, Out::CrashReport(crash.clone()));
-                let seq = out.send(Out::CrashReport(crash)).await;
-                self.outbox.sent(&key, seq);
+                self.send_kept(key, Out::CrashReport(crash), out).await;
             }
             TaskEvent::Result(result) if self.tasks.drop_result(&result.task_id, result.lease_epoch) => {
                 tracing::info!(task = %result.task_id, "the lease is gone; the result is dropped");
@@ -339,10 +359,67 @@ impl<N: NodeView, E: Executor> Session<N, E> {
                 }
                 let key = format!("result.{}.{}", result.task_id, result.lease_epoch);
                 self.tasks.result_pending(&result.task_id, result.lease_epoch);
-                self.keep(&key, Out::TaskResult(result.clone()));
-                let seq = out.send(Out::TaskResult(result)).await;
+                self.send_kept(key, Out::TaskResult(result), out).await;
+            }
+        }
+    }
+
+    /// Keeps `payload` in the outbox under `key` until acked, and sends it: made to fit the
+    /// stream's message limit first (a long log cut, a large frame report split, parts of a split
+    /// under `<key>-<n>`).
+    async fn send_kept(&mut self, key: String, payload: Out, out: &mut Outlet) {
+        let parts = resend::fit(payload.clone(), self.message_limit).unwrap_or_else(|| {
+            tracing::warn!(%key, limit = self.message_limit, "a message cannot be made to fit the orchestrator's limit; sent as it is");
+            vec![payload]
+        });
+        for (i, part) in parts.into_iter().enumerate() {
+            let key = if i == 0 { key.clone() } else { format!("{key}-{i}") };
+            self.keep(&key, part.clone());
+            let seq = out.send(part).await;
+            self.outbox.sent(&key, seq);
+        }
+    }
+
+    /// Sends again the refused messages whose backoff has passed.
+    async fn resend_due(&mut self, out: &mut Outlet) {
+        for key in self.resends.take_due(Instant::now()) {
+            if let Some(payload) = self.outbox.get(&key).cloned() {
+                let seq = out.send(payload).await;
                 self.outbox.sent(&key, seq);
             }
+        }
+    }
+
+    /// The orchestrator refused the message sent as `seq`: for now (rate limited, unavailable:
+    /// sent again after its backoff), as too large (made smaller and sent again at once), or for
+    /// good (dropped).
+    async fn on_reject(&mut self, reject: agent_pb::Reject, out: &mut Outlet) {
+        let reason = agent_pb::RejectReason::try_from(reject.reason).unwrap_or_default();
+        tracing::warn!(seq = reject.seq, ?reason, message = %reject.message, "the orchestrator refused a message");
+        match reason {
+            agent_pb::RejectReason::RateLimited | agent_pb::RejectReason::Unavailable => {
+                if let Some(key) = self.outbox.unsend(reject.seq) {
+                    let delay = self.resends.schedule(&key, Instant::now());
+                    tracing::info!(%key, delay_ms = delay.as_millis() as u64, "sending the message again later");
+                }
+            }
+            agent_pb::RejectReason::Oversized => {
+                let Some(key) = self.outbox.unsend(reject.seq) else { return };
+                let Some(payload) = self.outbox.get(&key).cloned() else { return };
+                match resend::shrink(&payload) {
+                    Some(parts) => {
+                        for (i, part) in parts.into_iter().enumerate() {
+                            let key = if i == 0 { key.clone() } else { format!("{key}-s{i}") };
+                            self.send_kept(key, part, out).await;
+                        }
+                    }
+                    None => {
+                        tracing::error!(%key, "a refused message cannot be made smaller; it is dropped");
+                        self.drop_kept(&key);
+                    }
+                }
+            }
+            _ => self.settle(reject.seq),
         }
     }
 
@@ -408,20 +485,7 @@ impl<N: NodeView, E: Executor> Session<N, E> {
                 }
             },
             Some(In::Ack(ack)) => self.settle(ack.seq),
-            Some(In::Reject(reject)) => {
-                let reason = agent_pb::RejectReason::try_from(reject.reason).unwrap_or_default();
-                tracing::warn!(seq = reject.seq, ?reason, message = %reject.message, "the orchestrator refused a message");
-                // These three are worth another try (the next stream resends); the rest are final.
-                let retry = matches!(
-                    reason,
-                    agent_pb::RejectReason::Oversized
-                        | agent_pb::RejectReason::RateLimited
-                        | agent_pb::RejectReason::Unavailable
-                );
-                if !retry {
-                    self.settle(reject.seq);
-                }
-            }
+            Some(In::Reject(reject)) => self.on_reject(reject, out).await,
             Some(In::Welcome(_)) => tracing::debug!("a second Welcome; ignored"),
             None => {
                 let reject = agent_pb::Reject {
@@ -476,14 +540,33 @@ impl<N: NodeView, E: Executor> Session<N, E> {
     /// result it was.
     fn settle(&mut self, seq: u64) {
         match self.outbox.settle(seq) {
-            Ok(Some(key)) => {
-                if let Some((task, epoch)) = result_key(&key) {
-                    self.tasks.forget(task, epoch);
-                }
-            }
+            Ok(Some(key)) => self.settled(&key),
             Ok(None) => {}
             Err(error) => tracing::error!(%error, "could not remove an acked message from the outbox"),
         }
+    }
+
+    /// Drops the outbox message of `key` without an ack.
+    fn drop_kept(&mut self, key: &str) {
+        if let Err(error) = self.outbox.remove(key) {
+            tracing::error!(%error, "could not remove a message from the outbox");
+        }
+        self.settled(key);
+    }
+
+    fn settled(&mut self, key: &str) {
+        self.resends.forget(key);
+        if let Some((task, epoch)) = result_key(key) {
+            self.tasks.forget(task, epoch);
+        }
+    }
+}
+
+/// Completes at `at`, or never.
+async fn due(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -36,12 +36,11 @@ pub trait Open: Clone + Send + Sync + 'static {
 
 impl Open for Transfers {
     async fn open(&self, lease: &TaskLease, file_id: &str, offset: u64) -> Result<Parts, tonic::Status> {
-        let (_, parts) = Transfers::open(self, lease, &Object::File(file_id.to_string()), offset).await.map_err(
-            |e| match e {
+        let (_, parts) =
+            Transfers::open(self, lease, &Object::File(file_id.to_string()), offset).await.map_err(|e| match e {
                 TransferError::Refused(status) => status,
                 other => tonic::Status::unavailable(other.to_string()),
-            },
-        )?;
+            })?;
         Ok(Box::pin(parts.try_filter_map(|part| async move {
             Ok(match part.part {
                 Some(agent_pb::download_object_response::Part::Data(data)) => Some(data),

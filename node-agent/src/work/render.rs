@@ -94,11 +94,9 @@ async fn render(
     // The template fill is not interrupted (it resumes and other tasks may wait on it: it ends
     // when it runs past the download limit of every task that needs it); the media and the
     // uploads are.
-    let media = downloads_until(
-        download_deadline,
-        unless_stopped(&stop, fetch_media(resources, ctx, &spec.assets, work_dir)),
-    )
-    .await?;
+    let media =
+        downloads_until(download_deadline, unless_stopped(&stop, fetch_media(resources, ctx, &spec.assets, work_dir)))
+            .await?;
     out.timings.download_ms = fetching.elapsed().as_millis() as u64;
 
     ctx.phase(pb::TaskPhase::Preparing, "writing the injection script");
