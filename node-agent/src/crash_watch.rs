@@ -6,9 +6,13 @@
 //! [`CrashWatch::reports_since`] with the instant that run started. The watch
 //! hands out every report file created or modified since then, once the crash
 //! reporter has stopped writing to it. Each file is handed out only once, so two
-//! tasks ending together never both claim one report; which task a report
-//! belongs to is the caller's decision (the agent claims reports for the task
-//! whose run crashed, with that run's start as `since`).
+//! tasks ending together never both claim one report. With several slots, a
+//! report goes to the run it names: each run's renderer pid is noted when it
+//! starts ([`CrashWatch::note_run`]); a report whose name or text names a pid
+//! (`Process: aerender [pid]`, `Parent Process: … [pid]`, `"pid" : pid`,
+//! `"parentPid" : pid`, `AfterFX.exe.<pid>.dmp`) goes to the run of that pid,
+//! and one that names no noted run's pid goes to the first crashed run that
+//! asks ([`CrashWatch::reports_for`]).
 //!
 //! Default folders (see [`default_dirs`]) and where they come from:
 //! - macOS: `~/Library/Logs/DiagnosticReports` (per-user ReportCrash output,
@@ -61,6 +65,8 @@ const SWEEP_MAX_DEPTH: usize = 4;
 const SWEEP_MAX_ENTRIES: usize = 4096;
 /// Bytes inspected to tell a binary dump from text.
 const BINARY_SNIFF: usize = 8192;
+/// How many runs' pids are remembered for attributing reports.
+const MAX_RUNS: usize = 64;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +134,8 @@ struct Dirs {
 /// State written by the watcher's event thread and read by callers.
 struct Shared {
     files: Mutex<VecDeque<Seen>>,
+    /// The renderer pids of recent runs, newest last.
+    runs: Mutex<VecDeque<u32>>,
     /// The watcher reports errors per event; warn on the first only.
     event_error_logged: AtomicBool,
     #[cfg(test)]
@@ -202,6 +210,7 @@ impl CrashWatch {
     pub fn start(dirs: Vec<PathBuf>) -> Result<CrashWatch, CrashWatchError> {
         let shared = Arc::new(Shared {
             files: Mutex::new(VecDeque::new()),
+            runs: Mutex::new(VecDeque::new()),
             event_error_logged: AtomicBool::new(false),
             #[cfg(test)]
             changed: tokio::sync::watch::Sender::new(0),
@@ -249,6 +258,62 @@ impl CrashWatch {
     /// Needs a Tokio runtime with time enabled. Unreadable files are logged and
     /// skipped.
     pub async fn reports_since(&self, since: Instant, settle: Duration) -> Vec<CrashFile> {
+        self.reports_for(since, settle, None).await
+    }
+
+    /// Notes that a renderer run with process id `pid` started: reports that name it go to
+    /// that run only.
+    pub fn note_run(&self, pid: u32) {
+        let mut runs = lock(&self.inner.shared.runs);
+        if runs.len() >= MAX_RUNS {
+            runs.pop_front();
+        }
+        runs.push_back(pid);
+    }
+
+    /// [`Self::reports_since`] for the run of renderer `pid`: the reports that name `pid`, or
+    /// when none does, those that name no other noted run's pid.
+    pub async fn reports_for(&self, since: Instant, settle: Duration, pid: Option<u32>) -> Vec<CrashFile> {
+        self.settled(since, settle).await;
+        let candidates = self.inner.shared.unclaimed(since);
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let read = tokio::task::spawn_blocking(move || {
+            candidates
+                .into_iter()
+                .filter_map(|path| match read_crash_file_blocking(&path) {
+                    Ok(file) => Some(file),
+                    Err(err) => {
+                        warn!(error = %err, "skipping crash report");
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let files = match read {
+            Ok(files) => files,
+            Err(err) => {
+                warn!(error = %err, "crash-report reader task failed");
+                return Vec::new();
+            }
+        };
+        let others: HashSet<u32> = lock(&self.inner.shared.runs).iter().copied().filter(|p| Some(*p) != pid).collect();
+        let named: Vec<HashSet<u32>> = files.iter().map(mentioned_pids).collect();
+        let mine: Vec<bool> = named.iter().map(|n| pid.is_some_and(|pid| n.contains(&pid))).collect();
+        let keep: Vec<bool> =
+            if mine.contains(&true) { mine } else { named.iter().map(|n| n.is_disjoint(&others)).collect() };
+        let chosen: Vec<CrashFile> = files.into_iter().zip(keep).filter_map(|(f, keep)| keep.then_some(f)).collect();
+        let claimed = self.inner.shared.claim(chosen.iter().map(|f| f.path.as_path()));
+        let mut files: Vec<CrashFile> = chosen.into_iter().filter(|f| claimed.contains(&f.path)).collect();
+        files.sort_by_key(|f| f.modified);
+        files
+    }
+
+    /// Waits until no report changed after `since` has changed for `settle` (at most `settle`
+    /// × 10, and one `settle` for a first report to show up).
+    async fn settled(&self, since: Instant, settle: Duration) {
         let start = Instant::now();
         let hard_deadline = start + settle.saturating_mul(MAX_SETTLE_FACTOR);
         loop {
@@ -261,36 +326,9 @@ impl CrashWatch {
             }
             .min(hard_deadline);
             if Instant::now() >= target {
-                break;
+                return;
             }
             tokio::time::sleep_until(target.into()).await;
-        }
-        let claimed = self.inner.shared.claim(since);
-        if claimed.is_empty() {
-            return Vec::new();
-        }
-        let read = tokio::task::spawn_blocking(move || {
-            claimed
-                .into_iter()
-                .filter_map(|path| match read_crash_file_blocking(&path) {
-                    Ok(file) => Some(file),
-                    Err(err) => {
-                        warn!(error = %err, "skipping crash report");
-                        None
-                    }
-                })
-                .collect::<Vec<_>>()
-        })
-        .await;
-        match read {
-            Ok(mut files) => {
-                files.sort_by_key(|f| f.modified);
-                files
-            }
-            Err(err) => {
-                warn!(error = %err, "crash-report reader task failed");
-                Vec::new()
-            }
         }
     }
 
@@ -490,18 +528,61 @@ impl Shared {
         lock(&self.files).iter().filter(|s| !s.handed_out && s.last_change > since).map(|s| s.last_change).max()
     }
 
-    /// Marks and returns the unclaimed reports changed after `since`, under one
-    /// lock so concurrent callers never get the same file.
-    fn claim(&self, since: Instant) -> Vec<PathBuf> {
-        lock(&self.files)
-            .iter_mut()
-            .filter(|s| !s.handed_out && s.last_change > since)
-            .map(|s| {
-                s.handed_out = true;
-                s.path.clone()
-            })
-            .collect()
+    /// The reports changed after `since` that nobody claimed yet.
+    fn unclaimed(&self, since: Instant) -> Vec<PathBuf> {
+        lock(&self.files).iter().filter(|s| !s.handed_out && s.last_change > since).map(|s| s.path.clone()).collect()
     }
+
+    /// Marks `paths` handed out and returns those nobody claimed before, under one lock so
+    /// concurrent callers never get the same file.
+    fn claim<'a>(&self, paths: impl Iterator<Item = &'a Path>) -> HashSet<PathBuf> {
+        let mut files = lock(&self.files);
+        let mut claimed = HashSet::new();
+        for path in paths {
+            if let Some(seen) = files.iter_mut().find(|s| s.path == path && !s.handed_out) {
+                seen.handed_out = true;
+                claimed.insert(seen.path.clone());
+            }
+        }
+        claimed
+    }
+}
+
+/// The process ids a report names: in its file name (`AfterFX.exe.4242.dmp`,
+/// `aerender_2024-05-01-101010_4242.crash`: runs of 2 to 7 digits), as `[pid]`
+/// (`Process: aerender [4242]`, `Parent Process: …`) or as the `"pid"` and
+/// `"parentPid"` fields of an `.ips` report.
+fn mentioned_pids(file: &CrashFile) -> HashSet<u32> {
+    let mut pids = HashSet::new();
+    let name = file.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    for token in name.split(|c: char| !c.is_ascii_digit()) {
+        if (2..=7).contains(&token.len()) {
+            pids.extend(token.parse::<u32>().ok());
+        }
+    }
+    let text = file.text.as_str();
+    let digits_at = |rest: &str| -> Option<u32> {
+        let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    };
+    for (at, _) in text.match_indices('[') {
+        let rest = &text[at + 1..];
+        if let Some(pid) =
+            digits_at(rest).filter(|_| rest.trim_start_matches(|c: char| c.is_ascii_digit()).starts_with(']'))
+        {
+            pids.insert(pid);
+        }
+    }
+    for key in ["\"pid\"", "\"parentPid\""] {
+        for (at, _) in text.match_indices(key) {
+            let rest = text[at + key.len()..].trim_start();
+            if let Some(value) = rest.strip_prefix(':') {
+                pids.extend(digits_at(value.trim_start()));
+            }
+        }
+    }
+    pids.retain(|pid| *pid > 1);
+    pids
 }
 
 /// Adds an entry; when full, forgets a handed-out entry first, else the oldest.
@@ -801,6 +882,58 @@ mod tests {
         std::fs::write(dir.path().join("aerender.crash"), "boom\n").expect("write");
         let (a, b) = tokio::join!(watch.reports_since(since, SETTLE), watch.reports_since(since, SETTLE));
         assert_eq!(a.len() + b.len(), 1, "{a:?} {b:?}");
+    }
+
+    // 6c. Two runs crashing together (two slots): each gets the report naming
+    // its process, whoever asks first; a report naming neither goes to the first.
+    #[tokio::test]
+    async fn reports_go_to_the_run_whose_process_they_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let watch = start(dir.path());
+        watch.note_run(4101);
+        watch.note_run(4202);
+        let since = Instant::now();
+        std::fs::write(dir.path().join("aerender-sim_1764600000_4101.crash"), "Process: aerender-sim [4101]\n")
+            .expect("write");
+        std::fs::write(
+            dir.path().join("After Effects-2026-12-01-101010.ips"),
+            "{\"app_name\":\"After Effects\"}\n{\n  \"pid\" : 5150,\n  \"parentPid\" : 4202,\n  \"parentProc\" : \"aerender\"\n}\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("AfterFX.exe.crash"), "no process named\n").expect("write");
+        // 4202 asks first but does not get 4101's report.
+        let second = watch.reports_for(since, SETTLE, Some(4202)).await;
+        let names = |files: &[CrashFile]| -> Vec<String> {
+            files.iter().map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned()).collect()
+        };
+        assert_eq!(names(&second), ["After Effects-2026-12-01-101010.ips"], "named by its parent pid");
+        let first = watch.reports_for(since, SETTLE, Some(4101)).await;
+        assert_eq!(names(&first), ["aerender-sim_1764600000_4101.crash"]);
+        // A third crash that no report names takes the anonymous one.
+        let third = watch.reports_for(since, SETTLE, Some(4303)).await;
+        assert_eq!(names(&third), ["AfterFX.exe.crash"]);
+    }
+
+    #[test]
+    fn pids_are_read_from_names_and_texts() {
+        let file = |name: &str, text: &str| CrashFile {
+            path: PathBuf::from(name),
+            size: 0,
+            modified: SystemTime::UNIX_EPOCH,
+            text: text.into(),
+            summary: String::new(),
+            truncated: false,
+            binary: false,
+        };
+        let pids = |f: CrashFile| -> Vec<u32> {
+            let mut v: Vec<u32> = mentioned_pids(&f).into_iter().collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(pids(file("AfterFX.exe.4242.dmp", "")), [4242]);
+        assert_eq!(pids(file("x.crash", "Process: aerender [77]\nParent Process: launchd [1]\nlist [a]")), [77]);
+        assert_eq!(pids(file("x.ips", "{\"pid\":123,\"parentPid\" :  456}")), [123, 456]);
+        assert_eq!(pids(file("aerender_20261201101010.crash", "[0]")), Vec::<u32>::new(), "dates and 0/1 are not pids");
     }
 
     // 7. No report: returns empty within a bounded time.

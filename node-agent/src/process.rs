@@ -82,9 +82,24 @@ pub async fn supervise(
     limits: Limits,
     activity: &Activity,
     cancel: impl Future<Output = ()>,
+    on_output: impl FnMut(&[u8]),
+) -> io::Result<Ending> {
+    supervise_observed(program, limits, activity, cancel, |_| {}, on_output).await
+}
+
+/// [`supervise`], telling `on_spawn` the process id once the process runs (crash reports name it).
+pub async fn supervise_observed(
+    program: &Program,
+    limits: Limits,
+    activity: &Activity,
+    cancel: impl Future<Output = ()>,
+    on_spawn: impl FnOnce(u32),
     mut on_output: impl FnMut(&[u8]),
 ) -> io::Result<Ending> {
     let mut child = TreeGuard(spawn(program)?, true);
+    if let Some(pid) = child.0.id() {
+        on_spawn(pid);
+    }
     let token = match (&program.tracker, child.0.id()) {
         (Some(tracker), Some(pid)) => {
             let tracker = Arc::clone(tracker);

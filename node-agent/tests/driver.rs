@@ -157,8 +157,10 @@ async fn template_errors_are_not_machine_errors() {
 async fn a_template_error_is_known_before_the_first_frame() {
     let case = Case::new("missing-font");
     let mut events = Vec::new();
-    let report = render(&case.run, &Activity::default(), std::future::pending(), |event| {
-        events.push(matches!(event, RunEvent::Failing));
+    let mut started = None;
+    let report = render(&case.run, &Activity::default(), std::future::pending(), |event| match event {
+        RunEvent::Started(pid) => started = Some(pid),
+        event => events.push(matches!(event, RunEvent::Failing)),
     })
     .await
     .unwrap();
@@ -166,6 +168,7 @@ async fn a_template_error_is_known_before_the_first_frame() {
     assert_eq!(events.first(), Some(&true), "failing first: {events:?}");
     assert_eq!(events.iter().filter(|failing| **failing).count(), 1, "once: {events:?}");
     assert!(events.len() > 1, "the simulator renders on after the warning, as After Effects does");
+    assert!(started.is_some_and(|pid| pid > 0), "the renderer's pid is told first");
 }
 
 #[tokio::test]

@@ -389,3 +389,48 @@ async fn a_download_past_its_time_limit_is_given_up_and_retried_elsewhere() {
     .await;
     healthy.stop().await;
 }
+
+/// Two slots crashing at once: each task's crash report is the one its own renderer wrote (the
+/// simulator names its pid in the report, and the frame it crashed on), not whichever the first
+/// crash to ask found first.
+#[tokio::test]
+async fn two_renders_crashing_together_each_get_their_own_crash_report() {
+    let (o, alice) = stack_with(|settings| settings.max_attempts = 3).await;
+    let template = upload_template(&o, &alice, &[]).await;
+    let state = tempfile::tempdir().unwrap();
+    let crash_dir = state.path().join("crash-reports");
+    let crash_dir_text = crash_dir.to_string_lossy().into_owned();
+    let env = [("FLATRENDER_SIM_FAULT", "crash:2"), ("FLATRENDER_SIM_CRASH_DIR", crash_dir_text.as_str())];
+    let options = AgentOptions { env: &env, crash_dir: Some(&crash_dir), slots: 2, ..AgentOptions::default() };
+    let node = agent(&o, state.path(), options).await;
+    // Two chunks of ten frames, one per slot.
+    let key = Uuid::new_v4().to_string();
+    let submit = pb::SubmitRenderRequest { segments: vec![segment("Main", "0-19")], ..request(&template, &key) };
+    let job: Uuid =
+        o.renders(&alice).submit_render(submit).await.unwrap().into_inner().render.unwrap().id.parse().unwrap();
+    o.until(
+        "both crashes are recorded",
+        &format!("SELECT count(*) = 2 FROM render.node_crashes WHERE node_id = '{}'", node.node_id),
+    )
+    .await;
+    let crashes: Vec<(i32, i32, String)> = sqlx::query_as(
+        "SELECT t.frame_start, t.frame_end, coalesce(c.details->>'report_text', '')
+           FROM render.node_crashes c JOIN render.frame_jobs t ON t.id = c.frame_job_id
+          WHERE c.node_id = $1 AND c.job_id = $2",
+    )
+    .bind(node.node_id)
+    .bind(job)
+    .fetch_all(o.pool())
+    .await
+    .unwrap();
+    assert_eq!(crashes.len(), 2, "{crashes:?}");
+    for (start, end, report) in &crashes {
+        // The third frame of the chunk: crash:2 aborts after two frames.
+        let frame = start + 2;
+        assert!(
+            report.contains(&format!("rendering frame {frame} of composition")) && frame <= *end,
+            "the task of frames {start}-{end} got: {report}"
+        );
+    }
+    node.stop().await;
+}

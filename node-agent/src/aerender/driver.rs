@@ -68,6 +68,8 @@ pub enum DriverError {
 /// What a run says while it goes on.
 #[derive(Debug)]
 pub enum RunEvent<'a> {
+    /// The renderer process started with this process id.
+    Started(u32),
     /// A frame was rendered.
     Progress(&'a Progress),
     /// The log rules success out (an error, a missing font or footage): once, before any
@@ -82,8 +84,11 @@ pub async fn render(
     run: &RenderRun,
     activity: &Activity,
     cancel: impl Future<Output = ()>,
-    mut on_event: impl FnMut(RunEvent<'_>),
+    on_event: impl FnMut(RunEvent<'_>),
 ) -> Result<RenderReport, DriverError> {
+    // Told from the spawn hook and the output handler, which never run at the same time.
+    let on_event = std::sync::Mutex::new(on_event);
+    let tell = |event: RunEvent<'_>| (on_event.lock().unwrap_or_else(std::sync::PoisonError::into_inner))(event);
     let program = Program {
         path: run.aerender.clone(),
         args: run.command.argv()?,
@@ -97,17 +102,24 @@ pub async fn render(
     let mut take = |transcript: &Transcript, progress: Option<Progress>| {
         if !failing && transcript.status().failing(allow_missing_footage) {
             failing = true;
-            on_event(RunEvent::Failing);
+            tell(RunEvent::Failing);
         }
         if let Some(progress) = progress {
-            on_event(RunEvent::Progress(&progress));
+            tell(RunEvent::Progress(&progress));
         }
     };
     let started = Instant::now();
-    let ending = process::supervise(&program, run.limits, activity, cancel, |bytes| {
-        let progress = transcript.push_bytes(bytes);
-        take(&transcript, progress);
-    })
+    let ending = process::supervise_observed(
+        &program,
+        run.limits,
+        activity,
+        cancel,
+        |pid| tell(RunEvent::Started(pid)),
+        |bytes| {
+            let progress = transcript.push_bytes(bytes);
+            take(&transcript, progress);
+        },
+    )
     .await
     .map_err(|source| DriverError::Spawn { path: run.aerender.clone(), source })?;
     let progress = transcript.finish();

@@ -22,6 +22,8 @@ pub struct Crash {
     pub kind: pb::CrashKind,
     /// When the run started: reports written since then are this run's.
     pub run_started: Instant,
+    /// The renderer's process id: a report that names it is this run's.
+    pub pid: Option<u32>,
     pub ae_version: String,
     pub process_name: String,
     pub exit_code: Option<i32>,
@@ -34,11 +36,11 @@ pub struct Crash {
 /// Collects the crash reporter's file (after the task's result went out: waiting for it must not
 /// hold the result back) and sends the crash report.
 pub async fn report(resources: &Resources, ctx: &TaskContext, crash: Crash) {
-    // A hang leaves no crash report; only a crash is worth waiting for one. With several slots,
-    // the first crash to ask takes the first report written since its run started.
+    // A hang leaves no crash report; only a crash is worth waiting for one: one that names this
+    // run's process, else one that names no other run's (see crash_watch).
     let file = match (&resources.config.crash_watch, crash.kind) {
         (Some(watch), pb::CrashKind::AeCrash) => {
-            watch.reports_since(crash.run_started, resources.config.crash_settle).await.into_iter().next()
+            watch.reports_for(crash.run_started, resources.config.crash_settle, crash.pid).await.into_iter().next()
         }
         _ => None,
     };

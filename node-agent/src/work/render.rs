@@ -210,8 +210,16 @@ async fn render(
             }
             shipped
         };
+        // The renderer's process id, 0 until it runs.
+        let pid = std::sync::atomic::AtomicU32::new(0);
         let driving = async {
             let report = driver::render(&run, &activity, cancel, |event| match event {
+                RunEvent::Started(started) => {
+                    pid.store(started, std::sync::atomic::Ordering::Relaxed);
+                    if let Some(watch) = &resources.config.crash_watch {
+                        watch.note_run(started);
+                    }
+                }
                 RunEvent::Progress(progress) => {
                     let done = done_before.saturating_add(u32::try_from(progress.position).unwrap_or(u32::MAX));
                     ctx.progress(done, frames_total, progress.comp_frame.map_or(-1, |f| f as i32));
@@ -253,6 +261,7 @@ async fn render(
             out.crashed = kind.map(|kind| Crash {
                 kind,
                 run_started,
+                pid: Some(pid.load(std::sync::atomic::Ordering::Relaxed)).filter(|p| *p != 0),
                 ae_version: report.status.version.clone().unwrap_or_else(|| spec.ae_version.clone()),
                 process_name: aerender.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
                 exit_code: report.exit_code,

@@ -96,6 +96,8 @@ pub struct AgentOptions<'a> {
     pub assemble: bool,
     /// How long a task's downloads may take (the orchestrator sets no limit of its own).
     pub download_limit: Duration,
+    /// Tasks run at once.
+    pub slots: u32,
 }
 
 impl Default for AgentOptions<'_> {
@@ -106,6 +108,7 @@ impl Default for AgentOptions<'_> {
             crash_dir: None,
             assemble: false,
             download_limit: Duration::from_secs(120),
+            slots: 1,
         }
     }
 }
@@ -138,6 +141,7 @@ pub async fn agent(o: &Orchestrator, state: &Path, options: AgentOptions<'_>) ->
     let spec = AgentSpec {
         name: format!("agent-{}", &Uuid::new_v4().simple().to_string()[..8]),
         ffmpeg: options.assemble,
+        slots: options.slots,
         ..AgentSpec::default()
     };
     let token = o.join_token(&[]).await;
@@ -173,7 +177,7 @@ pub async fn agent(o: &Orchestrator, state: &Path, options: AgentOptions<'_>) ->
         info,
         TestNode { facts: spec.facts() },
         worker,
-        TaskTable::new(1, false),
+        TaskTable::new(options.slots, false),
         Outbox::open(&state.join("outbox")).unwrap(),
     )
     .unwrap();
