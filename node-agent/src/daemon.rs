@@ -42,6 +42,13 @@ fn setup(what: &str) -> impl Fn(&dyn std::fmt::Display) -> DaemonError + '_ {
     move |e| DaemonError::Setup(format!("{what}: {e}"))
 }
 
+/// The agent's runtime: one thread, as the agent waits on a stream, a timer and a child process,
+/// and a small runtime keeps its idle footprint small. Blocking work (hashing, unpacking) goes to
+/// tokio's blocking pool.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
 /// Runs the agent until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
     for dir in [&config.state_dir, &config.work_dir, &config.cache_dir] {

@@ -12,6 +12,7 @@ pub mod injection;
 pub mod machine;
 pub mod process;
 pub mod scene;
+pub mod service;
 pub mod session;
 pub mod simulator;
 pub mod strays;

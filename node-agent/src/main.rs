@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use flatrender_agent::config::{Cli, Command, Config, LogFormat};
-use flatrender_agent::daemon;
+use flatrender_agent::{daemon, service};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_process_args();
@@ -18,7 +18,13 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    init_logs(&config);
+    match cli.command {
+        Some(Command::InstallService) => return service_command(service::install(cli.flags.config.as_deref())),
+        Some(Command::UninstallService) => return service_command(service::uninstall()),
+        Some(Command::Service) => return run_service(config),
+        _ => {}
+    }
+    init_logs(&config, LogTo::Stderr);
     if let Some(command @ (Command::PatchAe | Command::UnpatchAe)) = cli.command {
         return patch_ae(&config, command == Command::UnpatchAe);
     }
@@ -33,14 +39,53 @@ fn main() -> ExitCode {
     }
 }
 
-/// One thread: the agent waits on a stream, a timer and a child process; a small runtime keeps
-/// its idle footprint small. Blocking work (hashing, unpacking) goes to tokio's blocking pool.
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .inspect_err(|error| eprintln!("flatrender-agent: cannot start the runtime: {error}"))
-        .ok()
+    daemon::runtime().inspect_err(|error| eprintln!("flatrender-agent: cannot start the runtime: {error}")).ok()
+}
+
+/// `install-service` / `uninstall-service`: what was done, or why not.
+fn service_command(done: Result<String, service::ServiceError>) -> ExitCode {
+    match done {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(error @ service::ServiceError::NotWindows) => {
+            eprintln!("flatrender-agent: {error}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            eprintln!("flatrender-agent: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `service`: the agent under the Service Control Manager, logging to a file (a service has no
+/// console).
+fn run_service(config: Config) -> ExitCode {
+    if cfg!(not(windows)) {
+        return service_command(Err(service::ServiceError::NotWindows));
+    }
+    let log_file = service::log_file(&config.state_dir);
+    let opened = log_file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::OpenOptions::new().create(true).append(true).open(&log_file));
+    match opened {
+        Ok(file) => init_logs(&config, LogTo::File(file)),
+        // Nowhere to say it but the event the SCM records: the exit status.
+        Err(_) => return ExitCode::FAILURE,
+    }
+    // A panic's message would go to a console the service does not have.
+    std::panic::set_hook(Box::new(|panic| tracing::error!(%panic, "the agent panicked")));
+    match service::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "the service could not run");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `patch-ae` / `unpatch-ae`: one line per install.
@@ -64,13 +109,23 @@ fn patch_ae(config: &Config, undo: bool) -> ExitCode {
     }
 }
 
-fn init_logs(config: &Config) {
+/// Where logs go: stderr (a terminal, journald, launchd's log) or a service's log file.
+enum LogTo {
+    Stderr,
+    File(std::fs::File),
+}
+
+fn init_logs(config: &Config, to: LogTo) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match (to, config.log_format) {
+        (LogTo::Stderr, LogFormat::Json) => builder.with_writer(std::io::stderr).json().init(),
+        (LogTo::Stderr, LogFormat::Text) => builder.with_writer(std::io::stderr).init(),
+        (LogTo::File(file), LogFormat::Json) => builder.with_writer(std::sync::Mutex::new(file)).json().init(),
+        (LogTo::File(file), LogFormat::Text) => {
+            builder.with_writer(std::sync::Mutex::new(file)).with_ansi(false).init();
+        }
     }
 }
 

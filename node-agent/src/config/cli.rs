@@ -43,6 +43,14 @@ pub enum Command {
     PatchAe,
     /// Restore each install's original commandLineRenderer.jsx (before uninstalling), and exit.
     UnpatchAe,
+    /// Windows: register the agent as a service (automatic start, restarted after a failure) that
+    /// runs with this --config file, and exit. Run as administrator.
+    InstallService,
+    /// Windows: stop the service (its running tasks are handed back) and remove it, and exit.
+    UninstallService,
+    /// Windows: run under the Service Control Manager. This is the command line the installed
+    /// service starts; it cannot be run by hand.
+    Service,
 }
 
 impl Cli {
