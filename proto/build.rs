@@ -12,12 +12,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
 
     let mut compiler = protox::Compiler::new([&root])?;
-    compiler.include_imports(true).include_source_info(false);
+    compiler.include_imports(true).include_source_info(true);
     compiler.open_files(files.iter().map(|f| f.strip_prefix(&root).unwrap_or(f)))?;
-    let fds = compiler.file_descriptor_set();
+    let mut fds = compiler.file_descriptor_set();
 
+    // The embedded set keeps the comments: reflection shows them, and the webhook event types
+    // are described by them.
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("flatrender_descriptor.bin"), fds.encode_to_vec())?;
+    // The generated code does not: prost would turn every comment into rustdoc, and indented
+    // text in a comment into a doc test.
+    for file in &mut fds.file {
+        file.source_code_info = None;
+    }
 
     // `prost::Name` on every message: the outbox records an event's full proto name.
     let mut config = prost_build::Config::new();

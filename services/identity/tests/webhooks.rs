@@ -81,7 +81,9 @@ async fn deliveries_are_signed_and_only_the_tenants_subscribed_events_go_out() {
     let mut hooks = webhooks_as(&service, &admin.tokens.access_token);
     let types =
         hooks.list_webhook_event_types(pb::ListWebhookEventTypesRequest {}).await.unwrap().into_inner().event_types;
-    assert!(types.iter().any(|t| t.r#type == "flatrender.events.v1.UserRegistered"));
+    let registered = types.iter().find(|t| t.r#type == "flatrender.events.v1.UserRegistered").unwrap();
+    assert_eq!(registered.description, "A user account was created.", "described by its proto comment");
+    assert!(types.iter().all(|t| !t.description.is_empty()), "every type is described: {types:?}");
     assert!(
         types.iter().all(|t| t.r#type != "flatrender.events.v1.EmailVerificationRequested"),
         "secrets are never offered"
