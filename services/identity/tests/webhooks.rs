@@ -232,3 +232,63 @@ async fn endpoints_must_be_public_https() {
         .expect("a public https endpoint is accepted");
     service.stop().await;
 }
+
+/// A webhook whose deliveries keep failing is disabled, its pending deliveries dropped, and a
+/// `WebhookDisabled` event is written once, so the tenant's admins can be told.
+#[tokio::test]
+async fn a_failing_webhook_is_disabled_and_says_so_once() {
+    let service = Service::start_with(|settings| {
+        settings.webhooks.allow_insecure = true;
+        settings.webhooks.backoff_first = Duration::from_millis(10);
+        settings.webhooks.backoff_max = Duration::from_millis(20);
+        settings.webhooks.poll = Duration::from_millis(50);
+        settings.webhooks.disable_after = 1;
+    })
+    .await;
+    let tenant = service.tenant().await;
+    let admin = service.account(tenant, "tenant_admin").await;
+    // Nothing listens there.
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let mut hooks = webhooks_as(&service, &admin.tokens.access_token);
+    let webhook = hooks
+        .create_webhook(pb::CreateWebhookRequest { url: format!("http://{addr}/hook"), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .webhook
+        .unwrap();
+    service.register(tenant, "first@a.example").await;
+    service.register(tenant, "second@a.example").await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got =
+            hooks.get_webhook(pb::GetWebhookRequest { webhook_id: webhook.id.clone() }).await.unwrap().into_inner();
+        if got.webhook.is_some_and(|w| !w.enabled) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the webhook was never disabled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let payloads: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT payload FROM platform.outbox WHERE event_type = 'flatrender.events.v1.WebhookDisabled' AND aggregate_id = $1",
+    )
+    .bind(&webhook.id)
+    .fetch_all(service.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(payloads.len(), 1, "said once, however many deliveries failed");
+    let event =
+        <flatrender_proto::flatrender::events::v1::WebhookDisabled as prost::Message>::decode(payloads[0].as_slice())
+            .unwrap();
+    assert_eq!((event.webhook_id.as_str(), event.tenant_id.clone()), (webhook.id.as_str(), tenant.to_string()));
+    assert!(event.url.contains(&addr.to_string()) && event.failure_count >= 1, "{event:?}");
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM identity.tenant_webhook_deliveries WHERE webhook_id = $1::uuid AND status = 'pending'",
+    )
+    .bind(&webhook.id)
+    .fetch_one(service.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(pending, 0, "its pending deliveries were dropped");
+}

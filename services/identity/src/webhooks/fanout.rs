@@ -38,17 +38,20 @@ impl Handler for Fanout {
         }
         // The body is fixed now: every attempt sends (and signs) the same bytes.
         let body = self.envelopes.body(event).map_err(HandlerError)?;
-        // Redelivered events (at least once) hit the unique key and add nothing.
+        // Redelivered events (at least once) hit the unique key and add nothing. A webhook gets
+        // only what happened since it was created, however far behind this consumer runs.
         sqlx::query(
             "INSERT INTO identity.tenant_webhook_deliveries (tenant_id, webhook_id, outbox_event_id, event_type, body)
              SELECT w.tenant_id, w.id, $3, $2, $4 FROM identity.tenant_webhooks w
              WHERE w.tenant_id = $1 AND w.enabled AND (cardinality(w.event_types) = 0 OR $2 = ANY(w.event_types))
+               AND w.created_at <= $5
              ON CONFLICT (webhook_id, outbox_event_id) DO NOTHING",
         )
         .bind(tenant)
         .bind(&event.event_type)
         .bind(event.id)
         .bind(body)
+        .bind(event.created_at)
         .execute(&self.pool)
         .await
         .map_err(|e| HandlerError(e.to_string()))?;

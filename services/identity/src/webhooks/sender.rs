@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use flatrender_kit::outbox::{self, EventMeta};
+use flatrender_proto::flatrender::events::v1 as events;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -232,19 +234,21 @@ async fn record(pool: &PgPool, settings: &WebhookSettings, delivery: &Due, answe
             return tx.commit().await;
         }
         // Failed deliveries (not attempts) in a row disable the webhook; its pending ones drop.
-        let disabled: Option<bool> = sqlx::query_scalar(
+        // `disabled_at = now()` (the transaction's time) tells that this statement disabled it.
+        let disabled: Option<(bool, bool, Uuid, String, i32, Option<String>)> = sqlx::query_as(
             "UPDATE identity.tenant_webhooks SET failure_count = failure_count + 1, last_failure_at = now(),
                  enabled = CASE WHEN failure_count + 1 >= $2 THEN false ELSE enabled END,
                  disabled_at = CASE WHEN failure_count + 1 >= $2 AND enabled THEN now() ELSE disabled_at END,
                  disabled_reason = CASE WHEN failure_count + 1 >= $2 AND enabled
                                         THEN 'disabled after ' || $2 || ' failed deliveries in a row' ELSE disabled_reason END
-             WHERE id = $1 RETURNING NOT enabled",
+             WHERE id = $1
+             RETURNING NOT enabled, coalesce(disabled_at = now(), false), tenant_id, url, failure_count, disabled_reason",
         )
         .bind(delivery.webhook_id)
         .bind(settings.disable_after)
         .fetch_optional(&mut *tx)
         .await?;
-        if disabled == Some(true) {
+        if let Some((true, just_now, tenant, url, failure_count, reason)) = disabled {
             sqlx::query(
                 "UPDATE identity.tenant_webhook_deliveries SET status = 'canceled', locked_until = NULL
                  WHERE webhook_id = $1 AND status = 'pending'",
@@ -252,6 +256,25 @@ async fn record(pool: &PgPool, settings: &WebhookSettings, delivery: &Due, answe
             .bind(delivery.webhook_id)
             .execute(&mut *tx)
             .await?;
+            if just_now {
+                tracing::warn!(webhook = %delivery.webhook_id, %tenant, failure_count, "a webhook was disabled after failed deliveries");
+                let meta = EventMeta {
+                    source: "identity",
+                    aggregate_type: "webhook",
+                    aggregate_id: delivery.webhook_id.to_string(),
+                    tenant_id: Some(tenant),
+                };
+                let event = events::WebhookDisabled {
+                    tenant_id: tenant.to_string(),
+                    occurred_at: Some(std::time::SystemTime::now().into()),
+                    webhook_id: delivery.webhook_id.to_string(),
+                    url,
+                    failure_count,
+                    reason: reason.unwrap_or_default(),
+                };
+                // The outbox speaks the kit's error; this path speaks sqlx's.
+                outbox::publish(&mut tx, meta, &event).await.map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+            }
         }
     }
     tx.commit().await
