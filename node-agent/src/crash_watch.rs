@@ -11,8 +11,10 @@
 //! starts ([`CrashWatch::note_run`]); a report whose name or text names a pid
 //! (`Process: aerender [pid]`, `Parent Process: … [pid]`, `"pid" : pid`,
 //! `"parentPid" : pid`, `AfterFX.exe.<pid>.dmp`) goes to the run of that pid,
-//! and one that names no noted run's pid goes to the first crashed run that
-//! asks ([`CrashWatch::reports_for`]).
+//! and the earliest one that names no noted run's pid goes to the first crashed
+//! run that asks ([`CrashWatch::reports_for`]). Only the renderer's own pid is
+//! noted: a report of a process it started (After Effects under aerender on
+//! Windows) is attributed only through its parent pid, where the report has one.
 //!
 //! Default folders (see [`default_dirs`]) and where they come from:
 //! - macOS: `~/Library/Logs/DiagnosticReports` (per-user ReportCrash output,
@@ -302,8 +304,17 @@ impl CrashWatch {
         let others: HashSet<u32> = lock(&self.inner.shared.runs).iter().copied().filter(|p| Some(*p) != pid).collect();
         let named: Vec<HashSet<u32>> = files.iter().map(mentioned_pids).collect();
         let mine: Vec<bool> = named.iter().map(|n| pid.is_some_and(|pid| n.contains(&pid))).collect();
-        let keep: Vec<bool> =
-            if mine.contains(&true) { mine } else { named.iter().map(|n| n.is_disjoint(&others)).collect() };
+        let unclaimed_by_others: Vec<bool> = named.iter().map(|n| n.is_disjoint(&others)).collect();
+        let keep: Vec<bool> = if mine.contains(&true) {
+            mine
+        } else if pid.is_some() {
+            // A crashed run takes only the earliest report that names nobody: another run
+            // crashing at the same time may own the next.
+            let earliest = (0..files.len()).filter(|i| unclaimed_by_others[*i]).min_by_key(|i| files[*i].modified);
+            (0..files.len()).map(|i| Some(i) == earliest).collect()
+        } else {
+            unclaimed_by_others
+        };
         let chosen: Vec<CrashFile> = files.into_iter().zip(keep).filter_map(|(f, keep)| keep.then_some(f)).collect();
         let claimed = self.inner.shared.claim(chosen.iter().map(|f| f.path.as_path()));
         let mut files: Vec<CrashFile> = chosen.into_iter().filter(|f| claimed.contains(&f.path)).collect();
@@ -548,18 +559,23 @@ impl Shared {
     }
 }
 
-/// The process ids a report names: in its file name (`AfterFX.exe.4242.dmp`,
-/// `aerender_2024-05-01-101010_4242.crash`: runs of 2 to 7 digits), as `[pid]`
-/// (`Process: aerender [4242]`, `Parent Process: …`) or as the `"pid"` and
-/// `"parentPid"` fields of an `.ips` report.
+/// The process ids a report names: at the end of its file name as Windows Error
+/// Reporting (`AfterFX.exe.4242.dmp`) and the simulator (`aerender-sim_<ms>_4242.crash`)
+/// write them, as `[pid]` (`Process: aerender [4242]`, `Parent Process: …`) or as the
+/// `"pid"` and `"parentPid"` fields of an `.ips` report. Dates and times in names
+/// (`After Effects-2026-12-01-093015.ips`) are not taken for pids.
 fn mentioned_pids(file: &CrashFile) -> HashSet<u32> {
     let mut pids = HashSet::new();
-    let name = file.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    for token in name.split(|c: char| !c.is_ascii_digit()) {
-        if (2..=7).contains(&token.len()) {
-            pids.extend(token.parse::<u32>().ok());
+    let named = |ext: &str, separator: char| -> Option<u32> {
+        if file.path.extension()?.to_str()? != ext {
+            return None;
         }
-    }
+        let (_, last) = file.path.file_stem()?.to_str()?.rsplit_once(separator)?;
+        let digits = !last.is_empty() && last.len() <= 7 && last.bytes().all(|b| b.is_ascii_digit());
+        if digits { last.parse().ok() } else { None }
+    };
+    pids.extend(named("dmp", '.'));
+    pids.extend(named("crash", '_'));
     let text = file.text.as_str();
     let digits_at = |rest: &str| -> Option<u32> {
         let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
@@ -934,6 +950,8 @@ mod tests {
         assert_eq!(pids(file("x.crash", "Process: aerender [77]\nParent Process: launchd [1]\nlist [a]")), [77]);
         assert_eq!(pids(file("x.ips", "{\"pid\":123,\"parentPid\" :  456}")), [123, 456]);
         assert_eq!(pids(file("aerender_20261201101010.crash", "[0]")), Vec::<u32>::new(), "dates and 0/1 are not pids");
+        assert_eq!(pids(file("After Effects-2026-12-01-093015.ips", "")), Vec::<u32>::new(), "nor times");
+        assert_eq!(pids(file("aerender-sim_1764600000000_4101.crash", "")), [4101]);
     }
 
     // 7. No report: returns empty within a bounded time.

@@ -74,8 +74,12 @@ fn run_service(config: Config) -> ExitCode {
         .and_then(|()| std::fs::OpenOptions::new().create(true).append(true).open(&log_file));
     match opened {
         Ok(file) => init_logs(&config, LogTo::File(file)),
-        // Nowhere to say it but the event the SCM records: the exit status.
-        Err(_) => return ExitCode::FAILURE,
+        // Nowhere to say it: the dispatcher is never reached, so Windows records a start
+        // timeout (error 1053) for the service.
+        Err(error) => {
+            eprintln!("flatrender-agent: cannot open the log file {}: {error}", log_file.display());
+            return ExitCode::FAILURE;
+        }
     }
     // A panic's message would go to a console the service does not have.
     std::panic::set_hook(Box::new(|panic| tracing::error!(%panic, "the agent panicked")));

@@ -67,7 +67,7 @@ pub fn run(_config: crate::config::Config) -> Result<(), ServiceError> {
 mod windows {
     use std::ffi::OsString;
     use std::path::Path;
-    use std::sync::{Mutex, OnceLock, PoisonError};
+    use std::sync::{Arc, Mutex, OnceLock, PoisonError};
     use std::time::{Duration, Instant};
 
     use windows_service::service::{
@@ -107,16 +107,7 @@ mod windows {
     }
 
     fn service_main(_arguments: Vec<OsString>) {
-        let outcome = match CONFIG.get() {
-            Some(config) => serve(config.clone()),
-            None => {
-                Err(ServiceError::Scm { what: "the service".into(), detail: "started without a configuration".into() })
-            }
-        };
-        if let Err(error) = &outcome {
-            tracing::error!(%error, "the service stopped");
-        }
-        *OUTCOME.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
+        serve(CONFIG.get().cloned());
     }
 
     fn status(
@@ -137,15 +128,31 @@ mod windows {
     }
 
     /// Runs the agent as the service: Running, then on Stop or pre-shutdown a StopPending while
-    /// the agent hands its tasks back, then Stopped.
-    fn serve(config: Config) -> Result<(), ServiceError> {
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    /// the agent hands its tasks back, then Stopped, whatever happened (the last thing the
+    /// process tells Windows: once it hears Stopped, the dispatcher returns and the process ends).
+    fn serve(config: Option<Config>) {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let registered: Arc<OnceLock<ServiceStatusHandle>> = Arc::default();
+        let handle_for_stop = Arc::clone(&registered);
         let handler = move |control| {
             tracing::debug!(?control, "a control request");
             match control {
                 // Pre-shutdown rather than shutdown: Windows waits for a pre-shutdown service (up to
                 // its configured timeout), so running tasks are handed back before the machine goes.
                 ServiceControl::Stop | ServiceControl::Preshutdown | ServiceControl::Shutdown => {
+                    // Said at once: the agent may still be starting (probing installs, enrolling)
+                    // and only notices the stop once its session runs.
+                    if let Some(handle) = handle_for_stop.get() {
+                        let stopping = status(
+                            ServiceState::StopPending,
+                            ServiceControlAccept::empty(),
+                            ServiceExitCode::NO_ERROR,
+                            STOP_WAIT_HINT,
+                        );
+                        if let Err(error) = handle.set_service_status(stopping) {
+                            tracing::warn!(%error, "StopPending was not reported");
+                        }
+                    }
                     stop_tx.send_replace(true);
                     ServiceControlHandlerResult::NoError
                 }
@@ -153,42 +160,63 @@ mod windows {
                 _ => ServiceControlHandlerResult::NotImplemented,
             }
         };
-        let handle: ServiceStatusHandle = service_control_handler::register(SERVICE_NAME, handler)
-            .map_err(scm("cannot register the control handler"))?;
-        let report = |state, accepted, exit_code, wait_hint| {
-            handle
-                .set_service_status(status(state, accepted, exit_code, wait_hint))
-                .map_err(scm("cannot report the service's status"))
+        let handle = match service_control_handler::register(SERVICE_NAME, handler) {
+            Ok(handle) => handle,
+            Err(error) => {
+                let error = scm("cannot register the control handler")(error);
+                tracing::error!(%error, "the service cannot run");
+                *OUTCOME.lock().unwrap_or_else(PoisonError::into_inner) = Some(Err(error));
+                return;
+            }
         };
+        let _ = registered.set(handle);
+        let outcome = run_agent(config, handle, stop_rx);
+        let exit_code = match &outcome {
+            Ok(()) => ServiceExitCode::NO_ERROR,
+            // Any non-zero code: with failure actions on non-crash failures, Windows restarts it.
+            Err(error) => {
+                tracing::error!(%error, "the service stopped with an error");
+                ServiceExitCode::ServiceSpecific(1)
+            }
+        };
+        tracing::info!("the service stopped");
+        *OUTCOME.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
+        let _ = handle.set_service_status(status(
+            ServiceState::Stopped,
+            ServiceControlAccept::empty(),
+            exit_code,
+            Duration::ZERO,
+        ));
+    }
+
+    /// The agent from Running until it has stopped, its runtime shut down.
+    fn run_agent(
+        config: Option<Config>,
+        handle: ServiceStatusHandle,
+        mut stop_rx: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), ServiceError> {
+        let config = config.ok_or_else(|| ServiceError::Scm {
+            what: "the service".into(),
+            detail: "started without a configuration".into(),
+        })?;
         let runtime = daemon::runtime()
             .map_err(|e| ServiceError::Scm { what: "cannot start the runtime".into(), detail: e.to_string() })?;
-        report(
-            ServiceState::Running,
-            ServiceControlAccept::STOP | ServiceControlAccept::PRESHUTDOWN,
-            ServiceExitCode::NO_ERROR,
-            Duration::ZERO,
-        )?;
+        handle
+            .set_service_status(status(
+                ServiceState::Running,
+                ServiceControlAccept::STOP | ServiceControlAccept::PRESHUTDOWN,
+                ServiceExitCode::NO_ERROR,
+                Duration::ZERO,
+            ))
+            .map_err(scm("cannot report the service's status"))?;
+        tracing::info!(pid = std::process::id(), "the service is running");
         let stopped = async move {
             let _ = stop_rx.wait_for(|stop| *stop).await;
             tracing::info!("the service is stopping");
-            if let Err(error) = report(
-                ServiceState::StopPending,
-                ServiceControlAccept::empty(),
-                ServiceExitCode::NO_ERROR,
-                STOP_WAIT_HINT,
-            ) {
-                tracing::warn!(%error, "StopPending was not reported");
-            }
         };
-        tracing::info!(pid = std::process::id(), "the service is running");
         let ran = runtime.block_on(daemon::run(config, stopped));
-        tracing::info!(ok = ran.is_ok(), "the agent stopped; reporting the service stopped");
-        let exit_code = match &ran {
-            Ok(()) => ServiceExitCode::NO_ERROR,
-            // Any non-zero code: with failure actions on non-crash failures, Windows restarts it.
-            Err(_) => ServiceExitCode::ServiceSpecific(1),
-        };
-        report(ServiceState::Stopped, ServiceControlAccept::empty(), exit_code, Duration::ZERO)?;
+        // Blocking work (a hash, an unpack) gets a moment; renderers die with the Job Object.
+        runtime.shutdown_timeout(Duration::from_secs(2));
         ran.map_err(|e| ServiceError::Scm { what: "the agent".into(), detail: e.to_string() })
     }
 
@@ -219,9 +247,14 @@ mod windows {
             account_password: None,
         };
         let service = manager
-            .create_service(&info, ServiceAccess::CHANGE_CONFIG | ServiceAccess::QUERY_STATUS)
+            // START too: Windows allows a Restart failure action only with it.
+            .create_service(&info, ServiceAccess::CHANGE_CONFIG | ServiceAccess::QUERY_STATUS | ServiceAccess::START)
             .map_err(scm("cannot create the service"))?;
         service.set_description(DESCRIPTION).map_err(scm("cannot describe the service"))?;
+        // Pre-shutdown gets as long as a stop: the hand-back of running tasks.
+        if let Err(error) = service.set_preshutdown_timeout(STOP_WAIT_HINT) {
+            tracing::warn!(%error, "the service's pre-shutdown timeout keeps the system default");
+        }
         let restart =
             |secs| ServiceAction { action_type: ServiceActionType::Restart, delay: Duration::from_secs(secs) };
         let restarts = service

@@ -341,7 +341,8 @@ async fn a_stopping_agent_hands_its_task_back() {
 #[tokio::test]
 async fn a_download_past_its_time_limit_is_given_up_and_retried_elsewhere() {
     let (o, alice) = stack_with(|settings| settings.max_attempts = 3).await;
-    // 4 MiB that do not compress: no transfer of them through the orchestrator fits in 1 ms.
+    // 4 MiB that do not compress, so that the transfer cannot finish within the 1 ms limit
+    // (which in practice has passed before the download even opens).
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default();
     zip.start_file("project.aepx.json", options).unwrap();

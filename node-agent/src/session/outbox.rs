@@ -50,20 +50,26 @@ impl Outbox {
         Ok(Self { dir: dir.to_path_buf(), waiting, in_flight: HashMap::new() })
     }
 
-    /// Keeps `payload` under `key` (replacing an earlier message of that key) until acked.
+    /// Keeps `payload` under `key` (replacing an earlier message of that key) until acked: in
+    /// memory, and on disk for the next run unless writing fails (the error says so).
     pub fn put(&mut self, key: &str, payload: Payload) -> io::Result<()> {
         if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad outbox key {key:?}")));
         }
         let bytes = SessionRequest { seq: 0, sent_at: None, payload: Some(payload.clone()) }.encode_to_vec();
+        // Kept in memory even when the disk refuses it: it is still resent on this run.
+        self.waiting.insert(key.to_string(), payload);
         let path = self.path(key);
         let temp = path.with_extension("tmp");
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(&bytes)?;
         file.sync_all()?;
-        std::fs::rename(&temp, &path)?;
-        self.waiting.insert(key.to_string(), payload);
-        Ok(())
+        std::fs::rename(&temp, &path)
+    }
+
+    /// Whether a message whose key starts with `prefix` waits.
+    pub fn has_prefix(&self, prefix: &str) -> bool {
+        self.waiting.range(prefix.to_string()..).next().is_some_and(|(key, _)| key.starts_with(prefix))
     }
 
     /// Everything waiting, in key order, to send on a new stream.
@@ -162,6 +168,19 @@ mod tests {
         drop(outbox);
         let outbox = Outbox::open(dir.path()).unwrap();
         assert_eq!(outbox.waiting().map(|(k, _)| k).collect::<Vec<_>>(), ["crash.c1"]);
+    }
+
+    #[test]
+    fn a_tasks_frame_reports_are_found_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::open(dir.path()).unwrap();
+        outbox.put("frames.t1.7.aaa", result("t1")).unwrap();
+        outbox.put("result.t1.7", result("t1")).unwrap();
+        assert!(outbox.has_prefix("frames.t1.7."));
+        assert!(!outbox.has_prefix("frames.t1.8."), "another epoch");
+        assert!(!outbox.has_prefix("frames.t2.7."), "another task");
+        outbox.remove("frames.t1.7.aaa").unwrap();
+        assert!(!outbox.has_prefix("frames.t1.7."));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! next stream: RATE_LIMITED and UNAVAILABLE are sent again after a jittered backoff of their own;
 //! an OVERSIZED message is made smaller (its log or report text cut, a frame report split) and
 //! sent again at once. Every message is also made to fit the `max_message_bytes` the Welcome
-//! announced before it goes out, so a large log tail is cut here rather than refused there.
+//! announced before it first goes out, so a large log tail is cut here rather than refused there
+//! (one kept under an earlier, larger limit is cut once the orchestrator refuses it).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -38,8 +39,8 @@ impl Resends {
         self.due.values().filter_map(|(_, at)| *at).min()
     }
 
-    /// The keys due by `now`, in key order. Their backoff is kept (a second refusal waits
-    /// longer) until [`Resends::forget`].
+    /// The keys due by `now`, in key order. Their backoff is kept (a second refusal draws its
+    /// wait from a larger ceiling) until [`Resends::forget`].
     pub fn take_due(&mut self, now: Instant) -> Vec<String> {
         let mut keys = Vec::new();
         for (key, (_, at)) in &mut self.due {
@@ -85,10 +86,11 @@ pub fn fit(payload: Payload, limit: usize) -> Option<Vec<Payload>> {
     Some(done)
 }
 
-/// One step smaller, as one message with less text or two that together say the same: a result's log tail halved (its end kept, where aerender's last words are)
-/// and its error message cut to 500 characters; a crash report's text halved (its start kept,
-/// where the crashed thread is) and its log tail halved; a frame report split in two. `None` when
-/// nothing is left to cut.
+/// One step smaller, as one message with less text or two that together say the same: a result's
+/// log tail halved (its end kept, where aerender's last words are) and its error message cut to
+/// 500 characters; the larger of a crash report's texts halved (the report's start kept, where
+/// the crashed thread is; the log's end); a frame report split in two. `None` when nothing is
+/// left to cut.
 pub fn shrink(payload: &Payload) -> Option<Vec<Payload>> {
     match payload {
         Payload::TaskResult(result) => {
@@ -98,10 +100,14 @@ pub fn shrink(payload: &Payload) -> Option<Vec<Payload>> {
             (message_cut || tail_cut).then(|| vec![Payload::TaskResult(smaller)])
         }
         Payload::CrashReport(crash) => {
+            // The larger text is cut: the orchestrator's limits are per field.
             let mut smaller = crash.clone();
-            let text_cut = halve_keeping_start(&mut smaller.report_text);
-            let tail_cut = halve_keeping_end(&mut smaller.log_tail);
-            (text_cut || tail_cut).then(|| vec![Payload::CrashReport(smaller)])
+            let cut = if smaller.report_text.len() >= smaller.log_tail.len() {
+                halve_keeping_start(&mut smaller.report_text)
+            } else {
+                halve_keeping_end(&mut smaller.log_tail)
+            };
+            cut.then(|| vec![Payload::CrashReport(smaller)])
         }
         Payload::FrameReport(report) if report.frames.len() > 1 => {
             let (mut first, mut second) = (report.clone(), report.clone());

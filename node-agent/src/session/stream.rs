@@ -255,6 +255,7 @@ impl<N: NodeView, E: Executor> Session<N, E> {
         while !self.tasks.held_list().is_empty() {
             tokio::select! {
                 Some(event) = self.events.recv() => self.on_event(event, out, updates).await,
+                () = due(self.resends.next_due()) => self.resend_due(out).await,
                 message = inbound.next() => match message {
                     Some(Ok(message)) => self.on_message(message, out, clock).await,
                     _ => return "the stream ended while tasks were handed back".into(),
@@ -380,9 +381,18 @@ impl<N: NodeView, E: Executor> Session<N, E> {
         }
     }
 
-    /// Sends again the refused messages whose backoff has passed.
+    /// Sends again the refused messages whose backoff has passed. A task's result waits while
+    /// a frame report of the same task is still unacked: the orchestrator takes no frames after
+    /// the result, so the result must not overtake them.
     async fn resend_due(&mut self, out: &mut Outlet) {
-        for key in self.resends.take_due(Instant::now()) {
+        let now = Instant::now();
+        for key in self.resends.take_due(now) {
+            if let Some((task, epoch)) = result_key(&key)
+                && self.outbox.has_prefix(&format!("frames.{task}.{epoch}."))
+            {
+                self.resends.schedule(&key, now);
+                continue;
+            }
             if let Some(payload) = self.outbox.get(&key).cloned() {
                 let seq = out.send(payload).await;
                 self.outbox.sent(&key, seq);
@@ -424,7 +434,7 @@ impl<N: NodeView, E: Executor> Session<N, E> {
     }
 
     /// Puts a message in the outbox. A full or failing state disk must not stop the agent: the
-    /// message is still sent now, and only a restart before its ack would lose it.
+    /// message is kept in memory and sent now; only a restart before its ack would lose it.
     fn keep(&mut self, key: &str, payload: Out) {
         if let Err(error) = self.outbox.put(key, payload) {
             tracing::error!(%key, %error, "could not keep a message in the outbox; sending it unkept");

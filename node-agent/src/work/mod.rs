@@ -83,9 +83,11 @@ impl WorkConfig {
     }
 }
 
-/// A watchdog duration the task set, else the node's default; zero or negative counts as unset.
+/// A watchdog duration the task set, else the node's default; zero or negative counts as unset,
+/// and more than a week as a week (a deadline that far must not overflow the clock).
 fn pick(set: Option<&prost_types::Duration>, default: Duration) -> Duration {
-    set.and_then(|d| Duration::try_from(*d).ok()).filter(|d| !d.is_zero()).unwrap_or(default)
+    const LONGEST: Duration = Duration::from_secs(7 * 24 * 3600);
+    set.and_then(|d| Duration::try_from(*d).ok()).filter(|d| !d.is_zero()).unwrap_or(default).min(LONGEST)
 }
 
 /// What every task shares.
