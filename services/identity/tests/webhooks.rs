@@ -292,3 +292,27 @@ async fn a_failing_webhook_is_disabled_and_says_so_once() {
     .unwrap();
     assert_eq!(pending, 0, "its pending deliveries were dropped");
 }
+
+/// A retried CreateWebhook with the same idempotency key gets the same webhook and secret; the
+/// key reused for another webhook is ALREADY_EXISTS; nothing is created twice.
+#[tokio::test]
+async fn a_retried_create_returns_the_same_webhook_and_secret() {
+    let service = fast_service().await;
+    let tenant = service.tenant().await;
+    let admin = service.account(tenant, "tenant_admin").await;
+    let mut hooks = webhooks_as(&service, &admin.tokens.access_token);
+    let request = pb::CreateWebhookRequest {
+        url: "http://127.0.0.1:9/hook".into(),
+        idempotency_key: "create-hook-1".into(),
+        ..Default::default()
+    };
+    let first = hooks.create_webhook(request.clone()).await.unwrap().into_inner();
+    let again = hooks.create_webhook(request.clone()).await.unwrap().into_inner();
+    assert_eq!(again.webhook.unwrap().id, first.webhook.unwrap().id);
+    assert_eq!(again.secret, first.secret, "the retry shows the secret the first call made");
+    let other = pb::CreateWebhookRequest { url: "http://127.0.0.1:10/hook".into(), ..request };
+    let status = hooks.create_webhook(other).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+    let listed = hooks.list_webhooks(pb::ListWebhooksRequest::default()).await.unwrap().into_inner().webhooks;
+    assert_eq!(listed.len(), 1);
+}

@@ -240,12 +240,53 @@ impl pb::webhook_service_server::WebhookService for IdentityApi {
             d => Some(d.to_owned()),
         };
         let types = self.event_types("event_types", &request.event_types)?;
+        let key = match request.idempotency_key.as_str() {
+            "" => None,
+            k if k.chars().count() > 200 => {
+                return Err(IdentityError::invalid("idempotency_key", "must be at most 200 characters").into());
+            }
+            k => Some(k.to_owned()),
+        };
+        let digest: Vec<u8> = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(format!("{url}\u{1f}{description:?}\u{1f}{types:?}")).to_vec()
+        };
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('identity.tenant_webhooks'), hashtext($1))")
             .bind(tenant.to_string())
             .execute(&mut *tx)
             .await
             .map_err(IdentityError::from)?;
+        // A retry gets the webhook it created, secret included: the secret is kept (it signs
+        // every delivery), unlike an API key's.
+        if let Some(key) = &key {
+            let existing: Option<(Uuid, Option<Vec<u8>>)> = sqlx::query_as(
+                "SELECT id, request_sha256 FROM identity.tenant_webhooks WHERE tenant_id = $1 AND idempotency_key = $2",
+            )
+            .bind(tenant)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(IdentityError::from)?;
+            if let Some((id, stored)) = existing {
+                if stored.as_deref() != Some(digest.as_slice()) {
+                    return Err(IdentityError::AlreadyExists(
+                        "this idempotency key was used for another webhook".into(),
+                    )
+                    .into());
+                }
+                let row = sqlx::query_as::<_, WebhookRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {WEBHOOK_COLUMNS} FROM identity.tenant_webhooks WHERE id = $1"
+                )))
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(IdentityError::from)?;
+                let secret = String::from_utf8(row.secret.clone())
+                    .map_err(|_| IdentityError::Corrupt("a webhook secret is not text".into()))?;
+                return Ok(Response::new(pb::CreateWebhookResponse { webhook: Some(row.to_proto()), secret }));
+            }
+        }
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM identity.tenant_webhooks WHERE tenant_id = $1")
             .bind(tenant)
             .fetch_one(&mut *tx)
@@ -256,14 +297,17 @@ impl pb::webhook_service_server::WebhookService for IdentityApi {
         }
         let secret = new_secret();
         let row = sqlx::query_as::<_, WebhookRow>(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO identity.tenant_webhooks (tenant_id, url, description, secret, event_types)
-             VALUES ($1, $2, $3, $4, $5) RETURNING {WEBHOOK_COLUMNS}"
+            "INSERT INTO identity.tenant_webhooks (tenant_id, url, description, secret, event_types,
+                                                   idempotency_key, request_sha256)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {WEBHOOK_COLUMNS}"
         )))
         .bind(tenant)
         .bind(&url)
         .bind(&description)
         .bind(secret.as_bytes())
         .bind(&types)
+        .bind(&key)
+        .bind(&digest)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {

@@ -215,11 +215,12 @@ async fn record(pool: &PgPool, settings: &WebhookSettings, delivery: &Due, answe
             .await?;
     } else {
         let gave_up = attempts >= delivery.max_attempts;
+        // A delivery canceled meanwhile (another failure disabled its webhook) stays canceled.
         sqlx::query(
             "UPDATE identity.tenant_webhook_deliveries SET status = CASE WHEN $2 THEN 'failed' ELSE 'pending' END,
                  attempts = $3, last_attempt_at = now(), last_status_code = $4, last_error = $5, last_duration_ms = $6,
                  next_attempt_at = now() + $7, locked_until = NULL
-             WHERE id = $1",
+             WHERE id = $1 AND status <> 'canceled'",
         )
         .bind(delivery.id)
         .bind(gave_up)
