@@ -312,7 +312,7 @@ async fn a_retried_create_returns_the_same_webhook_and_secret() {
     assert_eq!(again.secret, first.secret, "the retry shows the secret the first call made");
     let other = pb::CreateWebhookRequest { url: "http://127.0.0.1:10/hook".into(), ..request };
     let status = hooks.create_webhook(other).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     let listed = hooks.list_webhooks(pb::ListWebhooksRequest::default()).await.unwrap().into_inner().webhooks;
     assert_eq!(listed.len(), 1);
 }
