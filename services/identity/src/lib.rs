@@ -90,6 +90,14 @@ pub fn module_with_state(
         ),
         ("signing-keys", Box::pin(identity.ring.clone().maintain(refresh_every, ctx.shutdown.clone()))),
         ("identity-pruning", Box::pin(prune(identity.clone(), ctx.shutdown.clone()))),
+        (
+            "subscription-expiry",
+            Box::pin(end_lapsed_subscriptions(
+                identity.pool.clone(),
+                identity.settings.subscription_sweep,
+                ctx.shutdown.clone(),
+            )),
+        ),
         ("webhook-fanout", Box::pin(webhook_fanout(identity.clone(), ctx.shutdown.clone()))),
         (
             "webhook-sender",
@@ -118,6 +126,21 @@ async fn webhook_fanout(identity: Identity, signal: flatrender_kit::shutdown::Sh
 
 /// Forgets what has stopped mattering, hourly: stale throttle rows, login attempts past their
 /// 90 days, and used or expired one-time tokens after a week.
+/// Ends the subscriptions whose period is over (see [`api::billing::end_lapsed`]).
+async fn end_lapsed_subscriptions(
+    pool: sqlx::PgPool,
+    every: Duration,
+    signal: flatrender_kit::shutdown::ShutdownSignal,
+) {
+    signal
+        .every(Duration::from_secs(1), every, || async {
+            if let Err(e) = api::billing::end_lapsed(&pool).await {
+                tracing::warn!(error = %e, "ending lapsed subscriptions failed; retrying");
+            }
+        })
+        .await;
+}
+
 async fn prune(identity: Identity, signal: flatrender_kit::shutdown::ShutdownSignal) {
     signal
         .every(Duration::from_secs(60), Duration::from_secs(3600), || async {

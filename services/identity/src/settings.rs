@@ -45,6 +45,8 @@ pub struct Settings {
     pub verifiers: Vec<TokenVerifier>,
     /// Webhook delivery.
     pub webhooks: WebhookSettings,
+    /// How often subscriptions whose period is over are ended.
+    pub subscription_sweep: Duration,
     /// The VAPID public key browsers subscribe to Web Push with (uncompressed P-256, base64url);
     /// `None` until the notification service's push channel is configured.
     pub vapid_public_key: Option<String>,
@@ -72,6 +74,7 @@ impl Settings {
             throttle: ThrottlePolicy::default(),
             verifiers: Vec::new(),
             webhooks: WebhookSettings::default(),
+            subscription_sweep: Duration::from_secs(60),
             vapid_public_key: None,
         }
     }

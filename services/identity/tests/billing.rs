@@ -195,3 +195,89 @@ async fn platform_admins_put_subscribers_on_plans_and_subscribers_cancel() {
     assert_eq!(listed[0].status, pb::SubscriptionStatus::Canceled as i32);
     service.stop().await;
 }
+
+/// When a subscription's period is over it ends by itself: CANCELED when its end was asked for,
+/// EXPIRED when nothing renewed it; each says so once with the plan its subscriber falls back to.
+#[tokio::test]
+async fn subscriptions_end_with_their_period() {
+    use flatrender_proto::flatrender::events::v1 as events;
+    let service =
+        Service::start_with(|settings| settings.subscription_sweep = std::time::Duration::from_millis(100)).await;
+    let tenant = service.tenant().await;
+    let (renewing, leaving) = (service.account(tenant, "user").await, service.account(tenant, "user").await);
+    let root = service.account(DEFAULT_TENANT, "platform_admin").await;
+    let plans = billing_as(&service, "").list_plans(pb::ListPlansRequest::default()).await.unwrap().into_inner().plans;
+    let paid = plans.iter().find(|p| p.code != "free").unwrap().clone();
+    let mut billing = billing_as(&service, &root.tokens.access_token);
+    let mut ids = Vec::new();
+    for user in [&renewing, &leaving] {
+        let period_end = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        let started = billing
+            .change_subscription(pb::ChangeSubscriptionRequest {
+                tenant_id: tenant.to_string(),
+                user_id: user.user_id.to_string(),
+                plan_id: paid.id.clone(),
+                current_period_end: Some(period_end.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(started.subscription.unwrap().id);
+    }
+    billing_as(&service, &leaving.tokens.access_token)
+        .cancel_subscription(pb::CancelSubscriptionRequest {
+            subscription_id: ids[1].clone(),
+            immediately: false,
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    // Both periods are over now.
+    sqlx::query(
+        "UPDATE identity.subscriptions SET current_period_start = now() - interval '31 days',
+                current_period_end = now() - interval '1 second' WHERE id = ANY($1::uuid[])",
+    )
+    .bind(&ids)
+    .execute(service.db.pool())
+    .await
+    .unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let statuses = loop {
+        let statuses: Vec<String> = sqlx::query_scalar(
+            "SELECT status FROM identity.subscriptions WHERE id = ANY($1::uuid[]) ORDER BY id = $2::uuid",
+        )
+        .bind(&ids)
+        .bind(&ids[1])
+        .fetch_all(service.db.pool())
+        .await
+        .unwrap();
+        if statuses.iter().all(|s| s != "active") {
+            break statuses;
+        }
+        assert!(std::time::Instant::now() < deadline, "still live: {statuses:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(statuses, ["expired", "canceled"]);
+    let ended: Vec<events::SubscriptionChanged> = service
+        .events("flatrender.events.v1.SubscriptionChanged")
+        .await
+        .iter()
+        .map(|bytes| <events::SubscriptionChanged as prost::Message>::decode(bytes.as_slice()).unwrap())
+        .filter(|e| e.kind == events::SubscriptionChangeKind::Ended as i32)
+        .collect();
+    assert_eq!(ended.len(), 2, "each said once: {ended:?}");
+    for event in &ended {
+        assert_eq!((event.previous_plan_code.as_str(), event.plan_code.as_str()), (paid.code.as_str(), "free"));
+        assert!(event.by_user_id.is_empty(), "nobody ended it");
+    }
+    // The plan in force is the fallback again.
+    let limits = billing_as(&service, &renewing.tokens.access_token)
+        .get_subscription(pb::GetSubscriptionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(limits.subscription.is_none(), "{limits:?}");
+    service.stop().await;
+}

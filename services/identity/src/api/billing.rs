@@ -445,6 +445,92 @@ fn changed_by(caller: &Caller) -> String {
     if caller.service.is_some() { String::new() } else { caller.user_id.to_string() }
 }
 
+/// Ends every live subscription whose period is over: CANCELED when its end was asked for,
+/// EXPIRED when nothing renewed it (the payment integration extends `current_period_end`). Each
+/// writes SubscriptionChanged (ENDED) with the plan the subscriber falls back to. Batches under
+/// `SKIP LOCKED`, so replicas running it together never end one twice. Returns how many ended.
+pub async fn end_lapsed(pool: &sqlx::PgPool) -> Result<usize> {
+    let mut ended = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let lapsed = sqlx::query_as::<_, SubscriptionRow>(sqlx::AssertSqlSafe(format!(
+            "UPDATE identity.subscriptions s
+                SET status = CASE WHEN s.cancel_at_period_end THEN 'canceled' ELSE 'expired' END,
+                    ended_at = s.current_period_end
+              WHERE s.id IN (SELECT id FROM identity.subscriptions
+                              WHERE status IN {LIVE} AND current_period_end <= now()
+                              ORDER BY current_period_end LIMIT 100 FOR UPDATE SKIP LOCKED)
+             RETURNING {SUBSCRIPTION_COLUMNS}"
+        )))
+        .fetch_all(&mut *tx)
+        .await?;
+        if lapsed.is_empty() {
+            tx.commit().await?;
+            return Ok(ended);
+        }
+        for subscription in &lapsed {
+            let previous = plan_of(&mut tx, subscription.plan_id).await?;
+            let (_, fallback, _) = effective(&mut tx, subscription.tenant_id, subscription.user_id).await?;
+            let reason = if subscription.status == "canceled" {
+                "canceled at the end of its period"
+            } else {
+                "its period ended without a renewal"
+            };
+            publish_change(
+                &mut tx,
+                subscription,
+                events::SubscriptionChangeKind::Ended,
+                &previous.code,
+                &fallback,
+                String::new(),
+                reason.into(),
+            )
+            .await?;
+            tracing::info!(subscription = %subscription.id, tenant = %subscription.tenant_id, status = %subscription.status, "a subscription ended with its period");
+        }
+        ended += lapsed.len();
+        tx.commit().await?;
+    }
+}
+
+/// Writes SubscriptionChanged for a subscriber whose plan is now `plan`; `by_user_id` is empty
+/// when no person made the change.
+#[allow(clippy::too_many_arguments)]
+async fn publish_change(
+    tx: &mut sqlx::PgTransaction<'_>,
+    subscription: &SubscriptionRow,
+    kind: events::SubscriptionChangeKind,
+    previous: &str,
+    plan: &PlanRow,
+    by_user_id: String,
+    reason: String,
+) -> Result<()> {
+    outbox::publish(
+        tx,
+        EventMeta {
+            source: "identity",
+            aggregate_type: "subscription",
+            aggregate_id: subscription.id.to_string(),
+            tenant_id: Some(subscription.tenant_id),
+        },
+        &events::SubscriptionChanged {
+            tenant_id: subscription.tenant_id.to_string(),
+            occurred_at: Some(timestamp(OffsetDateTime::now_utc())),
+            subscription_id: subscription.id.to_string(),
+            user_id: subscription.user_id.map(|u| u.to_string()).unwrap_or_default(),
+            kind: kind as i32,
+            status: subscription.status.clone(),
+            previous_plan_code: previous.to_owned(),
+            plan_code: plan.code.clone(),
+            limits: Some(plan.limits()),
+            by_user_id,
+            reason,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 impl IdentityApi {
     /// Writes SubscriptionChanged for a subscriber whose plan is now `plan`.
     #[allow(clippy::too_many_arguments)]
@@ -458,30 +544,7 @@ impl IdentityApi {
         caller: &Caller,
         reason: String,
     ) -> Result<()> {
-        outbox::publish(
-            tx,
-            EventMeta {
-                source: "identity",
-                aggregate_type: "subscription",
-                aggregate_id: subscription.id.to_string(),
-                tenant_id: Some(subscription.tenant_id),
-            },
-            &events::SubscriptionChanged {
-                tenant_id: subscription.tenant_id.to_string(),
-                occurred_at: Some(timestamp(OffsetDateTime::now_utc())),
-                subscription_id: subscription.id.to_string(),
-                user_id: subscription.user_id.map(|u| u.to_string()).unwrap_or_default(),
-                kind: kind as i32,
-                status: subscription.status.clone(),
-                previous_plan_code: previous.to_owned(),
-                plan_code: plan.code.clone(),
-                limits: Some(plan.limits()),
-                by_user_id: changed_by(caller),
-                reason,
-            },
-        )
-        .await?;
-        Ok(())
+        publish_change(tx, subscription, kind, previous, plan, changed_by(caller), reason).await
     }
 
     async fn change_subscription(
