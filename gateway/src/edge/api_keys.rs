@@ -10,6 +10,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use flatrender_kit::auth::{AccessClaims, ServiceName, TokenSigner};
+use flatrender_proto::flatrender::identity::v1 as identity_pb;
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
@@ -87,6 +89,64 @@ impl ApiKeys {
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// How long one exchange at a remote identity may take.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the gateway's credential for one exchange lives.
+const CREDENTIAL_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Where the identity service of another process is, and how the gateway proves who it is there.
+#[derive(Clone)]
+pub struct RemoteIdentity {
+    /// A channel to identity (lazy: identity may start after the gateway).
+    pub channel: tonic::transport::Channel,
+    /// Signs the gateway's service credential; identity must trust its public key.
+    pub signer: TokenSigner,
+    /// `iss` and `aud` of the credential (identity's own).
+    pub issuer: String,
+    pub audience: String,
+}
+
+/// Exchanges at an identity service in another process: `AuthenticateApiKey` over gRPC with a
+/// gateway service credential (good for nothing else), the client's address passed on as
+/// `x-forwarded-for` for identity's records.
+pub fn remote(identity: RemoteIdentity) -> Exchange {
+    Arc::new(move |presented: String, client: Option<IpAddr>| {
+        let identity = identity.clone();
+        Box::pin(async move {
+            let claims =
+                AccessClaims::service(ServiceName::Gateway, &identity.issuer, &identity.audience, CREDENTIAL_LIFETIME);
+            let token = identity
+                .signer
+                .sign(&claims)
+                .map_err(|e| tonic::Status::internal(format!("the gateway cannot sign its credential: {e}")))?;
+            let mut request = tonic::Request::new(identity_pb::AuthenticateApiKeyRequest { secret: presented });
+            request.set_timeout(REMOTE_TIMEOUT);
+            let header = |value: String| {
+                value.parse().map_err(|_| tonic::Status::internal("a header the gateway made is not ASCII"))
+            };
+            request.metadata_mut().insert("authorization", header(format!("Bearer {token}"))?);
+            if let Some(ip) = client {
+                request.metadata_mut().insert("x-forwarded-for", header(ip.to_string())?);
+            }
+            let answer = identity_pb::api_key_service_client::ApiKeyServiceClient::new(identity.channel)
+                .authenticate_api_key(request)
+                .await?
+                .into_inner();
+            let malformed = || tonic::Status::internal("identity answered a malformed API key exchange");
+            let key = answer.api_key.ok_or_else(malformed)?;
+            let expires = answer.access_token_expires_at.ok_or_else(malformed)?;
+            let expires = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(expires.seconds).unwrap_or(0));
+            Ok(ExchangedKey {
+                access_token: answer.access_token,
+                valid_for: expires.duration_since(std::time::SystemTime::now()).unwrap_or_default(),
+                key_id: key.id.parse().map_err(|_| malformed())?,
+                tenant_id: key.tenant_id.parse().map_err(|_| malformed())?,
+                rate_limit_per_minute: key.rate_limit_per_minute,
+            })
+        })
+    })
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use tonic::body::Body;
 use tower::ServiceExt as _;
 use uuid::Uuid;
 
-pub use api_keys::{ApiKeys, Exchange, ExchangeFuture, ExchangedKey};
+pub use api_keys::{ApiKeys, Exchange, ExchangeFuture, ExchangedKey, RemoteIdentity, remote};
 pub use cors::Cors;
 pub use deadlines::Deadlines;
 use rate_limit::{KeyedLimiter, Quota};

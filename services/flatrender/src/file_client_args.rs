@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use flatrender_kit::Error;
-use flatrender_kit::auth::DevKeyFiles;
+use flatrender_kit::auth::{DevKeyFiles, TokenSigner};
 use flatrender_render::files::FileServiceSettings;
 
 use crate::cli::AuthArgs;
@@ -19,8 +19,9 @@ pub struct FileClientArgs {
     #[arg(long, env = "FLATRENDER_FILE_SERVICE_URL")]
     pub file_service_url: Option<String>,
 
-    /// Private Ed25519 key (PKCS#8 PEM preceded by a `# kid: <key id>` line) that signs render's
-    /// service credential; the file service's JWKS must hold its public half. Default: the
+    /// Private Ed25519 key (PKCS#8 PEM preceded by a `# kid: <key id>` line) that signs this
+    /// process's service credentials (render's for the file service, a separate gateway's for
+    /// identity); the receiving service's JWKS must hold its public half. Default: the
     /// development key under `<data-dir>/keys`, which the default JWKS trusts.
     #[arg(long, env = "FLATRENDER_SERVICE_KEY_FILE")]
     pub service_key_file: Option<PathBuf>,
@@ -46,13 +47,27 @@ impl FileClientArgs {
                 return Ok(None);
             }
         };
+        let signer = self.service_signer(data_dir, auth)?;
+        Ok(Some(FileServiceSettings {
+            url,
+            signer,
+            issuer: auth.token_issuer.clone(),
+            audience: auth.token_audience.clone(),
+        }))
+    }
+}
+
+impl FileClientArgs {
+    /// What signs this process's service credentials (render's for the file service, a separate
+    /// gateway's for identity): `--service-key-file`, else the development key.
+    pub fn service_signer(&self, data_dir: &Path, auth: &AuthArgs) -> Result<TokenSigner, Error> {
         let key_files = match &self.service_key_file {
             Some(path) => DevKeyFiles { private_key: path.clone(), jwks: path.clone() },
             None => {
                 if auth.jwks_file.is_some() {
                     tracing::warn!(
-                        "--jwks-file is set but --service-key-file is not: render signs its credential for the \
-                         file service with the development key, which that JWKS may not trust"
+                        "--jwks-file is set but --service-key-file is not: service credentials are signed with \
+                         the development key, which that JWKS may not trust"
                     );
                 }
                 let files = DevKeyFiles::under(data_dir);
@@ -60,12 +75,7 @@ impl FileClientArgs {
                 files
             }
         };
-        Ok(Some(FileServiceSettings {
-            url,
-            signer: key_files.signer()?,
-            issuer: auth.token_issuer.clone(),
-            audience: auth.token_audience.clone(),
-        }))
+        key_files.signer()
     }
 }
 

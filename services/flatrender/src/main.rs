@@ -121,8 +121,21 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
     let service_settings = ServiceSettings { identity, file: args.file.settings(data_dir, public_url)?, render };
     let built =
         targets.build(&settings, &args.service_databases, &args.upstreams, &service_settings, &shutdown, &metrics)?;
+    // A gateway without identity in this process exchanges API keys at the identity upstream.
+    let remote_identity = match (targets.has_gateway(), identity_here) {
+        (true, false) => match args.upstreams.iter().rev().find(|u| u.service == "identity") {
+            Some(identity) => Some(flatrender_gateway::edge::RemoteIdentity {
+                channel: tonic::transport::Endpoint::from(identity.uri.clone()).connect_lazy(),
+                signer: args.file_client.service_signer(data_dir, &args.auth)?,
+                issuer: args.auth.token_issuer.clone(),
+                audience: args.auth.token_audience.clone(),
+            }),
+            None => None,
+        },
+        _ => None,
+    };
     let (edge, request_log) = match targets.has_gateway() {
-        true => edge(&args.gateway, verifier.clone(), built.identity.as_ref(), &shutdown),
+        true => edge(&args.gateway, verifier.clone(), built.identity.as_ref(), remote_identity, &shutdown),
         false => (None, None),
     };
     let app = built.app;
@@ -162,14 +175,17 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
 }
 
 /// The gateway's edge: API keys are exchanged and request logs written through the identity
-/// service of this process; without it, `x-api-key` is refused and nothing is logged.
+/// service of this process. Without it, API keys are exchanged at the identity upstream (when one
+/// is set) and nothing is logged.
 fn edge(
     args: &gateway_args::GatewayArgs,
     verifier: Option<TokenVerifier>,
     identity: Option<&flatrender_identity::Identity>,
+    remote_identity: Option<flatrender_gateway::edge::RemoteIdentity>,
     shutdown: &Shutdown,
 ) -> (Option<std::sync::Arc<dyn server::Edge>>, Option<tokio::task::JoinHandle<()>>) {
     use flatrender_gateway::edge::{ApiKeys, ExchangedKey, GatewayEdge, RequestLog};
+    let remote_keys = remote_identity.map(|remote| ApiKeys::new(flatrender_gateway::edge::remote(remote)));
     let keys = identity.map(|identity| {
         let identity = identity.clone();
         ApiKeys::new(std::sync::Arc::new(move |presented: String, ip: Option<std::net::IpAddr>| {
@@ -187,13 +203,21 @@ fn edge(
             })
         }))
     });
+    let keys = keys.or(remote_keys);
     let (log, writer) = match identity {
         Some(identity) => {
             let (log, writer) = RequestLog::new(identity.pool.clone(), shutdown.stop_signal());
             (Some(log), Some(tokio::spawn(writer)))
         }
         None => {
-            tracing::warn!("the gateway runs without identity: API keys are refused and request logs are not written");
+            if keys.is_some() {
+                tracing::warn!("identity runs in another process: the gateway writes no request logs");
+            } else {
+                tracing::warn!(
+                    "the gateway runs without identity and no --upstream identity=: API keys are refused and \
+                     request logs are not written"
+                );
+            }
             (None, None)
         }
     };

@@ -90,3 +90,86 @@ async fn a_service_in_its_own_process_follows_identitys_keys() {
     };
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
 }
+
+/// A gateway in its own process exchanges `x-api-key` at the identity upstream with a gateway
+/// service credential, and that credential is good for nothing else.
+#[tokio::test]
+async fn a_separate_gateway_exchanges_api_keys_at_identity() {
+    use flatrender_proto::flatrender::identity::v1 as pb;
+    let db = TestDatabase::migrated().await;
+    let identity = Flatrender::start(db.url().expose(), &["--target", "identity"]);
+    await_health(identity.channel().await, "", ServingStatus::Serving, Duration::from_secs(20)).await;
+    let upstream = format!("identity={}", identity.endpoint());
+    // The gateway signs its credential with the key identity trusts (here: identity's development key).
+    let key_file = identity.data_dir.join("keys").join("dev-signing-key.pem");
+    let key_file = key_file.to_string_lossy();
+    let gateway = Flatrender::start(
+        "postgres://nobody@127.0.0.1:1/none",
+        &["--target", "gateway", "--upstream", &upstream, "--service-key-file", &key_file],
+    );
+
+    let email = "keys@example.com";
+    let (user_id, _) = support::verified_account(identity.channel().await, &db, email).await;
+    sqlx::query("UPDATE identity.users SET role = 'tenant_admin' WHERE id = $1::uuid")
+        .bind(&user_id)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let login = AuthServiceClient::new(identity.channel().await)
+        .login(pb::LoginRequest { email: email.into(), password: support::PASSWORD.into(), tenant_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::login_response::Result::Tokens(admin)) = login.result else { panic!("no tokens") };
+    let mut create = tonic::Request::new(pb::CreateApiKeyRequest {
+        name: "Reseller".into(),
+        scopes: vec![pb::ApiKeyScope::RenderRead as i32],
+        ..Default::default()
+    });
+    create.metadata_mut().insert("authorization", format!("Bearer {}", admin.access_token).parse().unwrap());
+    let created = pb::api_key_service_client::ApiKeyServiceClient::new(identity.channel().await)
+        .create_api_key(create)
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Through the gateway the key is a call of its tenant (once the gateway follows identity's keys).
+    let mut through = AuthServiceClient::new(gateway.channel().await);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let me = loop {
+        let mut request = tonic::Request::new(pb::GetMeRequest {});
+        request.metadata_mut().insert("x-api-key", created.secret.parse().unwrap());
+        match through.get_me(request).await {
+            Ok(me) => break me.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unauthenticated && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("GetMe with the key through the gateway: {status:?}"),
+        }
+    };
+    assert_eq!(me.api_key_id, created.api_key.unwrap().id);
+    let mut wrong = tonic::Request::new(pb::GetMeRequest {});
+    wrong.metadata_mut().insert("x-api-key", "fr_AAAAAAAAAAAA.nope".parse().unwrap());
+    assert_eq!(through.get_me(wrong).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+
+    // The gateway's credential opens nothing but the exchange.
+    let signer = flatrender_kit::auth::DevKeyFiles::under(&identity.data_dir).signer().unwrap();
+    let claims = flatrender_kit::auth::AccessClaims::service(
+        flatrender_kit::auth::ServiceName::Gateway,
+        "flatrender",
+        "flatrender-api",
+        Duration::from_secs(60),
+    );
+    // Plan limits answer any other service for any tenant; not the gateway.
+    let mut request = tonic::Request::new(pb::GetPlanLimitsRequest {
+        tenant_id: "00000000-0000-0000-0000-000000000001".into(),
+        ..Default::default()
+    });
+    let token = signer.sign(&claims).unwrap();
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let status = pb::billing_service_client::BillingServiceClient::new(identity.channel().await)
+        .get_plan_limits(request)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+}

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use flatrender_kit::auth::{AccessClaims, Role, ServiceName, TokenSigner};
+use flatrender_kit::auth::{AccessClaims, ServiceName, TokenSigner};
 use flatrender_proto::flatrender::file::v1 as file_pb;
 use futures_util::StreamExt as _;
 use tonic::transport::{Channel, Endpoint};
@@ -217,22 +217,12 @@ impl FileClient {
     }
 
     fn credential(&self) -> Result<String> {
-        let now = now_seconds();
-        let claims = AccessClaims {
-            iss: self.settings.issuer.clone(),
-            aud: self.settings.audience.clone(),
-            sub: Uuid::nil(),
-            tid: Uuid::nil(),
-            role: Role::User,
-            sid: None,
-            svc: Some(ServiceName::Render),
-            akid: None,
-            scp: None,
-            exp: now + TOKEN_SECONDS,
-            nbf: now.saturating_sub(5),
-            iat: now,
-            jti: Uuid::new_v4(),
-        };
+        let claims = AccessClaims::service(
+            ServiceName::Render,
+            &self.settings.issuer,
+            &self.settings.audience,
+            Duration::from_secs(TOKEN_SECONDS),
+        );
         Ok(self.settings.signer.sign(&claims)?)
     }
 
@@ -500,10 +490,6 @@ fn upstream(status: tonic::Status) -> RenderError {
         }
         code => RenderError::Upstream { service: "file", status: format!("{code:?}: {}", status.message()) },
     }
-}
-
-fn now_seconds() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

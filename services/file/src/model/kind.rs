@@ -98,6 +98,8 @@ pub fn service_to_proto(service: ServiceName) -> pb::ServiceName {
         ServiceName::Render => pb::ServiceName::Render,
         ServiceName::File => pb::ServiceName::File,
         ServiceName::Notification => pb::ServiceName::Notification,
+        // Its credential reaches no file method (kit::auth::GATEWAY_METHODS).
+        ServiceName::Gateway => pb::ServiceName::Unspecified,
     }
 }
 
