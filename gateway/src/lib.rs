@@ -10,7 +10,7 @@
 //! Upstreams are reached over plain HTTP/2 (`http://`) until upstream TLS lands.
 
 pub mod edge;
-mod proxy;
+pub mod proxy;
 mod upstreams;
 
 pub use proxy::add_proxy_routes;

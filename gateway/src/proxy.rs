@@ -48,7 +48,7 @@ pub fn add_proxy_routes(
 
 /// How the gateway reaches an upstream: connecting gives up after a while instead of hanging a
 /// call, and keep-alives notice an upstream that vanished without closing its connections.
-fn endpoint(uri: http::Uri) -> Endpoint {
+pub fn endpoint(uri: http::Uri) -> Endpoint {
     Endpoint::from(uri)
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))

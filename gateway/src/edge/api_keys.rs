@@ -108,32 +108,53 @@ pub struct RemoteIdentity {
     pub audience: String,
 }
 
+impl RemoteIdentity {
+    /// `message` as a call to identity: the gateway's credential, a deadline, and the client's
+    /// address as `x-forwarded-for` when there is one.
+    pub fn request<T>(&self, message: T, client: Option<IpAddr>) -> Result<tonic::Request<T>, tonic::Status> {
+        let claims = AccessClaims::service(ServiceName::Gateway, &self.issuer, &self.audience, CREDENTIAL_LIFETIME);
+        let token = self
+            .signer
+            .sign(&claims)
+            .map_err(|e| tonic::Status::internal(format!("the gateway cannot sign its credential: {e}")))?;
+        let header = |value: String| {
+            value.parse().map_err(|_| tonic::Status::internal("a header the gateway made is not ASCII"))
+        };
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(REMOTE_TIMEOUT);
+        request.metadata_mut().insert("authorization", header(format!("Bearer {token}"))?);
+        if let Some(ip) = client {
+            request.metadata_mut().insert("x-forwarded-for", header(ip.to_string())?);
+        }
+        Ok(request)
+    }
+}
+
 /// Exchanges at an identity service in another process: `AuthenticateApiKey` over gRPC with a
-/// gateway service credential (good for nothing else), the client's address passed on as
-/// `x-forwarded-for` for identity's records.
+/// gateway service credential (good for little else), the client's address passed on for
+/// identity's records.
 pub fn remote(identity: RemoteIdentity) -> Exchange {
     Arc::new(move |presented: String, client: Option<IpAddr>| {
         let identity = identity.clone();
         Box::pin(async move {
-            let claims =
-                AccessClaims::service(ServiceName::Gateway, &identity.issuer, &identity.audience, CREDENTIAL_LIFETIME);
-            let token = identity
-                .signer
-                .sign(&claims)
-                .map_err(|e| tonic::Status::internal(format!("the gateway cannot sign its credential: {e}")))?;
-            let mut request = tonic::Request::new(identity_pb::AuthenticateApiKeyRequest { secret: presented });
-            request.set_timeout(REMOTE_TIMEOUT);
-            let header = |value: String| {
-                value.parse().map_err(|_| tonic::Status::internal("a header the gateway made is not ASCII"))
+            let request = identity.request(identity_pb::AuthenticateApiKeyRequest { secret: presented }, client)?;
+            let mut api = identity_pb::api_key_service_client::ApiKeyServiceClient::new(identity.channel);
+            let call = api.authenticate_api_key(request);
+            // Also bounds connecting, which the call's own deadline does not.
+            let answer = match tokio::time::timeout(REMOTE_TIMEOUT, call).await {
+                Ok(Ok(answer)) => answer.into_inner(),
+                // The key is not valid: the client's to hear.
+                Ok(Err(status)) if status.code() == tonic::Code::Unauthenticated => return Err(status),
+                // Anything else is the gateway's or identity's trouble, not the key's.
+                Ok(Err(status)) => {
+                    tracing::error!(code = ?status.code(), message = status.message(), "identity refused the API key exchange");
+                    return Err(tonic::Status::unavailable("API keys cannot be checked right now; retry shortly"));
+                }
+                Err(_) => {
+                    tracing::warn!("identity did not answer an API key exchange in time");
+                    return Err(tonic::Status::unavailable("API keys cannot be checked right now; retry shortly"));
+                }
             };
-            request.metadata_mut().insert("authorization", header(format!("Bearer {token}"))?);
-            if let Some(ip) = client {
-                request.metadata_mut().insert("x-forwarded-for", header(ip.to_string())?);
-            }
-            let answer = identity_pb::api_key_service_client::ApiKeyServiceClient::new(identity.channel)
-                .authenticate_api_key(request)
-                .await?
-                .into_inner();
             let malformed = || tonic::Status::internal("identity answered a malformed API key exchange");
             let key = answer.api_key.ok_or_else(malformed)?;
             let expires = answer.access_token_expires_at.ok_or_else(malformed)?;

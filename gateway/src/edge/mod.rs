@@ -26,7 +26,7 @@ pub use api_keys::{ApiKeys, Exchange, ExchangeFuture, ExchangedKey, RemoteIdenti
 pub use cors::Cors;
 pub use deadlines::Deadlines;
 use rate_limit::{KeyedLimiter, Quota};
-pub use request_log::RequestLog;
+pub use request_log::{RequestLog, Sink, remote_sink};
 
 /// How the edge is configured.
 #[derive(Clone, Debug)]

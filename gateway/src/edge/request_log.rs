@@ -1,9 +1,10 @@
-//! Request logs and API-call usage, written in batches off the request path.
+//! Request logs and API-call usage, sent to identity in batches off the request path.
 //!
 //! Each finished call of a tenant's user or API key becomes one row of
-//! `identity.tenant_api_request_logs` and one count in `tenant_usage_daily.api_calls`. Calls
-//! queue in a bounded channel and a writer inserts them together every second (or every 512);
-//! when the database falls behind, entries are dropped and counted rather than slowing calls.
+//! `identity.tenant_api_request_logs` and one count in `tenant_usage_daily.api_calls`, written by
+//! identity (in this process, or over `UsageService.RecordApiRequests`). Calls queue in a bounded
+//! channel and a writer sends them together every second (or every 512); when identity falls
+//! behind, entries are dropped and counted rather than slowing calls.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -13,8 +14,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use flatrender_proto::flatrender::identity::v1 as identity_pb;
 use http_body::{Body as _, Frame, SizeHint};
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -50,16 +51,40 @@ pub struct RequestLog {
     dropped: Arc<AtomicU64>,
 }
 
+/// Where batches go: identity's writer, as a future per batch.
+pub type Sink = Arc<
+    dyn Fn(Vec<identity_pb::ApiRequestRecord>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A sink that records at an identity service in another process.
+pub fn remote_sink(identity: super::RemoteIdentity) -> Sink {
+    Arc::new(move |records| {
+        let identity = identity.clone();
+        Box::pin(async move {
+            let request = identity
+                .request(identity_pb::RecordApiRequestsRequest { records }, None)
+                .map_err(|status| status.message().to_owned())?;
+            identity_pb::usage_service_client::UsageServiceClient::new(identity.channel)
+                .record_api_requests(request)
+                .await
+                .map(|_| ())
+                .map_err(|status| format!("{}: {}", status.code(), status.message()))
+        })
+    })
+}
+
 impl RequestLog {
-    /// A log and the writer task that empties it into `pool` until `signal`, flushing once more
+    /// A log and the writer task that empties it into `sink` until `signal`, flushing once more
     /// at the end.
     pub fn new(
-        pool: PgPool,
+        sink: Sink,
         signal: flatrender_kit::shutdown::ShutdownSignal,
     ) -> (Self, impl Future<Output = ()> + Send) {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let log = Self { queue, dropped: Arc::default() };
-        (log, write(pool, receiver, signal))
+        (log, write(sink, receiver, signal))
     }
 
     /// Queues `entry`; never waits.
@@ -73,7 +98,7 @@ impl RequestLog {
     }
 }
 
-async fn write(pool: PgPool, mut receiver: mpsc::Receiver<Entry>, signal: flatrender_kit::shutdown::ShutdownSignal) {
+async fn write(sink: Sink, mut receiver: mpsc::Receiver<Entry>, signal: flatrender_kit::shutdown::ShutdownSignal) {
     let stop = signal.wait();
     tokio::pin!(stop);
     let mut batch = Vec::with_capacity(BATCH);
@@ -99,8 +124,8 @@ async fn write(pool: PgPool, mut receiver: mpsc::Receiver<Entry>, signal: flatre
             }
         }
         for chunk in batch.chunks(BATCH) {
-            if let Err(e) = insert(&pool, chunk).await {
-                tracing::warn!(error = %e, entries = chunk.len(), "cannot write request logs; dropping them");
+            if let Err(error) = sink(chunk.iter().map(Entry::record).collect()).await {
+                tracing::warn!(%error, entries = chunk.len(), "cannot write request logs; dropping them");
             }
         }
         batch.clear();
@@ -110,53 +135,28 @@ async fn write(pool: PgPool, mut receiver: mpsc::Receiver<Entry>, signal: flatre
     }
 }
 
-/// Writes `entries` and their usage counts in one transaction.
-pub async fn insert(pool: &PgPool, entries: &[Entry]) -> sqlx::Result<()> {
-    if entries.is_empty() {
-        return Ok(());
+impl Entry {
+    /// The entry as identity records it.
+    pub fn record(&self) -> identity_pb::ApiRequestRecord {
+        let text = |id: Option<Uuid>| id.map(|id| id.to_string()).unwrap_or_default();
+        identity_pb::ApiRequestRecord {
+            requested_at: Some(prost_types::Timestamp {
+                seconds: self.requested_at.unix_timestamp(),
+                nanos: i32::try_from(self.requested_at.nanosecond()).unwrap_or(0),
+            }),
+            tenant_id: self.tenant_id.to_string(),
+            api_key_id: text(self.api_key_id),
+            user_id: text(self.user_id),
+            method: self.method.clone(),
+            grpc_status: i32::from(self.grpc_status),
+            duration_us: self.duration_us,
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+            client_ip: self.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            user_agent: self.user_agent.clone().unwrap_or_default(),
+            trace_id: self.trace_id.clone().unwrap_or_default(),
+        }
     }
-    let column = |f: fn(&Entry) -> Option<String>| entries.iter().map(f).collect::<Vec<_>>();
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO identity.tenant_api_request_logs
-             (requested_at, tenant_id, api_key_id, user_id, method, grpc_status, duration_us, request_bytes,
-              response_bytes, client_ip, user_agent, trace_id)
-         SELECT u.at, u.tenant, u.key, u.usr, u.method, u.status, u.duration, u.req, u.resp, u.ip::inet, u.agent, u.trace
-         FROM unnest($1::timestamptz[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::int2[], $7::int8[],
-                     $8::int8[], $9::int8[], $10::text[], $11::text[], $12::text[])
-              AS u(at, tenant, key, usr, method, status, duration, req, resp, ip, agent, trace)",
-    )
-    .bind(entries.iter().map(|e| e.requested_at).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.tenant_id).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.api_key_id).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.user_id).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.method.clone()).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.grpc_status).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.duration_us).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.request_bytes).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.response_bytes).collect::<Vec<_>>())
-    .bind(column(|e| e.client_ip.map(|ip| ip.to_string())))
-    .bind(column(|e| e.user_agent.clone()))
-    .bind(column(|e| e.trace_id.clone()))
-    .execute(&mut *tx)
-    .await?;
-    // One count per tenant and UTC day; tenants that no longer exist are skipped.
-    let mut counts: std::collections::BTreeMap<(Uuid, time::Date), i64> = std::collections::BTreeMap::new();
-    for entry in entries {
-        *counts.entry((entry.tenant_id, entry.requested_at.to_offset(time::UtcOffset::UTC).date())).or_default() += 1;
-    }
-    sqlx::query(
-        "INSERT INTO identity.tenant_usage_daily AS d (tenant_id, day, api_calls)
-         SELECT u.tenant, u.day, u.calls FROM unnest($1::uuid[], $2::date[], $3::int8[]) AS u(tenant, day, calls)
-         JOIN identity.tenants t ON t.id = u.tenant
-         ON CONFLICT (tenant_id, day) DO UPDATE SET api_calls = d.api_calls + EXCLUDED.api_calls",
-    )
-    .bind(counts.keys().map(|(tenant, _)| *tenant).collect::<Vec<_>>())
-    .bind(counts.keys().map(|(_, day)| *day).collect::<Vec<_>>())
-    .bind(counts.values().copied().collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
 }
 
 /// Counts the bytes of a request body.

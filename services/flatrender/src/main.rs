@@ -125,7 +125,7 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
     let remote_identity = match (targets.has_gateway(), identity_here) {
         (true, false) => match args.upstreams.iter().rev().find(|u| u.service == "identity") {
             Some(identity) => Some(flatrender_gateway::edge::RemoteIdentity {
-                channel: tonic::transport::Endpoint::from(identity.uri.clone()).connect_lazy(),
+                channel: flatrender_gateway::proxy::endpoint(identity.uri.clone()).connect_lazy(),
                 signer: args.file_client.service_signer(data_dir, &args.auth)?,
                 issuer: args.auth.token_issuer.clone(),
                 audience: args.auth.token_audience.clone(),
@@ -175,8 +175,7 @@ async fn serve(args: ServeArgs, data_dir: &std::path::Path) -> Result<(), Error>
 }
 
 /// The gateway's edge: API keys are exchanged and request logs written through the identity
-/// service of this process. Without it, API keys are exchanged at the identity upstream (when one
-/// is set) and nothing is logged.
+/// service of this process, or else the identity upstream (when one is set).
 fn edge(
     args: &gateway_args::GatewayArgs,
     verifier: Option<TokenVerifier>,
@@ -185,7 +184,7 @@ fn edge(
     shutdown: &Shutdown,
 ) -> (Option<std::sync::Arc<dyn server::Edge>>, Option<tokio::task::JoinHandle<()>>) {
     use flatrender_gateway::edge::{ApiKeys, ExchangedKey, GatewayEdge, RequestLog};
-    let remote_keys = remote_identity.map(|remote| ApiKeys::new(flatrender_gateway::edge::remote(remote)));
+    let remote_keys = remote_identity.clone().map(|remote| ApiKeys::new(flatrender_gateway::edge::remote(remote)));
     let keys = identity.map(|identity| {
         let identity = identity.clone();
         ApiKeys::new(std::sync::Arc::new(move |presented: String, ip: Option<std::net::IpAddr>| {
@@ -204,22 +203,35 @@ fn edge(
         }))
     });
     let keys = keys.or(remote_keys);
-    let (log, writer) = match identity {
-        Some(identity) => {
-            let (log, writer) = RequestLog::new(identity.pool.clone(), shutdown.stop_signal());
+    // Request logs go to identity: in this process, else to the identity upstream.
+    let sink: Option<flatrender_gateway::edge::Sink> = match (identity, remote_identity) {
+        (Some(identity), _) => {
+            let pool = identity.pool.clone();
+            Some(std::sync::Arc::new(move |records| {
+                let pool = pool.clone();
+                Box::pin(async move {
+                    flatrender_identity::request_logs::record(&pool, &records)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }))
+        }
+        (None, Some(remote)) => Some(flatrender_gateway::edge::remote_sink(remote)),
+        (None, None) => {
+            tracing::warn!(
+                "the gateway runs without identity and no --upstream identity=: API keys are refused and request \
+                 logs are not written"
+            );
+            None
+        }
+    };
+    let (log, writer) = match sink {
+        Some(sink) => {
+            let (log, writer) = RequestLog::new(sink, shutdown.stop_signal());
             (Some(log), Some(tokio::spawn(writer)))
         }
-        None => {
-            if keys.is_some() {
-                tracing::warn!("identity runs in another process: the gateway writes no request logs");
-            } else {
-                tracing::warn!(
-                    "the gateway runs without identity and no --upstream identity=: API keys are refused and \
-                     request logs are not written"
-                );
-            }
-            (None, None)
-        }
+        None => (None, None),
     };
     let edge = GatewayEdge::new(&args.settings(), verifier, keys, log);
     (Some(std::sync::Arc::new(edge)), writer)

@@ -152,7 +152,24 @@ async fn a_separate_gateway_exchanges_api_keys_at_identity() {
     wrong.metadata_mut().insert("x-api-key", "fr_AAAAAAAAAAAA.nope".parse().unwrap());
     assert_eq!(through.get_me(wrong).await.unwrap_err().code(), tonic::Code::Unauthenticated);
 
-    // The gateway's credential opens nothing but the exchange.
+    // The calls made with the key are logged at identity, sent there by the gateway in batches.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let logged: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM identity.tenant_api_request_logs
+             WHERE method = '/flatrender.identity.v1.AuthService/GetMe' AND api_key_id IS NOT NULL AND grpc_status = 0",
+        )
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        if logged >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the split gateway's request log never reached identity");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The gateway's credential opens nothing but the exchange and the request log.
     let signer = flatrender_kit::auth::DevKeyFiles::under(&identity.data_dir).signer().unwrap();
     let claims = flatrender_kit::auth::AccessClaims::service(
         flatrender_kit::auth::ServiceName::Gateway,

@@ -23,6 +23,7 @@ pub mod credentials;
 pub mod error;
 pub mod jwks;
 pub mod keys;
+pub mod request_logs;
 pub mod service;
 pub mod sessions;
 pub mod settings;
@@ -124,8 +125,6 @@ async fn webhook_fanout(identity: Identity, signal: flatrender_kit::shutdown::Sh
         .await;
 }
 
-/// Forgets what has stopped mattering, hourly: stale throttle rows, login attempts past their
-/// 90 days, and used or expired one-time tokens after a week.
 /// Ends the subscriptions whose period is over (see [`api::billing::end_lapsed`]).
 async fn end_lapsed_subscriptions(
     pool: sqlx::PgPool,
@@ -141,6 +140,8 @@ async fn end_lapsed_subscriptions(
         .await;
 }
 
+/// Forgets what has stopped mattering, hourly: stale throttle rows, login attempts past their
+/// 90 days, and used or expired one-time tokens after a week.
 async fn prune(identity: Identity, signal: flatrender_kit::shutdown::ShutdownSignal) {
     signal
         .every(Duration::from_secs(60), Duration::from_secs(3600), || async {

@@ -62,7 +62,12 @@ async fn keys_are_shown_once_stored_hashed_and_exchanged_for_scoped_tokens() {
         .authenticate_api_key(pb::AuthenticateApiKeyRequest { secret: secret.clone() })
         .await;
     assert_eq!(user_try.unwrap_err().code(), Code::PermissionDenied);
-    let mut gateway = service.api_keys_as(&service.service_token(ServiceName::Render));
+    let other_service = service
+        .api_keys_as(&service.service_token(ServiceName::Render))
+        .authenticate_api_key(pb::AuthenticateApiKeyRequest { secret: secret.clone() })
+        .await;
+    assert_eq!(other_service.unwrap_err().code(), Code::PermissionDenied, "nor for another service");
+    let mut gateway = service.api_keys_as(&service.service_token(ServiceName::Gateway));
     let exchanged = gateway
         .authenticate_api_key(pb::AuthenticateApiKeyRequest { secret: secret.clone() })
         .await

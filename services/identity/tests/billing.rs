@@ -196,21 +196,25 @@ async fn platform_admins_put_subscribers_on_plans_and_subscribers_cancel() {
     service.stop().await;
 }
 
-/// When a subscription's period is over it ends by itself: CANCELED when its end was asked for,
-/// EXPIRED when nothing renewed it; each says so once with the plan its subscriber falls back to.
+/// When a subscription's period is over and nothing renews it, it ends by itself: CANCELED when
+/// its end was asked for, EXPIRED when the payment provider did not extend it; each says so once
+/// with the plan its subscriber falls back to. A manual subscription (nothing can renew it yet)
+/// stays.
 #[tokio::test]
 async fn subscriptions_end_with_their_period() {
     use flatrender_proto::flatrender::events::v1 as events;
     let service =
         Service::start_with(|settings| settings.subscription_sweep = std::time::Duration::from_millis(100)).await;
     let tenant = service.tenant().await;
-    let (renewing, leaving) = (service.account(tenant, "user").await, service.account(tenant, "user").await);
+    let renewing = service.account(tenant, "user").await;
+    let leaving = service.account(tenant, "user").await;
+    let manual = service.account(tenant, "user").await;
     let root = service.account(DEFAULT_TENANT, "platform_admin").await;
     let plans = billing_as(&service, "").list_plans(pb::ListPlansRequest::default()).await.unwrap().into_inner().plans;
     let paid = plans.iter().find(|p| p.code != "free").unwrap().clone();
     let mut billing = billing_as(&service, &root.tokens.access_token);
     let mut ids = Vec::new();
-    for user in [&renewing, &leaving] {
+    for (user, provider) in [(&renewing, "stripe"), (&leaving, ""), (&manual, "")] {
         let period_end = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
         let started = billing
             .change_subscription(pb::ChangeSubscriptionRequest {
@@ -218,6 +222,12 @@ async fn subscriptions_end_with_their_period() {
                 user_id: user.user_id.to_string(),
                 plan_id: paid.id.clone(),
                 current_period_end: Some(period_end.into()),
+                provider: provider.into(),
+                provider_subscription_id: if provider.is_empty() {
+                    String::new()
+                } else {
+                    format!("sub_{}", user.user_id)
+                },
                 ..Default::default()
             })
             .await
@@ -233,7 +243,7 @@ async fn subscriptions_end_with_their_period() {
         })
         .await
         .unwrap();
-    // Both periods are over now.
+    // Every period is over now.
     sqlx::query(
         "UPDATE identity.subscriptions SET current_period_start = now() - interval '31 days',
                 current_period_end = now() - interval '1 second' WHERE id = ANY($1::uuid[])",
@@ -243,23 +253,25 @@ async fn subscriptions_end_with_their_period() {
     .await
     .unwrap();
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let statuses = loop {
-        let statuses: Vec<String> = sqlx::query_scalar(
-            "SELECT status FROM identity.subscriptions WHERE id = ANY($1::uuid[]) ORDER BY id = $2::uuid",
-        )
-        .bind(&ids)
-        .bind(&ids[1])
-        .fetch_all(service.db.pool())
-        .await
-        .unwrap();
-        if statuses.iter().all(|s| s != "active") {
-            break statuses;
+    let status_of = |i: usize| {
+        let (pool, id) = (service.db.pool().clone(), ids[i].clone());
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM identity.subscriptions WHERE id = $1::uuid")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
         }
-        assert!(std::time::Instant::now() < deadline, "still live: {statuses:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    assert_eq!(statuses, ["expired", "canceled"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while status_of(0).await == "active" || status_of(1).await == "active" {
+        assert!(std::time::Instant::now() < deadline, "the lapsed subscriptions are still live");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!((status_of(0).await, status_of(1).await), ("expired".to_string(), "canceled".to_string()));
+    // Several sweeps later the manual one is still there.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(status_of(2).await, "active", "nothing can renew a manual subscription, so it does not lapse");
     let ended: Vec<events::SubscriptionChanged> = service
         .events("flatrender.events.v1.SubscriptionChanged")
         .await
@@ -272,12 +284,20 @@ async fn subscriptions_end_with_their_period() {
         assert_eq!((event.previous_plan_code.as_str(), event.plan_code.as_str()), (paid.code.as_str(), "free"));
         assert!(event.by_user_id.is_empty(), "nobody ended it");
     }
+    let ended_at_ok: bool = sqlx::query_scalar(
+        "SELECT bool_and(ended_at >= current_period_end AND ended_at < now()) FROM identity.subscriptions WHERE id = ANY($1::uuid[]) AND status <> 'active'",
+    )
+    .bind(&ids)
+    .fetch_one(service.db.pool())
+    .await
+    .unwrap();
+    assert!(ended_at_ok, "they ended when their period (or a later cancellation) did");
     // The plan in force is the fallback again.
-    let limits = billing_as(&service, &renewing.tokens.access_token)
+    let now = billing_as(&service, &renewing.tokens.access_token)
         .get_subscription(pb::GetSubscriptionRequest::default())
         .await
         .unwrap()
         .into_inner();
-    assert!(limits.subscription.is_none(), "{limits:?}");
+    assert!(now.subscription.is_none(), "{now:?}");
     service.stop().await;
 }

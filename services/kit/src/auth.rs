@@ -56,13 +56,16 @@ pub enum ServiceName {
     File,
     /// notification.
     Notification,
-    /// The gateway in its own process: its credential only exchanges API keys at identity
-    /// ([`GATEWAY_METHODS`]); every other call with it is PERMISSION_DENIED.
+    /// The gateway in its own process: its credential only exchanges API keys and records API
+    /// requests at identity ([`GATEWAY_METHODS`]); every other call with it is PERMISSION_DENIED.
     Gateway,
 }
 
 /// What a gateway credential may call.
-pub const GATEWAY_METHODS: &[&str] = &["/flatrender.identity.v1.ApiKeyService/AuthenticateApiKey"];
+pub const GATEWAY_METHODS: &[&str] = &[
+    "/flatrender.identity.v1.ApiKeyService/AuthenticateApiKey",
+    "/flatrender.identity.v1.UsageService/RecordApiRequests",
+];
 
 impl ServiceName {
     /// The lower-case name used in tokens and database columns.
@@ -598,7 +601,7 @@ pub fn identify<B>(request: &mut http::Request<B>, verifier: Option<&TokenVerifi
             if GATEWAY_METHODS.contains(&request.uri().path()) {
                 request.extensions_mut().insert(caller);
             } else {
-                let reason = "a gateway credential only exchanges API keys".to_string();
+                let reason = "a gateway credential only exchanges API keys and records requests".to_string();
                 request.extensions_mut().insert(OutOfScope { reason, caller });
             }
         }

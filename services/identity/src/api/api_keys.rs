@@ -308,7 +308,7 @@ impl pb::api_key_service_server::ApiKeyService for IdentityApi {
         request: Request<pb::AuthenticateApiKeyRequest>,
     ) -> Reply<pb::AuthenticateApiKeyResponse> {
         let caller = flatrender_kit::auth::caller(&request)?;
-        if caller.service.is_none() {
+        if caller.service != Some(flatrender_kit::auth::ServiceName::Gateway) {
             return Err(Status::permission_denied("only the gateway exchanges API keys"));
         }
         let client = ClientInfo::of(&request);

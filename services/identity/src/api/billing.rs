@@ -445,52 +445,90 @@ fn changed_by(caller: &Caller) -> String {
     if caller.service.is_some() { String::new() } else { caller.user_id.to_string() }
 }
 
-/// Ends every live subscription whose period is over: CANCELED when its end was asked for,
-/// EXPIRED when nothing renewed it (the payment integration extends `current_period_end`). Each
-/// writes SubscriptionChanged (ENDED) with the plan the subscriber falls back to. Batches under
-/// `SKIP LOCKED`, so replicas running it together never end one twice. Returns how many ended.
+/// Ends the subscriptions whose period is over and that nothing will renew: CANCELED when the
+/// subscriber asked for the end, EXPIRED when the payment provider did not extend a provider's
+/// subscription. Manual subscriptions (no provider; nothing can renew them yet) and PAST_DUE ones
+/// (the provider still retries) are left alone. Each ending writes SubscriptionChanged (ENDED)
+/// with the plan the subscriber falls back to. Rows are taken under `SKIP LOCKED` and, one by one,
+/// ChangeSubscription's lock on their subscriber (skipped while a change is under way), so
+/// replicas and changes never interleave; a row that fails is skipped and retried next time.
+/// Returns how many ended.
 pub async fn end_lapsed(pool: &sqlx::PgPool) -> Result<usize> {
     let mut ended = 0;
+    let mut skipped: Vec<Uuid> = Vec::new();
     loop {
         let mut tx = pool.begin().await?;
-        let lapsed = sqlx::query_as::<_, SubscriptionRow>(sqlx::AssertSqlSafe(format!(
-            "UPDATE identity.subscriptions s
-                SET status = CASE WHEN s.cancel_at_period_end THEN 'canceled' ELSE 'expired' END,
-                    ended_at = s.current_period_end
-              WHERE s.id IN (SELECT id FROM identity.subscriptions
-                              WHERE status IN {LIVE} AND current_period_end <= now()
-                              ORDER BY current_period_end LIMIT 100 FOR UPDATE SKIP LOCKED)
-             RETURNING {SUBSCRIPTION_COLUMNS}"
-        )))
+        let lapsed: Vec<(Uuid, Uuid, Option<Uuid>)> = sqlx::query_as(
+            "SELECT id, tenant_id, user_id FROM identity.subscriptions
+              WHERE status IN ('trialing', 'active') AND current_period_end <= now()
+                AND (cancel_at_period_end OR provider IS NOT NULL) AND NOT (id = ANY($1))
+              ORDER BY current_period_end LIMIT 100 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&skipped)
         .fetch_all(&mut *tx)
         .await?;
         if lapsed.is_empty() {
             tx.commit().await?;
             return Ok(ended);
         }
-        for subscription in &lapsed {
-            let previous = plan_of(&mut tx, subscription.plan_id).await?;
-            let (_, fallback, _) = effective(&mut tx, subscription.tenant_id, subscription.user_id).await?;
-            let reason = if subscription.status == "canceled" {
-                "canceled at the end of its period"
-            } else {
-                "its period ended without a renewal"
-            };
-            publish_change(
-                &mut tx,
-                subscription,
-                events::SubscriptionChangeKind::Ended,
-                &previous.code,
-                &fallback,
-                String::new(),
-                reason.into(),
+        for (id, tenant, user) in lapsed {
+            let free: bool = sqlx::query_scalar(
+                "SELECT pg_try_advisory_xact_lock(hashtext('identity.subscriptions'), hashtext($1))",
             )
+            .bind(format!("{tenant}/{user:?}"))
+            .fetch_one(&mut *tx)
             .await?;
-            tracing::info!(subscription = %subscription.id, tenant = %subscription.tenant_id, status = %subscription.status, "a subscription ended with its period");
+            if !free {
+                skipped.push(id);
+                continue;
+            }
+            sqlx::query("SAVEPOINT lapse").execute(&mut *tx).await?;
+            match end_one(&mut tx, id).await {
+                Ok(()) => {
+                    sqlx::query("RELEASE SAVEPOINT lapse").execute(&mut *tx).await?;
+                    ended += 1;
+                }
+                Err(error) => {
+                    sqlx::query("ROLLBACK TO SAVEPOINT lapse").execute(&mut *tx).await?;
+                    tracing::warn!(subscription = %id, %error, "a lapsed subscription could not be ended; retrying later");
+                    skipped.push(id);
+                }
+            }
         }
-        ended += lapsed.len();
         tx.commit().await?;
     }
+}
+
+/// Ends the lapsed subscription `id` (locked by the caller) and says so.
+async fn end_one(tx: &mut sqlx::PgTransaction<'_>, id: Uuid) -> Result<()> {
+    let subscription = sqlx::query_as::<_, SubscriptionRow>(sqlx::AssertSqlSafe(format!(
+        "UPDATE identity.subscriptions
+            SET status = CASE WHEN cancel_at_period_end THEN 'canceled' ELSE 'expired' END,
+                ended_at = GREATEST(current_period_end, coalesce(canceled_at, current_period_end))
+          WHERE id = $1 RETURNING {SUBSCRIPTION_COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let previous = plan_of(tx, subscription.plan_id).await?;
+    let (_, fallback, _) = effective(tx, subscription.tenant_id, subscription.user_id).await?;
+    let reason = if subscription.status == "canceled" {
+        "canceled at the end of its period"
+    } else {
+        "its period ended without a renewal from the payment provider"
+    };
+    publish_change(
+        tx,
+        &subscription,
+        events::SubscriptionChangeKind::Ended,
+        &previous.code,
+        &fallback,
+        String::new(),
+        reason.into(),
+    )
+    .await?;
+    tracing::info!(subscription = %subscription.id, tenant = %subscription.tenant_id, status = %subscription.status, "a subscription ended with its period");
+    Ok(())
 }
 
 /// Writes SubscriptionChanged for a subscriber whose plan is now `plan`; `by_user_id` is empty

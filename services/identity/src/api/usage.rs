@@ -109,6 +109,18 @@ impl pb::usage_service_server::UsageService for IdentityApi {
         let tenant = reader(&request, &request.get_ref().tenant_id)?;
         Ok(Response::new(self.request_logs(tenant, request.into_inner()).await?))
     }
+
+    async fn record_api_requests(
+        &self,
+        request: Request<pb::RecordApiRequestsRequest>,
+    ) -> Reply<pb::RecordApiRequestsResponse> {
+        let caller = flatrender_kit::auth::caller(&request)?;
+        if caller.service != Some(flatrender_kit::auth::ServiceName::Gateway) {
+            return Err(Status::permission_denied("only the gateway records API requests"));
+        }
+        let recorded = crate::request_logs::record(&self.identity.pool, &request.get_ref().records).await?;
+        Ok(Response::new(pb::RecordApiRequestsResponse { recorded: u32::try_from(recorded).unwrap_or(u32::MAX) }))
+    }
 }
 
 impl IdentityApi {

@@ -249,7 +249,11 @@ impl pb::webhook_service_server::WebhookService for IdentityApi {
         };
         let digest: Vec<u8> = {
             use sha2::Digest as _;
-            sha2::Sha256::digest(format!("{url}\u{1f}{description:?}\u{1f}{types:?}")).to_vec()
+            // Field by field, unit-separated; the event types in order, as a set is meant.
+            let mut sorted = types.clone();
+            sorted.sort();
+            let fields = [url.as_str(), description.as_deref().unwrap_or(""), &sorted.join("\u{1e}")];
+            sha2::Sha256::digest(fields.join("\u{1f}")).to_vec()
         };
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('identity.tenant_webhooks'), hashtext($1))")

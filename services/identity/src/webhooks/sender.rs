@@ -215,8 +215,9 @@ async fn record(pool: &PgPool, settings: &WebhookSettings, delivery: &Due, answe
             .await?;
     } else {
         let gave_up = attempts >= delivery.max_attempts;
-        // A delivery canceled meanwhile (another failure disabled its webhook) stays canceled.
-        sqlx::query(
+        // A delivery canceled meanwhile (another failure disabled its webhook) stays canceled, and
+        // counts toward nothing.
+        let updated = sqlx::query(
             "UPDATE identity.tenant_webhook_deliveries SET status = CASE WHEN $2 THEN 'failed' ELSE 'pending' END,
                  attempts = $3, last_attempt_at = now(), last_status_code = $4, last_error = $5, last_duration_ms = $6,
                  next_attempt_at = now() + $7, locked_until = NULL
@@ -231,7 +232,7 @@ async fn record(pool: &PgPool, settings: &WebhookSettings, delivery: &Due, answe
         .bind(settings.backoff(attempts))
         .execute(&mut *tx)
         .await?;
-        if !gave_up {
+        if !gave_up || updated.rows_affected() == 0 {
             return tx.commit().await;
         }
         // Failed deliveries (not attempts) in a row disable the webhook; its pending ones drop.
