@@ -102,6 +102,8 @@ async fn write(sink: Sink, mut receiver: mpsc::Receiver<Entry>, signal: flatrend
     let stop = signal.wait();
     tokio::pin!(stop);
     let mut batch = Vec::with_capacity(BATCH);
+    // A failing sink (identity away, a key it does not trust) is said once a minute, not per batch.
+    let mut warned: Option<Instant> = None;
     loop {
         let deadline = tokio::time::sleep(FLUSH_EVERY);
         tokio::pin!(deadline);
@@ -125,7 +127,12 @@ async fn write(sink: Sink, mut receiver: mpsc::Receiver<Entry>, signal: flatrend
         }
         for chunk in batch.chunks(BATCH) {
             if let Err(error) = sink(chunk.iter().map(Entry::record).collect()).await {
-                tracing::warn!(%error, entries = chunk.len(), "cannot write request logs; dropping them");
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!(%error, entries = chunk.len(), "cannot write request logs; dropping them");
+                    warned = Some(Instant::now());
+                } else {
+                    tracing::debug!(%error, entries = chunk.len(), "cannot write request logs; dropping them");
+                }
             }
         }
         batch.clear();

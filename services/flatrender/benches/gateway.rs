@@ -172,9 +172,15 @@ async fn bench() {
     let calls = env_usize("FLATRENDER_BENCH_CALLS", 2000);
     let db = TestDatabase::migrated().await;
     let identity = Server::start(&db, "identity", &["--target", "identity"]);
-    let upstream = format!("identity={}", identity.url());
-    let gateway = Server::start(&db, "gateway", &["--target", "gateway", "--upstream", &upstream]);
     let direct = channels(&identity).await;
+    let upstream = format!("identity={}", identity.url());
+    // The gateway signs its credential (API key exchanges, request logs) with the key identity
+    // trusts, as a deployment configures it: identity's development key, made when it started.
+    let key =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-gateway/identity/keys/dev-signing-key.pem");
+    let key = key.to_string_lossy();
+    let gateway =
+        Server::start(&db, "gateway", &["--target", "gateway", "--upstream", &upstream, "--service-key-file", &key]);
     let through = channels(&gateway).await;
 
     // A verified tenant admin with a bearer token, and an API key of the same tenant.

@@ -842,6 +842,48 @@ mod tests {
     }
 
     #[test]
+    fn a_gateway_credential_reaches_only_the_gateway_methods() {
+        let (signer, verifier) = setup();
+        let token = signer
+            .sign(&AccessClaims::service(ServiceName::Gateway, ISS, AUD, std::time::Duration::from_secs(60)))
+            .unwrap();
+        let request = |path: &str| {
+            let mut request = http::Request::builder()
+                .uri(path)
+                .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(())
+                .unwrap();
+            identify(&mut request, Some(&verifier));
+            request
+        };
+        for path in GATEWAY_METHODS {
+            let allowed = request(path);
+            assert_eq!(
+                allowed.extensions().get::<Caller>().and_then(|c| c.service),
+                Some(ServiceName::Gateway),
+                "{path}"
+            );
+        }
+        for path in ["/flatrender.identity.v1.BillingService/GetPlanLimits", "/flatrender.file.v1.FileService/GetFile"]
+        {
+            let refused = request(path);
+            assert!(refused.extensions().get::<Caller>().is_none(), "{path}");
+            assert!(refused.extensions().get::<OutOfScope>().is_some(), "{path}: PERMISSION_DENIED");
+        }
+        // Another service's credential is not confined.
+        let render = signer
+            .sign(&AccessClaims::service(ServiceName::Render, ISS, AUD, std::time::Duration::from_secs(60)))
+            .unwrap();
+        let mut request = http::Request::builder()
+            .uri("/flatrender.identity.v1.BillingService/GetPlanLimits")
+            .header(http::header::AUTHORIZATION, format!("Bearer {render}"))
+            .body(())
+            .unwrap();
+        identify(&mut request, Some(&verifier));
+        assert!(request.extensions().get::<Caller>().is_some());
+    }
+
+    #[test]
     fn dev_keys_round_trip() {
         let dir = std::env::temp_dir().join(format!("flatrender-keys-{}", Uuid::new_v4()));
         let files = DevKeyFiles::under(&dir);
