@@ -93,6 +93,17 @@ pub fn time_zone(field: &'static str, value: &str) -> Result<String> {
 }
 
 /// A reason for the audit trail: trimmed, at most 500 characters, required when `required`.
+/// An idempotency key: empty means none; at most 200 characters (the columns' limit).
+pub fn idempotency_key(value: &str) -> Result<Option<String>> {
+    match value {
+        "" => Ok(None),
+        key if key.chars().count() > 200 => {
+            Err(IdentityError::invalid("idempotency_key", "must be at most 200 characters"))
+        }
+        key => Ok(Some(key.to_owned())),
+    }
+}
+
 pub fn reason(field: &'static str, value: &str, required: bool) -> Result<String> {
     let value = value.trim();
     if required && value.is_empty() {

@@ -360,13 +360,7 @@ impl IdentityApi {
             Some(n @ 1..=100_000) => Some(i32::try_from(n).unwrap_or(i32::MAX)),
             Some(_) => return Err(IdentityError::invalid("rate_limit_per_minute", "must be 1 to 100,000")),
         };
-        let idempotency_key = match request.idempotency_key.as_str() {
-            "" => None,
-            key if key.chars().count() > 200 => {
-                return Err(IdentityError::invalid("idempotency_key", "must be at most 200 characters"));
-            }
-            key => Some(key.to_owned()),
-        };
+        let idempotency_key = validate::idempotency_key(&request.idempotency_key)?;
 
         let mut tx = self.identity.pool.begin().await?;
         // Counting and inserting under one lock per tenant, so parallel creations cannot pass 50.

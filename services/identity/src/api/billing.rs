@@ -622,13 +622,7 @@ impl IdentityApi {
             }
             r => Some(r.to_owned()),
         };
-        let key = match request.idempotency_key.as_str() {
-            "" => None,
-            k if k.chars().count() > 200 => {
-                return Err(IdentityError::invalid("idempotency_key", "must be at most 200 characters"));
-            }
-            k => Some(k.to_owned()),
-        };
+        let key = validate::idempotency_key(&request.idempotency_key)?;
         let digest: Vec<u8> = {
             use sha2::Digest as _;
             sha2::Sha256::digest(format!(

@@ -405,13 +405,7 @@ impl pb::tenant_service_server::TenantService for IdentityApi {
         let contact = optional_email("contact_email", &request.contact_email)?;
         let plan = validate::optional_uuid("plan_id", &request.plan_id)?;
         let settings = settings(request.settings.as_ref())?;
-        let key = match request.idempotency_key.as_str() {
-            "" => None,
-            k if k.chars().count() > 200 => {
-                return Err(IdentityError::invalid("idempotency_key", "must be at most 200 characters").into());
-            }
-            k => Some(k.to_owned()),
-        };
+        let key = validate::idempotency_key(&request.idempotency_key).map_err(Status::from)?;
         let mut tx = self.identity.pool.begin().await.map_err(IdentityError::from)?;
         if let Some(key) = &key {
             let existing: Option<(Uuid, String)> =

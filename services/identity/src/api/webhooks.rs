@@ -240,13 +240,7 @@ impl pb::webhook_service_server::WebhookService for IdentityApi {
             d => Some(d.to_owned()),
         };
         let types = self.event_types("event_types", &request.event_types)?;
-        let key = match request.idempotency_key.as_str() {
-            "" => None,
-            k if k.chars().count() > 200 => {
-                return Err(IdentityError::invalid("idempotency_key", "must be at most 200 characters").into());
-            }
-            k => Some(k.to_owned()),
-        };
+        let key = validate::idempotency_key(&request.idempotency_key).map_err(Status::from)?;
         let digest: Vec<u8> = {
             use sha2::Digest as _;
             // Field by field, unit-separated; the event types in order, as a set is meant.
